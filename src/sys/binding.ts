@@ -1,0 +1,69 @@
+/**
+ * The one door between TypeScript and the kernel: every syscall the project makes goes through a
+ * SysBinding. The real one is the N-API addon in native/ (loaded by ./native.ts); unit tests pass a
+ * fake (src/testing/fake-binding.ts). Arguments are validated in TypeScript before they get here.
+ *
+ * Errors thrown by a binding are Node-style system errors: `code` ('ENOTTY'), `errno` (negative,
+ * as libuv reports them) and `syscall` ('ioctl').
+ */
+
+/** mmap protection bits (asm-generic/mman-common.h). */
+export const PROT_NONE = 0;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+/** mmap flags. */
+export const MAP_SHARED = 1;
+export const MAP_PRIVATE = 2;
+/** eventfd(2) flags. */
+export const EFD_SEMAPHORE = 1;
+export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
+/** memfd_create(2) flags. */
+export const MFD_CLOEXEC = 1;
+export const MFD_ALLOW_SEALING = 2;
+/** poll events understood by FdWatcher (uv_poll_event values). */
+export const UV_READABLE = 1;
+export const UV_WRITABLE = 2;
+export const UV_DISCONNECT = 4;
+export const UV_PRIORITIZED = 8;
+
+/**
+ * Called by an FdWatcher when the fd is ready. `status` is 0 or a negative errno (e.g. -EBADF);
+ * `events` is the set of UV_* bits that are ready.
+ */
+export type FdWatcherCallback = (status: number, events: number) => void;
+
+/** An fd watched on the event loop of the thread that created it (libuv uv_poll_t). */
+export interface FdWatcher {
+  /** Start (or change the events of) watching. */
+  start(events: number): void;
+  /** Stop watching; start() may be called again. */
+  stop(): void;
+  /** Stop for good and release the handle. The fd itself is not closed. */
+  close(): void;
+  /** Do not keep the event loop alive for this watcher. */
+  unref(): void;
+  /** Keep the event loop alive while watching (the default). */
+  ref(): void;
+}
+
+export interface SysBinding {
+  /** ioctl(2). `request` is an unsigned long (values >= 2^31 are fine); `arg` is an in/out buffer or an integer. Returns the ioctl's non-negative result. */
+  ioctl(fd: number, request: number, arg: Uint8Array | number): number;
+  /** mmap(2) of `length` bytes at file `offset`; returns a zero-copy ArrayBuffer over the mapping. */
+  mmap(fd: number, length: number, prot: number, flags: number, offset: number): ArrayBuffer;
+  /** Detach every view of `buffer`, then munmap it. Calling it twice, or after the GC finalizer, is a no-op. */
+  munmap(buffer: ArrayBuffer): void;
+  /** memfd_create(2); returns the fd. */
+  memfdCreate(name: string, flags: number): number;
+  /** eventfd(2); returns the fd. */
+  eventfd(initval: number, flags: number): number;
+  /** Read an eventfd's counter. Returns -1 when it would block (EAGAIN on a non-blocking fd), else the counter (as a number, exact up to 2^53). */
+  eventfdRead(fd: number): number;
+  /** Add `value` to an eventfd's counter. */
+  eventfdWrite(fd: number, value: number): void;
+  /** A libuv poll watcher on `fd`, on the calling thread's loop. */
+  createFdWatcher(fd: number, callback: FdWatcherCallback): FdWatcher;
+  /** A full memory fence (atomic_thread_fence(seq_cst)). */
+  fence(): void;
+}
