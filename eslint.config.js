@@ -3,7 +3,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'build/**', 'node_modules/**', 'bench/results/**', '.cache/**'] },
+  { ignores: ['dist/**', 'dist-*/**', 'build/**', 'node_modules/**', 'bench/results/**', '.cache/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
