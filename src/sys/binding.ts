@@ -66,4 +66,24 @@ export interface SysBinding {
   createFdWatcher(fd: number, callback: FdWatcherCallback): FdWatcher;
   /** A full memory fence (atomic_thread_fence(seq_cst)). */
   fence(): void;
+  /** read(2) into `buffer`. Returns the byte count, or -1 when it would block (EAGAIN). */
+  read(fd: number, buffer: Uint8Array): number;
+  /** write(2) of `buffer`. Returns the byte count, or -1 when it would block (EAGAIN). */
+  write(fd: number, buffer: Uint8Array): number;
+  /** fallocate(2) (FALLOC_FL_* mode bits). Throws ENOTSUP/EOPNOTSUPP where the filesystem cannot. */
+  fallocate(fd: number, mode: number, offset: number, length: number): void;
+  /**
+   * socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol) bound to an automatic port id. `nonBlocking` adds
+   * SOCK_NONBLOCK. Returns the fd; messages sent on it go to the kernel.
+   */
+  netlinkSocket(protocol: number, nonBlocking: boolean): number;
+  /** send(2) on a socket. Returns the byte count, or -1 when it would block. */
+  send(fd: number, buffer: Uint8Array): number;
+  /** recv(2) on a socket. Returns the byte count (0 at end), or -1 when it would block. */
+  recv(fd: number, buffer: Uint8Array): number;
 }
+
+/** fallocate(2) mode bits (linux/falloc.h). */
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
