@@ -19,8 +19,11 @@ export interface FieldSpec {
   readonly offset: number;
   readonly size: number;
   readonly type: FieldType;
-  /** The C member designator when it differs from the key (e.g. `geometry.cylinders`). */
-  readonly c?: string;
+  /**
+   * The C member designator when it differs from the key (e.g. `geometry.cylinders`); `null` for padding that
+   * has no C member (alignment holes, tail padding).
+   */
+  readonly c?: string | null;
 }
 
 export interface StructLayout {
