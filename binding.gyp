@@ -1,0 +1,11 @@
+{
+  "targets": [
+    {
+      "target_name": "vduse_native",
+      "sources": ["native/vduse_native.cc"],
+      "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
+      "defines": ["NAPI_VERSION=9", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "cflags_cc": ["-Wall", "-Wextra", "-Wno-unused-parameter"]
+    }
+  ]
+}

@@ -1,0 +1,496 @@
+// vduse_native: the syscalls vduse-ts needs, exposed through Node-API (node-addon-api, C++ exceptions).
+//
+// This file only calls the kernel. Argument checking, struct encoding and everything else live in
+// TypeScript (src/sys/binding.ts documents each function). Failures throw Node-style system errors:
+// an Error with `code` ('ENOTTY'), `errno` (negative, as libuv reports it) and `syscall` ('ioctl').
+//
+// Only Node-API and a handful of libuv functions are used, so the built addon is ABI-stable across
+// Node versions.
+
+#include <napi.h>
+#include <uv.h>
+
+#include <fcntl.h>
+#include <linux/netlink.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <string>
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Errors and argument helpers
+
+// A Node-style system error, shaped like the ones libuv-backed fs/net calls throw.
+Napi::Error SystemError(Napi::Env env, int err, const char* syscall) {
+  char name[64];
+  char text[128];
+  // On Unix a libuv error code is the negated errno.
+  uv_err_name_r(-err, name, sizeof name);
+  uv_strerror_r(-err, text, sizeof text);
+  Napi::Error error = Napi::Error::New(env, std::string(name) + ": " + text + ", " + syscall);
+  error.Set("errno", Napi::Number::New(env, -err));
+  error.Set("code", Napi::String::New(env, name));
+  error.Set("syscall", Napi::String::New(env, syscall));
+  return error;
+}
+
+[[noreturn]] void ThrowErrno(Napi::Env env, const char* syscall) {
+  throw SystemError(env, errno, syscall);
+}
+
+int FdArg(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().Int32Value(); }
+
+int64_t IntArg(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().Int64Value(); }
+
+// The bytes of a TypedArray (Buffer, Uint8Array, ...), DataView or ArrayBuffer, without copying.
+struct Bytes {
+  void* data = nullptr;
+  size_t length = 0;
+};
+
+size_t ElementSize(napi_typedarray_type type) {
+  switch (type) {
+    case napi_int16_array:
+    case napi_uint16_array:
+      return 2;
+    case napi_int32_array:
+    case napi_uint32_array:
+    case napi_float32_array:
+      return 4;
+    case napi_float64_array:
+    case napi_bigint64_array:
+    case napi_biguint64_array:
+      return 8;
+    default:
+      return 1;
+  }
+}
+
+Bytes BytesArg(const Napi::CallbackInfo& info, size_t i) {
+  napi_env env = info.Env();
+  napi_value value = info[i];
+  Bytes bytes;
+  bool is = false;
+  if (napi_is_typedarray(env, value, &is) == napi_ok && is) {
+    napi_typedarray_type type;
+    size_t count = 0;
+    NAPI_THROW_IF_FAILED(env,
+                         napi_get_typedarray_info(env, value, &type, &count, &bytes.data, nullptr, nullptr),
+                         bytes);
+    bytes.length = count * ElementSize(type);
+  } else if (napi_is_dataview(env, value, &is) == napi_ok && is) {
+    NAPI_THROW_IF_FAILED(env, napi_get_dataview_info(env, value, &bytes.length, &bytes.data, nullptr, nullptr),
+                         bytes);
+  } else if (napi_is_arraybuffer(env, value, &is) == napi_ok && is) {
+    NAPI_THROW_IF_FAILED(env, napi_get_arraybuffer_info(env, value, &bytes.data, &bytes.length), bytes);
+  } else {
+    throw Napi::TypeError::New(env, "expected a TypedArray, DataView or ArrayBuffer");
+  }
+  return bytes;
+}
+
+// Runs a syscall again while it is interrupted by a signal.
+template <typename F>
+auto RetryEintr(F call) {
+  decltype(call()) result;
+  do {
+    result = call();
+  } while (result < 0 && errno == EINTR);
+  return result;
+}
+
+bool WouldBlock() { return errno == EAGAIN || errno == EWOULDBLOCK; }
+
+// ---------------------------------------------------------------------------------------------
+// ioctl
+
+Napi::Value Ioctl(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  // Requests are unsigned: _IOR/_IOWR numbers have bit 31 set and arrive as numbers >= 2^31.
+  // A negative number (a request built with JS bit operators) is taken as its 32-bit pattern.
+  int64_t raw = IntArg(info, 1);
+  unsigned long request =
+      raw < 0 ? static_cast<unsigned long>(static_cast<uint32_t>(raw)) : static_cast<unsigned long>(raw);
+  int result;
+  if (info[2].IsNumber()) {
+    unsigned long arg = static_cast<unsigned long>(IntArg(info, 2));
+    result = RetryEintr([&] { return ioctl(fd, request, arg); });
+  } else {
+    void* arg = BytesArg(info, 2).data;
+    result = RetryEintr([&] { return ioctl(fd, request, arg); });
+  }
+  if (result < 0) ThrowErrno(env, "ioctl");
+  return Napi::Number::New(env, result);
+}
+
+// ---------------------------------------------------------------------------------------------
+// mmap / munmap
+//
+// A mapping is handed to JS as an external ArrayBuffer over the mapped pages (zero copy). Two things
+// can end it: munmap(ab) from JS, or the GC finalizer when the ArrayBuffer is dropped. `unmapped`
+// makes sure only the first one calls munmap(2): the address range may already be reused by a later
+// mmap when the second one runs. Both run on the JS thread of the environment, so a plain bool is
+// enough. The Mapping is owned by the finalizer, which always runs eventually (at the latest when the
+// environment is torn down), also after a detach.
+
+struct Mapping {
+  void* addr;
+  size_t length;
+  bool unmapped;
+};
+
+void FinalizeMapping(Napi::Env, void*, Mapping* mapping) {
+  if (!mapping->unmapped) munmap(mapping->addr, mapping->length);
+  delete mapping;
+}
+
+Napi::Value Mmap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  size_t length = static_cast<size_t>(IntArg(info, 1));
+  int prot = info[2].As<Napi::Number>().Int32Value();
+  int flags = info[3].As<Napi::Number>().Int32Value();
+  off_t offset = static_cast<off_t>(IntArg(info, 4));
+  void* addr = mmap(nullptr, length, prot, flags, fd, offset);
+  if (addr == MAP_FAILED) ThrowErrno(env, "mmap");
+  Mapping* mapping = new Mapping{addr, length, false};
+  Napi::ArrayBuffer buffer;
+  try {
+    buffer = Napi::ArrayBuffer::New(env, addr, length, FinalizeMapping, mapping);
+  } catch (...) {
+    munmap(addr, length);
+    delete mapping;
+    throw;
+  }
+  // munmap(ab) finds its Mapping through this wrap. No wrap finalizer: FinalizeMapping owns it.
+  NAPI_THROW_IF_FAILED(env, napi_wrap(env, buffer, mapping, nullptr, nullptr, nullptr), Napi::Value());
+  return buffer;
+}
+
+Napi::Value Munmap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  napi_value buffer = info[0];
+  bool detached = false;
+  NAPI_THROW_IF_FAILED(env, napi_is_detached_arraybuffer(env, buffer, &detached), Napi::Value());
+  // Already unmapped: once detached the finalizer may have freed the Mapping, so do not look it up.
+  if (detached) return env.Undefined();
+  void* data = nullptr;
+  if (napi_unwrap(env, buffer, &data) != napi_ok || data == nullptr) {
+    throw Napi::TypeError::New(env, "munmap: not an ArrayBuffer returned by mmap");
+  }
+  Mapping* mapping = static_cast<Mapping*>(data);
+  // Detach first: every TypedArray/DataView over the buffer becomes length 0, so JS can never touch
+  // the pages after they are gone (reads give undefined instead of a SIGSEGV).
+  NAPI_THROW_IF_FAILED(env, napi_detach_arraybuffer(env, buffer), Napi::Value());
+  mapping->unmapped = true;
+  if (munmap(mapping->addr, mapping->length) < 0) ThrowErrno(env, "munmap");
+  return env.Undefined();
+}
+
+// ---------------------------------------------------------------------------------------------
+// memfd, eventfd, read/write, fallocate, fence
+
+Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = info[0].As<Napi::String>().Utf8Value();
+  unsigned int flags = info[1].As<Napi::Number>().Uint32Value();
+  int fd = memfd_create(name.c_str(), flags);
+  if (fd < 0) ThrowErrno(env, "memfd_create");
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value Eventfd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  unsigned int initval = info[0].As<Napi::Number>().Uint32Value();
+  int flags = info[1].As<Napi::Number>().Int32Value();
+  int fd = eventfd(initval, flags);
+  if (fd < 0) ThrowErrno(env, "eventfd");
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value EventfdRead(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  uint64_t value = 0;
+  ssize_t n = RetryEintr([&] { return read(fd, &value, sizeof value); });
+  if (n < 0) {
+    if (WouldBlock()) return Napi::Number::New(env, -1);
+    ThrowErrno(env, "read");
+  }
+  return Napi::Number::New(env, static_cast<double>(value));
+}
+
+Napi::Value EventfdWrite(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  uint64_t value = static_cast<uint64_t>(IntArg(info, 1));
+  ssize_t n = RetryEintr([&] { return write(fd, &value, sizeof value); });
+  if (n < 0) ThrowErrno(env, "write");
+  return env.Undefined();
+}
+
+Napi::Value Read(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  Bytes bytes = BytesArg(info, 1);
+  ssize_t n = RetryEintr([&] { return read(fd, bytes.data, bytes.length); });
+  if (n < 0) {
+    if (WouldBlock()) return Napi::Number::New(env, -1);
+    ThrowErrno(env, "read");
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+Napi::Value Write(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  Bytes bytes = BytesArg(info, 1);
+  ssize_t n = RetryEintr([&] { return write(fd, bytes.data, bytes.length); });
+  if (n < 0) {
+    if (WouldBlock()) return Napi::Number::New(env, -1);
+    ThrowErrno(env, "write");
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+Napi::Value Fallocate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  int mode = info[1].As<Napi::Number>().Int32Value();
+  off_t offset = static_cast<off_t>(IntArg(info, 2));
+  off_t length = static_cast<off_t>(IntArg(info, 3));
+  if (RetryEintr([&] { return fallocate(fd, mode, offset, length); }) < 0) ThrowErrno(env, "fallocate");
+  return env.Undefined();
+}
+
+Napi::Value Fence(const Napi::CallbackInfo& info) {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  return info.Env().Undefined();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Netlink sockets
+
+Napi::Value NetlinkSocket(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int protocol = info[0].As<Napi::Number>().Int32Value();
+  int type = SOCK_RAW | SOCK_CLOEXEC;
+  if (info[1].ToBoolean()) type |= SOCK_NONBLOCK;
+  int fd = socket(AF_NETLINK, type, protocol);
+  if (fd < 0) ThrowErrno(env, "socket");
+  sockaddr_nl addr{};
+  addr.nl_family = AF_NETLINK;
+  addr.nl_pid = 0;  // the kernel assigns a unique port id
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+    int err = errno;
+    close(fd);
+    throw SystemError(env, err, "bind");
+  }
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value Send(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  Bytes bytes = BytesArg(info, 1);
+  ssize_t n = RetryEintr([&] { return send(fd, bytes.data, bytes.length, 0); });
+  if (n < 0) {
+    if (WouldBlock()) return Napi::Number::New(env, -1);
+    ThrowErrno(env, "send");
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+Napi::Value Recv(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  Bytes bytes = BytesArg(info, 1);
+  ssize_t n = RetryEintr([&] { return recv(fd, bytes.data, bytes.length, 0); });
+  if (n < 0) {
+    if (WouldBlock()) return Napi::Number::New(env, -1);
+    ThrowErrno(env, "recv");
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+// ---------------------------------------------------------------------------------------------
+// FdWatcher: an fd watched by a libuv uv_poll_t.
+//
+// The handle lives on the loop napi_get_uv_event_loop() returns, i.e. the loop of the thread (main or
+// worker) that created the watcher; uv_default_loop() would be the main thread's loop even in a worker.
+//
+// The uv_poll_t is heap-allocated in a Poll, separately from the JS object: uv_close() completes
+// asynchronously, so the handle memory must outlive the FdWatcher when it is garbage collected. The
+// Poll is freed in the close callback. If the environment is torn down while a handle is still open
+// (e.g. a worker exits), an async cleanup hook closes it and Node waits for the close callback before
+// closing the loop.
+
+class FdWatcher;
+
+struct Poll {
+  uv_poll_t handle;
+  FdWatcher* owner;  // null once closing
+  napi_async_cleanup_hook_handle cleanup_hook;
+};
+
+class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "FdWatcher",
+                       {
+                           InstanceMethod<&FdWatcher::Start>("start"),
+                           InstanceMethod<&FdWatcher::Stop>("stop"),
+                           InstanceMethod<&FdWatcher::Close>("close"),
+                           InstanceMethod<&FdWatcher::UnrefHandle>("unref"),
+                           InstanceMethod<&FdWatcher::RefHandle>("ref"),
+                       });
+  }
+
+  FdWatcher(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<FdWatcher>(info), async_context_(info.Env(), "FdWatcher") {
+    Napi::Env env = info.Env();
+    int fd = FdArg(info, 0);
+    callback_ = Napi::Persistent(info[1].As<Napi::Function>());
+    uv_loop_t* loop = nullptr;
+    NAPI_THROW_IF_FAILED_VOID(env, napi_get_uv_event_loop(env, &loop));
+    Poll* poll = new Poll{};
+    int err = uv_poll_init(loop, &poll->handle, fd);
+    if (err < 0) {
+      delete poll;  // never registered with the loop: no uv_close needed
+      throw SystemError(env, -err, "uv_poll_init");
+    }
+    poll->handle.data = poll;
+    poll->owner = this;
+    napi_add_async_cleanup_hook(env, OnTeardown, poll, &poll->cleanup_hook);
+    poll_ = poll;
+  }
+
+  ~FdWatcher() override { CloseHandle(); }
+
+ private:
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (poll_ == nullptr) throw Napi::Error::New(env, "FdWatcher is closed");
+    int events = info[0].As<Napi::Number>().Int32Value();
+    int err = uv_poll_start(&poll_->handle, events, OnPoll);
+    if (err < 0) throw SystemError(env, -err, "uv_poll_start");
+    // Keep the JS object (and so the callback) alive while watching, even if JS drops it.
+    if (!active_) Napi::ObjectWrap<FdWatcher>::Ref();
+    active_ = true;
+    return env.Undefined();
+  }
+
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    StopPoll();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    CloseHandle();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value UnrefHandle(const Napi::CallbackInfo& info) {
+    if (poll_ != nullptr) uv_unref(reinterpret_cast<uv_handle_t*>(&poll_->handle));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value RefHandle(const Napi::CallbackInfo& info) {
+    if (poll_ != nullptr) uv_ref(reinterpret_cast<uv_handle_t*>(&poll_->handle));
+    return info.Env().Undefined();
+  }
+
+  void StopPoll() {
+    if (poll_ != nullptr) uv_poll_stop(&poll_->handle);
+    if (active_) {
+      active_ = false;
+      Napi::ObjectWrap<FdWatcher>::Unref();
+    }
+  }
+
+  void CloseHandle() {
+    StopPoll();
+    Poll* poll = poll_;
+    if (poll == nullptr) return;
+    poll_ = nullptr;
+    poll->owner = nullptr;
+    napi_remove_async_cleanup_hook(poll->cleanup_hook);
+    poll->cleanup_hook = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(&poll->handle), OnClosed);
+  }
+
+  static void OnClosed(uv_handle_t* handle) {
+    Poll* poll = static_cast<Poll*>(handle->data);
+    if (poll->cleanup_hook != nullptr) napi_remove_async_cleanup_hook(poll->cleanup_hook);
+    delete poll;
+  }
+
+  // The environment is going away with this handle still open. The FdWatcher object may outlive
+  // this call (its finalizer runs later), so detach it from the Poll before closing.
+  static void OnTeardown(napi_async_cleanup_hook_handle, void* data) {
+    Poll* poll = static_cast<Poll*>(data);
+    if (poll->owner != nullptr) {
+      poll->owner->poll_ = nullptr;
+      poll->owner->active_ = false;  // no Unref(): references are being torn down anyway
+      poll->owner = nullptr;
+    }
+    uv_close(reinterpret_cast<uv_handle_t*>(&poll->handle), OnClosed);  // removes the hook when done
+  }
+
+  static void OnPoll(uv_poll_t* handle, int status, int events) {
+    Poll* poll = static_cast<Poll*>(handle->data);
+    FdWatcher* self = poll->owner;
+    if (self == nullptr) return;
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    // MakeCallback (not Function::Call): it enters the watcher's async context and, on return to the
+    // loop, runs process.nextTick callbacks and microtasks, as for any Node I/O callback. A plain Call
+    // from a libuv callback would leave promise continuations waiting for some unrelated callback.
+    try {
+      self->callback_.MakeCallback(self->Value(),
+                                   {Napi::Number::New(env, status), Napi::Number::New(env, events)},
+                                   self->async_context_);
+    } catch (const Napi::Error& error) {
+      // There is no JS caller to throw to: report it like any uncaught exception.
+      napi_fatal_exception(env, error.Value());
+    }
+    // `self` may be gone from here on (the callback may have closed it).
+  }
+
+  Napi::FunctionReference callback_;
+  Napi::AsyncContext async_context_;
+  Poll* poll_ = nullptr;
+  bool active_ = false;
+};
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("ioctl", Napi::Function::New<Ioctl>(env, "ioctl"));
+  exports.Set("mmap", Napi::Function::New<Mmap>(env, "mmap"));
+  exports.Set("munmap", Napi::Function::New<Munmap>(env, "munmap"));
+  exports.Set("memfdCreate", Napi::Function::New<MemfdCreate>(env, "memfdCreate"));
+  exports.Set("eventfd", Napi::Function::New<Eventfd>(env, "eventfd"));
+  exports.Set("eventfdRead", Napi::Function::New<EventfdRead>(env, "eventfdRead"));
+  exports.Set("eventfdWrite", Napi::Function::New<EventfdWrite>(env, "eventfdWrite"));
+  exports.Set("read", Napi::Function::New<Read>(env, "read"));
+  exports.Set("write", Napi::Function::New<Write>(env, "write"));
+  exports.Set("fallocate", Napi::Function::New<Fallocate>(env, "fallocate"));
+  exports.Set("fence", Napi::Function::New<Fence>(env, "fence"));
+  exports.Set("netlinkSocket", Napi::Function::New<NetlinkSocket>(env, "netlinkSocket"));
+  exports.Set("send", Napi::Function::New<Send>(env, "send"));
+  exports.Set("recv", Napi::Function::New<Recv>(env, "recv"));
+  exports.Set("FdWatcher", FdWatcher::Define(env));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(vduse_native, Init)
