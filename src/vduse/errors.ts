@@ -1,0 +1,58 @@
+/**
+ * Errors of the VDUSE transport and the vdpa netlink client. Every VduseError has a stable `code`
+ * (ERR_VDUSE_*, ERR_VDPA_*) and a one-line message meant for users; the underlying system error, if any, is
+ * the `cause`.
+ */
+
+export type VduseErrorCode =
+  | 'ERR_VDUSE_UNAVAILABLE'
+  | 'ERR_VDUSE_PERMISSION'
+  | 'ERR_VDUSE_API'
+  | 'ERR_VDUSE_NAME'
+  | 'ERR_VDUSE_CONFIG'
+  | 'ERR_VDUSE_EXISTS'
+  | 'ERR_VDUSE_CREATE'
+  | 'ERR_VDUSE_BUSY'
+  | 'ERR_VDUSE_NOT_FOUND'
+  | 'ERR_VDUSE_DESTROY'
+  | 'ERR_VDUSE_CLOSED'
+  | 'ERR_VDUSE_OPEN'
+  | 'ERR_VDPA_FAMILY'
+  | 'ERR_VDPA_PERMISSION'
+  | 'ERR_VDPA'
+  | 'ERR_VDPA_PROTOCOL';
+
+export class VduseError extends Error {
+  constructor(
+    readonly code: VduseErrorCode,
+    message: string,
+    cause?: unknown,
+  ) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.name = 'VduseError';
+  }
+}
+
+/** "EEXIST" style text for a system error, or its message. */
+export function systemErrorMessage(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  if (e && typeof e.code === 'string' && /^E[A-Z0-9]+$/.test(e.code)) {
+    const text = e.message && !e.message.startsWith(e.code) ? `: ${e.message}` : '';
+    return `${e.code}${text}`;
+  }
+  return e instanceof Error ? e.message : String(err);
+}
+
+/** A Node-style system error (code, errno, syscall), as the native binding throws them. */
+export function systemError(
+  code: string,
+  errno: number,
+  syscall: string,
+  message?: string,
+): NodeJS.ErrnoException {
+  const err = new Error(message ?? `${syscall} failed: ${code}`) as NodeJS.ErrnoException;
+  err.code = code;
+  err.errno = -Math.abs(errno);
+  err.syscall = syscall;
+  return err;
+}
