@@ -1,0 +1,429 @@
+/**
+ * The VDUSE transport at run time: serves one /dev/vduse/NAME for one VirtioDevice.
+ *
+ * The dev fd is non-blocking and watched on the event loop; every readable event drains all queued requests and
+ * answers each at once, so the thread never blocks and the kernel (which may be inside a netlink DEV_NEW, a probe
+ * or a reset) never waits on us. At DRIVER_OK the rings are mapped through the IOTLB, one kick eventfd per ready
+ * queue is installed and watched, and the device is activated; at status 0 all of that is torn down again.
+ *
+ * DEVICE_NEEDS_RESET: VDUSE gives a userspace device no way to set a status bit itself (the status byte is
+ * owned by the driver and only mirrored to us). When a ring turns out malformed or the device calls
+ * host.needsReset(), the transport stops serving the queues (kicks are ignored) and logs once; the driver sees
+ * its I/O stall until it resets the device, which brings everything back.
+ */
+import { EventEmitter } from 'node:events';
+import { closeSync, constants as fsConstants, openSync } from 'node:fs';
+
+import type { DeviceHost, VirtioDevice } from '../devices/device.js';
+import { EFD_CLOEXEC, EFD_NONBLOCK, UV_READABLE, type FdWatcher, type SysBinding } from '../sys/binding.js';
+import { createVirtqueue } from '../virtio/index.js';
+import type { PackedQueueState, SplitQueueState, Virtqueue, VirtqueueError } from '../virtio/virtqueue.js';
+import {
+  VDUSE_MSG_SIZE,
+  VDUSE_REQ_RESULT_FAILED,
+  decodeVduseRequest,
+  encodeVduseResponse,
+  type VduseDevRequest,
+  type VduseDevResponse,
+} from '../uapi/vduse.js';
+import {
+  devGetFeatures,
+  devInjectConfigIrq,
+  devSetConfig,
+  vqGetInfo,
+  vqInjectIrq,
+  vqSetup,
+  vqSetupKickfd,
+} from './ioctls.js';
+import { IotlbMemory } from './iotlb-memory.js';
+import { nullLogger, type Logger } from './logger.js';
+import { VduseProtocol, type ProtocolContext, type ProtocolEffect } from './protocol.js';
+import { VIRTIO_CONFIG_S_DRIVER_OK } from '../uapi/virtio-config.js';
+
+const VIRTIO_RING_F_INDIRECT_DESC = 28n;
+const VIRTIO_RING_F_EVENT_IDX = 29n;
+const VIRTIO_F_RING_PACKED = 34n;
+
+export interface VduseDeviceOptions {
+  binding: SysBinding;
+  /** The VDUSE device name (the char device is /dev/vduse/NAME). */
+  name: string;
+  device: VirtioDevice;
+  logger?: Logger;
+  /** Directory of the VDUSE char devices; tests point it elsewhere. Default /dev/vduse. */
+  devDir?: string;
+  /** An already open dev fd (O_RDWR|O_NONBLOCK) instead of opening devDir/NAME. */
+  fd?: number;
+}
+
+interface KickSource {
+  fd: number;
+  watcher: FdWatcher;
+}
+
+export interface VduseDeviceEvents {
+  /** DRIVER_OK accepted and the data path started. */
+  'driver-ok': [features: bigint];
+  /** The driver reset the device (status 0). */
+  reset: [];
+  /** The data path stopped because of a ring error or host.needsReset(). */
+  'needs-reset': [reason: Error];
+  /** The dev fd failed for good (device broken after a message timeout, or closed under us). */
+  broken: [reason: Error];
+}
+
+export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
+  readonly name: string;
+  readonly fd: number;
+  readonly device: VirtioDevice;
+  readonly memory: IotlbMemory;
+  readonly #binding: SysBinding;
+  readonly #log: Logger;
+  readonly #protocol: VduseProtocol;
+  readonly #watcher: FdWatcher;
+  readonly #request = new Uint8Array(VDUSE_MSG_SIZE);
+  #features = 0n;
+  #queues: (Virtqueue | null)[] = [];
+  #kicks: (KickSource | null)[] = [];
+  #saved: (SplitQueueState | PackedQueueState | null)[] = [];
+  #halted = false;
+  #closed = false;
+  #resetting: Promise<void> = Promise.resolve();
+
+  /** Open /dev/vduse/NAME, set up every queue and start answering requests. */
+  static open(options: VduseDeviceOptions): VduseDevice {
+    const path = `${options.devDir ?? '/dev/vduse'}/${options.name}`;
+    const fd = options.fd ?? openSync(path, fsConstants.O_RDWR | fsConstants.O_NONBLOCK);
+    try {
+      return new VduseDevice(options, fd);
+    } catch (err) {
+      if (options.fd === undefined) closeSync(fd);
+      throw err;
+    }
+  }
+
+  private constructor(options: VduseDeviceOptions, fd: number) {
+    super();
+    this.name = options.name;
+    this.fd = fd;
+    this.device = options.device;
+    this.#binding = options.binding;
+    this.#log = options.logger ?? nullLogger;
+    this.#protocol = new VduseProtocol(this.device.numQueues);
+    this.memory = new IotlbMemory(this.#binding, fd);
+    for (let i = 0; i < this.device.numQueues; i++) {
+      vqSetup(this.#binding, fd, i, this.device.maxQueueSize);
+      this.#saved.push(null);
+    }
+    const host: DeviceHost = {
+      configChanged: () => this.#configChanged(),
+      needsReset: (reason) => this.#needsReset(reason),
+    };
+    this.device.bind(host);
+    this.#watcher = this.#binding.createFdWatcher(fd, (status, events) => this.#onReadable(status, events));
+    this.#watcher.start(UV_READABLE);
+  }
+
+  /** The status byte as last accepted. */
+  get status(): number {
+    return this.#protocol.status;
+  }
+
+  /** Data path running (after DRIVER_OK, before reset). */
+  get running(): boolean {
+    return this.#protocol.running;
+  }
+
+  /** The negotiated features (0 before FEATURES_OK). */
+  get features(): bigint {
+    return this.#features;
+  }
+
+  /** The live queues (null for not-ready ones); empty while stopped. */
+  get queues(): readonly (Virtqueue | null)[] {
+    return this.#queues;
+  }
+
+  /** Resolves when the last device reset has finished (requests in the backend drained). */
+  get settled(): Promise<void> {
+    return this.#resetting;
+  }
+
+  /**
+   * Stop serving: tear the data path down, close the dev fd. Call it after the device was detached (DEV_DEL), so
+   * the kernel has already reset it. Resolves when the device's last requests are done.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return this.#resetting;
+    this.#closed = true;
+    this.#watcher.close();
+    if (this.#protocol.running || this.#queues.length > 0) this.#stopDataPath(true);
+    this.memory.invalidateAll();
+    closeSync(this.fd);
+    await this.#resetting;
+  }
+
+  /** Drain and answer every queued request. */
+  #onReadable(status: number, events: number): void {
+    if (this.#closed) return;
+    if (status < 0) {
+      this.#broken(new Error(`poll on /dev/vduse/${this.name} failed (errno ${-status})`));
+      return;
+    }
+    void events;
+    for (;;) {
+      let n: number;
+      try {
+        n = this.#binding.read(this.fd, this.#request);
+      } catch (err) {
+        this.#broken(err as Error);
+        return;
+      }
+      if (n < 0) return; // EAGAIN: drained
+      if (n !== VDUSE_MSG_SIZE) {
+        this.#log.warn(`short read of ${n} bytes from /dev/vduse/${this.name}: ignored`);
+        continue;
+      }
+      this.#serve(this.#request);
+      if (this.#closed) return;
+    }
+  }
+
+  #serve(bytes: Uint8Array): void {
+    const request = decodeVduseRequest(bytes);
+    const ctx: ProtocolContext = {
+      acceptFeatures: () => this.#acceptFeatures(),
+      queueState: (index) => this.#queueState(index),
+      log: (message) => this.#log.warn(message),
+    };
+    this.#log.debug(`request ${describeRequest(request)}`);
+    const { response, effects } = this.#protocol.handle(request, ctx);
+    let answer: VduseDevResponse = response;
+    for (const effect of effects) {
+      if (!this.#apply(effect)) answer = { request_id: response.request_id, result: VDUSE_REQ_RESULT_FAILED };
+    }
+    try {
+      this.#binding.write(this.fd, encodeVduseResponse(answer));
+    } catch (err) {
+      // ENOENT: the kernel gave up on the request (timeout); anything else means the fd is unusable.
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT')
+        this.#log.warn(`request ${request.request_id} was no longer awaited by the kernel`);
+      else this.#broken(err as Error);
+    }
+  }
+
+  /** Carry out one effect; false when the request must be answered FAILED. */
+  #apply(effect: ProtocolEffect): boolean {
+    switch (effect.kind) {
+      case 'start':
+        try {
+          this.#startDataPath();
+          return true;
+        } catch (err) {
+          this.#log.error(`cannot start the data path: ${(err as Error).message}`);
+          this.#stopDataPath(false);
+          this.#protocol.startFailed();
+          return false;
+        }
+      case 'stop':
+        this.#stopDataPath(false);
+        return true;
+      case 'reset':
+        this.#log.debug('reset');
+        this.#stopDataPath(true);
+        this.#features = 0n;
+        this.#saved = this.#saved.map(() => null);
+        this.emit('reset');
+        return true;
+      case 'invalidate':
+        this.memory.invalidate(effect.start, effect.last);
+        return true;
+    }
+  }
+
+  #acceptFeatures(): boolean {
+    const features = devGetFeatures(this.#binding, this.fd);
+    const unknown = features & ~this.device.features;
+    if (unknown !== 0n) {
+      this.#log.warn(
+        `driver features 0x${features.toString(16)} include bits not offered (0x${unknown.toString(16)})`,
+      );
+      return false;
+    }
+    if (!this.device.negotiate(features)) return false;
+    this.#features = features;
+    this.#log.debug(`features negotiated: 0x${features.toString(16)}`);
+    return true;
+  }
+
+  #queueState(index: number): SplitQueueState | PackedQueueState {
+    const live = this.#queues[index];
+    if (live) return live.getState();
+    const saved = this.#saved[index];
+    if (saved) return saved;
+    return (this.#features & (1n << VIRTIO_F_RING_PACKED)) !== 0n
+      ? { lastAvailCounter: 1, lastAvailIdx: 0, lastUsedCounter: 1, lastUsedIdx: 0 }
+      : { nextAvail: 0 };
+  }
+
+  #startDataPath(): void {
+    if (this.#features === 0n) this.#features = devGetFeatures(this.#binding, this.fd);
+    const features = this.#features;
+    const packed = (features & (1n << VIRTIO_F_RING_PACKED)) !== 0n;
+    const eventIdx = (features & (1n << VIRTIO_RING_F_EVENT_IDX)) !== 0n;
+    const indirect = (features & (1n << VIRTIO_RING_F_INDIRECT_DESC)) !== 0n;
+    this.#halted = false;
+    const queues: (Virtqueue | null)[] = [];
+    this.#queues = queues;
+    this.#kicks = [];
+    for (let i = 0; i < this.device.numQueues; i++) {
+      const info = vqGetInfo(this.#binding, this.fd, i);
+      if (!info.ready || info.num === 0) {
+        queues.push(null);
+        this.#kicks.push(null);
+        continue;
+      }
+      const queue = createVirtqueue(
+        {
+          index: i,
+          size: info.num,
+          descAddr: info.descAddr,
+          driverAddr: info.driverAddr,
+          deviceAddr: info.deviceAddr,
+          eventIdx,
+          indirect,
+        },
+        packed,
+        this.memory,
+        {
+          signal: () => this.#signal(i),
+          onError: (error) => this.#queueError(error),
+        },
+      );
+      queue.setState(packed ? info.packed : info.split);
+      queues.push(queue);
+      this.#kicks.push(this.#installKick(i));
+    }
+    this.#saved = this.#saved.map(() => null);
+    const ready = queues.filter((q) => q !== null).length;
+    this.#log.info(
+      `driver ready: ${ready}/${this.device.numQueues} queue(s), ${packed ? 'packed' : 'split'} ring, features 0x${features.toString(16)}`,
+    );
+    this.device.activate({ features, memory: this.memory, queues });
+    this.emit('driver-ok', features);
+  }
+
+  #installKick(index: number): KickSource {
+    const fd = this.#binding.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    try {
+      vqSetupKickfd(this.#binding, this.fd, index, fd);
+      const watcher = this.#binding.createFdWatcher(fd, (status) => this.#onKick(index, fd, status));
+      watcher.start(UV_READABLE);
+      return { fd, watcher };
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
+  }
+
+  #onKick(index: number, fd: number, status: number): void {
+    if (status < 0) {
+      this.#log.warn(`kick eventfd of queue ${index} failed (errno ${-status})`);
+      return;
+    }
+    try {
+      this.#binding.eventfdRead(fd);
+    } catch (err) {
+      this.#log.warn(`reading the kick of queue ${index}: ${(err as Error).message}`);
+    }
+    if (this.#halted || this.#queues[index] == null) return;
+    try {
+      this.device.queueNotify(index);
+    } catch (err) {
+      this.#needsReset(err as Error);
+    }
+  }
+
+  #signal(index: number): void {
+    try {
+      vqInjectIrq(this.#binding, this.fd, index);
+    } catch (err) {
+      // EINVAL before DRIVER_OK or after a reset raced with a late completion: nothing to tell.
+      this.#log.debug(`interrupt for queue ${index} not injected: ${(err as Error).message}`);
+    }
+  }
+
+  #stopDataPath(reset: boolean): void {
+    for (const kick of this.#kicks) {
+      if (kick === null) continue;
+      kick.watcher.close();
+      try {
+        closeSync(kick.fd);
+      } catch {
+        // already gone
+      }
+    }
+    this.#kicks = [];
+    if (this.#queues.length > 0) {
+      this.#saved = this.#queues.map((q, i) => (q ? q.getState() : (this.#saved[i] ?? null)));
+    }
+    const hadQueues = this.#queues.length > 0;
+    this.#queues = [];
+    this.#halted = false;
+    if (hadQueues || reset) {
+      const done = this.device.reset().catch((err: unknown) => {
+        this.#log.warn(`device reset: ${(err as Error).message}`);
+      });
+      this.#resetting = Promise.all([this.#resetting, done]).then(() => undefined);
+    }
+    if (reset) this.memory.invalidateAll();
+  }
+
+  #queueError(error: VirtqueueError): void {
+    this.#needsReset(error);
+  }
+
+  #needsReset(reason: Error): void {
+    if (this.#halted) return;
+    this.#halted = true;
+    for (const kick of this.#kicks) kick?.watcher.stop();
+    this.#log.error(
+      `device needs reset: ${reason.message}; the data path is stopped until the driver resets the device`,
+    );
+    this.emit('needs-reset', reason);
+  }
+
+  #configChanged(): void {
+    if (this.#closed) return;
+    try {
+      devSetConfig(this.#binding, this.fd, 0, this.device.config());
+      if ((this.#protocol.status & VIRTIO_CONFIG_S_DRIVER_OK) !== 0)
+        devInjectConfigIrq(this.#binding, this.fd);
+      this.#log.debug('config space updated');
+    } catch (err) {
+      this.#log.warn(`config update failed: ${(err as Error).message}`);
+    }
+  }
+
+  #broken(reason: Error): void {
+    if (this.#closed) return;
+    this.#log.error(`/dev/vduse/${this.name}: ${reason.message}`);
+    this.#watcher.stop();
+    this.emit('broken', reason);
+  }
+}
+
+function describeRequest(request: VduseDevRequest): string {
+  const id = `#${request.request_id}`;
+  switch (request.kind) {
+    case 'get_vq_state':
+      return `${id} GET_VQ_STATE vq ${request.index}`;
+    case 'set_status':
+      return `${id} SET_STATUS 0x${request.status.toString(16)}`;
+    case 'update_iotlb':
+      return `${id} UPDATE_IOTLB [0x${request.start.toString(16)}, 0x${request.last.toString(16)}]`;
+    default:
+      return `${id} type ${request.type}`;
+  }
+}
