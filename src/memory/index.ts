@@ -1,0 +1,2 @@
+export * from './guest-memory.js';
+export { HeapMemory, type AccessRecord, type HeapRegion, type HeapRegionOptions } from './heap-memory.js';

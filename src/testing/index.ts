@@ -1,0 +1,11 @@
+export {
+  GuestAllocator,
+  MockDriver,
+  type BufferRef,
+  type ChainSpec,
+  type MockChain,
+  type MockDriverOptions,
+  type PackedDescriptor,
+  type SplitDescriptor,
+  type UsedEntry,
+} from './mock-driver.js';

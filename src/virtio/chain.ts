@@ -1,0 +1,210 @@
+/**
+ * Descriptor chains: the object pop() returns, the buffer checks both ring formats share, and helpers that copy
+ * across the buffers of a chain (headers and payloads may be split over descriptors at any byte, §2.7.4.1).
+ *
+ * A chain holds zero-copy views of guest memory. They stay valid until the chain is given back with addUsed()
+ * and while the memory generation is unchanged; do not keep them longer.
+ */
+import { ACCESS_READ, ACCESS_WRITE, GuestMemoryError } from '../memory/guest-memory.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { VirtqueueError } from './virtqueue.js';
+import type { DescriptorChain, VirtqueueErrorKind } from './virtqueue.js';
+import { VRING_DESC_SIZE } from '../uapi/virtio-ring.js';
+
+/** 2^32: a chain may hold at most this many bytes in total (§2.7.5). */
+export const CHAIN_MAX_BYTES = 2 ** 32;
+/** High address word at or above which an address is >= 2^53 and cannot be a JavaScript number. */
+const ADDR_HI_LIMIT = 2 ** 21;
+/** Largest indirect table accepted: 65536 descriptors (what a 16-bit `next` can address), 1 MiB. */
+export const INDIRECT_MAX_DESCRIPTORS = 65536;
+
+/** The chain object the queues hand out. Only the DescriptorChain fields are public API. */
+export class QueueChain implements DescriptorChain {
+  id = 0;
+  readonly readable: Uint8Array[] = [];
+  readonly writable: Uint8Array[] = [];
+  readableBytes = 0;
+  writableBytes = 0;
+  /** @internal Ring slots the chain took (packed: advance of the used index; split: 1). */
+  slots = 1;
+  /** @internal The queue that popped it, and its epoch then (setState starts a new epoch). */
+  owner: object | null = null;
+  epoch = 0;
+  /** @internal True between pop() and addUsed(). */
+  live = false;
+  /** @internal A readable descriptor after a writable one is an error; set once a writable one was seen. */
+  sawWrite = false;
+}
+
+/** Fail with a typed ring error (thrown inside the queue, caught by pop()). */
+export function ringError(kind: VirtqueueErrorKind, queue: number, message: string): never {
+  throw new VirtqueueError(kind, queue, message);
+}
+
+/**
+ * Append one descriptor's buffer to `chain`: checks write order, the 2^53 address limit and the 2^32 total,
+ * then translates the range (zero-length descriptors add no view). Throws VirtqueueError or GuestMemoryError.
+ */
+export function addDescriptor(
+  chain: QueueChain,
+  memory: GuestMemory,
+  queue: number,
+  addrLo: number,
+  addrHi: number,
+  len: number,
+  write: boolean,
+): void {
+  if (write) chain.sawWrite = true;
+  else if (chain.sawWrite)
+    ringError('write-order', queue, 'a device-readable descriptor follows a writable one');
+  if (addrHi >= ADDR_HI_LIMIT)
+    ringError('memory', queue, `descriptor address 0x${addrHi.toString(16)}xxxxxxxx is above 2^53`);
+  if (chain.readableBytes + chain.writableBytes + len > CHAIN_MAX_BYTES) {
+    ringError('length-overflow', queue, 'descriptor lengths add up to more than 2^32 bytes');
+  }
+  if (len === 0) return;
+  const addr = addrHi * 0x1_0000_0000 + addrLo;
+  if (write) {
+    memory.gather(addr, len, ACCESS_WRITE, chain.writable);
+    chain.writableBytes += len;
+  } else {
+    memory.gather(addr, len, ACCESS_READ, chain.readable);
+    chain.readableBytes += len;
+  }
+}
+
+/**
+ * Translate an indirect table (`len` bytes at addrHi:addrLo) into 32-bit words: descriptor i is words 4i..4i+3.
+ * Validates the table size (`indirect-table`) and address; a table split over regions, or not 4-byte aligned in
+ * its buffer, is copied.
+ */
+export function indirectTable(
+  memory: GuestMemory,
+  queue: number,
+  addrLo: number,
+  addrHi: number,
+  len: number,
+): Uint32Array {
+  if (len === 0 || len % VRING_DESC_SIZE !== 0 || len > INDIRECT_MAX_DESCRIPTORS * VRING_DESC_SIZE) {
+    ringError(
+      'indirect-table',
+      queue,
+      `indirect table of ${len} bytes (must be a non-zero multiple of 16, at most 1 MiB)`,
+    );
+  }
+  if (addrHi >= ADDR_HI_LIMIT)
+    ringError('memory', queue, `indirect table address 0x${addrHi.toString(16)}xxxxxxxx is above 2^53`);
+  const addr = addrHi * 0x1_0000_0000 + addrLo;
+  let bytes: Uint8Array;
+  try {
+    bytes = memory.view(addr, len, ACCESS_READ);
+  } catch (e) {
+    if (!(e instanceof GuestMemoryError)) throw e;
+    // Possibly mapped in pieces: gather (throws if not mapped at all) and copy.
+    const parts: Uint8Array[] = [];
+    memory.gather(addr, len, ACCESS_READ, parts);
+    bytes = concat(parts, len);
+  }
+  if (bytes.byteOffset % 4 !== 0) bytes = bytes.slice();
+  return new Uint32Array(bytes.buffer, bytes.byteOffset, len >>> 2);
+}
+
+function concat(parts: readonly Uint8Array[], len: number): Uint8Array {
+  const out = new Uint8Array(len);
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
+
+/**
+ * Copy bytes starting `offset` bytes into `parts` (a chain's readable or writable list) into `out`, across buffer
+ * boundaries. Returns the number of bytes copied: less than out.length when the parts end first.
+ */
+export function copyFromParts(parts: readonly Uint8Array[], offset: number, out: Uint8Array): number {
+  let copied = 0;
+  let skip = offset;
+  for (let i = 0; i < parts.length && copied < out.length; i++) {
+    const p = parts[i] as Uint8Array;
+    if (skip >= p.length) {
+      skip -= p.length;
+      continue;
+    }
+    const n = Math.min(p.length - skip, out.length - copied);
+    out.set(skip === 0 && n === p.length ? p : p.subarray(skip, skip + n), copied);
+    copied += n;
+    skip = 0;
+  }
+  return copied;
+}
+
+/** Copy `data` into `parts` starting `offset` bytes in, across buffer boundaries. Returns the bytes written. */
+export function copyToParts(parts: readonly Uint8Array[], offset: number, data: Uint8Array): number {
+  let written = 0;
+  let skip = offset;
+  for (let i = 0; i < parts.length && written < data.length; i++) {
+    const p = parts[i] as Uint8Array;
+    if (skip >= p.length) {
+      skip -= p.length;
+      continue;
+    }
+    const n = Math.min(p.length - skip, data.length - written);
+    p.set(written === 0 && n === data.length ? data : data.subarray(written, written + n), skip);
+    written += n;
+    skip = 0;
+  }
+  return written;
+}
+
+/**
+ * Views of bytes [offset, offset + len) of `parts`, appended to `out` (no copy). `len` is clipped to what the
+ * parts hold. Useful to hand the data area of a request (between header and status byte) to I/O.
+ */
+export function sliceParts(
+  parts: readonly Uint8Array[],
+  offset: number,
+  len: number,
+  out: Uint8Array[] = [],
+): Uint8Array[] {
+  let skip = offset;
+  let left = len;
+  for (let i = 0; i < parts.length && left > 0; i++) {
+    const p = parts[i] as Uint8Array;
+    if (skip >= p.length) {
+      skip -= p.length;
+      continue;
+    }
+    const n = Math.min(p.length - skip, left);
+    out.push(skip === 0 && n === p.length ? p : p.subarray(skip, skip + n));
+    left -= n;
+    skip = 0;
+  }
+  return out;
+}
+
+/**
+ * Copy a header (or any bytes) out of the device-readable part of `chain`, starting `offset` bytes in.
+ * Returns the bytes copied (less than out.length if the readable part is shorter).
+ */
+export function readFromChain(chain: DescriptorChain, offset: number, out: Uint8Array): number {
+  return copyFromParts(chain.readable, offset, out);
+}
+
+/** Write `data` into the device-writable part of `chain`, starting `offset` bytes in. Returns the bytes written. */
+export function writeToChain(chain: DescriptorChain, offset: number, data: Uint8Array): number {
+  return copyToParts(chain.writable, offset, data);
+}
+
+/**
+ * Write `status` into the very last byte of the device-writable part (virtio-blk, scsi, ... status byte).
+ * Returns false when the chain has no writable byte.
+ */
+export function writeStatus(chain: DescriptorChain, status: number): boolean {
+  const w = chain.writable;
+  const last = w[w.length - 1];
+  if (last === undefined) return false;
+  last[last.length - 1] = status;
+  return true;
+}

@@ -1,0 +1,372 @@
+/**
+ * Device side of a split virtqueue (virtio spec §2.7): avail ring consumption, descriptor chains (direct and
+ * indirect), used ring production, notification suppression (flags and EVENT_IDX).
+ *
+ * Memory ordering (spec §2.7.7, §2.7.13; Linux virtio_ring.h; rust-vmm queue.rs): avail.idx is read with
+ * Atomics.load (acquire) before any ring entry it covers; used elements are written with plain stores and then
+ * published with Atomics.store of used.idx (release); between publishing used.idx (or re-enabling notifications)
+ * and reading used_event / avail.flags / avail.idx there is a full fence: the seq_cst Atomics pair, plus
+ * `options.fence` when given (native fence for weakly ordered CPUs).
+ */
+import { ACCESS_READ, ACCESS_WRITE, GuestMemoryError } from '../memory/guest-memory.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import {
+  VIRTQUEUE_MAX_SIZE,
+  VRING_AVAIL_ALIGN_SIZE,
+  VRING_AVAIL_F_NO_INTERRUPT,
+  VRING_DESC_ALIGN_SIZE,
+  VRING_DESC_F_INDIRECT,
+  VRING_DESC_F_NEXT,
+  VRING_DESC_F_WRITE,
+  VRING_USED_ALIGN_SIZE,
+  VRING_USED_F_NO_NOTIFY,
+  vringAvailEventOffset,
+  vringDescTableSize,
+  vringNeedEvent,
+  vringUsedEventOffset,
+} from '../uapi/virtio-ring.js';
+import { QueueChain, addDescriptor, indirectTable, ringError } from './chain.js';
+import { VirtqueueError } from './virtqueue.js';
+import type {
+  DescriptorChain,
+  PackedQueueState,
+  SplitQueueState,
+  Virtqueue,
+  VirtqueueConfig,
+  VirtqueueOptions,
+} from './virtqueue.js';
+
+/** VirtqueueOptions plus what the queue engines accept on top. */
+export interface QueueOptions extends VirtqueueOptions {
+  /**
+   * A full memory fence (e.g. the native addon's `fence()`), called once per publish() and per notification
+   * re-enable, after the seq_cst Atomics store. Not needed on x86; recommended on arm64.
+   */
+  fence?: () => void;
+}
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/** Shared by both formats: record the first error, report it once. */
+export function checkEndianness(): void {
+  if (!LITTLE_ENDIAN) throw new Error('vduse-ts virtqueues need a little-endian CPU');
+}
+
+export class SplitQueue implements Virtqueue {
+  readonly packed = false;
+  readonly index: number;
+  readonly size: number;
+
+  private readonly memory: GuestMemory;
+  private readonly config: VirtqueueConfig;
+  private readonly signal: () => void;
+  private readonly onError: ((error: VirtqueueError) => void) | undefined;
+  private readonly fence: (() => void) | undefined;
+  private readonly eventIdx: boolean;
+  private readonly indirect: boolean;
+  private readonly mask: number;
+  /** u16 index of used_event in the avail ring, and of avail_event in the used ring. */
+  private readonly usedEventAt: number;
+  private readonly availEventAt: number;
+
+  private err: VirtqueueError | null = null;
+  /** Memory generation the ring views belong to; -1 before the first translation. */
+  private mappedGeneration = -1;
+  private desc: Uint32Array = new Uint32Array(0);
+  private avail: Uint16Array = new Uint16Array(0);
+  private used16: Uint16Array = new Uint16Array(0);
+  private used32: Uint32Array = new Uint32Array(0);
+
+  private nextAvail = 0;
+  /** avail.idx as last read: chains up to it can be popped without reading avail.idx again. */
+  private availSeen = 0;
+  /** used.idx as last published (also the `old` of the EVENT_IDX decision). */
+  private usedPublished = 0;
+  /** Used elements added since the last publish, kept here until publish() writes them. */
+  private pending = 0;
+  private readonly pendingId: Uint32Array;
+  private readonly pendingLen: Uint32Array;
+  private notify = true;
+  /** Last avail_event written, or -1. */
+  private availEventWritten = -1;
+  private inFlightCount = 0;
+  private epoch = 0;
+
+  constructor(config: VirtqueueConfig, memory: GuestMemory, options: QueueOptions) {
+    checkEndianness();
+    const size = config.size;
+    if (!Number.isInteger(size) || size < 1 || size > VIRTQUEUE_MAX_SIZE) {
+      throw new RangeError(`queue ${config.index}: size must be 1..${VIRTQUEUE_MAX_SIZE}, got ${size}`);
+    }
+    this.index = config.index;
+    this.size = size;
+    this.config = { ...config };
+    this.memory = memory;
+    this.signal = options.signal;
+    this.onError = options.onError;
+    this.fence = options.fence;
+    this.eventIdx = config.eventIdx;
+    this.indirect = config.indirect;
+    this.mask = size - 1;
+    this.usedEventAt = vringUsedEventOffset(size) >>> 1;
+    this.availEventAt = vringAvailEventOffset(size) >>> 1;
+    this.pendingId = new Uint32Array(size);
+    this.pendingLen = new Uint32Array(size);
+  }
+
+  get error(): VirtqueueError | null {
+    return this.err;
+  }
+
+  get inFlight(): number {
+    return this.inFlightCount;
+  }
+
+  pop(): DescriptorChain | null {
+    if (this.err !== null) return null;
+    if (this.mappedGeneration !== this.memory.generation && !this.map()) return null;
+    const nextAvail = this.nextAvail;
+    if (nextAvail === this.availSeen) {
+      let idx = Atomics.load(this.avail, 1);
+      if (idx === nextAvail && this.notify && this.eventIdx && this.availEventWritten !== nextAvail) {
+        // Keep kicks coming for a device that just pops until empty: ask for the next index, then look again.
+        this.writeAvailEvent(nextAvail);
+        idx = Atomics.load(this.avail, 1);
+      }
+      if (idx === nextAvail) return null;
+      if (((idx - nextAvail) & 0xffff) > this.size) {
+        this.fail(
+          new VirtqueueError(
+            'avail-index',
+            this.index,
+            `avail.idx ${idx} is more than ${this.size} ahead of ${nextAvail}`,
+          ),
+        );
+        return null;
+      }
+      this.availSeen = idx;
+    }
+    const head = this.avail[2 + (nextAvail & this.mask)] as number;
+    this.nextAvail = (nextAvail + 1) & 0xffff;
+    const chain = new QueueChain();
+    try {
+      this.walk(chain, head);
+    } catch (e) {
+      this.fail(e);
+      return null;
+    }
+    chain.owner = this;
+    chain.epoch = this.epoch;
+    chain.live = true;
+    this.inFlightCount++;
+    return chain;
+  }
+
+  addUsed(chain: DescriptorChain, len: number): void {
+    const c = chain as QueueChain;
+    if (!(c instanceof QueueChain) || c.owner !== this || c.epoch !== this.epoch || !c.live) {
+      this.fail(
+        new VirtqueueError('used-id', this.index, `chain ${chain.id} is not in flight on this queue`),
+      );
+      return;
+    }
+    c.live = false;
+    this.inFlightCount--;
+    if (this.pending === this.size) this.publish();
+    const n = this.pending++;
+    this.pendingId[n] = c.id;
+    this.pendingLen[n] = len > c.writableBytes ? c.writableBytes : len >= 0 ? len : 0;
+  }
+
+  publish(): boolean {
+    const count = this.pending;
+    if (count === 0) return false;
+    if (this.mappedGeneration !== this.memory.generation && !this.map()) return false;
+    this.pending = 0;
+    const used32 = this.used32;
+    const old = this.usedPublished;
+    const mask = this.mask;
+    for (let k = 0; k < count; k++) {
+      const at = 1 + (((old + k) & mask) << 1);
+      used32[at] = this.pendingId[k] as number;
+      used32[at + 1] = this.pendingLen[k] as number;
+    }
+    const idx = (old + count) & 0xffff;
+    Atomics.store(this.used16, 1, idx);
+    this.usedPublished = idx;
+    if (this.fence !== undefined) this.fence();
+    let need: boolean;
+    if (this.eventIdx) need = vringNeedEvent(Atomics.load(this.avail, this.usedEventAt), idx, old);
+    else need = (Atomics.load(this.avail, 0) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
+    if (need) this.signal();
+    return need;
+  }
+
+  enableNotification(): boolean {
+    this.notify = true;
+    if (this.err !== null) return false;
+    if (this.mappedGeneration !== this.memory.generation && !this.map()) return false;
+    if (this.eventIdx) {
+      this.writeAvailEvent(this.nextAvail);
+    } else {
+      Atomics.store(this.used16, 0, 0);
+      if (this.fence !== undefined) this.fence();
+    }
+    return Atomics.load(this.avail, 1) !== this.nextAvail;
+  }
+
+  disableNotification(): void {
+    this.notify = false;
+    if (this.err !== null || this.eventIdx) return;
+    if (this.mappedGeneration !== this.memory.generation && !this.map()) return;
+    Atomics.store(this.used16, 0, VRING_USED_F_NO_NOTIFY);
+  }
+
+  getState(): SplitQueueState {
+    return { nextAvail: this.nextAvail, nextUsed: this.usedPublished };
+  }
+
+  /** Restart from a saved position. Chains in flight are forgotten (addUsed on them is a 'used-id' error). */
+  setState(state: SplitQueueState | PackedQueueState): void {
+    if (!('nextAvail' in state))
+      throw new TypeError(`queue ${this.index}: split queue state needs nextAvail`);
+    const nextAvail = state.nextAvail;
+    const nextUsed = state.nextUsed ?? nextAvail;
+    for (const v of [nextAvail, nextUsed]) {
+      if (!Number.isInteger(v) || v < 0 || v > 0xffff)
+        throw new RangeError(`queue ${this.index}: index ${v} is not a u16`);
+    }
+    this.nextAvail = nextAvail;
+    this.availSeen = nextAvail;
+    this.usedPublished = nextUsed;
+    this.pending = 0;
+    this.inFlightCount = 0;
+    this.availEventWritten = -1;
+    this.epoch++;
+  }
+
+  private writeAvailEvent(value: number): void {
+    Atomics.store(this.used16, this.availEventAt, value);
+    this.availEventWritten = value;
+    if (this.fence !== undefined) this.fence();
+  }
+
+  /** Follow the chain starting at `head`, filling `chain`. Throws VirtqueueError / GuestMemoryError. */
+  private walk(chain: QueueChain, head: number): void {
+    const size = this.size;
+    const q = this.index;
+    if (head >= size) ringError('descriptor-index', q, `head ${head} is outside the table of ${size}`);
+    chain.id = head;
+    const d = this.desc;
+    let i = head;
+    for (let count = 1; ; count++) {
+      if (count > size)
+        ringError('chain-loop', q, `chain from head ${head} is longer than the queue (loop?)`);
+      const b = i << 2;
+      const word = d[b + 3] as number;
+      const flags = word & 0xffff;
+      if ((flags & VRING_DESC_F_INDIRECT) !== 0) {
+        if (!this.indirect)
+          ringError('indirect-not-negotiated', q, `descriptor ${i} is indirect, not negotiated`);
+        if ((flags & VRING_DESC_F_NEXT) !== 0)
+          ringError('indirect-table', q, `descriptor ${i} has INDIRECT and NEXT`);
+        this.walkIndirect(chain, d[b] as number, d[b + 1] as number, d[b + 2] as number);
+        return;
+      }
+      addDescriptor(
+        chain,
+        this.memory,
+        q,
+        d[b] as number,
+        d[b + 1] as number,
+        d[b + 2] as number,
+        (flags & VRING_DESC_F_WRITE) !== 0,
+      );
+      if ((flags & VRING_DESC_F_NEXT) === 0) return;
+      i = word >>> 16;
+      if (i >= size)
+        ringError('descriptor-index', q, `descriptor ${b >>> 2} links to ${i}, outside the table of ${size}`);
+    }
+  }
+
+  private walkIndirect(chain: QueueChain, addrLo: number, addrHi: number, len: number): void {
+    const q = this.index;
+    const t = indirectTable(this.memory, q, addrLo, addrHi, len);
+    const entries = len >>> 4;
+    let j = 0;
+    for (let count = 1; ; count++) {
+      if (count > entries)
+        ringError('chain-loop', q, `indirect chain is longer than its table of ${entries} (loop?)`);
+      const b = j << 2;
+      const word = t[b + 3] as number;
+      const flags = word & 0xffff;
+      if ((flags & VRING_DESC_F_INDIRECT) !== 0)
+        ringError('nested-indirect', q, `indirect descriptor ${j} is itself indirect`);
+      addDescriptor(
+        chain,
+        this.memory,
+        q,
+        t[b] as number,
+        t[b + 1] as number,
+        t[b + 2] as number,
+        (flags & VRING_DESC_F_WRITE) !== 0,
+      );
+      if ((flags & VRING_DESC_F_NEXT) === 0) return;
+      j = word >>> 16;
+      if (j >= entries)
+        ringError(
+          'descriptor-index',
+          q,
+          `indirect descriptor links to ${j}, outside the table of ${entries}`,
+        );
+    }
+  }
+
+  /** Translate the three ring areas for the current memory generation. False (error recorded) on failure. */
+  private map(): boolean {
+    const { size, index: q } = this;
+    const { descAddr, driverAddr, deviceAddr } = this.config;
+    const tail = this.eventIdx ? 2 : 0;
+    try {
+      if ((size & (size - 1)) !== 0)
+        ringError('ring-layout', q, `split queue size ${size} is not a power of 2`);
+      if (
+        descAddr % VRING_DESC_ALIGN_SIZE !== 0 ||
+        driverAddr % VRING_AVAIL_ALIGN_SIZE !== 0 ||
+        deviceAddr % VRING_USED_ALIGN_SIZE !== 0
+      ) {
+        ringError('ring-layout', q, 'ring areas are not aligned as §2.7 requires (16, 2, 4)');
+      }
+      const generation = this.memory.generation;
+      const desc = this.memory.view(descAddr, vringDescTableSize(size), ACCESS_READ);
+      const avail = this.memory.view(driverAddr, vringUsedEventOffset(size) + tail, ACCESS_READ);
+      const used = this.memory.view(deviceAddr, vringAvailEventOffset(size) + tail, ACCESS_WRITE);
+      if (desc.byteOffset % 4 !== 0 || avail.byteOffset % 2 !== 0 || used.byteOffset % 4 !== 0) {
+        ringError('ring-layout', q, 'ring areas are not aligned in host memory');
+      }
+      this.desc = new Uint32Array(desc.buffer, desc.byteOffset, desc.length >>> 2);
+      // The u16 views include the 16-bit event field when EVENT_IDX is on; Uint16Array needs an even length.
+      this.avail = new Uint16Array(avail.buffer, avail.byteOffset, avail.length >>> 1);
+      this.used16 = new Uint16Array(used.buffer, used.byteOffset, used.length >>> 1);
+      this.used32 = new Uint32Array(used.buffer, used.byteOffset, used.length >>> 2);
+      this.mappedGeneration = generation;
+      this.availEventWritten = -1;
+      return true;
+    } catch (e) {
+      this.fail(
+        e instanceof GuestMemoryError ? new VirtqueueError('ring-layout', q, `ring area: ${e.message}`) : e,
+      );
+      return false;
+    }
+  }
+
+  private fail(e: unknown): void {
+    if (this.err !== null) return;
+    const error =
+      e instanceof VirtqueueError
+        ? e
+        : new VirtqueueError('memory', this.index, e instanceof Error ? e.message : String(e));
+    this.err = error;
+    if (this.onError !== undefined) this.onError(error);
+  }
+}
