@@ -1,0 +1,2 @@
+export type { VirtioDevice, DeviceHost, DeviceContext } from './device.js';
+export * from './blk/index.js';
