@@ -359,7 +359,13 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
       : Napi::ObjectWrap<FdWatcher>(info), async_context_(info.Env(), "FdWatcher") {
     Napi::Env env = info.Env();
     int fd = FdArg(info, 0);
-    callback_ = Napi::Persistent(info[1].As<Napi::Function>());
+    // The callback often closes over the watcher itself. A strong reference from C++ would make that
+    // a cycle through a GC root and the watcher could never be collected, so the JS object holds the
+    // callback (a read-only property) and C++ keeps only a weak reference to it.
+    Napi::Function callback = info[1].As<Napi::Function>();
+    info.This().As<Napi::Object>().DefineProperty(
+        Napi::PropertyDescriptor::Value("callback", callback, napi_default));
+    callback_ = Napi::Weak(callback);
     uv_loop_t* loop = nullptr;
     NAPI_THROW_IF_FAILED_VOID(env, napi_get_uv_event_loop(env, &loop));
     Poll* poll = new Poll{};
@@ -455,13 +461,14 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     // MakeCallback (not Function::Call): it enters the watcher's async context and, on return to the
     // loop, runs process.nextTick callbacks and microtasks, as for any Node I/O callback. A plain Call
     // from a libuv callback would leave promise continuations waiting for some unrelated callback.
-    try {
-      self->callback_.MakeCallback(self->Value(),
-                                   {Napi::Number::New(env, status), Napi::Number::New(env, events)},
-                                   self->async_context_);
-    } catch (const Napi::Error& error) {
-      // There is no JS caller to throw to: report it like any uncaught exception.
-      napi_fatal_exception(env, error.Value());
+    napi_value argv[2] = {Napi::Number::New(env, status), Napi::Number::New(env, events)};
+    napi_value result;
+    if (napi_make_callback(env, self->async_context_, self->Value(), self->callback_.Value(), 2, argv, &result) ==
+        napi_pending_exception) {
+      // No JS caller to throw to: report it like any uncaught exception. (While a worker is being
+      // terminated there is nothing to report; Node ignores the fatal exception then.)
+      napi_value error;
+      if (napi_get_and_clear_last_exception(env, &error) == napi_ok) napi_fatal_exception(env, error);
     }
     // `self` may be gone from here on (the callback may have closed it).
   }

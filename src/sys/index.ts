@@ -1,0 +1,3 @@
+export * from './binding.js';
+export * from './errors.js';
+export * from './native.js';

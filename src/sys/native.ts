@@ -1,0 +1,104 @@
+/**
+ * Loads the native addon (native/vduse_native.cc, built into build/Release/vduse_native.node by
+ * `npm install` or `npm run build:native`) and presents it as a SysBinding.
+ */
+
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import type { FdWatcher, FdWatcherCallback, SysBinding } from './binding.js';
+
+const PACKAGE_NAME = 'vduse-ts';
+const ADDON_PATH = 'build/Release/vduse_native.node';
+const BUILD_COMMAND = 'npm run build:native';
+
+/** What the .node file exports (native/vduse_native.cc). */
+interface NativeAddon extends Omit<SysBinding, 'createFdWatcher'> {
+  FdWatcher: new (fd: number, callback: FdWatcherCallback) => FdWatcher;
+}
+
+const FUNCTIONS = [
+  'ioctl',
+  'mmap',
+  'munmap',
+  'memfdCreate',
+  'eventfd',
+  'eventfdRead',
+  'eventfdWrite',
+  'fence',
+  'read',
+  'write',
+  'fallocate',
+  'netlinkSocket',
+  'send',
+  'recv',
+  'FdWatcher',
+] as const;
+
+/** The directory of the package.json named "vduse-ts" at or above `start` (a file URL or path). */
+export function findPackageRoot(start: string | URL = import.meta.url): string {
+  let dir = dirname(start instanceof URL || start.startsWith('file:') ? fileURLToPath(start) : start);
+  for (;;) {
+    const manifest = join(dir, 'package.json');
+    if (existsSync(manifest)) {
+      try {
+        if ((JSON.parse(readFileSync(manifest, 'utf8')) as { name?: unknown }).name === PACKAGE_NAME)
+          return dir;
+      } catch {
+        // not valid JSON: keep walking up
+      }
+    }
+    const parent = dirname(dir);
+    if (parent === dir)
+      throw new Error(`${PACKAGE_NAME}: cannot find the package root above ${String(start)}`);
+    dir = parent;
+  }
+}
+
+let cached: SysBinding | undefined;
+
+/**
+ * The real SysBinding, backed by the native addon. Loaded once per thread and cached. Throws an Error
+ * naming the build command when the addon is missing, fails to load, or is older than this code.
+ */
+export function loadNativeBinding(): SysBinding {
+  if (cached !== undefined) return cached;
+  const root = findPackageRoot();
+  const file = join(root, ADDON_PATH);
+  let addon: NativeAddon;
+  try {
+    addon = createRequire(import.meta.url)(file) as NativeAddon;
+  } catch (error) {
+    const reason = error instanceof Error ? error.message.split('\n')[0] : String(error);
+    throw new Error(
+      `${PACKAGE_NAME}: cannot load the native addon ${file} (${reason}); run \`${BUILD_COMMAND}\``,
+    );
+  }
+  const missing = FUNCTIONS.filter((name) => typeof addon[name] !== 'function');
+  if (missing.length > 0) {
+    throw new Error(
+      `${PACKAGE_NAME}: the native addon ${file} is out of date (no ${missing.join(', ')}); run \`${BUILD_COMMAND}\``,
+    );
+  }
+  const NativeFdWatcher = addon.FdWatcher;
+  cached = {
+    ioctl: addon.ioctl,
+    mmap: addon.mmap,
+    munmap: addon.munmap,
+    memfdCreate: addon.memfdCreate,
+    eventfd: addon.eventfd,
+    eventfdRead: addon.eventfdRead,
+    eventfdWrite: addon.eventfdWrite,
+    createFdWatcher: (fd, callback) => new NativeFdWatcher(fd, callback),
+    fence: addon.fence,
+    read: addon.read,
+    write: addon.write,
+    fallocate: addon.fallocate,
+    netlinkSocket: addon.netlinkSocket,
+    send: addon.send,
+    recv: addon.recv,
+  };
+  return cached;
+}
