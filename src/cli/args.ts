@@ -1,0 +1,187 @@
+/**
+ * Command-line parsing for `vduse` (node:util parseArgs). Pure: argv in, a command description or a UsageError
+ * out, so every bad argument is unit-tested.
+ */
+import { parseArgs } from 'node:util';
+
+export class CliUsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CliUsageError';
+  }
+}
+
+export type Driver = 'virtio-vdpa' | 'vhost-vdpa';
+
+export interface BlkCommand {
+  command: 'blk';
+  name: string;
+  backend: string;
+  queues: number;
+  queueSize: number;
+  logicalBlockSize: number;
+  serial?: string;
+  readOnly: boolean;
+  packed: boolean;
+  attach: boolean;
+  driver: Driver;
+  verbose: boolean;
+  /** Print request counters at exit and on SIGUSR1. */
+  stats: boolean;
+}
+
+export type Command =
+  BlkCommand | { command: 'help'; topic?: 'blk' } | { command: 'version' } | { command: 'list' };
+
+export const MAIN_USAGE = `Usage: vduse <command> [options]
+
+Serve virtio devices from userspace through Linux VDUSE.
+
+Commands:
+  blk      create a virtio-blk device backed by a file, memory or NBD, and serve it
+  list     list VDUSE devices and their vdpa attachment
+
+Options:
+  -h, --help       show this help (vduse blk --help for the blk options)
+  -V, --version    print the version
+
+Needs root (or CAP_SYS_ADMIN + CAP_NET_ADMIN), /dev/vduse/control (modprobe vduse) and, to get a /dev/vdX,
+the virtio_vdpa module (or vhost_vdpa for a VM).
+`;
+
+export const BLK_USAGE = `Usage: vduse blk --name NAME --backend SPEC [options]
+
+Create VDUSE block device NAME, attach it to the vdpa bus and serve it until SIGINT/SIGTERM. Prints one line
+when ready: the block device (/dev/vdX), or /dev/vhost-vdpa-N with --driver vhost-vdpa, or /dev/vduse/NAME with
+--no-attach. On exit it detaches, destroys the device and closes the backend.
+
+Options:
+  --name NAME                VDUSE device name (/dev/vduse/NAME, vdpa device NAME)
+  --backend SPEC             the storage (see Backends below; SIZE like 64M, 2G)
+  --queues N                 request queues, 1..64 (default 1); served concurrently on one thread
+  --queue-size N             largest queue size, a power of two 2..32768 (default 256)
+  --logical-block-size N     512, 1024, 2048 or 4096 (default 512)
+  --serial S                 serial number (GET_ID, /sys/block/vdX/serial), up to 20 characters
+  --readonly                 read-only device (VIRTIO_BLK_F_RO)
+  --packed                   offer packed virtqueues (VIRTIO_F_RING_PACKED)
+  --no-attach                create and serve, but do not attach to the vdpa bus (vdpa dev add name NAME mgmtdev vduse)
+  --driver DRIVER            virtio-vdpa (default: a /dev/vdX in this kernel) or vhost-vdpa (a /dev/vhost-vdpa-N for a VM)
+  --stats                    print request counters (reads, writes, flushes, discards, ...) on SIGUSR1 and at exit
+  -v, --verbose              log protocol events
+  -h, --help                 this help
+
+Signals:
+  SIGINT, SIGTERM            detach, destroy and exit
+  SIGHUP                     re-read the backend size and tell the driver (online resize: grow the backing file
+                             with truncate -s, then kill -HUP)
+  SIGUSR1                    print the request counters (with --stats)
+
+Backends:
+`;
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+function integer(option: string, text: string, min: number, max: number): number {
+  if (!/^\d+$/.test(text)) throw new CliUsageError(`--${option} must be a whole number, got "${text}"`);
+  const n = Number(text);
+  if (n < min || n > max) throw new CliUsageError(`--${option} must be between ${min} and ${max}, got ${n}`);
+  return n;
+}
+
+/** Parse `argv` (without node and the script). */
+export function parseCommandLine(argv: readonly string[]): Command {
+  const [first, ...rest] = argv;
+  if (first === undefined) throw new CliUsageError('missing command (try vduse --help)');
+  if (first === '-h' || first === '--help' || first === 'help') return { command: 'help' };
+  if (first === '-V' || first === '--version') return { command: 'version' };
+  if (first === 'list') {
+    if (rest.length > 0) {
+      if (rest.includes('-h') || rest.includes('--help')) return { command: 'help' };
+      throw new CliUsageError(`vduse list takes no arguments, got "${rest[0]}"`);
+    }
+    return { command: 'list' };
+  }
+  if (first !== 'blk') {
+    throw new CliUsageError(
+      first.startsWith('-')
+        ? `unknown option "${first}" (try vduse --help)`
+        : `unknown command "${first}" (try vduse --help)`,
+    );
+  }
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: [...rest],
+      strict: true,
+      allowPositionals: false,
+      options: {
+        name: { type: 'string' },
+        backend: { type: 'string' },
+        queues: { type: 'string' },
+        'queue-size': { type: 'string' },
+        'logical-block-size': { type: 'string' },
+        serial: { type: 'string' },
+        readonly: { type: 'boolean' },
+        packed: { type: 'boolean' },
+        'no-attach': { type: 'boolean' },
+        driver: { type: 'string' },
+        stats: { type: 'boolean' },
+        verbose: { type: 'boolean', short: 'v' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (err) {
+    throw new CliUsageError(cleanParseError((err as Error).message));
+  }
+  const v = parsed.values;
+  if (v.help) return { command: 'help', topic: 'blk' };
+  if (v.name === undefined) throw new CliUsageError('--name is required (try vduse blk --help)');
+  if (v.backend === undefined) throw new CliUsageError('--backend is required (try vduse blk --help)');
+  if (!NAME_RE.test(v.name) || Buffer.byteLength(v.name) > 255 || v.name === 'control') {
+    throw new CliUsageError(
+      `--name "${v.name}" is not a valid device name (letters, digits, '.', '_', '-'; up to 255 bytes; not "control")`,
+    );
+  }
+  const queueSize = v['queue-size'] === undefined ? 256 : integer('queue-size', v['queue-size'], 2, 32768);
+  if ((queueSize & (queueSize - 1)) !== 0) {
+    throw new CliUsageError(`--queue-size must be a power of two, got ${queueSize}`);
+  }
+  const lbs =
+    v['logical-block-size'] === undefined
+      ? 512
+      : integer('logical-block-size', v['logical-block-size'], 512, 4096);
+  if ((lbs & (lbs - 1)) !== 0)
+    throw new CliUsageError(`--logical-block-size must be a power of two, got ${lbs}`);
+  if (v.serial !== undefined && (v.serial.length > 20 || !/^[\x20-\x7e]*$/.test(v.serial))) {
+    throw new CliUsageError('--serial must be at most 20 printable ASCII characters');
+  }
+  const driver = v.driver ?? 'virtio-vdpa';
+  if (driver !== 'virtio-vdpa' && driver !== 'vhost-vdpa') {
+    throw new CliUsageError(`--driver must be virtio-vdpa or vhost-vdpa, got "${driver}"`);
+  }
+  if (v['no-attach'] && v.driver !== undefined) {
+    throw new CliUsageError('--driver makes no sense with --no-attach');
+  }
+  const cmd: BlkCommand = {
+    command: 'blk',
+    name: v.name,
+    backend: v.backend,
+    queues: v.queues === undefined ? 1 : integer('queues', v.queues, 1, 64),
+    queueSize,
+    logicalBlockSize: lbs,
+    readOnly: v.readonly ?? false,
+    packed: v.packed ?? false,
+    attach: !(v['no-attach'] ?? false),
+    driver,
+    verbose: v.verbose ?? false,
+    stats: v.stats ?? false,
+  };
+  if (v.serial !== undefined) cmd.serial = v.serial;
+  return cmd;
+}
+
+/** parseArgs messages carry a "To specify a positional argument..." tail; keep the first sentence. */
+function cleanParseError(message: string): string {
+  const first = message.split('. To specify')[0] ?? message;
+  return first.replace(/\.$/, '');
+}
