@@ -61,6 +61,8 @@ export interface NbdBackendOptions extends Partial<Omit<NbdSpecOptions, 'target'
 interface Op {
   seq: number;
   req: NbdRequest;
+  /** When the request was first lost with a connection (it is retried for `retryMs` from then). */
+  firstLost: number | undefined;
   resolve: () => void;
   reject: (err: Error) => void;
 }
@@ -71,6 +73,8 @@ interface Slot {
   connecting: boolean;
   timer: NodeJS.Timeout | undefined;
   backoff: number;
+  /** Requests sent on this slot's connections so far. */
+  requests: number;
 }
 
 function sliceViews(views: readonly Uint8Array[], start: number, length: number): Uint8Array[] {
@@ -169,6 +173,7 @@ export class NbdBackend implements BlockBackend {
         connecting: false,
         timer: undefined,
         backoff: this.backoffInitialMs,
+        requests: 0,
       });
     }
     this.attach(this.slots[0]!, first);
@@ -241,6 +246,11 @@ export class NbdBackend implements BlockBackend {
   /** Number of connections currently up. */
   get liveConnections(): number {
     return this.slots.filter((s) => s.conn !== undefined && !s.conn.closed).length;
+  }
+
+  /** Requests sent so far on each connection slot (for tests and statistics). */
+  get requestsPerConnection(): number[] {
+    return this.slots.map((s) => s.requests);
   }
 
   /** Number of connections this backend keeps (1 unless the server allows multi-conn). */
@@ -377,7 +387,7 @@ export class NbdBackend implements BlockBackend {
       return Promise.reject(new BackendError(`nbd: ${this.name} unreachable (${this.lastCause})`, 'EIO'));
     }
     return new Promise<void>((resolve, reject) => {
-      this.waiting.push({ seq: this.seq++, req, resolve, reject });
+      this.waiting.push({ seq: this.seq++, req, firstLost: undefined, resolve, reject });
       this.dispatch();
     });
   }
@@ -400,6 +410,7 @@ export class NbdBackend implements BlockBackend {
       const slot = this.pickSlot();
       if (!slot) return;
       const op = this.waiting.shift()!;
+      slot.requests++;
       this.send(slot.conn!, op);
     }
   }
@@ -443,6 +454,19 @@ export class NbdBackend implements BlockBackend {
         return;
       }
       this.lastCause = err.message;
+      const now = Date.now();
+      op.firstLost ??= now;
+      if (now - op.firstLost >= this.retryMs) {
+        // The request keeps losing its connection (e.g. the server never answers it): stop retrying it.
+        this.log(
+          `${this.name}: ${opName(op.req.type)} at ${op.req.offset}+${op.req.length} failed on every ` +
+            `connection for ${Math.round(this.retryMs / 1000)} s (last error: ${err.message}); failing it with EIO`,
+        );
+        op.reject(
+          new BackendError(`nbd: ${this.name}: request failed after retries (${err.message})`, 'EIO'),
+        );
+        return;
+      }
       this.requeue(op);
       return;
     }
