@@ -43,6 +43,9 @@ export interface AccessRecord {
 
 interface Region extends HeapRegion {
   readonly end: number;
+  readonly buffer: ArrayBufferLike;
+  /** Offset in `buffer` of guest address 0 (may be negative): offset of addr = delta + addr. */
+  readonly delta: number;
 }
 
 export class HeapMemory implements GuestMemory {
@@ -89,6 +92,8 @@ export class HeapMemory implements GuestMemory {
       end: addr + size,
       access,
       bytes: new Uint8Array(buffer, offset, size),
+      buffer,
+      delta: offset - addr,
     };
     for (const r of this.regions) {
       if (region.addr < r.end && r.addr < region.end) {
@@ -157,7 +162,7 @@ export class HeapMemory implements GuestMemory {
   hostView(addr: number, len: number): Uint8Array {
     const r = Number.isInteger(addr) && Number.isInteger(len) && len >= 0 ? this.find(addr) : null;
     if (r === null || addr + len > r.end) throw this.error('is not inside one region', addr, len);
-    return new Uint8Array(r.bytes.buffer, r.bytes.byteOffset + (addr - r.addr), len);
+    return new Uint8Array(r.buffer, r.delta + addr, len);
   }
 
   view(addr: number, len: number, access: Access): Uint8Array {
@@ -175,7 +180,7 @@ export class HeapMemory implements GuestMemory {
     }
     if ((r.access & access) !== access) throw this.error('is not permitted', addr, len, access);
     if (this.log !== null) this.log.push({ addr, len, access });
-    return new Uint8Array(r.bytes.buffer, r.bytes.byteOffset + (addr - r.addr), len);
+    return new Uint8Array(r.buffer, r.delta + addr, len);
   }
 
   gather(addr: number, len: number, access: Access, out: Uint8Array[]): void {
@@ -188,7 +193,7 @@ export class HeapMemory implements GuestMemory {
       // Hot path: the whole range sits in the region used last.
       if ((r.access & access) !== access) throw this.error('is not permitted', addr, len, access);
       if (this.log !== null) this.log.push({ addr, len, access });
-      out.push(new Uint8Array(r.bytes.buffer, r.bytes.byteOffset + (addr - r.addr), len));
+      out.push(new Uint8Array(r.buffer, r.delta + addr, len));
       return;
     }
     // Check the whole range before appending anything.
@@ -205,7 +210,7 @@ export class HeapMemory implements GuestMemory {
       r = this.find(a) as Region;
       const chunk = Math.min(end, r.end) - a;
       if (this.log !== null) this.log.push({ addr: a, len: chunk, access });
-      out.push(new Uint8Array(r.bytes.buffer, r.bytes.byteOffset + (a - r.addr), chunk));
+      out.push(new Uint8Array(r.buffer, r.delta + a, chunk));
       a += chunk;
     }
     this.last = r;

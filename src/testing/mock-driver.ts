@@ -372,8 +372,9 @@ export class MockDriver {
       dv.setUint32(b, d.addr % 0x1_0000_0000, true);
       dv.setUint32(b + 4, Math.floor(d.addr / 0x1_0000_0000), true);
       dv.setUint32(b + 8, d.len, true);
-      dv.setUint16(b + 12, d.flags, true);
-      dv.setUint16(b + 14, d.next, true);
+      // Split: flags @12, next @14. Packed: id @12 (ignored by devices), flags @14.
+      dv.setUint16(b + 12, this.packed ? 0 : d.flags, true);
+      dv.setUint16(b + 14, this.packed ? d.flags : d.next, true);
     });
     return { addr, len };
   }
