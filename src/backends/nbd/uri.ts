@@ -6,10 +6,11 @@
  *   nbd+unix:///EXPORT?socket=PATH        Unix socket (nbds+unix for TLS over it)
  *
  * optionally prefixed by the backend kind (`nbd:nbd://...`) and followed by `,key=value` options, e.g.
- * `nbd:nbd://127.0.0.1:10809/disk,connections=2,timeout=30s,retry=60s`. A comma in an export name is written
- * %2C (the export is percent-decoded).
+ * `nbd:nbd://127.0.0.1:10809/disk,connections=2,timeout=30s,retry=60s`. As in every backend spec, a comma
+ * inside the URI or a value is written twice (or %2C in the export name, which is percent-decoded); booleans
+ * are on/off.
  */
-import { UsageError } from '../errors.js';
+import { specBoolean, specError, splitSpecOptions, type SpecText } from '../spec.js';
 import type { NbdTarget } from './client.js';
 
 export interface NbdSpecOptions {
@@ -39,7 +40,7 @@ export const NBD_SPEC_HELP = [
   'nbd://HOST[:PORT]/EXPORT | nbds://HOST[:PORT]/EXPORT | nbd+unix:///EXPORT?socket=PATH',
   '  options after commas: connections=N (1-16, used when the server allows multi-conn), timeout=30s',
   '  (reply timeout, 0 = none), retry=60s (how long to wait for a lost server), queue=64 (requests in',
-  '  flight per connection), readonly; TLS: ca=FILE, cert=FILE, key=FILE, servername=NAME, insecure',
+  '  flight per connection), readonly=on; TLS: ca=FILE, cert=FILE, key=FILE, servername=NAME, insecure=on',
 ].join('\n');
 
 /** Parses `500ms`, `30s`, `2m`, `1h` or a plain number of seconds; returns ms, or null. */
@@ -52,58 +53,72 @@ export function parseDuration(text: string): number | null {
   return Number.isSafeInteger(ms) ? ms : null;
 }
 
-function parseBool(key: string, value: string | undefined): boolean {
-  if (value === undefined || /^(1|true|yes|on)$/i.test(value)) return true;
-  if (/^(0|false|no|off)$/i.test(value)) return false;
-  throw new UsageError(`nbd: option ${key}=${value} is not a boolean (use ${key} or ${key}=false)`);
-}
-
-function parseInt10(key: string, value: string | undefined, min: number, max: number): number {
-  const n = value !== undefined && /^\d+$/.test(value) ? Number(value) : Number.NaN;
+function parseInt10(source: string, key: string, value: string, min: number, max: number): number {
+  const n = /^\d+$/.test(value) ? Number(value) : Number.NaN;
   if (!Number.isInteger(n) || n < min || n > max) {
-    throw new UsageError(`nbd: option ${key} must be a whole number from ${min} to ${max}`);
+    throw specError(source, `option ${key} must be a whole number from ${min} to ${max}`);
   }
   return n;
 }
 
-function need(key: string, value: string | undefined): string {
-  if (value === undefined || value === '')
-    throw new UsageError(`nbd: option ${key} needs a value (${key}=...)`);
+function need(source: string, key: string, value: string | undefined): string {
+  if (value === undefined || value === '' || value === 'on') {
+    throw specError(source, `option ${key} needs a value (${key}=...)`);
+  }
   return value;
 }
 
+const NBD_KEYS = [
+  'connections',
+  'timeout',
+  'retry',
+  'queue',
+  'readonly',
+  'ca',
+  'cert',
+  'key',
+  'servername',
+  'insecure',
+  'socket',
+];
+
 /**
- * Parses an NBD spec (with or without the `nbd:` kind prefix). Throws UsageError with a one-line message for
- * anything wrong.
+ * Parses an NBD spec string: `nbd://...`, `nbds://...`, `nbd+unix://...`, `nbds+unix://...`, or any of those
+ * after the kind prefix `nbd:`, then `,key=value` options. Throws UsageError with a one-line message.
  */
 export function parseNbdSpec(spec: string): NbdSpecOptions {
-  let text = spec.trim();
-  if (/^nbd:(nbds?(\+unix)?):/i.test(text)) text = text.slice(4);
-  else if (/^nbd:\/\//i.test(text)) {
-    // already a plain nbd:// URI
-  } else if (/^nbd:/i.test(text)) {
-    throw new UsageError(`nbd: expected a URI like nbd://HOST:PORT/EXPORT, got '${spec}'`);
-  }
-  const parts = text.split(',');
-  const uriText = parts[0] ?? '';
-  const schemeMatch = /^(nbds?(?:\+unix)?):\/\//i.exec(uriText);
-  if (!schemeMatch) {
-    throw new UsageError(
-      `nbd: expected a URI like nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH, got '${uriText}'`,
-    );
-  }
-  const scheme = schemeMatch[1]!.toLowerCase();
+  const text = spec.trim();
+  const colon = text.indexOf(':');
+  if (colon <= 0) throw specError(spec, 'expected a URI like nbd://HOST:PORT/EXPORT');
+  return nbdSpecFromText({
+    source: spec,
+    kind: text.slice(0, colon).toLowerCase(),
+    rest: text.slice(colon + 1),
+  });
+}
+
+/** The registry's parse step: `text.kind` is nbd, nbds, nbd+unix or nbds+unix; `text.rest` follows the colon. */
+export function nbdSpecFromText(text: SpecText): NbdSpecOptions {
+  const source = text.source;
+  const { argument, keys } = splitSpecOptions(text, NBD_KEYS, 'URI');
+  let uriText: string;
+  if (argument.startsWith('//') && /^nbds?(\+unix)?$/.test(text.kind)) uriText = `${text.kind}:${argument}`;
+  else if (text.kind === 'nbd' && /^nbds?(\+unix)?:\/\//i.test(argument)) uriText = argument;
+  else
+    throw specError(source, 'expected a URI like nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH');
+
+  const scheme = uriText.slice(0, uriText.indexOf(':')).toLowerCase();
   let url: URL;
   try {
     url = new URL(uriText);
   } catch {
-    throw new UsageError(`nbd: '${uriText}' is not a valid URI`);
+    throw specError(source, `'${uriText}' is not a valid URI`);
   }
   let exportName: string;
   try {
     exportName = decodeURIComponent(url.pathname.replace(/^\//, ''));
   } catch {
-    throw new UsageError(`nbd: bad percent-encoding in the export name of '${uriText}'`);
+    throw specError(source, 'bad percent-encoding in the export name');
   }
   const useTls = scheme.startsWith('nbds');
   const unix = scheme.endsWith('+unix');
@@ -121,56 +136,40 @@ export function parseNbdSpec(spec: string): NbdSpecOptions {
   let socketPath = url.searchParams.get('socket') ?? undefined;
   for (const k of url.searchParams.keys()) {
     if (k === 'socket') continue;
-    if (k === 'tls-certificates' || k === 'tls-psk-file' || k === 'tls-username') {
-      throw new UsageError(`nbd: URI query '${k}' is not supported; use the ca=, cert=, key= options`);
+    if (k.startsWith('tls-')) {
+      throw specError(source, `URI query '${k}' is not supported; use the ca=, cert=, key= options`);
     }
-    throw new UsageError(`nbd: unknown URI query parameter '${k}'`);
+    throw specError(source, `unknown URI query parameter '${k}'`);
   }
 
-  for (const raw of parts.slice(1)) {
-    if (raw === '') continue;
-    const eq = raw.indexOf('=');
-    const key = (eq < 0 ? raw : raw.slice(0, eq)).trim().toLowerCase();
-    const value = eq < 0 ? undefined : raw.slice(eq + 1).trim();
-    switch (key) {
-      case 'connections':
-        options.connections = parseInt10(key, value, 1, NBD_MAX_CONNECTIONS);
-        break;
-      case 'queue':
-        options.queueDepth = parseInt10(key, value, 1, 4096);
-        break;
-      case 'timeout':
-      case 'retry': {
-        const ms = parseDuration(need(key, value));
-        if (ms === null)
-          throw new UsageError(`nbd: option ${key}=${value} is not a duration (e.g. 500ms, 30s, 2m)`);
-        if (key === 'timeout') options.timeoutMs = ms;
-        else options.retryMs = ms;
-        break;
-      }
-      case 'readonly':
-      case 'ro':
-        options.readOnly = parseBool(key, value);
-        break;
-      case 'ca':
-      case 'cert':
-      case 'key':
-        options.tlsFiles[key] = need(key, value);
-        break;
-      case 'servername':
-        tlsOpts.servername = need(key, value);
-        break;
-      case 'insecure':
-        tlsOpts.insecure = parseBool(key, value);
-        break;
-      case 'socket':
-        socketPath = need(key, value);
-        break;
-      default:
-        throw new UsageError(
-          `nbd: unknown option '${key}' (known: connections, timeout, retry, queue, readonly, ca, cert, key, servername, insecure, socket)`,
-        );
-    }
+  const get = (key: string): string | undefined => keys.get(key);
+  const connections = get('connections');
+  if (connections !== undefined) {
+    options.connections = parseInt10(source, 'connections', connections, 1, NBD_MAX_CONNECTIONS);
+  }
+  const queue = get('queue');
+  if (queue !== undefined) options.queueDepth = parseInt10(source, 'queue', queue, 1, 4096);
+  for (const key of ['timeout', 'retry'] as const) {
+    const value = get(key);
+    if (value === undefined) continue;
+    const ms = parseDuration(need(source, key, value));
+    if (ms === null)
+      throw specError(source, `option ${key}=${value} is not a duration (e.g. 500ms, 30s, 2m)`);
+    if (key === 'timeout') options.timeoutMs = ms;
+    else options.retryMs = ms;
+  }
+  options.readOnly = specBoolean(source, keys, 'readonly', false);
+  for (const key of ['ca', 'cert', 'key'] as const) {
+    const value = get(key);
+    if (value !== undefined) options.tlsFiles[key] = need(source, key, value);
+  }
+  const servername = get('servername');
+  if (servername !== undefined) tlsOpts.servername = need(source, 'servername', servername);
+  if (keys.has('insecure')) tlsOpts.insecure = specBoolean(source, keys, 'insecure', false);
+  const socketOption = get('socket');
+  if (socketOption !== undefined) {
+    if (socketPath !== undefined) throw specError(source, 'socket given twice (URI and option)');
+    socketPath = need(source, 'socket', socketOption);
   }
 
   const usesTlsOptions =
@@ -178,23 +177,23 @@ export function parseNbdSpec(spec: string): NbdSpecOptions {
     tlsOpts.servername !== undefined ||
     tlsOpts.insecure !== undefined;
   if (usesTlsOptions && !useTls) {
-    throw new UsageError('nbd: TLS options (ca, cert, key, servername, insecure) need an nbds:// URI');
+    throw specError(source, 'TLS options (ca, cert, key, servername, insecure) need an nbds:// URI');
   }
   if ((options.tlsFiles.cert === undefined) !== (options.tlsFiles.key === undefined)) {
-    throw new UsageError('nbd: cert= and key= go together');
+    throw specError(source, 'cert= and key= go together');
   }
 
   if (unix) {
     if (url.host !== '')
-      throw new UsageError(`nbd: ${scheme}:// URIs have no host: use ${scheme}:///EXPORT?socket=PATH`);
+      throw specError(source, `${scheme}:// URIs have no host: use ${scheme}:///EXPORT?socket=PATH`);
     if (socketPath === undefined || socketPath === '') {
-      throw new UsageError(`nbd: ${scheme}:// needs a socket path (?socket=PATH)`);
+      throw specError(source, `${scheme}:// needs a socket path (?socket=PATH)`);
     }
     target.socketPath = socketPath;
   } else {
-    if (socketPath !== undefined) throw new UsageError('nbd: socket= is only for nbd+unix:// URIs');
+    if (socketPath !== undefined) throw specError(source, 'socket= is only for nbd+unix:// URIs');
     const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
-    if (host === '') throw new UsageError(`nbd: '${uriText}' has no host`);
+    if (host === '') throw specError(source, `'${uriText}' has no host`);
     target.host = host;
     target.port = url.port === '' ? NBD_DEFAULT_PORT : Number(url.port);
   }

@@ -10,7 +10,9 @@ import { after, afterEach, before, describe, it } from 'node:test';
 import { BackendError } from '../../../src/backends/backend.js';
 import { NbdBackend, type NbdBackendOptions } from '../../../src/backends/nbd/backend.js';
 import { NBD_FLAG_READ_ONLY } from '../../../src/backends/nbd/protocol.js';
+import '../../../src/backends/nbd/index.js';
 import { parseNbdSpec } from '../../../src/backends/nbd/uri.js';
+import { backendKinds, openBackend, parseBackendSpec } from '../../../src/backends/spec.js';
 import {
   freePort,
   makeTempDir,
@@ -138,6 +140,27 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
     expect.fill(0, 65536, 2 * 65536);
     expect.fill(0, 3 * 65536, 3 * 65536 + 512);
     assert.deepEqual(await readBack(s.uri, 1 << 20, data.length), expect);
+  });
+
+  it('opens through the backend registry: nbd:URI, nbds:, nbd+unix: kinds', async () => {
+    for (const kind of ['nbd', 'nbds', 'nbd+unix', 'nbds+unix'])
+      assert.ok(backendKinds().includes(kind), kind);
+    const sock = join(dir, 'registry.sock');
+    const s = await server(['memory', '8M'], { socketPath: sock });
+    const tcp = await server(['memory', '8M']);
+    const spec = parseBackendSpec(`nbd:nbd://127.0.0.1:${tcp.port}/,connections=2,timeout=30s,retry=60s`);
+    assert.equal(spec.kind, 'nbd');
+    for (const text of [`nbd:${s.uri},readonly=on`, `${s.uri},readonly=on`]) {
+      const b = await openBackend(text, { log: () => {} });
+      assert.ok(b instanceof NbdBackend);
+      backends.push(b);
+      assert.equal(b.size, 8 << 20);
+      assert.equal(b.readOnly, true);
+    }
+    const b = await openBackend(spec, { log: () => {} });
+    assert.ok(b instanceof NbdBackend);
+    backends.push(b);
+    assert.equal(b.connectionCount, 2);
   });
 
   it('works over a Unix socket', async () => {

@@ -35,7 +35,7 @@ describe('NBD spec parsing', () => {
   });
 
   it('parses nbd+unix:///export?socket=PATH and nbds+unix', () => {
-    const s = parseNbdSpec('nbd:nbd+unix:///vol?socket=/run/nbd.sock,readonly');
+    const s = parseNbdSpec('nbd:nbd+unix:///vol?socket=/run/nbd.sock,readonly=on');
     assert.deepEqual(s.target, { exportName: 'vol', socketPath: '/run/nbd.sock' });
     assert.equal(s.readOnly, true);
     const t = parseNbdSpec('nbds+unix:///?socket=/s,ca=/c.pem,servername=srv');
@@ -46,8 +46,16 @@ describe('NBD spec parsing', () => {
 
   it('parses nbds:// with TLS options', () => {
     const s = parseNbdSpec('nbds://h/e,ca=/ca.pem,cert=/c.pem,key=/k.pem,insecure');
+    assert.equal(parseNbdSpec('nbds://h/e,insecure=off').target.tls?.insecure, false);
     assert.deepEqual(s.target.tls, { insecure: true });
     assert.deepEqual(s.tlsFiles, { ca: '/ca.pem', cert: '/c.pem', key: '/k.pem' });
+  });
+
+  it('reads a doubled comma as a literal comma, and takes the nbds:/nbd+unix: kinds as URI schemes', () => {
+    assert.equal(parseNbdSpec('nbd://h/a,,b,connections=2').target.exportName, 'a,b');
+    assert.deepEqual(parseNbdSpec('nbd+unix:///e?socket=/s').target, { exportName: 'e', socketPath: '/s' });
+    assert.ok(parseNbdSpec('nbd:nbds://h/e').target.tls);
+    assert.ok(parseNbdSpec('nbds://h/e').target.tls);
   });
 
   it('parses durations', () => {
@@ -74,11 +82,20 @@ describe('NBD spec parsing', () => {
       ['nbd://h/e?socket=/s', /only for nbd\+unix/],
       ['nbd://h/e?tls-certificates=/d', /not supported/],
       ['nbd://h/%zz', /percent-encoding/],
-      ['nbd://h/e,readonly=maybe', /not a boolean/],
+      ['nbd://h/e,readonly=maybe', /not on or off/],
+      ['nbd://h/e,retry=1s,retry=2s', /given twice/],
+      ['nbd://h/e,socket=/x', /only for nbd\+unix/],
+      ['nbd+unix:///e?socket=/a,socket=/b', /socket given twice/],
+      ['nbd://h/e,ca', /TLS options|needs a value/],
+      ['nbd:', /missing URI|expected a URI/],
     ] as const) {
       assert.throws(
         () => parseNbdSpec(text),
-        (err: unknown) => err instanceof UsageError && re.test(err.message) && !err.message.includes('\n'),
+        (err: unknown) =>
+          err instanceof UsageError &&
+          re.test(err.message) &&
+          !err.message.includes('\n') &&
+          err.message.includes(text),
         text,
       );
     }

@@ -1,4 +1,5 @@
 /** Hand-made NBD server byte streams for the protocol unit tests (built from the NBD protocol document). */
+import type { NbdProtocolError } from '../../../../src/backends/nbd/protocol.js';
 import {
   NBD_CMD_READ,
   NBD_FLAG_FIXED_NEWSTYLE,
@@ -15,7 +16,6 @@ import {
   NBD_SIMPLE_REPLY_MAGIC,
   NBD_STRUCTURED_REPLY_MAGIC,
   NbdClientProtocol,
-  NbdProtocolError,
   type NbdExportInfo,
   type NbdHandshakeOptions,
   type NbdReplyError,

@@ -189,7 +189,20 @@ export async function startQemuNbd(
   const exportName = options.exportName ?? 'disk';
   const pidFile = join(dir, `qemu-nbd-${process.pid}-${Date.now()}.pid`);
   const listen = socketPath !== undefined ? ['-k', socketPath] : ['-b', '127.0.0.1', '-p', String(port)];
-  const full = [...listen, '-f', format, '-x', exportName, '-e', '8', '-t', '--pid-file', pidFile, image];
+  const full = [
+    ...listen,
+    '-f',
+    format,
+    '-x',
+    exportName,
+    '-e',
+    '8',
+    '-t',
+    '--discard=unmap',
+    '--pid-file',
+    pidFile,
+    image,
+  ];
   return launch('qemu-nbd', full, port, socketPath, exportName, pidFile, options.readyTimeoutMs ?? 10000);
 }
 
