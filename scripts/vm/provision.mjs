@@ -210,6 +210,44 @@ export function findKernelPackage() {
   return best;
 }
 
+/** Changes whenever apt's view of available packages may have changed (apt-get update, sources, pins). */
+function aptStateStamp() {
+  const paths = ['/var/lib/apt/lists', '/etc/apt', '/etc/apt/sources.list', '/etc/apt/sources.list.d'];
+  paths.push('/etc/apt/preferences.d', '/etc/apt/apt.conf.d', '/var/lib/dpkg/status');
+  return paths
+    .map((p) => {
+      try {
+        const st = fs.statSync(p);
+        return `${p}:${st.ino}:${st.mtimeMs}`;
+      } catch {
+        return `${p}:-`;
+      }
+    })
+    .join('|');
+}
+
+/** {@link findKernelPackage}, remembered in the cache dir until apt's state changes (apt-cache needs ~1.5 s). */
+function findKernelPackageMemo(base) {
+  const memo = path.join(base, 'apt-lookup.json');
+  const stamp = aptStateStamp();
+  try {
+    const m = JSON.parse(fs.readFileSync(memo, 'utf8'));
+    if (m.stamp === stamp && m.pkg) return m.pkg;
+  } catch {
+    // no memo yet
+  }
+  const pkg = findKernelPackage();
+  if (pkg) {
+    try {
+      fs.mkdirSync(base, { recursive: true });
+      fs.writeFileSync(memo, JSON.stringify({ stamp, pkg }) + '\n');
+    } catch {
+      // a read-only cache only costs time
+    }
+  }
+  return pkg;
+}
+
 /** The key parts that do not depend on the kernel package. */
 function localKey() {
   const busybox = spawnSync('dpkg-query', ['-W', '-f=${Version}', 'busybox-static'], {
@@ -270,10 +308,10 @@ export async function provision(opts = {}) {
   const local = localKey();
   const localHash = sha256(JSON.stringify(local));
 
-  let pkg = findKernelPackage();
+  let pkg = findKernelPackageMemo(base);
   if (!pkg && isRoot() && which('apt-get')) {
     aptUpdate(log);
-    pkg = findKernelPackage();
+    pkg = findKernelPackageMemo(base);
   }
   if (!pkg) {
     // Offline or no apt lists: a cached kernel built with the same init/busybox/modules still serves.

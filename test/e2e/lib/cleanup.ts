@@ -1,0 +1,40 @@
+/**
+ * Cleanup that always runs, in reverse order of registration, even when the test failed half-way.
+ */
+import type { TestContext } from 'node:test';
+
+export type CleanupFn = () => void | Promise<void>;
+
+export class Cleanup {
+  private readonly steps: { name: string; fn: CleanupFn }[] = [];
+
+  /** Registers a step; steps run last-in first-out. Returns `fn` for convenience. */
+  add(name: string, fn: CleanupFn): CleanupFn {
+    this.steps.push({ name, fn });
+    return fn;
+  }
+
+  /**
+   * Runs every registered step (each once), newest first. A failing step does not stop the others; the
+   * failures are thrown together at the end as one Error naming each step.
+   */
+  async run(): Promise<void> {
+    const failures: string[] = [];
+    while (this.steps.length > 0) {
+      const step = this.steps.pop()!;
+      try {
+        await step.fn();
+      } catch (e) {
+        failures.push(`${step.name}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
+    if (failures.length > 0) throw new Error(`cleanup failed:\n  ${failures.join('\n  ')}`);
+  }
+}
+
+/** A {@link Cleanup} that runs after the test `t` (pass or fail). */
+export function useCleanup(t: TestContext): Cleanup {
+  const c = new Cleanup();
+  t.after(() => c.run());
+  return c;
+}

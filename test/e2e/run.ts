@@ -1,0 +1,104 @@
+// `npm run test:e2e [-- FILTER...]`: runs every e2e scenario (the *.test.js files next to this one) inside ONE
+// boot of the test VM, with node's test runner, one file at a time, as root.
+//
+// Outside CI, a machine that cannot run the VM (not root and packages missing, no qemu, no apt) gets one
+// "skipped" line and exit 0. Under CI=true that is a failure. Knobs: VDUSE_E2E_TIMEOUT (seconds for the whole
+// run, default 1200), plus everything scripts/vm/vm.mjs reads (VDUSE_VM_*).
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { isCI } from './lib/env.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+
+function packageRoot(start: string): string {
+  let dir = start;
+  for (;;) {
+    try {
+      const pkg = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: string };
+      if (pkg.name === 'vduse-ts') return dir;
+    } catch {
+      // keep walking up
+    }
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error(`no vduse-ts package.json above ${start}`);
+    dir = up;
+  }
+}
+
+interface Outcome {
+  code: number;
+  lastLine: string;
+}
+
+/** Runs node with `args`; stderr is shown live and its last line kept. */
+function node(args: string[], cwd: string, captureStdout = false): Promise<Outcome> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, args, {
+      cwd,
+      stdio: ['ignore', captureStdout ? 'pipe' : 'inherit', 'pipe'],
+    });
+    let lastLine = '';
+    child.stdout?.resume();
+    child.stderr?.on('data', (d: Buffer) => {
+      process.stderr.write(d);
+      const lines = d.toString().trim().split('\n');
+      lastLine = lines[lines.length - 1] ?? lastLine;
+    });
+    child.on('error', (e) => resolve({ code: 1, lastLine: e.message }));
+    child.on('close', (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), lastLine }));
+  });
+}
+
+async function main(): Promise<number> {
+  const root = packageRoot(HERE);
+  const vm = path.join(root, 'scripts', 'vm', 'vm.mjs');
+  const filters = process.argv.slice(2);
+  const files = fs
+    .readdirSync(HERE)
+    .filter((n) => n.endsWith('.test.js'))
+    .filter((n) => filters.length === 0 || filters.some((f) => n.includes(f)))
+    .sort()
+    .map((n) => path.join(HERE, n));
+  if (files.length === 0) {
+    process.stderr.write(
+      `e2e: no scenario files${filters.length ? ` matching ${filters.join(' ')}` : ''} in ${HERE}\n`,
+    );
+    return 1;
+  }
+
+  const t0 = Date.now();
+  const prov = await node([vm, '--provision'], root, true);
+  if (prov.code !== 0) {
+    const why = prov.lastLine.replace(/^vm: /, '') || `vm.mjs --provision exited ${prov.code}`;
+    if (prov.code === 2 && !isCI) {
+      process.stdout.write(`e2e: skipped: the test VM is not available here: ${why}\n`);
+      return 0;
+    }
+    process.stderr.write(`e2e: FAILED: cannot provision the test VM${isCI ? ' (CI)' : ''}: ${why}\n`);
+    return 1;
+  }
+  const t1 = Date.now();
+
+  const timeout = process.env.VDUSE_E2E_TIMEOUT ?? '1200';
+  const testArgs = ['--test', '--test-concurrency=1', '--test-reporter=spec', ...files];
+  process.stderr.write(`e2e: ${files.length} scenario file(s) in one VM boot (limit ${timeout} s)\n`);
+  const r = await node([vm, '--verbose', `--timeout=${timeout}`, '--', process.execPath, ...testArgs], root);
+  const secs = (ms: number) => (ms / 1000).toFixed(1);
+  process.stderr.write(
+    `e2e: ${r.code === 0 ? 'passed' : `FAILED (exit ${r.code})`} in ${secs(Date.now() - t0)} s ` +
+      `(provisioning check ${secs(t1 - t0)} s, VM run ${secs(Date.now() - t1)} s)\n`,
+  );
+  return r.code;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(`e2e: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exitCode = 1;
+  },
+);
