@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { ACCESS_READ, ACCESS_WRITE, HeapMemory } from '../../../src/memory/index.js';
+import { ACCESS_READ, ACCESS_WRITE } from '../../../src/memory/index.js';
 import { MockDriver } from '../../../src/testing/index.js';
 import {
   VRING_DESC_F_INDIRECT as INDIRECT,
@@ -301,9 +301,7 @@ describe('split chains: table structure', () => {
   });
 
   it('an indirect table split over two regions is read correctly', () => {
-    const mem = new HeapMemory();
     const drv = new MockDriver({ size: 4, indirect: true });
-    void mem;
     const r = drv.memory.regionList[0]!;
     drv.memory.addRegion({ addr: r.addr + r.size, size: 0x1000 });
     const tableAddr = r.addr + r.size - 16; // first descriptor in region 1, second in region 2
