@@ -125,6 +125,7 @@ export class NbdBackend implements BlockBackend {
   private lastCause = '';
   private giveUpTimer: NodeJS.Timeout | undefined;
   private givenUp = false;
+  private lastGiveUpLog = -Infinity;
   private readonly log: (message: string) => void;
   private readonly name: string;
   private readonly queueDepth: number;
@@ -458,10 +459,14 @@ export class NbdBackend implements BlockBackend {
       op.firstLost ??= now;
       if (now - op.firstLost >= this.retryMs) {
         // The request keeps losing its connection (e.g. the server never answers it): stop retrying it.
-        this.log(
-          `${this.name}: ${opName(op.req.type)} at ${op.req.offset}+${op.req.length} failed on every ` +
-            `connection for ${Math.round(this.retryMs / 1000)} s (last error: ${err.message}); failing it with EIO`,
-        );
+        // Logged once per retry window, not once per request.
+        if (now - this.lastGiveUpLog >= this.retryMs) {
+          this.lastGiveUpLog = now;
+          this.log(
+            `${this.name}: ${opName(op.req.type)} at ${op.req.offset}+${op.req.length} failed on every ` +
+              `connection for ${Math.round(this.retryMs / 1000)} s (last error: ${err.message}); failing it with EIO`,
+          );
+        }
         op.reject(
           new BackendError(`nbd: ${this.name}: request failed after retries (${err.message})`, 'EIO'),
         );
