@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { MemoryBackend } from '../../../src/backends/memory-backend.js';
-import { VirtioBlkDevice } from '../../../src/devices/blk/device.js';
+import type { VirtioBlkDevice } from '../../../src/devices/blk/device.js';
 import { MockDriver, type MockChain } from '../../../src/testing/mock-driver.js';
 import { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../../src/uapi/virtio-blk.js';
 import { BlkHarness, TestBackend, pattern } from './harness.js';
