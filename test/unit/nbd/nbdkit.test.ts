@@ -9,7 +9,7 @@ import { after, afterEach, before, describe, it } from 'node:test';
 
 import { BackendError } from '../../../src/backends/backend.js';
 import { NbdBackend, type NbdBackendOptions } from '../../../src/backends/nbd/backend.js';
-import { NBD_FLAG_READ_ONLY } from '../../../src/backends/nbd/protocol.js';
+import { NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_FUA } from '../../../src/backends/nbd/protocol.js';
 import '../../../src/backends/nbd/index.js';
 import { parseNbdSpec } from '../../../src/backends/nbd/uri.js';
 import { backendKinds, openBackend, parseBackendSpec } from '../../../src/backends/spec.js';
@@ -187,6 +187,31 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
     await assert.rejects(
       NbdBackend.open({ ...parseNbdSpec(s3.uri), log: () => {} }),
       (err: unknown) => err instanceof BackendError && /oldstyle/.test(err.message),
+    );
+  });
+
+  it('writes zeroes as data when the server has no WRITE_ZEROES, and emulates FUA with a flush', async () => {
+    const s = await server(['-v', '--filter=nozero', '--filter=fua', 'memory', '8M', 'zeromode=none']);
+    const { b } = await open(s.uri);
+    assert.equal(b.capabilities.writeZeroes, false);
+    assert.equal(b.info.flags & NBD_FLAG_SEND_FUA, 0);
+    await b.write(0, [pattern(3 << 20, 30)]);
+    await b.writeZeroes(4096, (2 << 20) + 8192);
+    const expect = pattern(3 << 20, 30);
+    expect.fill(0, 4096, 4096 + (2 << 20) + 8192);
+    assert.deepEqual(await readBack(s.uri, 0, 3 << 20), expect);
+    const flushes = (): number => (s.output().match(/flush/gi) ?? []).length;
+    const flushesBefore = flushes();
+    await b.write(0, [pattern(512, 32)]);
+    await sleep(100);
+    assert.equal(flushes(), flushesBefore, 'a plain write sends no flush');
+    await b.write(0, [pattern(512, 31)], { fua: true });
+    const deadline = Date.now() + 2000;
+    while ((s.output().match(/flush/gi) ?? []).length === flushesBefore && Date.now() < deadline)
+      await sleep(20);
+    assert.ok(
+      (s.output().match(/flush/gi) ?? []).length > flushesBefore,
+      'a FUA write without SEND_FUA is followed by a flush',
     );
   });
 
