@@ -131,6 +131,8 @@ export class FileBackend implements BlockBackend {
   /** Offsets, lengths and buffers of O_DIRECT requests are multiples of this (1 without direct). */
   readonly directAlignment: number;
   readonly capabilities: BackendCapabilities;
+  /** How O_DIRECT requests went: straight from guest memory, through a bounce buffer, or buffered. */
+  readonly directStats = { direct: 0, bounced: 0, buffered: 0 };
   #size: number;
   readonly #fd: number;
   /** A second descriptor without O_DIRECT, for requests not aligned for direct I/O (opened on first need). */
@@ -308,7 +310,7 @@ export class FileBackend implements BlockBackend {
   }
 
   read(offset: number, buffers: readonly Uint8Array[]): Promise<void> {
-    this.#checkOpen();
+    if (this.#closed) return Promise.reject(this.#closedError());
     if (!this.direct) return transferAll(false, this.#fd, offset, buffers);
     return this.#directTransfer(false, offset, buffers);
   }
@@ -321,7 +323,7 @@ export class FileBackend implements BlockBackend {
   }
 
   flush(): Promise<void> {
-    this.#checkOpen();
+    if (this.#closed) return Promise.reject(this.#closedError());
     return this.#fdatasync();
   }
 
@@ -411,8 +413,13 @@ export class FileBackend implements BlockBackend {
     this.#zeroBuffer = null;
   }
 
+  #closedError(): BackendError {
+    return new BackendError(`file ${this.path}: the backend is closed`, 'EBADF');
+  }
+
+  /** For async methods: throws (a rejection there) when closed. */
   #checkOpen(): void {
-    if (this.#closed) throw new BackendError(`file ${this.path}: the backend is closed`, 'EBADF');
+    if (this.#closed) throw this.#closedError();
   }
 
   #checkWritable(): void {
@@ -482,17 +489,21 @@ export class FileBackend implements BlockBackend {
     }
     if (((offset % alignment) | (total % alignment)) !== 0) {
       // Not on direct-I/O boundaries: the buffered descriptor serves it (no read-modify-write races here).
+      this.directStats.buffered++;
       return transferAll(write, await this.#buffered(), offset, buffers);
     }
     if (memoryAligned) {
       try {
-        return await transferAll(write, this.#fd, offset, buffers);
+        await transferAll(write, this.#fd, offset, buffers);
+        this.directStats.direct++;
+        return;
       } catch (error) {
         if (errorCode(error) !== 'EINVAL') throw error;
         // The views are aligned relative to their buffer but the buffer itself is not: bounce from now on.
         for (const buffer of buffers) this.#unalignedMemory.add(buffer.buffer);
       }
     }
+    this.directStats.bounced++;
     const bounce = this.#takeBounce(total);
     try {
       const view = bounce.subarray(0, total);

@@ -85,7 +85,8 @@ export class MemoryBackend implements BlockBackend {
     return Promise.resolve();
   }
 
-  writeZeroes(offset: number, length: number): Promise<void> {
+  /** Zeroes are never stored: the range is always deallocated (unmap or not). */
+  writeZeroes(offset: number, length: number, _options?: { unmap?: boolean }): Promise<void> {
     this.#zero(offset, length);
     return Promise.resolve();
   }

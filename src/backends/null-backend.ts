@@ -43,7 +43,7 @@ export class NullBackend implements BlockBackend {
     return Promise.resolve();
   }
 
-  write(): Promise<void> {
+  write(_offset: number, _buffers: readonly Uint8Array[]): Promise<void> {
     return Promise.resolve();
   }
 
@@ -51,11 +51,11 @@ export class NullBackend implements BlockBackend {
     return Promise.resolve();
   }
 
-  discard(): Promise<void> {
+  discard(_offset: number, _length: number): Promise<void> {
     return Promise.resolve();
   }
 
-  writeZeroes(): Promise<void> {
+  writeZeroes(_offset: number, _length: number): Promise<void> {
     return Promise.resolve();
   }
 
