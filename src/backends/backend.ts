@@ -1,43 +1,73 @@
 /**
- * Storage behind a block device. Offsets and lengths are in bytes; the device checks ranges and alignment
- * before it calls a backend, so a backend sees only requests inside [0, size) that are multiples of the
- * device's logical block size. Buffers are views of guest memory: read into them / write from them directly.
+ * Storage behind a block device: implement BlockBackend to put your own storage behind a virtio-blk device
+ * (see examples/latency-backend.ts for a complete one to copy; src/backends has null, memory and file).
+ *
+ * What the device guarantees a backend:
+ * - Offsets and lengths are in bytes. The device checks ranges and alignment before it calls a backend, so a
+ *   backend sees only requests inside [0, size) whose offset and length are multiples of the device's logical
+ *   block size (512 unless configured larger). Malformed guest requests never reach it.
+ * - Writes, discards and write-zeroes never reach a backend whose `readOnly` is true.
+ * - Buffers are zero-copy views of guest memory: read into them / write from them directly. They are valid until
+ *   the returned promise settles; do not keep them (or the array holding them) afterwards.
+ * - Many requests are in flight at once, on several queues, and may complete in any order. The device does not
+ *   order overlapping requests (the guest does not send them concurrently); `flush()` covers writes that have
+ *   completed before it was called.
+ * - After a device reset, results of calls still running are dropped, but the device waits for them to settle.
+ *
+ * Errors: a rejected promise (or a throw) answers the guest VIRTIO_BLK_S_IOERR; a BackendError with code
+ * 'ENOTSUP' answers VIRTIO_BLK_S_UNSUPP. Reject rather than crash: guest activity must never take the daemon down.
  */
 
+/** What a backend can do; the device offers the matching virtio-blk features and config fields. */
 export interface BackendCapabilities {
-  /** flush() makes completed writes durable (false: there is nothing to flush, e.g. memory). */
+  /**
+   * flush() makes completed writes durable (false: there is nothing to flush, e.g. memory). True offers
+   * VIRTIO_BLK_F_FLUSH: without it the guest assumes every completed write is already durable.
+   */
   flush: boolean;
-  /** discard() is supported. */
+  /** discard() is supported (offers VIRTIO_BLK_F_DISCARD). */
   discard: boolean;
-  /** writeZeroes() is supported (always possible by writing zeroes; true means cheap). */
+  /**
+   * writeZeroes() is cheap (offers VIRTIO_BLK_F_WRITE_ZEROES). writeZeroes() must work either way, if need be by
+   * writing zeroes.
+   */
   writeZeroes: boolean;
-  /** writeZeroes({ unmap: true }) may deallocate. */
+  /** writeZeroes({ unmap: true }) may deallocate (config write_zeroes_may_unmap). */
   writeZeroesUnmap: boolean;
-  /** secureErase() is supported. */
+  /** secureErase() is implemented (offers VIRTIO_BLK_F_SECURE_ERASE). */
   secureErase: boolean;
-  /** Smallest I/O the storage handles without read-modify-write, in bytes (power of two, >= 512). */
+  /**
+   * Smallest I/O the storage handles without read-modify-write, in bytes (power of two, >= 512): the guest's
+   * physical block size (config topology).
+   */
   minIoSize: number;
-  /** Best I/O size in bytes (0: no preference). */
+  /** Best I/O size in bytes (0: no preference); config opt_io_size. */
   optIoSize: number;
-  /** Discard granularity in bytes (0: any 512-byte sector). */
+  /** Discard granularity in bytes (0: any 512-byte sector); config discard_sector_alignment. */
   discardAlignment: number;
 }
 
 export interface BlockBackend {
-  /** Size in bytes (a multiple of 512). */
+  /** Size in bytes (a multiple of 512). The device's capacity is this, rounded down to whole logical blocks. */
   readonly size: number;
+  /** Refuse changes; the device then offers VIRTIO_BLK_F_RO and answers writes with IOERR itself. */
   readonly readOnly: boolean;
   readonly capabilities: BackendCapabilities;
-  /** Fill `buffers` in order from `offset`. */
+  /** Fill `buffers` in order from `offset` (the bytes [offset, offset + total length)). */
   read(offset: number, buffers: readonly Uint8Array[]): Promise<void>;
   /** Write `buffers` in order at `offset`. With `fua`, the data is durable when the promise resolves. */
   write(offset: number, buffers: readonly Uint8Array[], options?: { fua?: boolean }): Promise<void>;
+  /** Make every write completed before this call durable. */
   flush(): Promise<void>;
+  /** The guest no longer needs this range: deallocate it if you can (a hint; doing nothing is correct). */
   discard(offset: number, length: number): Promise<void>;
+  /** Afterwards the range reads as zeroes. With `unmap`, it may also be deallocated. */
   writeZeroes(offset: number, length: number, options?: { unmap?: boolean }): Promise<void>;
+  /** Erase the range so that the old data cannot be recovered (only with capabilities.secureErase). */
   secureErase?(offset: number, length: number): Promise<void>;
-  /** Grow or shrink (online resize); optional. */
+  /** Grow or shrink to `size` (online resize; VirtioBlkDevice.resize() calls it). Optional. */
   resize?(size: number): Promise<void>;
+  /** Release the storage. The device is reset (no request running) before this is called. */
   close(): Promise<void>;
 }
 
