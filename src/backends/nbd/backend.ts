@@ -75,6 +75,8 @@ interface Slot {
   backoff: number;
   /** Requests sent on this slot's connections so far. */
   requests: number;
+  /** When the slot's connection was lost (undefined while connected). */
+  lostAt?: number | undefined;
 }
 
 function sliceViews(views: readonly Uint8Array[], start: number, length: number): Uint8Array[] {
@@ -437,7 +439,7 @@ export class NbdBackend implements BlockBackend {
     if (err instanceof NbdServerError) {
       if (err.code === 'ESHUTDOWN') {
         // The server is going away: drop this connection and send the request again on a new one.
-        this.requeue(op);
+        this.retryOrFail(op, `${this.name}: server is shutting down`);
         conn.destroy(new NbdConnectionError(`${this.name}: server is shutting down`));
         return;
       }
@@ -455,27 +457,30 @@ export class NbdBackend implements BlockBackend {
         return;
       }
       this.lastCause = err.message;
-      const now = Date.now();
-      op.firstLost ??= now;
-      if (now - op.firstLost >= this.retryMs) {
-        // The request keeps losing its connection (e.g. the server never answers it): stop retrying it.
-        // Logged once per retry window, not once per request.
-        if (now - this.lastGiveUpLog >= this.retryMs) {
-          this.lastGiveUpLog = now;
-          this.log(
-            `${this.name}: ${opName(op.req.type)} at ${op.req.offset}+${op.req.length} failed on every ` +
-              `connection for ${Math.round(this.retryMs / 1000)} s (last error: ${err.message}); failing it with EIO`,
-          );
-        }
-        op.reject(
-          new BackendError(`nbd: ${this.name}: request failed after retries (${err.message})`, 'EIO'),
-        );
-        return;
-      }
-      this.requeue(op);
+      this.retryOrFail(op, err.message);
       return;
     }
     op.reject(new BackendError(`nbd: ${errorText(err)}`, 'EIO'));
+  }
+
+  /** Queues a request whose connection failed again, unless it has been failing for the whole retry window. */
+  private retryOrFail(op: Op, cause: string): void {
+    const now = Date.now();
+    op.firstLost ??= now;
+    if (now - op.firstLost < this.retryMs) {
+      this.requeue(op);
+      return;
+    }
+    // The request keeps losing its connection (e.g. the server never answers it): stop retrying it.
+    // Logged once per retry window, not once per request.
+    if (now - this.lastGiveUpLog >= this.retryMs) {
+      this.lastGiveUpLog = now;
+      this.log(
+        `${this.name}: ${opName(op.req.type)} at ${op.req.offset}+${op.req.length} failed on every ` +
+          `connection for ${Math.round(this.retryMs / 1000)} s (last error: ${cause}); failing it with EIO`,
+      );
+    }
+    op.reject(new BackendError(`nbd: ${this.name}: request failed after retries (${cause})`, 'EIO'));
   }
 
   private requeue(op: Op): void {
@@ -508,9 +513,11 @@ export class NbdBackend implements BlockBackend {
     slot.conn = undefined;
     if (this.closed || this.broken) return;
     this.lastCause = cause.message;
+    slot.lostAt = Date.now();
+    const which = this.slots.length > 1 ? ` ${slot.index + 1}/${this.slots.length}` : '';
+    this.log(`${this.name}: connection${which} lost (${cause.message}); reconnecting`);
     if (this.liveConnections === 0 && this.downSince === undefined) {
       this.downSince = Date.now();
-      this.log(`${this.name}: connection lost (${cause.message}); reconnecting`);
       this.giveUpTimer = setTimeout(() => this.giveUp(), this.retryMs);
     }
     this.scheduleReconnect(slot);
@@ -553,9 +560,13 @@ export class NbdBackend implements BlockBackend {
       return;
     }
     this.attach(slot, conn);
+    const which = this.slots.length > 1 ? ` ${slot.index + 1}/${this.slots.length}` : '';
+    const ms = slot.lostAt === undefined ? 0 : Date.now() - slot.lostAt;
+    slot.lostAt = undefined;
+    this.log(
+      `${this.name}: connection${which} reconnected after ${ms} ms; ${this.waiting.length} request(s) to resend`,
+    );
     if (this.downSince !== undefined) {
-      const ms = Date.now() - this.downSince;
-      this.log(`${this.name}: reconnected after ${ms} ms; resending ${this.waiting.length} request(s)`);
       this.downSince = undefined;
       this.givenUp = false;
       if (this.giveUpTimer) clearTimeout(this.giveUpTimer);
