@@ -201,7 +201,7 @@ export class VirtioBlkDevice implements VirtioDevice {
 
   #start(queue: Virtqueue, chain: DescriptorChain): void {
     const request = this.#pool.pop() ?? new BlkRequest(this.#complete);
-    request.queueIndex = queue.index;
+    request.queue = queue;
     request.generation = this.#generation;
     const verdict = parseBlkRequest(request, chain, this.#limits);
     if (verdict !== BLK_RUN) {
@@ -270,15 +270,13 @@ export class VirtioBlkDevice implements VirtioDevice {
           error instanceof BackendError && error.code === 'ENOTSUP'
             ? VIRTIO_BLK_S_UNSUPP
             : VIRTIO_BLK_S_IOERR;
-        this.#log(`queue ${request.queueIndex}: request type ${request.type} failed: ${describe(error)}`);
+        this.#log(`queue ${request.queue!.index}: request type ${request.type} failed: ${describe(error)}`);
       } else if (request.type === VIRTIO_BLK_T_IN) {
         this.stats.bytesRead += request.length;
       } else if (request.type === VIRTIO_BLK_T_OUT) {
         this.stats.bytesWritten += request.length;
       }
-      const queue = this.#queues[request.queueIndex];
-      if (queue != null) this.#finish(queue, request, status);
-      else this.#release(request);
+      this.#finish(request.queue!, request, status);
     } else {
       this.#release(request);
     }

@@ -30,7 +30,7 @@ import {
   virtio_blk_outhdr,
 } from '../../uapi/virtio-blk.js';
 import { copyFromParts, copyToParts, sliceParts } from '../../virtio/chain.js';
-import type { DescriptorChain } from '../../virtio/virtqueue.js';
+import type { DescriptorChain, Virtqueue } from '../../virtio/virtqueue.js';
 import type { NegotiatedBlkFeatures } from './features.js';
 
 /** parseBlkRequest's answer when the request needs the backend (else it returns a VIRTIO_BLK_S_* status). */
@@ -71,8 +71,8 @@ export interface BlkRange {
 
 export class BlkRequest {
   chain: DescriptorChain | null = null;
-  /** Queue index, and the device activation this request belongs to (results of older ones are dropped). */
-  queueIndex = 0;
+  /** The queue it came from, and the device activation it belongs to (results of older ones are dropped). */
+  queue: Virtqueue | null = null;
   generation = 0;
   /** VIRTIO_BLK_T_* from the header. */
   type = 0;
@@ -101,6 +101,7 @@ export class BlkRequest {
   /** Drop every reference into guest memory (before the object goes back to the pool). */
   clear(): void {
     this.chain = null;
+    this.queue = null;
     this.data.length = 0;
     this.ranges.length = 0;
     this.problem = null;
