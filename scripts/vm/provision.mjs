@@ -335,8 +335,18 @@ export async function provision(opts = {}) {
   if (hit) return { ...hit, cached: true };
 
   const t0 = Date.now();
-  fs.mkdirSync(base, { recursive: true });
-  const work = fs.mkdtempSync(path.join(base, '.build-'));
+  let work;
+  try {
+    fs.mkdirSync(base, { recursive: true });
+    work = fs.mkdtempSync(path.join(base, '.build-'));
+  } catch (e) {
+    throw new ProvisionError(
+      `cannot write the cache directory ${base} (${e.code ?? e.message}); set VDUSE_VM_CACHE`,
+      {
+        unavailable: true,
+      },
+    );
+  }
   try {
     log(`downloading ${pkg.name} ${pkg.version}`);
     run('apt-get', ['-q', 'download', `${pkg.name}=${pkg.version}`], {

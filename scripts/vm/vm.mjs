@@ -250,7 +250,19 @@ async function bootOnce(entry, o) {
   return { code: EXIT_VM_FAILED, kind: 'died', message: detail ? `${how}: ${detail}` : how, logs };
 }
 
-function saveLogs(logDir, kind, logs) {
+/** Saves the guest's logs under `dirs[0]` (or the next writable one); returns the file, or null. */
+function saveLogs(dirs, kind, logs) {
+  for (const dir of dirs) {
+    try {
+      return saveLogsIn(dir, kind, logs);
+    } catch {
+      // not writable: try the next
+    }
+  }
+  return null;
+}
+
+function saveLogsIn(logDir, kind, logs) {
   fs.mkdirSync(logDir, { recursive: true });
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const file = path.join(logDir, `${stamp}-${kind}.log`);
@@ -309,17 +321,24 @@ export async function runInVm(opts) {
       `booting ${entry.kver} (${o.cpus} cpus, ${o.memMiB} MiB, limit ${o.timeoutSec} s): ${o.command.join(' ')}`,
     );
   }
+  const logDirs = [
+    ...(workDir ? [path.join(workDir, '.cache', 'vm-logs')] : []),
+    path.join(cacheBase(), 'logs'),
+    path.join(os.tmpdir(), 'vduse-vm-logs'),
+  ];
   let r = await bootOnce(entry, o);
   if (r.kind === 'died') {
-    const file = saveLogs(path.join(workDir ?? cacheBase(), '.cache', 'vm-logs'), r.kind, r.logs);
-    log(`${r.message}; retrying once (guest log: ${file})`);
+    const file = saveLogs(logDirs, r.kind, r.logs);
+    log(`${r.message}; retrying once (guest log: ${file ?? 'not saved'})`);
     r = await bootOnce(entry, o);
   }
   const secs = ((Date.now() - t0) / 1000).toFixed(1);
   if (r.message) log(r.message);
   if (r.code !== 0 && r.kind !== 'interrupted') {
-    const file = saveLogs(path.join(workDir ?? cacheBase(), '.cache', 'vm-logs'), r.kind, r.logs);
-    log(`exit ${r.code} after ${secs} s; guest kernel log saved to ${file}`);
+    const file = saveLogs(logDirs, r.kind, r.logs);
+    log(
+      `exit ${r.code} after ${secs} s; guest kernel log ${file ? `saved to ${file}` : 'could not be saved'}`,
+    );
   } else if (opts.verbose) {
     log(`exit ${r.code} after ${secs} s`);
   }
