@@ -115,7 +115,7 @@ async function launch(
   readyTimeoutMs: number,
 ): Promise<ServerHandle> {
   let out = '';
-  const proc = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(findBinary(command) ?? command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
   proc.stderr?.on('data', (d: Buffer) => (out += d.toString()));
   const handle: ServerHandle = {
@@ -208,7 +208,7 @@ export async function startQemuNbd(
 
 /** Creates an image with qemu-img (e.g. qcow2 of `size` like '64M'); throws with qemu-img's output on failure. */
 export function qemuImgCreate(path: string, format: string, size: string): void {
-  const r = spawnSync('qemu-img', ['create', '-q', '-f', format, path, size], {
+  const r = spawnSync(findBinary('qemu-img') ?? 'qemu-img', ['create', '-q', '-f', format, path, size], {
     encoding: 'utf8',
     timeout: 20000,
   });
@@ -217,10 +217,14 @@ export function qemuImgCreate(path: string, format: string, size: string): void 
 
 /** Converts an image to raw with qemu-img and returns its bytes (to check what a server wrote). */
 export function qemuImgToRaw(image: string, format: string, rawPath: string): Buffer {
-  const r = spawnSync('qemu-img', ['convert', '-f', format, '-O', 'raw', image, rawPath], {
-    encoding: 'utf8',
-    timeout: 30000,
-  });
+  const r = spawnSync(
+    findBinary('qemu-img') ?? 'qemu-img',
+    ['convert', '-f', format, '-O', 'raw', image, rawPath],
+    {
+      encoding: 'utf8',
+      timeout: 30000,
+    },
+  );
   if (r.status !== 0) throw new Error(`qemu-img convert failed: ${r.stderr || r.stdout}`);
   return readFileSync(rawPath);
 }
@@ -231,7 +235,11 @@ export function qemuImgToRaw(image: string, format: string, rawPath: string): Bu
  */
 export function makeTlsCertificates(dir: string): { dir: string; caCert: string } {
   const run = (args: string[]): void => {
-    const r = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8', timeout: 30000 });
+    const r = spawnSync(findBinary('openssl') ?? 'openssl', args, {
+      cwd: dir,
+      encoding: 'utf8',
+      timeout: 30000,
+    });
     if (r.status !== 0) throw new Error(`openssl ${args[0]} failed: ${r.stderr}`);
   };
   run([
