@@ -23,6 +23,8 @@ before(() => {
 });
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
+const MiB = 1024 * 1024;
+
 const BACKENDS: { name: string; stores: boolean; open: () => Promise<BlockBackend> }[] = [
   { name: 'null', stores: false, open: () => openBackend('null:8M') },
   { name: 'memory', stores: true, open: () => openBackend('memory:8M') },
@@ -41,7 +43,8 @@ const BACKENDS: { name: string; stores: boolean; open: () => Promise<BlockBacken
 for (const { name, stores, open } of BACKENDS) {
   for (const packed of [false, true]) {
     describe(`virtio-blk over the ${name} backend (${packed ? 'packed' : 'split'} ring)`, () => {
-      it('serves reads, writes, flush, discard, write-zeroes and GET_ID', async () => {
+      it('serves reads, writes, flush, discard, write-zeroes and GET_ID', async (t) => {
+        const fdatasync = t.mock.method(fs, 'fdatasync');
         const inner = await open();
         const backend = new TestBackend(inner);
         const harness = new BlkHarness({ backend, packed, numQueues: 2, serial: 'vduse-ts' });
@@ -54,6 +57,15 @@ for (const { name, stores, open } of BACKENDS) {
           else assert.ok(back.every((b) => b === 0));
           if (inner.capabilities.flush) {
             assert.equal((await harness.run(0, { type: VIRTIO_BLK_T_FLUSH })).status, 0);
+          }
+          if (inner instanceof FileBackend) {
+            assert.equal(fdatasync.mock.callCount(), 1, 'FLUSH is an fdatasync');
+            // What the guest wrote is in the file.
+            const onDisk = new Uint8Array(fs.readFileSync(inner.path)).subarray(
+              2048 * 512,
+              2048 * 512 + data.length,
+            );
+            assert.deepEqual(onDisk, data);
           }
           const discard = await harness.run(0, {
             type: VIRTIO_BLK_T_DISCARD,
@@ -75,6 +87,26 @@ for (const { name, stores, open } of BACKENDS) {
             expected.fill(0, 32 * 512, 48 * 512);
             expected.fill(0, 64 * 512, 72 * 512);
             assert.deepEqual(after, expected);
+          }
+          if (inner instanceof FileBackend) {
+            assert.deepEqual(
+              new Uint8Array(fs.readFileSync(inner.path)).subarray(2048 * 512, 2048 * 512 + data.length),
+              after,
+              'the file holds the zeroed ranges too',
+            );
+            // A discard through the device punches a hole in the file.
+            assert.equal((await harness.write(8192, pattern(MiB, 13))).status, 0);
+            assert.equal((await harness.run(0, { type: VIRTIO_BLK_T_FLUSH })).status, 0);
+            const full = fs.statSync(inner.path).blocks;
+            const hole = await harness.run(0, {
+              type: VIRTIO_BLK_T_DISCARD,
+              out: segments({ sector: 8192, sectors: MiB / 512 }),
+            });
+            assert.equal(hole.status, 0);
+            assert.ok(
+              fs.statSync(inner.path).blocks <= full - MiB / 512,
+              'st_blocks dropped by the discarded MiB',
+            );
           }
           const id = await harness.run(0, { type: VIRTIO_BLK_T_GET_ID, inLength: 20 });
           assert.equal(new TextDecoder().decode(id.writable.subarray(0, 8)), 'vduse-ts');
