@@ -7,6 +7,10 @@
  * direct-I/O alignment goes through a second, buffered descriptor of the same file (the kernel keeps the two
  * coherent). Flush is fdatasync. Discard punches a hole; write-zeroes uses FALLOC_FL_ZERO_RANGE (or a hole when
  * unmapping is allowed) and falls back to writing zeroes where the filesystem cannot.
+ *
+ * Node runs readv/writev/fdatasync in the libuv thread pool, which has 4 threads unless UV_THREADPOOL_SIZE says
+ * otherwise: at most that many requests reach the kernel at once. Raise it for deep queues on fast storage.
+ * fallocate (discard, write-zeroes) is a synchronous call through the SysBinding.
  */
 import fs from 'node:fs';
 import {
