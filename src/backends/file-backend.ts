@@ -43,6 +43,8 @@ const IOV_MAX = 1024;
 const BOUNCE_MIN = 64 * 1024;
 const BOUNCE_POOL_LIMIT = 8;
 const ZERO_BUFFER_SIZE = 1024 * 1024;
+/** Largest range one fallocate call gets (the call blocks the event loop). */
+const FALLOCATE_STEP = 1024 * 1024 * 1024;
 
 export interface FileBackendOptions {
   /** A regular file or a block device. */
@@ -337,30 +339,33 @@ export class FileBackend implements BlockBackend {
     if (length === 0 || !this.#punchHole) return;
     const binding = this.#sys();
     if (binding === null) return;
-    try {
-      binding.fallocate(this.#fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
-    } catch (error) {
-      if (isNotSupported(error)) {
-        this.#punchHole = false;
-        this.#log(`file ${this.path}: the filesystem cannot punch holes; discard does nothing`);
-      } else if (errorCode(error) !== 'EINVAL') {
-        throw error;
-      }
-    }
+    await this.#fallocate(binding, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+    if (!this.#punchHole)
+      this.#log(`file ${this.path}: the filesystem cannot punch holes; discard does nothing`);
   }
 
   /** Zero a range: a hole when `unmap` allows it, else FALLOC_FL_ZERO_RANGE, else written zeroes. */
   async writeZeroes(offset: number, length: number, options?: { unmap?: boolean }): Promise<void> {
     this.#checkWritable();
-    if (length === 0) return;
+    const end = offset + length;
     const binding = this.#sys();
     if (binding !== null && options?.unmap === true && this.#punchHole) {
-      if (this.#tryFallocate(binding, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)) return;
+      offset += await this.#fallocate(
+        binding,
+        FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+        offset,
+        end - offset,
+      );
     }
-    if (binding !== null && this.#zeroRange) {
-      if (this.#tryFallocate(binding, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length)) return;
+    if (binding !== null && this.#zeroRange && offset < end) {
+      offset += await this.#fallocate(
+        binding,
+        FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+        offset,
+        end - offset,
+      );
     }
-    await this.#writeZeroBuffers(offset, length);
+    if (offset < end) await this.#writeZeroBuffers(offset, end - offset);
   }
 
   /**
@@ -450,21 +455,36 @@ export class FileBackend implements BlockBackend {
     );
   }
 
-  /** fallocate; false when this mode cannot do it here (the caller falls back). Other errors throw. */
-  #tryFallocate(binding: SysBinding, mode: number, offset: number, length: number): boolean {
-    try {
-      binding.fallocate(this.#fd, mode, offset, length);
-      return true;
-    } catch (error) {
-      if (isNotSupported(error)) {
-        if (mode & FALLOC_FL_PUNCH_HOLE) this.#punchHole = false;
-        else this.#zeroRange = false;
-        return false;
+  /**
+   * fallocate(mode) over [offset, offset + length), in steps so that the event loop (the call is synchronous)
+   * is not held for long. Returns the bytes done: less than `length` when this mode cannot do (the rest of) it
+   * here, and the caller falls back. Other errors throw.
+   */
+  async #fallocate(binding: SysBinding, mode: number, offset: number, length: number): Promise<number> {
+    let done = 0;
+    while (done < length) {
+      const count = Math.min(FALLOCATE_STEP, length - done);
+      try {
+        binding.fallocate(this.#fd, mode, offset + done, count);
+      } catch (error) {
+        if (isNotSupported(error)) {
+          if (mode & FALLOC_FL_PUNCH_HOLE) {
+            this.#punchHole = false;
+            this.#log(`file ${this.path}: the filesystem cannot punch holes; discard does nothing`);
+          } else {
+            this.#zeroRange = false;
+            this.#log(`file ${this.path}: the filesystem cannot zero ranges; write-zeroes writes zeroes`);
+          }
+          return done;
+        }
+        // EINVAL: the range is not aligned for the device; the caller falls back.
+        if (errorCode(error) === 'EINVAL') return done;
+        throw error;
       }
-      // EINVAL: this range is not aligned for the device; write zeroes instead.
-      if (errorCode(error) === 'EINVAL') return false;
-      throw error;
+      done += count;
+      if (done < length) await new Promise((resolve) => setImmediate(resolve));
     }
+    return done;
   }
 
   async #writeZeroBuffers(offset: number, length: number): Promise<void> {

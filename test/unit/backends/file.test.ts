@@ -191,11 +191,34 @@ describe('FileBackend', () => {
     assert.equal(fallocates, 2, 'unsupported modes are not tried again');
     await backend.discard(0, MiB);
     assert.equal(fallocates, 2);
+    assert.match(notes.join('\n'), /cannot punch holes; discard does nothing/);
+    assert.match(notes.join('\n'), /cannot zero ranges; write-zeroes writes zeroes/);
     const out = new Uint8Array(2 * MiB);
     await backend.read(0, [out]);
     const expected = bytes(2 * MiB, 4);
     expected.fill(0, 0, 4096 + 1536 * KiB);
     assert.deepEqual(out, expected);
+    await backend.close();
+  });
+
+  it('splits a huge fallocate into 1 GiB steps', async () => {
+    const file = temp();
+    const calls: [number, number][] = [];
+    const real = loadNativeBinding();
+    const binding = overriding({
+      fallocate: (fd: number, mode: number, offset: number, length: number) => {
+        calls.push([offset, length]);
+        real.fallocate(fd, mode, offset, length);
+      },
+    });
+    const GiB = 1024 * MiB;
+    const backend = await FileBackend.open({ path: file, size: 3 * GiB, binding });
+    await backend.discard(512, 2.5 * GiB);
+    assert.deepEqual(calls, [
+      [512, GiB],
+      [512 + GiB, GiB],
+      [512 + 2 * GiB, 0.5 * GiB],
+    ]);
     await backend.close();
   });
 
