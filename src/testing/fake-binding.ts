@@ -1,0 +1,531 @@
+/**
+ * FakeBinding: a SysBinding in plain JavaScript, for unit tests of code that talks to the kernel through a
+ * SysBinding (transports, device hosts) without the native addon or a VDUSE-capable kernel.
+ *
+ * What it emulates:
+ * - eventfds: a 64-bit counter with the kernel's rules (EFD_SEMAPHORE, EFD_NONBLOCK, EAGAIN on overflow);
+ *   eventfdRead returns -1 when the counter is 0 on a non-blocking eventfd. read/write of 8 bytes work too.
+ * - memfds: a file backed by a growable buffer. fallocate (mode 0 grows it, PUNCH_HOLE / ZERO_RANGE zero bytes)
+ *   and read/write (at a file position) work. mmap maps a whole memfd (offset 0, length = its size) and returns
+ *   the file's own ArrayBuffer, so every mapping of a memfd and memfdBytes() share memory, as MAP_SHARED
+ *   mappings of one file do. munmap detaches that ArrayBuffer (views become empty) once every mapping of the
+ *   memfd is unmapped; the file keeps its contents. MAP_PRIVATE mappings are copies.
+ * - devices: openDevice(handlers) gives an fd whose read/write/ioctl go to the test's handlers; the test marks
+ *   it readable with setReadable() so that watchers fire. Netlink sockets are devices too (onNetlinkSocket).
+ * - FdWatchers: level-triggered like uv_poll (and, like libuv, only one started watcher per fd: EEXIST). While a watched fd is ready, the callback runs again and again,
+ *   each time from its own setImmediate (so nextTick/microtasks drain between callbacks, as with the real
+ *   binding). An active, ref'd watcher keeps the event loop alive only with `{ keepEventLoopAlive: true }`
+ *   (a real one always does; in tests that would turn a failed assertion into a hung test file).
+ * - ioctl: goes to the device's ioctl handler, else to `onIoctl`, which by default throws ENOTTY.
+ *
+ * Errors are system errors like the native ones (code, negative errno, syscall). A request the fake cannot
+ * emulate (a blocking read that would hang, a partial mmap) throws a plain Error saying so.
+ *
+ * Fake fds start at 10000 so that they are not mistaken for real ones; close them with close(), not fs.
+ */
+
+import {
+  EFD_NONBLOCK,
+  EFD_SEMAPHORE,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  MAP_PRIVATE,
+  MAP_SHARED,
+  UV_READABLE,
+  UV_WRITABLE,
+} from '../sys/binding.js';
+import type { FdWatcher, FdWatcherCallback, SysBinding } from '../sys/binding.js';
+import { systemError } from '../sys/errors.js';
+
+/** The handlers behind a fake device fd. A missing handler makes that call fail with EINVAL. */
+export interface FakeDeviceHandlers {
+  /** Fill `buffer`; return the byte count, or -1 for "would block". */
+  read?(buffer: Uint8Array): number;
+  /** Consume `buffer`; return the byte count, or -1 for "would block". */
+  write?(buffer: Uint8Array): number;
+  /** Handle an ioctl; return its result or throw a system error (see systemError()). */
+  ioctl?(request: number, arg: Uint8Array | number): number;
+}
+
+export interface FakeDeviceOptions {
+  /** Initially readable (watchers fire). Default false. */
+  readable?: boolean;
+  /** Writable (UV_WRITABLE watchers fire). Default true. */
+  writable?: boolean;
+}
+
+export interface FakeBindingOptions {
+  /** Active, ref'd watchers keep the event loop alive, like real ones. Default false. */
+  keepEventLoopAlive?: boolean;
+}
+
+/** The SysBinding methods whose calls FakeBinding counts. */
+export type SysCallName = keyof SysBinding;
+
+const EVENTFD_MAX = 0xffff_ffff_ffff_fffen;
+const FIRST_FD = 10000;
+
+interface EventfdFile {
+  kind: 'eventfd';
+  counter: bigint;
+  semaphore: boolean;
+  nonBlocking: boolean;
+}
+
+interface Memfd {
+  kind: 'memfd';
+  name: string;
+  /** The file contents; exactly `size` bytes. While mapped, this is the mapped ArrayBuffer. */
+  data: ArrayBuffer;
+  position: number;
+  mappings: number;
+}
+
+interface DeviceFile {
+  kind: 'device';
+  handlers: FakeDeviceHandlers;
+  readable: boolean;
+  writable: boolean;
+}
+
+type FakeFile = EventfdFile | Memfd | DeviceFile;
+
+/** Moves the contents of `buffer` into a new ArrayBuffer and detaches `buffer` (all its views go empty). */
+function detach(buffer: ArrayBuffer): ArrayBuffer {
+  const withTransfer = buffer as ArrayBuffer & { transfer?: () => ArrayBuffer };
+  if (typeof withTransfer.transfer === 'function') return withTransfer.transfer();
+  return structuredClone(buffer, { transfer: [buffer] });
+}
+
+function isDetached(buffer: ArrayBuffer): boolean {
+  const withFlag = buffer as ArrayBuffer & { detached?: boolean };
+  if (typeof withFlag.detached === 'boolean') return withFlag.detached;
+  if (buffer.byteLength > 0) return false;
+  try {
+    new Uint8Array(buffer);
+    return false;
+  } catch {
+    return true;
+  }
+}
+
+class FakeFdWatcher implements FdWatcher {
+  events = 0;
+  active = false;
+  closed = false;
+  refed = true;
+  private immediate: NodeJS.Immediate | undefined;
+
+  constructor(
+    private readonly owner: FakeBinding,
+    readonly fd: number,
+    private readonly callback: FdWatcherCallback,
+  ) {}
+
+  start(events: number): void {
+    if (this.closed) throw new Error('FdWatcher is closed');
+    this.events = events;
+    this.active = true;
+    this.owner.watcherChanged();
+    this.arm();
+  }
+
+  stop(): void {
+    this.active = false;
+    this.disarm();
+    this.owner.watcherChanged();
+  }
+
+  close(): void {
+    this.stop();
+    this.closed = true;
+    this.owner.watcherChanged();
+  }
+
+  unref(): void {
+    this.refed = false;
+    this.immediate?.unref();
+    this.owner.watcherChanged();
+  }
+
+  ref(): void {
+    this.refed = true;
+    this.immediate?.ref();
+    this.owner.watcherChanged();
+  }
+
+  /** Schedule a callback if the fd is ready for one of our events. */
+  arm(): void {
+    if (!this.active || this.immediate !== undefined || this.ready() === 0) return;
+    this.immediate = setImmediate(() => {
+      this.immediate = undefined;
+      const ready = this.active ? this.ready() : 0;
+      if (ready === 0) return;
+      try {
+        this.callback(0, ready);
+      } finally {
+        this.arm(); // level-triggered: again while still ready
+      }
+    });
+    if (!this.refed) this.immediate.unref();
+  }
+
+  private disarm(): void {
+    if (this.immediate !== undefined) clearImmediate(this.immediate);
+    this.immediate = undefined;
+  }
+
+  private ready(): number {
+    return this.owner.readiness(this.fd) & this.events;
+  }
+}
+
+export class FakeBinding implements SysBinding {
+  /** How often each SysBinding method was called. */
+  readonly calls: Record<SysCallName, number> = {
+    ioctl: 0,
+    mmap: 0,
+    munmap: 0,
+    memfdCreate: 0,
+    eventfd: 0,
+    eventfdRead: 0,
+    eventfdWrite: 0,
+    createFdWatcher: 0,
+    fence: 0,
+    read: 0,
+    write: 0,
+    fallocate: 0,
+    netlinkSocket: 0,
+    send: 0,
+    recv: 0,
+  };
+
+  /** ioctl on an fd without a device ioctl handler. Default: throw ENOTTY. */
+  onIoctl: (fd: number, request: number, arg: Uint8Array | number) => number = () => {
+    throw systemError('ENOTTY', 'ioctl');
+  };
+
+  /** Opens a netlink socket: return the handlers of the fake socket. Default: throw EPROTONOSUPPORT. */
+  onNetlinkSocket: (protocol: number, nonBlocking: boolean) => FakeDeviceHandlers = () => {
+    throw systemError('EPROTONOSUPPORT', 'socket');
+  };
+
+  private readonly files = new Map<number, FakeFile>();
+  private readonly watchers = new Set<FakeFdWatcher>();
+  private readonly mapped = new Map<ArrayBuffer, Memfd>();
+  private nextFd = FIRST_FD;
+  private keepAlive: NodeJS.Timeout | undefined;
+  private readonly keepEventLoopAlive: boolean;
+
+  constructor(options: FakeBindingOptions = {}) {
+    this.keepEventLoopAlive = options.keepEventLoopAlive ?? false;
+  }
+
+  // ----- test controls -----
+
+  /** A fake device fd served by `handlers`. */
+  openDevice(handlers: FakeDeviceHandlers, options: FakeDeviceOptions = {}): number {
+    return this.add({
+      kind: 'device',
+      handlers,
+      readable: options.readable ?? false,
+      writable: options.writable ?? true,
+    });
+  }
+
+  /** Mark a device readable (its UV_READABLE watchers fire until it is marked unreadable) or not. */
+  setReadable(fd: number, readable = true): void {
+    const file = this.file(fd, 'read');
+    if (file.kind !== 'device') throw new Error(`FakeBinding: fd ${fd} is not a device`);
+    file.readable = readable;
+    this.wake(fd);
+  }
+
+  /** Close a fake fd. Watchers on it stop firing. Throws EBADF for an fd that is not open. */
+  close(fd: number): void {
+    this.file(fd, 'close');
+    this.files.delete(fd);
+  }
+
+  isOpen(fd: number): boolean {
+    return this.files.has(fd);
+  }
+
+  /** The open fake fds. */
+  openFds(): number[] {
+    return [...this.files.keys()];
+  }
+
+  /** An eventfd's counter, without reading it. */
+  eventfdCounter(fd: number): number {
+    const file = this.file(fd, 'read');
+    if (file.kind !== 'eventfd') throw new Error(`FakeBinding: fd ${fd} is not an eventfd`);
+    return Number(file.counter);
+  }
+
+  /** A memfd's contents (a live view while it is mapped; after a resize, get a new one). */
+  memfdBytes(fd: number): Uint8Array {
+    return new Uint8Array(this.memfd(fd, 'read').data);
+  }
+
+  /** Watchers that are started and not stopped or closed. */
+  activeWatchers(): number {
+    let count = 0;
+    for (const watcher of this.watchers) if (watcher.active) count++;
+    return count;
+  }
+
+  // ----- SysBinding -----
+
+  ioctl(fd: number, request: number, arg: Uint8Array | number): number {
+    this.calls.ioctl++;
+    const file = this.file(fd, 'ioctl');
+    const unsigned = request < 0 ? request >>> 0 : request;
+    if (file.kind === 'device' && file.handlers.ioctl) return file.handlers.ioctl(unsigned, arg);
+    return this.onIoctl(fd, unsigned, arg);
+  }
+
+  mmap(fd: number, length: number, prot: number, flags: number, offset: number): ArrayBuffer {
+    this.calls.mmap++;
+    const file = this.file(fd, 'mmap');
+    if (file.kind !== 'memfd') throw systemError('ENODEV', 'mmap');
+    if ((flags & (MAP_SHARED | MAP_PRIVATE)) === 0 || length === 0) throw systemError('EINVAL', 'mmap');
+    if (offset !== 0 || length !== file.data.byteLength) {
+      throw new Error(
+        `FakeBinding.mmap maps whole memfds only (offset 0, length ${file.data.byteLength}; got offset ${offset}, length ${length})`,
+      );
+    }
+    if ((flags & MAP_SHARED) === 0) return file.data.slice(0);
+    file.mappings++;
+    this.mapped.set(file.data, file);
+    return file.data;
+  }
+
+  munmap(buffer: ArrayBuffer): void {
+    this.calls.munmap++;
+    const file = this.mapped.get(buffer);
+    if (file === undefined) {
+      if (isDetached(buffer)) return;
+      throw new TypeError('munmap: not an ArrayBuffer returned by mmap');
+    }
+    if (--file.mappings > 0) return;
+    this.mapped.delete(buffer);
+    file.data = detach(buffer);
+  }
+
+  memfdCreate(name: string, _flags: number): number {
+    this.calls.memfdCreate++;
+    return this.add({ kind: 'memfd', name, data: new ArrayBuffer(0), position: 0, mappings: 0 });
+  }
+
+  eventfd(initval: number, flags: number): number {
+    this.calls.eventfd++;
+    return this.add({
+      kind: 'eventfd',
+      counter: BigInt(initval),
+      semaphore: (flags & EFD_SEMAPHORE) !== 0,
+      nonBlocking: (flags & EFD_NONBLOCK) !== 0,
+    });
+  }
+
+  eventfdRead(fd: number): number {
+    this.calls.eventfdRead++;
+    const value = this.readCounter(fd);
+    return value < 0n ? -1 : Number(value);
+  }
+
+  eventfdWrite(fd: number, value: number): void {
+    this.calls.eventfdWrite++;
+    this.addCounter(fd, BigInt(value));
+  }
+
+  createFdWatcher(fd: number, callback: FdWatcherCallback): FdWatcher {
+    this.calls.createFdWatcher++;
+    const file = this.file(fd, 'uv_poll_init');
+    // epoll refuses regular files, as uv_poll_init does for a real memfd.
+    if (file.kind === 'memfd') throw systemError('EPERM', 'uv_poll_init');
+    // libuv allows one started poll handle per fd and loop.
+    for (const other of this.watchers)
+      if (other.fd === fd && other.active) throw systemError('EEXIST', 'uv_poll_init');
+    const watcher = new FakeFdWatcher(this, fd, callback);
+    this.watchers.add(watcher);
+    return watcher;
+  }
+
+  fence(): void {
+    this.calls.fence++;
+  }
+
+  read(fd: number, buffer: Uint8Array): number {
+    this.calls.read++;
+    const file = this.file(fd, 'read');
+    switch (file.kind) {
+      case 'eventfd': {
+        if (buffer.byteLength < 8) throw systemError('EINVAL', 'read');
+        const value = this.readCounter(fd);
+        if (value < 0n) return -1;
+        new DataView(buffer.buffer, buffer.byteOffset, 8).setBigUint64(0, value, true);
+        return 8;
+      }
+      case 'memfd': {
+        const bytes = new Uint8Array(file.data);
+        const n = Math.max(0, Math.min(buffer.byteLength, bytes.byteLength - file.position));
+        buffer.set(bytes.subarray(file.position, file.position + n));
+        file.position += n;
+        return n;
+      }
+      case 'device':
+        if (!file.handlers.read) throw systemError('EINVAL', 'read');
+        return file.handlers.read(buffer);
+    }
+  }
+
+  write(fd: number, buffer: Uint8Array): number {
+    this.calls.write++;
+    const file = this.file(fd, 'write');
+    switch (file.kind) {
+      case 'eventfd':
+        if (buffer.byteLength < 8) throw systemError('EINVAL', 'write');
+        this.addCounter(fd, new DataView(buffer.buffer, buffer.byteOffset, 8).getBigUint64(0, true));
+        return 8;
+      case 'memfd': {
+        this.resize(file, Math.max(file.data.byteLength, file.position + buffer.byteLength));
+        new Uint8Array(file.data).set(buffer, file.position);
+        file.position += buffer.byteLength;
+        return buffer.byteLength;
+      }
+      case 'device':
+        if (!file.handlers.write) throw systemError('EINVAL', 'write');
+        return file.handlers.write(buffer);
+    }
+  }
+
+  fallocate(fd: number, mode: number, offset: number, length: number): void {
+    this.calls.fallocate++;
+    const file = this.file(fd, 'fallocate');
+    if (file.kind !== 'memfd') throw systemError('ENODEV', 'fallocate');
+    if (offset < 0 || length <= 0) throw systemError('EINVAL', 'fallocate');
+    const keepSize = (mode & FALLOC_FL_KEEP_SIZE) !== 0;
+    if ((mode & FALLOC_FL_PUNCH_HOLE) !== 0 && !keepSize) throw systemError('ENOTSUP', 'fallocate');
+    if (!keepSize) this.resize(file, Math.max(file.data.byteLength, offset + length));
+    if ((mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) !== 0) {
+      new Uint8Array(file.data).fill(0, offset, Math.min(offset + length, file.data.byteLength));
+    }
+  }
+
+  netlinkSocket(protocol: number, nonBlocking: boolean): number {
+    this.calls.netlinkSocket++;
+    const handlers = this.onNetlinkSocket(protocol, nonBlocking);
+    return this.add({ kind: 'device', handlers, readable: false, writable: true });
+  }
+
+  send(fd: number, buffer: Uint8Array): number {
+    this.calls.send++;
+    const file = this.file(fd, 'send');
+    if (file.kind !== 'device') throw systemError('ENOTSOCK', 'send');
+    if (!file.handlers.write) throw systemError('EINVAL', 'send');
+    return file.handlers.write(buffer);
+  }
+
+  recv(fd: number, buffer: Uint8Array): number {
+    this.calls.recv++;
+    const file = this.file(fd, 'recv');
+    if (file.kind !== 'device') throw systemError('ENOTSOCK', 'recv');
+    if (!file.handlers.read) throw systemError('EINVAL', 'recv');
+    return file.handlers.read(buffer);
+  }
+
+  // ----- internals (used by FakeFdWatcher) -----
+
+  /** The UV_* events `fd` is ready for. */
+  readiness(fd: number): number {
+    const file = this.files.get(fd);
+    if (file === undefined) return 0;
+    switch (file.kind) {
+      case 'eventfd':
+        return (file.counter > 0n ? UV_READABLE : 0) | (file.counter < EVENTFD_MAX ? UV_WRITABLE : 0);
+      case 'memfd':
+        return UV_READABLE | UV_WRITABLE;
+      case 'device':
+        return (file.readable ? UV_READABLE : 0) | (file.writable ? UV_WRITABLE : 0);
+    }
+  }
+
+  /** A watcher was started, stopped, closed, ref'd or unref'd: forget closed ones, keep the loop alive. */
+  watcherChanged(): void {
+    let keepAlive = false;
+    for (const watcher of this.watchers) {
+      if (watcher.closed) this.watchers.delete(watcher);
+      else if (watcher.active && watcher.refed && this.keepEventLoopAlive) keepAlive = true;
+    }
+    if (keepAlive && this.keepAlive === undefined) {
+      this.keepAlive = setInterval(() => {}, 0x7fff_ffff);
+    } else if (!keepAlive && this.keepAlive !== undefined) {
+      clearInterval(this.keepAlive);
+      this.keepAlive = undefined;
+    }
+  }
+
+  private add(file: FakeFile): number {
+    const fd = this.nextFd++;
+    this.files.set(fd, file);
+    return fd;
+  }
+
+  private file(fd: number, syscall: string): FakeFile {
+    const file = this.files.get(fd);
+    if (file === undefined) throw systemError('EBADF', syscall);
+    return file;
+  }
+
+  private memfd(fd: number, syscall: string): Memfd {
+    const file = this.file(fd, syscall);
+    if (file.kind !== 'memfd') throw new Error(`FakeBinding: fd ${fd} is not a memfd`);
+    return file;
+  }
+
+  private eventfdFile(fd: number, syscall: string): EventfdFile {
+    const file = this.file(fd, syscall);
+    if (file.kind !== 'eventfd') throw systemError('EINVAL', syscall);
+    return file;
+  }
+
+  /** Take the counter (or 1 in semaphore mode); -1n when it would block. */
+  private readCounter(fd: number): bigint {
+    const file = this.eventfdFile(fd, 'read');
+    if (file.counter === 0n) {
+      if (file.nonBlocking) return -1n;
+      throw new Error(`FakeBinding: a blocking read of eventfd ${fd} with counter 0 would hang`);
+    }
+    const value = file.semaphore ? 1n : file.counter;
+    file.counter -= value;
+    this.wake(fd);
+    return value;
+  }
+
+  private addCounter(fd: number, value: bigint): void {
+    const file = this.eventfdFile(fd, 'write');
+    if (value < 0n || value > EVENTFD_MAX) throw systemError('EINVAL', 'write');
+    if (file.counter + value > EVENTFD_MAX) {
+      if (file.nonBlocking) throw systemError('EAGAIN', 'write');
+      throw new Error(`FakeBinding: a blocking write to eventfd ${fd} would hang (counter overflow)`);
+    }
+    file.counter += value;
+    this.wake(fd);
+  }
+
+  private resize(file: Memfd, size: number): void {
+    if (size === file.data.byteLength) return;
+    if (file.mappings > 0)
+      throw new Error(`FakeBinding: cannot resize memfd "${file.name}" while it is mapped`);
+    const data = new ArrayBuffer(size);
+    new Uint8Array(data).set(new Uint8Array(file.data, 0, Math.min(size, file.data.byteLength)));
+    file.data = data;
+  }
+
+  /** Let the watchers of `fd` fire if it became ready. */
+  private wake(fd: number): void {
+    for (const watcher of this.watchers) if (watcher.fd === fd) watcher.arm();
+  }
+}
