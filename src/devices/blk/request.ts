@@ -85,7 +85,7 @@ export class BlkRequest {
   readonly ranges: BlkRange[] = [];
   /** Used length when the request succeeds (data bytes written to the driver + the status byte). */
   usedOnSuccess = 1;
-  /** Why the request was refused (for the log); null when it was not. */
+  /** What the driver got wrong (for the log); null when nothing. */
   problem: string | null = null;
   readonly header = new Uint8Array(VIRTIO_BLK_OUTHDR_SIZE);
   readonly headerView = new DataView(this.header.buffer);
@@ -166,8 +166,8 @@ export function parseBlkRequest(
       }
       return parseRanges(request, chain, limits, limits.maxSecureEraseSectors, limits.maxSecureEraseSeg);
     default:
-      // GET_LIFETIME, zoned commands, legacy SCSI / barriers and anything unknown.
-      return refuse(request, VIRTIO_BLK_S_UNSUPP, `request type ${type} not supported`);
+      // GET_LIFETIME, zoned commands, legacy SCSI / barriers and anything unknown: a plain answer, not an error.
+      return VIRTIO_BLK_S_UNSUPP;
   }
 }
 

@@ -183,6 +183,8 @@ for (const ring of RINGS) {
         assert.equal(done.len, 1);
       }
       assert.equal(backend.calls.length, 0);
+      assert.equal(harness.device.stats.unsupported, 5);
+      assert.equal(harness.device.stats.driverErrors, 0, 'an unsupported type is not a driver error');
     });
 
     it('a zero-length read or write completes OK without the backend', async () => {
