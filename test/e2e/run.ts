@@ -32,22 +32,37 @@ interface Outcome {
   lastLine: string;
 }
 
-/** Runs node with `args`; stderr is shown live and its last line kept. */
+/**
+ * Runs node with `args`. Its stderr is shown live, one line behind: the last line is held back and returned, so
+ * the caller can print it, or replace it with a one-line verdict.
+ */
 function node(args: string[], cwd: string, captureStdout = false): Promise<Outcome> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, args, {
       cwd,
       stdio: ['ignore', captureStdout ? 'pipe' : 'inherit', 'pipe'],
     });
+    let pending = '';
     let lastLine = '';
     child.stdout?.resume();
-    child.stderr?.on('data', (d: Buffer) => {
-      process.stderr.write(d);
-      const lines = d.toString().trim().split('\n');
-      lastLine = lines[lines.length - 1] ?? lastLine;
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+      pending += d;
+      const lines = pending.split('\n');
+      pending = lines.pop() ?? '';
+      for (const line of lines) {
+        if (lastLine) process.stderr.write(lastLine + '\n');
+        lastLine = line;
+      }
     });
-    child.on('error', (e) => resolve({ code: 1, lastLine: e.message }));
-    child.on('close', (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), lastLine }));
+    const done = (code: number, fallback = '') => {
+      if (pending) {
+        if (lastLine) process.stderr.write(lastLine + '\n');
+        lastLine = pending;
+      }
+      resolve({ code, lastLine: lastLine || fallback });
+    };
+    child.on('error', (e) => done(1, e.message));
+    child.on('close', (code, signal) => done(code ?? (signal ? 128 : 1)));
   });
 }
 
@@ -79,12 +94,14 @@ async function main(): Promise<number> {
     process.stderr.write(`e2e: FAILED: cannot provision the test VM${isCI ? ' (CI)' : ''}: ${why}\n`);
     return 1;
   }
+  if (prov.lastLine) process.stderr.write(prov.lastLine + '\n');
   const t1 = Date.now();
 
   const timeout = process.env.VDUSE_E2E_TIMEOUT ?? '1200';
   const testArgs = ['--test', '--test-concurrency=1', '--test-reporter=spec', ...files];
   process.stderr.write(`e2e: ${files.length} scenario file(s) in one VM boot (limit ${timeout} s)\n`);
   const r = await node([vm, '--verbose', `--timeout=${timeout}`, '--', process.execPath, ...testArgs], root);
+  if (r.lastLine) process.stderr.write(r.lastLine + '\n');
   const secs = (ms: number) => (ms / 1000).toFixed(1);
   process.stderr.write(
     `e2e: ${r.code === 0 ? 'passed' : `FAILED (exit ${r.code})`} in ${secs(Date.now() - t0)} s ` +
