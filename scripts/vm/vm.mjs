@@ -243,9 +243,11 @@ async function bootOnce(entry, o) {
   if (setupError !== null) {
     return { code: EXIT_VM_FAILED, kind: 'setup', message: `guest setup failed: ${setupError.trim()}`, logs };
   }
+  const panic = /(Kernel panic[^\n]*|BUG: [^\n]*|Oops[^\n]*)/.exec(logs.console ?? '')?.[1]?.trim();
   const how = exit.error
     ? `cannot start ${o.qemu}: ${exit.error.message}`
-    : `QEMU exited (${exit.signal ?? `status ${exit.code}`}) without a result from the guest`;
+    : `the guest died without a result (QEMU ${exit.signal ?? `exit status ${exit.code}`}` +
+      `${panic ? `; console: ${panic}` : ''})`;
   const detail = qemuOutput.trim().split('\n').slice(-3).join(' | ');
   return { code: EXIT_VM_FAILED, kind: 'died', message: detail ? `${how}: ${detail}` : how, logs };
 }
