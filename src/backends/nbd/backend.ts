@@ -56,6 +56,8 @@ export interface NbdBackendOptions extends Partial<Omit<NbdSpecOptions, 'target'
   /** Reconnect backoff: first delay and cap, in ms (default 100 and 2000). */
   backoffInitialMs?: number;
   backoffMaxMs?: number;
+  /** close(): how long to wait for replies to requests in flight before disconnecting (default 5000 ms). */
+  closeTimeoutMs?: number;
 }
 
 interface Op {
@@ -135,6 +137,7 @@ export class NbdBackend implements BlockBackend {
   private readonly timeoutMs: number;
   private readonly backoffInitialMs: number;
   private readonly backoffMaxMs: number;
+  private readonly closeTimeoutMs: number;
   private zeroes: Uint8Array | undefined;
 
   private constructor(
@@ -150,6 +153,7 @@ export class NbdBackend implements BlockBackend {
     this.timeoutMs = options.timeoutMs ?? NBD_DEFAULT_TIMEOUT_MS;
     this.backoffInitialMs = options.backoffInitialMs ?? 100;
     this.backoffMaxMs = options.backoffMaxMs ?? 2000;
+    this.closeTimeoutMs = options.closeTimeoutMs ?? 5000;
     const info = first.info;
     this.info = info;
     const flags = info.flags;
@@ -358,7 +362,7 @@ export class NbdBackend implements BlockBackend {
         const conn = slot.conn;
         if (!conn) return;
         conn.onClose = undefined;
-        await conn.close();
+        await conn.close(this.closeTimeoutMs);
       }),
     );
   }

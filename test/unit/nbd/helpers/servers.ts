@@ -230,10 +230,16 @@ export function qemuImgToRaw(image: string, format: string, rawPath: string): Bu
 }
 
 /**
- * Makes a throwaway CA and a server certificate for 127.0.0.1 / localhost with the openssl CLI, in the file
- * names nbdkit expects in --tls-certificates=DIR (ca-cert.pem, server-cert.pem, server-key.pem).
+ * Makes a throwaway CA, a server certificate for 127.0.0.1 / localhost and a client certificate with the openssl
+ * CLI, in the file names nbdkit expects in --tls-certificates=DIR (ca-cert.pem, server-cert.pem,
+ * server-key.pem); the client pair is client-cert.pem / client-key.pem.
  */
-export function makeTlsCertificates(dir: string): { dir: string; caCert: string } {
+export function makeTlsCertificates(dir: string): {
+  dir: string;
+  caCert: string;
+  clientCert: string;
+  clientKey: string;
+} {
   const run = (args: string[]): void => {
     const r = spawnSync(findBinary('openssl') ?? 'openssl', args, {
       cwd: dir,
@@ -242,6 +248,7 @@ export function makeTlsCertificates(dir: string): { dir: string; caCert: string 
     });
     if (r.status !== 0) throw new Error(`openssl ${args[0]} failed: ${r.stderr}`);
   };
+  const days = ['-days', '2'];
   run([
     'req',
     '-x509',
@@ -252,8 +259,7 @@ export function makeTlsCertificates(dir: string): { dir: string; caCert: string 
     'ca-key.pem',
     '-out',
     'ca-cert.pem',
-    '-days',
-    '2',
+    ...days,
     '-subj',
     '/CN=vduse-ts test CA',
     '-addext',
@@ -261,36 +267,48 @@ export function makeTlsCertificates(dir: string): { dir: string; caCert: string 
     '-addext',
     'keyUsage=critical,keyCertSign,cRLSign',
   ]);
-  run([
-    'req',
-    '-newkey',
-    'rsa:2048',
-    '-nodes',
-    '-keyout',
-    'server-key.pem',
-    '-out',
-    'server.csr',
-    '-subj',
+  const issue = (name: string, subject: string, extensions: string): void => {
+    run([
+      'req',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      `${name}-key.pem`,
+      '-out',
+      `${name}.csr`,
+      '-subj',
+      subject,
+    ]);
+    const ext = join(dir, `${name}.ext`);
+    writeFileSync(ext, extensions);
+    run([
+      'x509',
+      '-req',
+      '-in',
+      `${name}.csr`,
+      '-CA',
+      'ca-cert.pem',
+      '-CAkey',
+      'ca-key.pem',
+      '-CAcreateserial',
+      '-out',
+      `${name}-cert.pem`,
+      ...days,
+      '-extfile',
+      ext,
+    ]);
+  };
+  issue(
+    'server',
     '/CN=localhost',
-  ]);
-  const ext = join(dir, 'server.ext');
-  writeFileSync(ext, 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
-  run([
-    'x509',
-    '-req',
-    '-in',
-    'server.csr',
-    '-CA',
-    'ca-cert.pem',
-    '-CAkey',
-    'ca-key.pem',
-    '-CAcreateserial',
-    '-out',
-    'server-cert.pem',
-    '-days',
-    '2',
-    '-extfile',
-    ext,
-  ]);
-  return { dir, caCert: join(dir, 'ca-cert.pem') };
+    'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n',
+  );
+  issue('client', '/CN=vduse-ts test client', 'extendedKeyUsage=clientAuth\n');
+  return {
+    dir,
+    caCert: join(dir, 'ca-cert.pem'),
+    clientCert: join(dir, 'client-cert.pem'),
+    clientKey: join(dir, 'client-key.pem'),
+  };
 }
