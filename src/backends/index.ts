@@ -5,3 +5,5 @@ export { MemoryBackend, type MemoryBackendOptions, DEFAULT_MEMORY_CHUNK_SIZE } f
 export { FileBackend, type FileBackendOptions } from './file-backend.js';
 export { parseSize, formatSize, SECTOR_SIZE } from './size.js';
 export * from './spec.js';
+// Importing the NBD module registers the nbd, nbds, nbd+unix and nbds+unix backend kinds.
+export * from './nbd/index.js';
