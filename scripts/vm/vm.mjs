@@ -204,6 +204,16 @@ async function bootOnce(entry, o) {
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  // never leave a guest running behind a runner that died
+  process.once('exit', kill);
+  // the reader of our output went away (e.g. `| head`): stop the guest, exit like a shell would on SIGPIPE
+  let brokenPipe = false;
+  const onOutputError = () => {
+    brokenPipe = true;
+    kill();
+  };
+  o.stdout.on('error', onOutputError);
+  o.stderr.on('error', onOutputError);
 
   const exit = await new Promise((resolve) => {
     qemu.once('error', (e) => resolve({ error: e }));
@@ -214,6 +224,9 @@ async function bootOnce(entry, o) {
   if (graceTimer) clearTimeout(graceTimer);
   process.removeListener('SIGINT', onSignal);
   process.removeListener('SIGTERM', onSignal);
+  process.removeListener('exit', kill);
+  o.stdout.removeListener('error', onOutputError);
+  o.stderr.removeListener('error', onOutputError);
   const settle = new Promise((r) => setTimeout(r, 2000));
   await Promise.race([Promise.all([out.closed, err.closed]), settle]);
   out.server.close();
@@ -230,6 +243,7 @@ async function bootOnce(entry, o) {
   fs.rmSync(runDir, { recursive: true, force: true });
 
   if (interrupted) return { code: 130, kind: 'interrupted', message: 'interrupted', logs };
+  if (brokenPipe) return { code: 141, kind: 'interrupted', logs };
   if (timedOut !== null || hostTimeout) {
     const how = timedOut !== null ? 'the guest was reset' : 'the guest did not react, QEMU was killed';
     return {

@@ -33,10 +33,10 @@ interface Outcome {
 }
 
 /**
- * Runs node with `args`. Its stderr is shown live, one line behind: the last line is held back and returned, so
+ * Runs node with `args` (the provisioning step). Its stderr is shown live, one line behind: the last line is held back and returned, so
  * the caller can print it, or replace it with a one-line verdict.
  */
-function node(args: string[], cwd: string, captureStdout = false): Promise<Outcome> {
+function nodeHoldingLastLine(args: string[], cwd: string, captureStdout = false): Promise<Outcome> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, args, {
       cwd,
@@ -84,7 +84,7 @@ async function main(): Promise<number> {
   }
 
   const t0 = Date.now();
-  const prov = await node([vm, '--provision'], root, true);
+  const prov = await nodeHoldingLastLine([vm, '--provision'], root, true);
   if (prov.code !== 0) {
     const why = prov.lastLine.replace(/^vm: /, '') || `vm.mjs --provision exited ${prov.code}`;
     if (prov.code === 2 && !isCI) {
@@ -100,14 +100,24 @@ async function main(): Promise<number> {
   const timeout = process.env.VDUSE_E2E_TIMEOUT ?? '1200';
   const testArgs = ['--test', '--test-concurrency=1', '--test-reporter=spec', ...files];
   process.stderr.write(`e2e: ${files.length} scenario file(s) in one VM boot (limit ${timeout} s)\n`);
-  const r = await node([vm, '--verbose', `--timeout=${timeout}`, '--', process.execPath, ...testArgs], root);
-  if (r.lastLine) process.stderr.write(r.lastLine + '\n');
+  const r = await new Promise<number>((resolve) => {
+    const child = spawn(
+      process.execPath,
+      [vm, '--verbose', `--timeout=${timeout}`, '--', process.execPath, ...testArgs],
+      { cwd: root, stdio: 'inherit' },
+    );
+    child.on('error', (e) => {
+      process.stderr.write(`e2e: cannot run ${vm}: ${e.message}\n`);
+      resolve(1);
+    });
+    child.on('close', (code, signal) => resolve(code ?? (signal ? 128 : 1)));
+  });
   const secs = (ms: number) => (ms / 1000).toFixed(1);
   process.stderr.write(
-    `e2e: ${r.code === 0 ? 'passed' : `FAILED (exit ${r.code})`} in ${secs(Date.now() - t0)} s ` +
+    `e2e: ${r === 0 ? 'passed' : `FAILED (exit ${r})`} in ${secs(Date.now() - t0)} s ` +
       `(provisioning check ${secs(t1 - t0)} s, VM run ${secs(Date.now() - t1)} s)\n`,
   );
-  return r.code;
+  return r;
 }
 
 main().then(
