@@ -54,6 +54,8 @@ export interface VduseDeviceOptions {
   devDir?: string;
   /** An already open dev fd (O_RDWR|O_NONBLOCK) instead of opening devDir/NAME. */
   fd?: number;
+  /** Closes fds (the dev fd, kick eventfds, IOTLB fds). Default fs.closeSync; tests with a fake binding pass its own. */
+  closeFd?: (fd: number) => void;
 }
 
 interface KickSource {
@@ -78,6 +80,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
   readonly device: VirtioDevice;
   readonly memory: IotlbMemory;
   readonly #binding: SysBinding;
+  readonly #closeFd: (fd: number) => void;
   readonly #log: Logger;
   readonly #protocol: VduseProtocol;
   readonly #watcher: FdWatcher;
@@ -97,7 +100,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     try {
       return new VduseDevice(options, fd);
     } catch (err) {
-      if (options.fd === undefined) closeSync(fd);
+      if (options.fd === undefined) (options.closeFd ?? closeSync)(fd);
       throw err;
     }
   }
@@ -108,9 +111,10 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     this.fd = fd;
     this.device = options.device;
     this.#binding = options.binding;
+    this.#closeFd = options.closeFd ?? closeSync;
     this.#log = options.logger ?? nullLogger;
     this.#protocol = new VduseProtocol(this.device.numQueues);
-    this.memory = new IotlbMemory(this.#binding, fd);
+    this.memory = new IotlbMemory(this.#binding, fd, this.#closeFd);
     for (let i = 0; i < this.device.numQueues; i++) {
       vqSetup(this.#binding, fd, i, this.device.maxQueueSize);
       this.#saved.push(null);
@@ -159,7 +163,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     this.#watcher.close();
     if (this.#protocol.running || this.#queues.length > 0) this.#stopDataPath(true);
     this.memory.invalidateAll();
-    closeSync(this.fd);
+    this.#closeFd(this.fd);
     await this.#resetting;
   }
 
@@ -322,7 +326,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
       watcher.start(UV_READABLE);
       return { fd, watcher };
     } catch (err) {
-      closeSync(fd);
+      this.#closeFd(fd);
       throw err;
     }
   }
@@ -359,7 +363,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
       if (kick === null) continue;
       kick.watcher.close();
       try {
-        closeSync(kick.fd);
+        this.#closeFd(kick.fd);
       } catch {
         // already gone
       }

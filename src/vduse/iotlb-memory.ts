@@ -47,10 +47,16 @@ export class IotlbMemory implements GuestMemory {
   #lastHit: Region | null = null;
   readonly #binding: SysBinding;
   readonly #source: IotlbSource;
+  readonly #closeFd: (fd: number) => void;
 
-  constructor(binding: SysBinding, source: IotlbSource | number) {
+  /**
+   * `source` is the VDUSE device fd (entries come from VDUSE_IOTLB_GET_FD) or any IotlbSource. `closeFd` closes
+   * the fds the source returns once they are mapped (default fs.closeSync; fakes pass their own).
+   */
+  constructor(binding: SysBinding, source: IotlbSource | number, closeFd: (fd: number) => void = closeSync) {
     this.#binding = binding;
     this.#source = typeof source === 'number' ? deviceFdSource(binding, source) : source;
+    this.#closeFd = closeFd;
   }
 
   get generation(): number {
@@ -189,7 +195,7 @@ export class IotlbMemory implements GuestMemory {
       return region;
     } finally {
       try {
-        closeSync(fd);
+        this.#closeFd(fd);
       } catch {
         // the fd is ours; a failed close leaves nothing to do
       }
