@@ -1,0 +1,109 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { CliUsageError, parseCommandLine, type BlkCommand } from '../../../src/cli/args.js';
+
+const blk = (...args: string[]): BlkCommand => {
+  const c = parseCommandLine(['blk', ...args]);
+  assert.equal(c.command, 'blk');
+  return c as BlkCommand;
+};
+const usage = (args: string[], re: RegExp): void => {
+  assert.throws(
+    () => parseCommandLine(args),
+    (e: unknown) => e instanceof CliUsageError && re.test(e.message) && !e.message.includes('\n'),
+  );
+};
+
+describe('vduse command line', () => {
+  it('parses blk with defaults', () => {
+    assert.deepEqual(blk('--name', 'd0', '--backend', 'memory:64M'), {
+      command: 'blk',
+      name: 'd0',
+      backend: 'memory:64M',
+      queues: 1,
+      queueSize: 256,
+      logicalBlockSize: 512,
+      readOnly: false,
+      packed: false,
+      attach: true,
+      driver: 'virtio-vdpa',
+      verbose: false,
+      stats: false,
+    });
+  });
+
+  it('parses every blk option', () => {
+    const c = blk(
+      '--name=d1',
+      '--backend',
+      'file:/tmp/x',
+      '--queues',
+      '4',
+      '--queue-size',
+      '128',
+      '--logical-block-size',
+      '4096',
+      '--serial',
+      'ABC',
+      '--readonly',
+      '--packed',
+      '--driver',
+      'vhost-vdpa',
+      '-v',
+      '--stats',
+    );
+    assert.equal(c.queues, 4);
+    assert.equal(c.queueSize, 128);
+    assert.equal(c.logicalBlockSize, 4096);
+    assert.equal(c.serial, 'ABC');
+    assert.equal(c.readOnly, true);
+    assert.equal(c.packed, true);
+    assert.equal(c.driver, 'vhost-vdpa');
+    assert.equal(c.verbose, true);
+    assert.equal(c.stats, true);
+    assert.equal(blk('--name', 'd', '--backend', 'null:1G', '--no-attach').attach, false);
+  });
+
+  it('help, version and list', () => {
+    assert.deepEqual(parseCommandLine(['--help']), { command: 'help' });
+    assert.deepEqual(parseCommandLine(['-h']), { command: 'help' });
+    assert.deepEqual(parseCommandLine(['blk', '--help']), { command: 'help', topic: 'blk' });
+    assert.deepEqual(parseCommandLine(['--version']), { command: 'version' });
+    assert.deepEqual(parseCommandLine(['-V']), { command: 'version' });
+    assert.deepEqual(parseCommandLine(['list']), { command: 'list' });
+  });
+
+  it('rejects bad arguments with one line each', () => {
+    usage([], /missing command/);
+    usage(['frob'], /unknown command "frob"/);
+    usage(['--frob'], /unknown option "--frob"/);
+    usage(['list', 'x'], /no arguments/);
+    usage(['blk', '--backend', 'memory:1M'], /--name is required/);
+    usage(['blk', '--name', 'x'], /--backend is required/);
+    usage(['blk', '--name', 'x', '--backend', 'memory:1M', '--bogus'], /bogus/);
+    usage(['blk', '--name', 'x', '--backend', 'memory:1M', 'extra'], /extra/);
+    usage(['blk', '--name', 'a/b', '--backend', 'memory:1M'], /not a valid device name/);
+    usage(['blk', '--name', 'control', '--backend', 'memory:1M'], /not a valid device name/);
+    usage(['blk', '--name', 'x'.repeat(256), '--backend', 'memory:1M'], /not a valid device name/);
+    usage(
+      ['blk', '--name', 'x', '--backend', 'memory:1M', '--queues', '0'],
+      /--queues must be between 1 and 64/,
+    );
+    usage(['blk', '--name', 'x', '--backend', 'memory:1M', '--queues', 'two'], /whole number/);
+    usage(['blk', '--name', 'x', '--backend', 'memory:1M', '--queue-size', '100'], /power of two/);
+    usage(['blk', '--name', 'x', '--backend', 'memory:1M', '--queue-size', '65536'], /between 2 and 32768/);
+    usage(['blk', '--name', 'x', '--backend', 'memory:1M', '--logical-block-size', '3000'], /power of two/);
+    usage(
+      ['blk', '--name', 'x', '--backend', 'memory:1M', '--logical-block-size', '256'],
+      /between 512 and 4096/,
+    );
+    usage(['blk', '--name', 'x', '--backend', 'memory:1M', '--serial', 'x'.repeat(21)], /at most 20/);
+    usage(['blk', '--name', 'x', '--backend', 'memory:1M', '--driver', 'vfio'], /virtio-vdpa or vhost-vdpa/);
+    usage(
+      ['blk', '--name', 'x', '--backend', 'memory:1M', '--no-attach', '--driver', 'vhost-vdpa'],
+      /--no-attach/,
+    );
+    usage(['blk', '--name', 'x', '--backend', 'memory:1M', '--queues'], /argument missing|queues/);
+  });
+});
