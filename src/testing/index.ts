@@ -9,3 +9,10 @@ export {
   type SplitDescriptor,
   type UsedEntry,
 } from './mock-driver.js';
+export {
+  FakeBinding,
+  type FakeBindingOptions,
+  type FakeDeviceHandlers,
+  type FakeDeviceOptions,
+  type SysCallName,
+} from './fake-binding.js';

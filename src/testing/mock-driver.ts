@@ -547,7 +547,8 @@ export class MockDriver {
     for (let k = 0; k < descs.length; k++) {
       const d = descs[k] as PackedDescriptor;
       const flags = (d.flags & ~(F_AVAIL | F_USED)) | (this.availWrap === 1 ? F_AVAIL : F_USED);
-      this.writeDescriptor(this.availIdx, { ...d, flags: k === 0 ? 0 : flags });
+      // The first descriptor keeps its old flags (not available, not newly used) until publish().
+      this.writeDescriptor(this.availIdx, { ...d, flags: k === 0 ? this.slotFlags(this.availIdx) : flags });
       if (k === 0) headFlags = flags;
       this.advanceAvail();
     }
@@ -591,6 +592,11 @@ export class MockDriver {
       this.used32 = new Uint32Array(used.buffer, used.byteOffset, used.length >>> 2);
     }
     this.generation = memory.generation;
+  }
+
+  /** Packed: the flags currently in ring slot `i`. */
+  private slotFlags(i: number): number {
+    return (this.ring32[i * 4 + 3] as number) >>> 16;
   }
 
   private advanceAvail(): void {
@@ -646,7 +652,9 @@ export class MockDriver {
         }
         flags |= wrapBits();
         if (k === 0) headFlags = flags;
-        putDescriptor(this.ring32, this.availIdx, addr, len, id | ((k === 0 ? 0 : flags) << 16));
+        // The first descriptor keeps its old flags (not available, not newly used) until publish().
+        const word3 = id | ((k === 0 ? this.slotFlags(this.availIdx) : flags) << 16);
+        putDescriptor(this.ring32, this.availIdx, addr, len, word3);
         this.advanceAvail();
       }
       this.stagedHeadAt[this.staged] = headAt * 8 + 7;
