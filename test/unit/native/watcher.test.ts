@@ -227,12 +227,14 @@ test('watchers work in a worker thread, on its own loop, and a worker may exit w
   `;
   for (const close of [true, false]) {
     const worker = new Worker(code, { eval: true, workerData: { addon: ADDON, close } });
+    // Listen for 'exit' from the start: the worker may exit in the same turn that delivers its message.
+    const exited = new Promise((resolve) => worker.once('exit', resolve));
     const message = await new Promise((resolve, reject) => {
       worker.once('message', resolve);
       worker.once('error', reject);
     });
     assert.deepEqual(message, { status: 0, events: UV_READABLE, value: 5 });
-    const exitCode = await new Promise((resolve) => worker.once('exit', resolve));
+    const exitCode = await exited;
     assert.equal(exitCode, 0);
   }
 });
