@@ -42,17 +42,3 @@ export function systemErrorMessage(err: unknown): string {
   }
   return e instanceof Error ? e.message : String(err);
 }
-
-/** A Node-style system error (code, errno, syscall), as the native binding throws them. */
-export function systemError(
-  code: string,
-  errno: number,
-  syscall: string,
-  message?: string,
-): NodeJS.ErrnoException {
-  const err = new Error(message ?? `${syscall} failed: ${code}`) as NodeJS.ErrnoException;
-  err.code = code;
-  err.errno = -Math.abs(errno);
-  err.syscall = syscall;
-  return err;
-}

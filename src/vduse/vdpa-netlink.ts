@@ -56,7 +56,8 @@ import {
   VDPA_GENL_NAME,
   VDPA_GENL_VERSION,
 } from '../uapi/vdpa.js';
-import { VduseError, systemError } from './errors.js';
+import { systemError } from '../sys/errors.js';
+import { VduseError } from './errors.js';
 
 // --------------------------------------------------------------------------------------------------------------
 // Codec
@@ -338,7 +339,14 @@ export function vdpaError(
   else if (op === 'resolve' && code === 'ENOENT')
     hint = 'vdpa netlink family not found: load the vdpa and vduse modules';
   const detail = [hint, extack].filter((s) => s).join('; ');
-  const err = systemError(code, errno, 'netlink', `${what} failed: ${code}${detail ? ` (${detail})` : ''}`);
+  const message = `${what} failed: ${code}${detail ? ` (${detail})` : ''}`;
+  let err: NodeJS.ErrnoException;
+  if (ERRNO_NAMES.has(errno)) {
+    err = systemError(code, 'netlink');
+    err.message = message;
+  } else {
+    err = Object.assign(new Error(message), { code, errno: -errno, syscall: 'netlink' });
+  }
   return err;
 }
 
