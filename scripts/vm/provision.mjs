@@ -28,8 +28,9 @@ export const HOST_PACKAGES = [
   'cpio',
   'fio',
   'e2fsprogs', // mkfs.ext4
-  'nbdkit',
+  'nbdkit', // NBD server for the nbd backend's tests (memory/file plugins, error/delay filters)
   'nbd-client',
+  'openssl', // throwaway certificates for the NBD TLS tests
   'iproute2', // vdpa, ip
   'util-linux', // losetup, blockdev
 ];
