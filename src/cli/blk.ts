@@ -4,7 +4,8 @@
  *   print the device path -> wait for SIGINT/SIGTERM -> DEV_DEL (still serving: it resets the device) ->
  *   close the dev fd -> VDUSE_DESTROY_DEV -> close the backend.
  */
-import { statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 
 import type { BlockBackend } from '../backends/backend.js';
 import { FileBackend } from '../backends/file-backend.js';
@@ -18,6 +19,7 @@ import { VdpaClient } from '../vduse/vdpa-client.js';
 import type { BlkCommand } from './args.js';
 import { CountingBackend } from './stats.js';
 import {
+  VDPA_BUS,
   boundDriver,
   findBlockDevice,
   findVhostDevice,
@@ -90,13 +92,21 @@ export async function runBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<void
       process.kill(process.pid, 'SIGTERM');
     });
 
+    const vdpa = env.vdpa ?? new VdpaClient();
+    if (!env.vdpa) cleanup.push({ what: 'stop the vdpa worker', run: () => vdpa.close() });
     let ready = `/dev/vduse/${cmd.name}`;
     if (cmd.attach) {
-      const vdpa = env.vdpa ?? new VdpaClient();
-      if (!env.vdpa) cleanup.push({ what: 'stop the vdpa worker', run: () => vdpa.close() });
       await vdpa.addDevice(cmd.name);
       cleanup.push({ what: `detach ${cmd.name} from the vdpa bus`, run: () => vdpa.deleteDevice(cmd.name) });
       ready = await attachedPath(cmd, log);
+    } else {
+      // Attached by someone else (vdpa dev add) meanwhile: detach it on the way out, or it cannot be destroyed.
+      cleanup.push({
+        what: `detach ${cmd.name} from the vdpa bus if attached`,
+        run: async () => {
+          if (existsSync(join(VDPA_BUS, 'devices', cmd.name))) await vdpa.deleteDevice(cmd.name);
+        },
+      });
     }
     env.print(ready);
     log.info(

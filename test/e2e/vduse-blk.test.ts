@@ -21,12 +21,13 @@ import {
   vdpaDriver,
   vduseDevExists,
   waitFor,
+  waitForBlockDevice,
   writeDirect,
   writeFileRange,
   writeReadVerify,
   type Cleanup,
 } from './lib/index.js';
-import { PREREQS, VduseDaemon, lastStats } from './vduse-daemon.js';
+import { CLI, PREREQS, VduseDaemon, lastStats } from './vduse-daemon.js';
 
 const MiB = 1 << 20;
 
@@ -336,4 +337,42 @@ test('vhost-vdpa: --driver vhost-vdpa gives /dev/vhost-vdpa-N', { timeout: TEST_
   assert.ok(fs.statSync(d.path).isCharacterDevice());
   assert.equal(vdpaDriver(name), 'vhost_vdpa');
   await stopClean(d, name);
+});
+
+test(
+  '--no-attach: serves /dev/vduse/NAME; an outside vdpa dev add works; exit detaches it',
+  { timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    if (!requirePrereqs(t, { ...PREREQS, commands: ['vdpa'] })) return;
+    const cleanup = useCleanup(t);
+    const name = 'e2e-vd-noattach';
+    const d = await VduseDaemon.start(['--name', name, '--backend', 'memory:16M', '--no-attach'], cleanup);
+    assert.equal(d.path, `/dev/vduse/${name}`);
+    assert.equal(vdpaDevExists(name), false);
+    await execOk('vdpa', ['dev', 'add', 'name', name, 'mgmtdev', 'vduse']);
+    const dev = await waitForBlockDevice(name);
+    await writeReadVerify(dev.path, 0, MiB, 'outside-attach');
+    // still attached when the daemon stops: it detaches before destroying
+    await stopClean(d, name);
+  },
+);
+
+test('not root: one clear line and exit 1', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  if (!requirePrereqs(t, { ...PREREQS, commands: ['setpriv'] })) return;
+  const r = await exec('setpriv', [
+    '--reuid=65534',
+    '--regid=65534',
+    '--clear-groups',
+    process.execPath,
+    CLI,
+    'blk',
+    '--name',
+    'e2e-vd-user',
+    '--backend',
+    'memory:16M',
+  ]);
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /permission denied/);
+  assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  assert.equal(vduseDevExists('e2e-vd-user'), false);
 });
