@@ -635,7 +635,6 @@ export class MockDriver {
       if (this.freeCount === 0 || this.freeSlots < ringDescs) throw new RangeError('the ring is full');
       id = this.freeStack[--this.freeCount] as number;
       this.freeSlots -= ringDescs;
-      const wrapBits = (): number => (this.availWrap === 1 ? F_AVAIL : F_USED);
       const headAt = this.availIdx;
       let headFlags = 0;
       for (let k = 0; k < ringDescs; k++) {
@@ -650,7 +649,7 @@ export class MockDriver {
           len = buf.len;
           flags = (k < readable.length ? 0 : VRING_DESC_F_WRITE) | (k < n - 1 ? VRING_DESC_F_NEXT : 0);
         }
-        flags |= wrapBits();
+        flags |= this.availWrap === 1 ? F_AVAIL : F_USED;
         if (k === 0) headFlags = flags;
         // The first descriptor keeps its old flags (not available, not newly used) until publish().
         const word3 = id | ((k === 0 ? this.slotFlags(this.availIdx) : flags) << 16);
@@ -797,8 +796,9 @@ export class MockDriver {
 
 function putDescriptor(t32: Uint32Array, i: number, addr: number, len: number, word3: number): void {
   const b = i * 4;
-  t32[b] = addr % 0x1_0000_0000;
-  t32[b + 1] = Math.floor(addr / 0x1_0000_0000);
+  const lo = addr >>> 0; // addr < 2^53: ToUint32 is the low word
+  t32[b] = lo;
+  t32[b + 1] = (addr - lo) / 0x1_0000_0000;
   t32[b + 2] = len;
   t32[b + 3] = word3;
 }
