@@ -35,6 +35,7 @@ import {
   vqSetup,
   vqSetupKickfd,
 } from './ioctls.js';
+import { VduseError, systemErrorMessage } from './errors.js';
 import { IotlbMemory } from './iotlb-memory.js';
 import { nullLogger, type Logger } from './logger.js';
 import { VduseProtocol, type ProtocolContext, type ProtocolEffect } from './protocol.js';
@@ -96,7 +97,21 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
   /** Open /dev/vduse/NAME, set up every queue and start answering requests. */
   static open(options: VduseDeviceOptions): VduseDevice {
     const path = `${options.devDir ?? '/dev/vduse'}/${options.name}`;
-    const fd = options.fd ?? openSync(path, fsConstants.O_RDWR | fsConstants.O_NONBLOCK);
+    let fd: number;
+    try {
+      fd = options.fd ?? openSync(path, fsConstants.O_RDWR | fsConstants.O_NONBLOCK);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      const why =
+        code === 'EBUSY'
+          ? 'another process is serving it'
+          : code === 'ENOENT' || code === 'ENODEV'
+            ? 'no such VDUSE device'
+            : code === 'EACCES' || code === 'EPERM'
+              ? 'permission denied'
+              : systemErrorMessage(err);
+      throw new VduseError('ERR_VDUSE_OPEN', `cannot open ${path}: ${why}`, err);
+    }
     try {
       return new VduseDevice(options, fd);
     } catch (err) {
@@ -184,6 +199,10 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
         return;
       }
       if (n < 0) return; // EAGAIN: drained
+      if (n === 0) {
+        this.#broken(new Error(`end of file on /dev/vduse/${this.name}`));
+        return;
+      }
       if (n !== VDUSE_MSG_SIZE) {
         this.#log.warn(`short read of ${n} bytes from /dev/vduse/${this.name}: ignored`);
         continue;
@@ -303,6 +322,8 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
         {
           signal: () => this.#signal(i),
           onError: (error) => this.#queueError(error),
+          // x86 is TSO and the queue's seq_cst Atomics act as the barrier there; elsewhere add a real fence.
+          ...(process.arch === 'x64' ? {} : { fence: () => this.#binding.fence() }),
         },
       );
       queue.setState(packed ? info.packed : info.split);
