@@ -47,7 +47,7 @@ export interface QueueOptions extends VirtqueueOptions {
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
-/** Shared by both formats: record the first error, report it once. */
+/** The ring views are host-endian typed arrays; virtio 1.x rings are little-endian. Used by both formats. */
 export function checkEndianness(): void {
   if (!LITTLE_ENDIAN) throw new Error('vduse-ts virtqueues need a little-endian CPU');
 }
