@@ -124,14 +124,20 @@ export function vringDescTableSize(n: number): number {
   return VRING_DESC_SIZE * n;
 }
 
-/** Bytes of the split available ring for `n` entries: 6 + 2·n (+2 for used_event with EVENT_IDX, §2.7.6). */
+/**
+ * Bytes of the split available ring for `n` entries that the device reads: flags, idx and ring[n] (4 + 2·n),
+ * plus used_event with EVENT_IDX. The spec's 6 + 2·n (§2.7) is the size with used_event.
+ */
 export function vringAvailSize(n: number, eventIdx: boolean): number {
-  return 6 + VRING_AVAIL_ELEM_SIZE * n + (eventIdx ? 2 : 0);
+  return VRING_AVAIL_RING_OFFSET + VRING_AVAIL_ELEM_SIZE * n + (eventIdx ? 2 : 0);
 }
 
-/** Bytes of the split used ring for `n` entries: 6 + 8·n (+2 for avail_event with EVENT_IDX, §2.7.8). */
+/**
+ * Bytes of the split used ring for `n` entries that the device touches: flags, idx and ring[n] (4 + 8·n), plus
+ * avail_event with EVENT_IDX. The spec's 6 + 8·n (§2.7) is the size with avail_event.
+ */
 export function vringUsedSize(n: number, eventIdx: boolean): number {
-  return 6 + VRING_USED_ELEM_SIZE * n + (eventIdx ? 2 : 0);
+  return VRING_USED_RING_OFFSET + VRING_USED_ELEM_SIZE * n + (eventIdx ? 2 : 0);
 }
 
 /** Offset of `used_event` in the available ring (after ring[n]). */
