@@ -381,3 +381,40 @@ test('not root: one clear line and exit 1', { timeout: TEST_TIMEOUT_MS }, async 
   assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
   assert.equal(vduseDevExists('e2e-vd-user'), false);
 });
+
+test(
+  'reset under load: vdpa dev del while fio runs, then dev add again; the daemon survives and serves',
+  { timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    if (!requirePrereqs(t, { ...PREREQS, commands: ['fio', 'vdpa'] })) return;
+    const cleanup = useCleanup(t);
+    const name = 'e2e-vd-load';
+    const d = await VduseDaemon.start(
+      ['--name', name, '--backend', 'memory:64M', '--queues', '2', '--verbose'],
+      cleanup,
+    );
+    const fio = exec('fio', [
+      '--name=load',
+      `--filename=${d.path}`,
+      '--direct=1',
+      '--ioengine=libaio',
+      '--rw=randrw',
+      '--bs=4k',
+      '--iodepth=32',
+      '--numjobs=2',
+      '--time_based',
+      '--runtime=30',
+      '--size=64M',
+      '--group_reporting',
+    ]);
+    await new Promise((r) => setTimeout(r, 3000));
+    await execOk('vdpa', ['dev', 'del', name]);
+    const r = await fio;
+    assert.notEqual(r.timedOut, true, 'fio was not stuck');
+    assert.match(d.stderr, /SET_STATUS 0x0/, 'the detach reset the device');
+    await execOk('vdpa', ['dev', 'add', 'name', name, 'mgmtdev', 'vduse']);
+    const dev = await waitForBlockDevice(name);
+    await writeReadVerify(dev.path, 0, 4 * MiB, 'after-reset');
+    await stopClean(d, name);
+  },
+);
