@@ -150,6 +150,7 @@ for (const c of fioCases) {
         `--numjobs=${Math.min(c.queues, 2)}`,
         '--verify=crc32c',
         '--verify_fatal=1',
+        '--verify_state_save=0',
         '--do_verify=1',
         '--group_reporting',
         '--offset_increment=24M',
