@@ -419,3 +419,29 @@ test(
     await stopClean(d, name);
   },
 );
+
+test(
+  '4 KiB logical blocks: the guest sees them, ext4 works on top',
+  { timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    if (!requirePrereqs(t, { ...PREREQS, commands: ['mkfs.ext4', 'e2fsck'] })) return;
+    const cleanup = useCleanup(t);
+    const name = 'e2e-vd-4k';
+    const d = await VduseDaemon.start(
+      ['--name', name, '--backend', 'memory:64M', '--logical-block-size', '4096'],
+      cleanup,
+    );
+    const dev = blockDeviceInfo(path.basename(d.path));
+    assert.equal(dev.logicalBlockSize, 4096);
+    assert.equal(dev.sizeBytes, 64 * MiB);
+    await writeReadVerify(d.path, 4096, 64 * 1024, '4k');
+    await assert.rejects(
+      writeDirect(d.path, 512, makePattern(512, 'small')),
+      '512-byte direct I/O is refused',
+    );
+    await execOk('mkfs.ext4', ['-q', '-F', d.path]);
+    const fsck = await exec('e2fsck', ['-f', '-n', d.path]);
+    assert.equal(fsck.code, 0, fsck.stdout);
+    await stopClean(d, name);
+  },
+);
