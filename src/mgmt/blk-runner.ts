@@ -1,0 +1,344 @@
+/**
+ * BlkRunner: the life of one served virtio-blk VDUSE device, shared by `vduse blk` (one device) and
+ * `vduse serve` (many devices in one daemon).
+ *
+ * Order of things (and the reverse on the way out):
+ *   open backend -> VDUSE_CREATE_DEV -> open /dev/vduse/NAME + serve -> vdpa DEV_NEW (worker thread) ->
+ *   wait for the block device (or vhost-vdpa node) -> ready.
+ *   stop(): DEV_DEL (still serving: it resets the device) -> close the dev fd -> VDUSE_DESTROY_DEV ->
+ *   close the control fd -> close the backend.
+ */
+import { EventEmitter } from 'node:events';
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+
+import type { BlockBackend } from '../backends/backend.js';
+import { FileBackend } from '../backends/file-backend.js';
+import { NullBackend } from '../backends/null-backend.js';
+import { openBackend, parseBackendSpec } from '../backends/index.js';
+import { VirtioBlkDevice } from '../devices/blk/device.js';
+import type { SysBinding } from '../sys/binding.js';
+import { VduseControl, describeDevice } from '../vduse/control.js';
+import { VduseDevice } from '../vduse/device.js';
+import type { Logger } from '../vduse/logger.js';
+import type { VdpaClient } from '../vduse/vdpa-client.js';
+import { CountingBackend } from '../cli/stats.js';
+import {
+  VDPA_BUS,
+  boundDriver,
+  findBlockDevice,
+  findVhostDevice,
+  rebindVdpaDevice,
+  waitFor,
+  waitForDevNode,
+} from '../cli/sysfs.js';
+
+export type BlkDriver = 'virtio-vdpa' | 'vhost-vdpa';
+
+/** What a device is made of: the options of `vduse blk`, of a config file entry and of device.add. */
+export interface BlkDeviceConfig {
+  name: string;
+  /** Backend spec (file:PATH, memory:SIZE, null:SIZE, nbd...). */
+  backend: string;
+  queues: number;
+  queueSize: number;
+  logicalBlockSize: number;
+  serial?: string;
+  readOnly: boolean;
+  packed: boolean;
+  /** Attach to the vdpa bus (DEV_NEW) and wait for the block device. */
+  attach: boolean;
+  driver: BlkDriver;
+}
+
+export const BLK_DEFAULTS = {
+  queues: 1,
+  queueSize: 256,
+  logicalBlockSize: 512,
+  readOnly: false,
+  packed: false,
+  attach: true,
+  driver: 'virtio-vdpa' as BlkDriver,
+};
+
+export interface BlkRunnerDeps {
+  binding: SysBinding;
+  logger: Logger;
+  /** The vdpa netlink client (shared by all devices of a daemon; its owner closes it). */
+  vdpa: VdpaClient;
+}
+
+export type BlkRunnerState = 'starting' | 'running' | 'stopping' | 'stopped' | 'broken';
+
+export interface BlkRunnerEvents {
+  /** The dev fd failed for good (a message timed out): the device cannot be served any more. */
+  broken: [reason: Error];
+}
+
+interface CleanupStep {
+  what: string;
+  run: () => Promise<void> | void;
+}
+
+export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
+  readonly config: Readonly<BlkDeviceConfig>;
+  /** The counting wrapper the device uses (backend counters). */
+  readonly backend: CountingBackend;
+  /** The backend as opened (FileBackend, MemoryBackend, ...). */
+  readonly innerBackend: BlockBackend;
+  readonly device: VirtioBlkDevice;
+  readonly vduse: VduseDevice;
+  readonly startedAt = Date.now();
+  #state: BlkRunnerState = 'starting';
+  #path: string;
+  readonly #cleanup: CleanupStep[];
+  readonly #log: Logger;
+
+  private constructor(
+    config: BlkDeviceConfig,
+    parts: {
+      backend: CountingBackend;
+      inner: BlockBackend;
+      device: VirtioBlkDevice;
+      vduse: VduseDevice;
+      cleanup: CleanupStep[];
+      log: Logger;
+    },
+  ) {
+    super();
+    this.config = Object.freeze({ ...config });
+    this.backend = parts.backend;
+    this.innerBackend = parts.inner;
+    this.device = parts.device;
+    this.vduse = parts.vduse;
+    this.#cleanup = parts.cleanup;
+    this.#log = parts.log;
+    this.#path = `/dev/vduse/${config.name}`;
+  }
+
+  /**
+   * Create, serve and (unless attach is false) attach the device; resolves once the block device (or
+   * vhost-vdpa node) exists. On failure everything done so far is undone and the error is thrown.
+   */
+  static async start(config: BlkDeviceConfig, deps: BlkRunnerDeps): Promise<BlkRunner> {
+    const { binding, logger: log, vdpa } = deps;
+    const cleanup: CleanupStep[] = [];
+    let runner: BlkRunner | null = null;
+    try {
+      const spec = parseBackendSpec(config.backend);
+      // readOnly also opens the storage read-only, so nothing can write to it.
+      const opened = config.readOnly && 'readOnly' in spec ? { ...spec, readOnly: true } : spec;
+      const opened1 = await openBackend(opened, { binding, log: (m: string) => log.warn(m) });
+      const inner = opened1 instanceof NullBackend ? new ResizableNull(opened1) : opened1;
+      const backend = new CountingBackend(inner);
+      cleanup.push({ what: 'close the backend', run: () => backend.close() });
+
+      const device = new VirtioBlkDevice({
+        backend,
+        name: config.name,
+        numQueues: config.queues,
+        queueSize: config.queueSize,
+        logicalBlockSize: config.logicalBlockSize,
+        readOnly: config.readOnly,
+        packed: config.packed,
+        logger: log,
+        ...(config.serial !== undefined ? { serial: config.serial } : {}),
+      });
+
+      const control = VduseControl.open(binding);
+      cleanup.push({ what: 'close the control device', run: () => control.close() });
+      control.createDevice(describeDevice(config.name, device));
+      log.debug(`created VDUSE device ${config.name}`);
+      cleanup.push({
+        what: `destroy VDUSE device ${config.name}`,
+        run: () => control.destroyDevice(config.name),
+      });
+
+      const vduse = VduseDevice.open({ binding, name: config.name, device, logger: log });
+      cleanup.push({ what: `close /dev/vduse/${config.name}`, run: () => vduse.close() });
+      runner = new BlkRunner(config, { backend, inner, device, vduse, cleanup, log });
+      const self = runner;
+      vduse.on('broken', (reason) => {
+        if (self.#state === 'stopping' || self.#state === 'stopped') return;
+        self.#state = 'broken';
+        self.emit('broken', reason);
+      });
+
+      if (config.attach) {
+        await vdpa.addDevice(config.name);
+        cleanup.push({
+          what: `detach ${config.name} from the vdpa bus`,
+          run: () => vdpa.deleteDevice(config.name),
+        });
+        runner.#path = await attachedPath(config, log);
+      } else {
+        // Attached by someone else (vdpa dev add) meanwhile: detach it on the way out, or it cannot be destroyed.
+        cleanup.push({
+          what: `detach ${config.name} from the vdpa bus if attached`,
+          run: async () => {
+            if (existsSync(join(VDPA_BUS, 'devices', config.name))) await vdpa.deleteDevice(config.name);
+          },
+        });
+      }
+      if (runner.#state === 'starting') runner.#state = 'running';
+      return runner;
+    } catch (err) {
+      await unwind(cleanup, log).catch(() => undefined);
+      if (runner !== null) runner.#state = 'stopped';
+      throw err;
+    }
+  }
+
+  get name(): string {
+    return this.config.name;
+  }
+
+  get state(): BlkRunnerState {
+    return this.#state;
+  }
+
+  /** /dev/vdX, /dev/vhost-vdpa-N, or /dev/vduse/NAME when not attached. */
+  get path(): string {
+    return this.#path;
+  }
+
+  /** The block device or vhost node as it is now (an outside `vdpa dev add` may have attached it). */
+  currentPath(): string {
+    if (this.config.attach) return this.#path;
+    const node = findBlockDevice(this.config.name) ?? findVhostDevice(this.config.name);
+    return node !== null ? `/dev/${node}` : this.#path;
+  }
+
+  /**
+   * Ordered teardown. Detaching (DEV_DEL) makes the driver finish and reset the device, and closing waits for
+   * requests still in the backend, so no I/O is cut short. Safe to call twice.
+   */
+  async stop(): Promise<void> {
+    if (this.#state === 'stopped') return;
+    this.#state = 'stopping';
+    try {
+      await unwind(this.#cleanup, this.#log);
+    } finally {
+      this.#state = 'stopped';
+    }
+  }
+
+  /**
+   * Online resize. With `bytes`, the backend is set to that size (memory/null: the new size; a writable file:
+   * truncated); without, the size is re-read from a file backend (grown outside, e.g. truncate -s). The driver
+   * is told the new capacity. Returns the new capacity in bytes.
+   */
+  async resize(bytes?: number): Promise<number> {
+    const lbs = this.device.options.logicalBlockSize;
+    let target: number;
+    if (bytes === undefined) {
+      const inner = this.innerBackend;
+      if (!(inner instanceof FileBackend) || inner.kind !== 'file') {
+        throw new Error(`${this.name}: only a file backend (a regular file) can be re-read; give a size`);
+      }
+      const size = statSync(inner.path).size;
+      target = size - (size % lbs);
+    } else {
+      if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % lbs !== 0) {
+        throw new RangeError(
+          `${this.name}: new size ${bytes} is not a positive multiple of the logical block size ${lbs}`,
+        );
+      }
+      if (this.config.readOnly && bytes !== this.device.capacityBytes) {
+        throw new Error(`${this.name}: a read-only device cannot be resized`);
+      }
+      target = bytes;
+    }
+    if (target !== this.device.capacityBytes) await this.device.resize(target);
+    return target;
+  }
+}
+
+async function unwind(cleanup: CleanupStep[], log: Logger): Promise<void> {
+  let failed: unknown = null;
+  while (cleanup.length > 0) {
+    const step = cleanup.pop()!;
+    try {
+      log.debug(`teardown: ${step.what}`);
+      await step.run();
+    } catch (err) {
+      log.error(`${step.what}: ${(err as Error).message}`);
+      failed ??= err;
+    }
+  }
+  if (failed !== null) throw failed;
+}
+
+async function attachedPath(config: BlkDeviceConfig, log: Logger): Promise<string> {
+  if (config.driver === 'vhost-vdpa') {
+    if (boundDriver(config.name) !== 'vhost_vdpa') await rebindVdpaDevice(config.name, 'vhost_vdpa');
+    const node = await waitFor(() => findVhostDevice(config.name), 5000);
+    if (node === null)
+      throw new Error(`vdpa device ${config.name} has no vhost-vdpa char device (is vhost_vdpa loaded?)`);
+    return (await waitForDevNode(node, 5000)) ?? `/dev/${node}`;
+  }
+  const driver = boundDriver(config.name);
+  if (driver !== 'virtio_vdpa') {
+    if (driver === null) log.debug(`${config.name} is not bound to a bus driver yet`);
+    await rebindVdpaDevice(config.name, 'virtio_vdpa');
+  }
+  const block = await waitFor(() => findBlockDevice(config.name), 10000);
+  if (block === null) {
+    throw new Error(`no block device appeared for ${config.name} (is virtio_blk loaded? see dmesg)`);
+  }
+  return (await waitForDevNode(block, 5000)) ?? `/dev/${block}`;
+}
+
+/** A null backend whose size can change (it holds nothing, so any size is as good as another). */
+class ResizableNull implements BlockBackend {
+  #size: number;
+  constructor(readonly inner: NullBackend) {
+    this.#size = inner.size;
+  }
+  get size(): number {
+    return this.#size;
+  }
+  get readOnly(): boolean {
+    return this.inner.readOnly;
+  }
+  get capabilities(): NullBackend['capabilities'] {
+    return this.inner.capabilities;
+  }
+  read(offset: number, buffers: readonly Uint8Array[]): Promise<void> {
+    return this.inner.read(offset, buffers);
+  }
+  write(offset: number, buffers: readonly Uint8Array[]): Promise<void> {
+    return this.inner.write(offset, buffers);
+  }
+  flush(): Promise<void> {
+    return this.inner.flush();
+  }
+  discard(offset: number, length: number): Promise<void> {
+    return this.inner.discard(offset, length);
+  }
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return this.inner.writeZeroes(offset, length);
+  }
+  resize(size: number): Promise<void> {
+    if (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0) {
+      return Promise.reject(new RangeError(`null backend: size ${size} is not a positive multiple of 512`));
+    }
+    this.#size = size;
+    return Promise.resolve();
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+/** "64 MiB" for exact multiples, else bytes. */
+export function describeSize(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = bytes;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1 && v % 1024 === 0) {
+    v /= 1024;
+    i++;
+  }
+  return `${v} ${units[i]}`;
+}
