@@ -75,6 +75,18 @@ export interface VduseDeviceEvents {
   broken: [reason: Error];
 }
 
+/** Transport counters (plain numbers, cheap to bump; metrics read them at scrape time). */
+export interface VduseDeviceStats {
+  /** Kicks (eventfd wake-ups) per queue index. */
+  kicks: number[];
+  /** Interrupts injected per queue index. */
+  interrupts: number[];
+  configInterrupts: number;
+  /** Control messages (VDUSE requests) answered, and the slowest answer (read to write) in milliseconds. */
+  messages: number;
+  messageMaxMs: number;
+}
+
 export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
   readonly name: string;
   readonly fd: number;
@@ -93,6 +105,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
   #halted = false;
   #closed = false;
   #resetting: Promise<void> = Promise.resolve();
+  readonly stats: VduseDeviceStats;
 
   /** Open /dev/vduse/NAME, set up every queue and start answering requests. */
   static open(options: VduseDeviceOptions): VduseDevice {
@@ -129,6 +142,14 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     this.#closeFd = options.closeFd ?? closeSync;
     this.#log = options.logger ?? nullLogger;
     this.#protocol = new VduseProtocol(this.device.numQueues);
+    const n = this.device.numQueues;
+    this.stats = {
+      kicks: new Array<number>(n).fill(0),
+      interrupts: new Array<number>(n).fill(0),
+      configInterrupts: 0,
+      messages: 0,
+      messageMaxMs: 0,
+    };
     this.memory = new IotlbMemory(this.#binding, fd, this.#closeFd);
     for (let i = 0; i < this.device.numQueues; i++) {
       vqSetup(this.#binding, fd, i, this.device.maxQueueSize);
@@ -213,6 +234,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
   }
 
   #serve(bytes: Uint8Array): void {
+    const started = performance.now();
     const request = decodeVduseRequest(bytes);
     const ctx: ProtocolContext = {
       acceptFeatures: () => this.#acceptFeatures(),
@@ -234,6 +256,9 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
         this.#log.warn(`request ${request.request_id} was no longer awaited by the kernel`);
       else this.#broken(err as Error);
     }
+    const took = performance.now() - started;
+    this.stats.messages++;
+    if (took > this.stats.messageMaxMs) this.stats.messageMaxMs = took;
   }
 
   /** Carry out one effect; false when the request must be answered FAILED. */
@@ -362,6 +387,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     } catch (err) {
       this.#log.warn(`reading the kick of queue ${index}: ${(err as Error).message}`);
     }
+    this.stats.kicks[index]!++;
     if (this.#halted || this.#queues[index] == null) return;
     try {
       this.device.queueNotify(index);
@@ -373,6 +399,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
   #signal(index: number): void {
     try {
       vqInjectIrq(this.#binding, this.fd, index);
+      this.stats.interrupts[index]!++;
     } catch (err) {
       // EINVAL before DRIVER_OK or after a reset raced with a late completion: nothing to tell.
       this.#log.debug(`interrupt for queue ${index} not injected: ${(err as Error).message}`);
@@ -423,8 +450,10 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     if (this.#closed) return;
     try {
       devSetConfig(this.#binding, this.fd, 0, this.device.config());
-      if ((this.#protocol.status & VIRTIO_CONFIG_S_DRIVER_OK) !== 0)
+      if ((this.#protocol.status & VIRTIO_CONFIG_S_DRIVER_OK) !== 0) {
         devInjectConfigIrq(this.#binding, this.fd);
+        this.stats.configInterrupts++;
+      }
       this.#log.debug('config space updated');
     } catch (err) {
       this.#log.warn(`config update failed: ${(err as Error).message}`);

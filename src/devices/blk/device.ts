@@ -44,6 +44,32 @@ export interface BlkStats {
   bytesWritten: number;
 }
 
+/** Per queue counters (index = queue index); plain numbers, read by metrics at scrape time. */
+export interface BlkQueueStats {
+  /** Requests given back to the driver. */
+  completed: number;
+  bytesRead: number;
+  bytesWritten: number;
+  /** Answered IOERR or UNSUPP. */
+  errors: number;
+  /** In the backend now. */
+  inFlight: number;
+}
+
+/**
+ * Upper bounds (microseconds) of the request latency histogram buckets: powers of two from 16 µs to 8.4 s;
+ * the last bucket of BlkLatency.buckets counts everything slower.
+ */
+export const BLK_LATENCY_BOUNDS_US: readonly number[] = Array.from({ length: 20 }, (_, i) => 16 * 2 ** i);
+
+/** Latency (backend submit to completion) of the requests that went to the backend. */
+export interface BlkLatency {
+  /** Non-cumulative counts per bucket of BLK_LATENCY_BOUNDS_US, plus one overflow bucket. */
+  buckets: number[];
+  count: number;
+  sumSeconds: number;
+}
+
 /** Lines logged per activation at most (a misbehaving driver must not flood the log). */
 const LOG_LIMIT = 20;
 
@@ -63,6 +89,12 @@ export class VirtioBlkDevice implements VirtioDevice {
     backendErrors: 0,
     bytesRead: 0,
     bytesWritten: 0,
+  };
+  readonly queueStats: BlkQueueStats[];
+  readonly latency: BlkLatency = {
+    buckets: new Array<number>(BLK_LATENCY_BOUNDS_US.length + 1).fill(0),
+    count: 0,
+    sumSeconds: 0,
   };
 
   #host: DeviceHost | null = null;
@@ -92,6 +124,13 @@ export class VirtioBlkDevice implements VirtioDevice {
     this.numQueues = o.numQueues;
     this.maxQueueSize = o.queueSize;
     this.features = offeredBlkFeatures(o);
+    this.queueStats = Array.from({ length: o.numQueues }, () => ({
+      completed: 0,
+      bytesRead: 0,
+      bytesWritten: 0,
+      errors: 0,
+      inFlight: 0,
+    }));
     const capacityBytes = this.backend.size;
     this.#limits = {
       capacityBytes: capacityBytes - (capacityBytes % o.logicalBlockSize),
@@ -220,6 +259,8 @@ export class VirtioBlkDevice implements VirtioDevice {
       return;
     }
     this.#inFlight++;
+    this.queueStats[queue.index]!.inFlight++;
+    request.startedAt = performance.now();
     let promise: Promise<void>;
     try {
       promise = this.#submit(request);
@@ -262,6 +303,9 @@ export class VirtioBlkDevice implements VirtioDevice {
 
   #onSettled(request: BlkRequest, error: unknown): void {
     this.#inFlight--;
+    const qs = this.queueStats[request.queue!.index]!;
+    qs.inFlight--;
+    this.#recordLatency(performance.now() - request.startedAt);
     if (request.generation === this.#generation) {
       let status = VIRTIO_BLK_S_OK;
       if (error !== null) {
@@ -273,8 +317,10 @@ export class VirtioBlkDevice implements VirtioDevice {
         this.#log(`queue ${request.queue!.index}: request type ${request.type} failed: ${describe(error)}`);
       } else if (request.type === VIRTIO_BLK_T_IN) {
         this.stats.bytesRead += request.length;
+        qs.bytesRead += request.length;
       } else if (request.type === VIRTIO_BLK_T_OUT) {
         this.stats.bytesWritten += request.length;
+        qs.bytesWritten += request.length;
       }
       this.#finish(request.queue!, request, status);
     } else {
@@ -293,10 +339,25 @@ export class VirtioBlkDevice implements VirtioDevice {
     writeStatus(chain, status);
     queue.addUsed(chain, status === VIRTIO_BLK_S_OK ? request.usedOnSuccess : 1);
     this.stats.completed++;
+    const qs = this.queueStats[queue.index];
+    if (qs !== undefined) {
+      qs.completed++;
+      if (status !== VIRTIO_BLK_S_OK) qs.errors++;
+    }
     if (status === VIRTIO_BLK_S_IOERR) this.stats.ioErrors++;
     else if (status === VIRTIO_BLK_S_UNSUPP) this.stats.unsupported++;
     this.#markDirty(queue);
     this.#release(request);
+  }
+
+  #recordLatency(ms: number): void {
+    const lat = this.latency;
+    const us = ms * 1000;
+    // bucket i holds (16·2^(i-1), 16·2^i] µs
+    const i = us <= 16 ? 0 : 32 - Math.clz32(Math.ceil(us / 16) - 1);
+    lat.buckets[i < lat.buckets.length ? i : lat.buckets.length - 1]!++;
+    lat.count++;
+    lat.sumSeconds += ms / 1000;
   }
 
   #release(request: BlkRequest): void {

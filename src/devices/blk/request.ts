@@ -74,6 +74,8 @@ export class BlkRequest {
   /** The queue it came from, and the device activation it belongs to (results of older ones are dropped). */
   queue: Virtqueue | null = null;
   generation = 0;
+  /** performance.now() when it went to the backend (latency histogram). */
+  startedAt = 0;
   /** VIRTIO_BLK_T_* from the header. */
   type = 0;
   /** Byte offset and length of an IN/OUT request. */
