@@ -1,0 +1,414 @@
+#!/usr/bin/env node
+// Runs inside the test VM (bench/vm/run.mjs starts it through scripts/vm/vm.mjs): sets up each case's
+// contenders, runs fio against them alternately and writes the raw results as JSON to --out.
+//
+// A case starts its contenders once (both devices exist side by side, the idle one costs nothing) and reuses them
+// for every workload; for each workload the contenders run alternately, A B A B ..., `rounds` times.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+import { CASES, WORKLOADS } from './workloads.mjs';
+
+const argv = process.argv.slice(2);
+const opt = (name, def) => {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 && argv[i + 1] !== undefined ? argv[i + 1] : def;
+};
+const flag = (name) => argv.includes(`--${name}`);
+
+const root = path.resolve(opt('root', process.cwd()));
+const dist = path.resolve(root, opt('dist', 'dist'));
+const out = path.resolve(opt('out', path.join(root, 'bench/results/.vm-raw.json')));
+const runtime = Number(opt('runtime', '6'));
+const ramp = Number(opt('ramp', '1'));
+const rounds = Number(opt('rounds', '3'));
+const queues = Number(opt('queues', '2'));
+const queueSize = Number(opt('queue-size', '256'));
+const caseNames = opt('cases', CASES.map((c) => c.id).join(',')).split(',');
+const workloadNames = opt('workloads', WORKLOADS.map((w) => w.id).join(',')).split(',');
+const profileDir = flag('profile')
+  ? path.resolve(opt('profile-dir', path.join(root, 'bench/results/profiles')))
+  : null;
+const nbdPort = 10809;
+
+const lib = await import(pathToFileURL(path.join(dist, 'test/e2e/lib/index.js')).href);
+const { VduseDaemon } = await import(pathToFileURL(path.join(dist, 'test/e2e/vduse-daemon.js')).href);
+
+const log = (m) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
+
+// ---------------------------------------------------------------------------------------------------- helpers
+
+function run(cmd, args, { timeoutMs = 120_000, input } = {}) {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    if (input !== undefined) child.stdin.end(input);
+    const t = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', (e) => {
+      clearTimeout(t);
+      resolve({ code: -1, stdout, stderr: `${stderr}${e.message}` });
+    });
+    child.on('exit', (code, signal) => {
+      clearTimeout(t);
+      resolve({ code: code ?? -1, signal, stdout, stderr });
+    });
+  });
+}
+
+async function runOk(cmd, args, opts) {
+  const r = await run(cmd, args, opts);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.code}): ${r.stderr.trim()}`);
+  return r;
+}
+
+/** utime + stime of a process in seconds (0 when it is gone or unknown). */
+function processCpu(pid) {
+  if (!pid) return 0;
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // fields after the name: state(0) ... utime(11) stime(12) cutime(13) cstime(14)
+    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+  } catch {
+    return 0;
+  }
+}
+const CLK_TCK = 100;
+
+/** Busy and total jiffies of the whole guest (/proc/stat "cpu" line). */
+function guestCpu() {
+  const line = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0];
+  const v = line.trim().split(/\s+/).slice(1).map(Number);
+  const total = v.reduce((a, b) => a + b, 0);
+  const idle = (v[3] ?? 0) + (v[4] ?? 0);
+  return { busy: total - idle, total };
+}
+
+function setScheduler(devPath) {
+  const name = path.basename(devPath);
+  try {
+    fs.writeFileSync(`/sys/block/${name}/queue/scheduler`, 'none');
+  } catch {
+    // not every device offers a choice
+  }
+}
+
+function waitPort(port, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise((resolve, reject) => {
+    const attempt = () => {
+      const s = net.connect(port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        resolve();
+      });
+      s.once('error', () => {
+        s.destroy();
+        if (Date.now() > deadline) reject(new Error(`nothing listens on 127.0.0.1:${port}`));
+        else setTimeout(attempt, 100);
+      });
+    };
+    attempt();
+  });
+}
+
+// ------------------------------------------------------------------------------------------------ contenders
+
+/** Our daemon: `vduse blk` with the given backend spec. */
+function project(name, backend) {
+  let d = null;
+  return {
+    id: 'project',
+    label: 'vduse-ts',
+    async start() {
+      const args = [
+        '--name',
+        name,
+        '--backend',
+        backend,
+        '--queues',
+        String(queues),
+        '--queue-size',
+        String(queueSize),
+        '--logical-block-size',
+        '512',
+      ];
+      const saved = process.env.NODE_OPTIONS;
+      if (profileDir) {
+        fs.mkdirSync(profileDir, { recursive: true });
+        process.env.NODE_OPTIONS = `${saved ?? ''} --cpu-prof --cpu-prof-dir=${profileDir} --cpu-prof-name=${name}-${Date.now()}.cpuprofile`;
+      }
+      try {
+        d = await VduseDaemon.start(args, undefined, 60_000);
+      } finally {
+        if (profileDir) {
+          if (saved === undefined) delete process.env.NODE_OPTIONS;
+          else process.env.NODE_OPTIONS = saved;
+        }
+      }
+      this.pid = d.child.pid;
+      this.path = d.path;
+      return d.path;
+    },
+    async stop() {
+      if (!d) return;
+      const e = await d.stop('SIGINT', 60_000);
+      if (e.code !== 0) log(`vduse blk ${name} exited ${e.code ?? e.signal}: ${e.stderr.trim()}`);
+      d = null;
+    },
+  };
+}
+
+/** qemu-storage-daemon's vduse-blk export of `blockdev`. */
+function qsd(name, blockdev) {
+  let q = null;
+  return {
+    id: 'qsd',
+    label: 'qemu-storage-daemon',
+    async start() {
+      q = await lib.QemuStorageDaemon.start({
+        name,
+        blockdev,
+        numQueues: queues,
+        queueSize,
+        exportOptions: { 'logical-block-size': 512 },
+      });
+      this.pid = q.pid;
+      await lib.vdpaDevAdd(name);
+      const dev = await lib.waitForBlockDevice(name);
+      this.path = dev.path;
+      return dev.path;
+    },
+    async stop() {
+      if (!q) return;
+      if (lib.vdpaDevExists(name)) await lib.vdpaDevDel(name);
+      await q.stop();
+      q = null;
+    },
+  };
+}
+
+/** The kernel's NBD client (nbd-client, `connections` connections) on /dev/nbdN. */
+function kernelNbd(dev, port, connections) {
+  return {
+    id: 'kernel-nbd',
+    label: 'kernel NBD (nbd-client)',
+    pid: 0,
+    async start() {
+      await runOk('nbd-client', ['127.0.0.1', String(port), dev, '-b', '512', '-C', String(connections)]);
+      await lib.waitFor(`${dev} size`, () => {
+        const s = Number(fs.readFileSync(`/sys/block/${path.basename(dev)}/size`, 'utf8'));
+        return s > 0;
+      });
+      this.path = dev;
+      return dev;
+    },
+    async stop() {
+      await run('nbd-client', ['-d', dev]);
+    },
+  };
+}
+
+/** nbdkit serving a memory disk on 127.0.0.1:port. */
+async function startNbdkit(port, size) {
+  const child = spawn(
+    'nbdkit',
+    ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), 'memory', String(size)],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let err = '';
+  child.stderr.on('data', (d) => (err += d));
+  try {
+    await waitPort(port);
+  } catch (e) {
+    child.kill('SIGKILL');
+    throw new Error(`nbdkit did not start: ${e.message} ${err.trim()}`);
+  }
+  return {
+    pid: child.pid,
+    async stop() {
+      child.kill('SIGTERM');
+      await new Promise((r) => (child.exitCode !== null ? r() : child.once('exit', r)));
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------- cases
+
+const GiB = 1 << 30;
+const FILE = '/tmp/bench-file.raw';
+const FILE_SIZE = 256 << 20;
+const NBD_SIZE = 256 << 20;
+
+/** Each case: its contenders (project first) plus setup/teardown of what they share. */
+const caseSetups = {
+  async null() {
+    return {
+      contenders: [project('bench-p-null', `null:${GiB}`), qsd('bench-q-null', lib.nullBlockdev('n0', GiB))],
+      async teardown() {},
+    };
+  },
+  async file() {
+    await runOk('dd', ['if=/dev/zero', `of=${FILE}`, 'bs=1M', `count=${FILE_SIZE >> 20}`, 'status=none']);
+    return {
+      contenders: [
+        project('bench-p-file', `file:${FILE}`),
+        qsd('bench-q-file', lib.fileBlockdev('f0', FILE)),
+      ],
+      async teardown() {
+        fs.rmSync(FILE, { force: true });
+      },
+    };
+  },
+  async nbd() {
+    const server = await startNbdkit(nbdPort, NBD_SIZE);
+    return {
+      server,
+      contenders: [
+        project('bench-p-nbd', `nbd:nbd://127.0.0.1:${nbdPort}/,connections=${queues}`),
+        kernelNbd('/dev/nbd0', nbdPort, queues),
+      ],
+      async teardown() {
+        await server.stop();
+      },
+    };
+  },
+};
+
+// ------------------------------------------------------------------------------------------------------ fio
+
+async function fio(devPath, w) {
+  const args = [
+    '--name=bench',
+    `--filename=${devPath}`,
+    '--direct=1',
+    '--ioengine=libaio',
+    `--rw=${w.rw}`,
+    `--bs=${w.bs}`,
+    `--iodepth=${w.iodepth}`,
+    `--numjobs=${w.numjobs}`,
+    '--group_reporting',
+    '--time_based',
+    `--runtime=${runtime}`,
+    `--ramp_time=${ramp}`,
+    '--norandommap',
+    '--randrepeat=0',
+    '--output-format=json',
+  ];
+  if (w.numjobs > 1)
+    args.push(`--cpus_allowed=0-${Math.min(w.numjobs, os.cpus().length) - 1}`, '--cpus_allowed_policy=split');
+  const r = await runOk('fio', args, { timeoutMs: (runtime + ramp + 60) * 1000 });
+  const json = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
+  const job = json.jobs[0];
+  const side = w.rw.includes('read') ? job.read : job.write;
+  return {
+    iops: side.iops,
+    bwBytes: side.bw_bytes,
+    latMeanUs: side.clat_ns.mean / 1000,
+    latP99Us: (side.clat_ns.percentile?.['99.000000'] ?? 0) / 1000,
+    ios: side.total_ios,
+  };
+}
+
+// ----------------------------------------------------------------------------------------------------- main
+
+const missing = ['fio', 'qemu-storage-daemon', 'nbdkit', 'nbd-client', 'vdpa'].filter(
+  (c) => !lib.findCommand(c),
+);
+if (missing.length > 0) {
+  console.error(`bench: missing in the guest: ${missing.join(', ')}`);
+  process.exit(2);
+}
+
+const result = {
+  startedAt: new Date().toISOString(),
+  conditions: {
+    kernel: os.release(),
+    cpus: os.cpus().length,
+    cpuModel: os.cpus()[0]?.model ?? '',
+    memMiB: Math.round(os.totalmem() / 2 ** 20),
+    node: process.version,
+    qsd: (await run('qemu-storage-daemon', ['--version'])).stdout.split('\n')[0],
+    fio: (await run('fio', ['--version'])).stdout.trim(),
+    nbdkit: (await run('nbdkit', ['--version'])).stdout.trim(),
+    runtimeS: runtime,
+    rampS: ramp,
+    rounds,
+    queues,
+    queueSize,
+    logicalBlockSize: 512,
+    profile: profileDir !== null,
+  },
+  cases: [],
+};
+
+const save = () => {
+  fs.mkdirSync(path.dirname(out), { recursive: true });
+  fs.writeFileSync(out, JSON.stringify(result, null, 2));
+};
+
+let failed = false;
+for (const c of CASES.filter((x) => caseNames.includes(x.id))) {
+  log(`case ${c.id}: setting up`);
+  const entry = { id: c.id, peer: c.peer, contenders: [], runs: [], error: null };
+  result.cases.push(entry);
+  let setup = null;
+  const started = [];
+  try {
+    setup = await caseSetups[c.id]();
+    for (const k of setup.contenders) {
+      const dev = await k.start();
+      started.push(k);
+      setScheduler(dev);
+      entry.contenders.push({ id: k.id, label: k.label, device: dev });
+      log(`  ${k.label}: ${dev}`);
+    }
+    for (const w of WORKLOADS.filter((x) => workloadNames.includes(x.id))) {
+      for (let r = 0; r < rounds; r++) {
+        for (const k of setup.contenders) {
+          const cpu0 = processCpu(k.pid);
+          const srv0 = processCpu(setup.server?.pid);
+          const g0 = guestCpu();
+          const m = await fio(k.path, w);
+          const g1 = guestCpu();
+          m.daemonCpuS = processCpu(k.pid) - cpu0 + (processCpu(setup.server?.pid) - srv0);
+          m.guestBusy = (g1.busy - g0.busy) / Math.max(1, g1.total - g0.total);
+          entry.runs.push({ workload: w.id, round: r, contender: k.id, ...m });
+          log(
+            `  ${w.id} round ${r + 1}/${rounds} ${k.id}: ${Math.round(m.iops)} IOPS, ${(m.bwBytes / 1e6).toFixed(1)} MB/s, lat ${m.latMeanUs.toFixed(0)} us, daemon cpu ${m.daemonCpuS.toFixed(2)} s, guest busy ${(m.guestBusy * 100).toFixed(0)}%`,
+          );
+        }
+      }
+      save();
+    }
+  } catch (e) {
+    failed = true;
+    entry.error = e instanceof Error ? e.message : String(e);
+    log(`case ${c.id} failed: ${entry.error}`);
+  } finally {
+    for (const k of started.reverse()) {
+      try {
+        await k.stop();
+      } catch (e) {
+        log(`stopping ${k.label}: ${e instanceof Error ? e.message : e}`);
+      }
+    }
+    try {
+      await setup?.teardown();
+    } catch (e) {
+      log(`teardown of ${c.id}: ${e instanceof Error ? e.message : e}`);
+    }
+  }
+  save();
+}
+result.finishedAt = new Date().toISOString();
+save();
+log(`raw results: ${out}`);
+process.exit(failed ? 1 : 0);
