@@ -357,6 +357,8 @@ for (const { tag, connections } of transports) {
         `${runs.length} fio run(s) (${runs.map((r) => (r.ms / 1000).toFixed(1)).join(', ')} s); ` +
           `nbdkit down ${downs.join(', ')} ms; requests resent per reconnect: ${resent.join(', ')}`,
       );
+      const sample = stderr.split('\n').filter((l) => /lost \(|reconnected after/.test(l));
+      t.diagnostic(`daemon log, first kill:\n${sample.slice(0, 2 * connections).join('\n')}`);
     },
   );
 }
