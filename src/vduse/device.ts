@@ -17,6 +17,8 @@ import { closeSync, constants as fsConstants, openSync } from 'node:fs';
 import type { DeviceHost, VirtioDevice } from '../devices/device.js';
 import { EFD_CLOEXEC, EFD_NONBLOCK, UV_READABLE, type FdWatcher, type SysBinding } from '../sys/binding.js';
 import { createVirtqueue } from '../virtio/index.js';
+import type { PackedQueue } from '../virtio/packed-queue.js';
+import type { SplitQueue } from '../virtio/split-queue.js';
 import type { PackedQueueState, SplitQueueState, Virtqueue, VirtqueueError } from '../virtio/virtqueue.js';
 import {
   VDUSE_MSG_SIZE,
@@ -39,7 +41,8 @@ import { VduseError, systemErrorMessage } from './errors.js';
 import { IotlbMemory } from './iotlb-memory.js';
 import { nullLogger, type Logger } from './logger.js';
 import { VduseProtocol, type ProtocolContext, type ProtocolEffect } from './protocol.js';
-import { VIRTIO_CONFIG_S_DRIVER_OK } from '../uapi/virtio-config.js';
+import type { StateLog } from './state-log.js';
+import { VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK } from '../uapi/virtio-config.js';
 
 const VIRTIO_RING_F_INDIRECT_DESC = 28n;
 const VIRTIO_RING_F_EVENT_IDX = 29n;
@@ -57,6 +60,25 @@ export interface VduseDeviceOptions {
   fd?: number;
   /** Closes fds (the dev fd, kick eventfds, IOTLB fds). Default fs.closeSync; tests with a fake binding pass its own. */
   closeFd?: (fd: number) => void;
+  /**
+   * Crash-recovery log (./state-log.ts): the status, features, ring positions and in-flight chains are kept
+   * there as they change, so that a restarted daemon can take over (`reconnect`).
+   */
+  stateLog?: StateLog;
+  /**
+   * Take over a device a previous process served (it died or stopped with persist): no VDUSE_VQ_SETUP, the
+   * status and features come from `stateLog`, and a running data path is rebuilt at the logged positions, the
+   * in-flight requests resubmitted in order and an interrupt injected per queue. Needs `stateLog`.
+   */
+  reconnect?: boolean;
+}
+
+/** How fast control messages were answered. */
+export interface ControlStats {
+  /** Messages answered. */
+  messages: number;
+  /** Longest time from the dev fd's readable event to a message's answer, in ms. */
+  worstAnswerMs: number;
 }
 
 interface KickSource {
@@ -105,6 +127,10 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
   #halted = false;
   #closed = false;
   #resetting: Promise<void> = Promise.resolve();
+  readonly #stateLog: StateLog | null;
+  readonly controlStats: ControlStats = { messages: 0, worstAnswerMs: 0 };
+  /** Requests resubmitted by the last reconnect. */
+  resubmitted = 0;
   readonly stats: VduseDeviceStats;
 
   /** Open /dev/vduse/NAME, set up every queue and start answering requests. */
@@ -151,8 +177,14 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
       messageMaxMs: 0,
     };
     this.memory = new IotlbMemory(this.#binding, fd, this.#closeFd);
+    this.#stateLog = options.stateLog ?? null;
+    const reconnect = options.reconnect ?? false;
+    if (reconnect && this.#stateLog === null) {
+      throw new VduseError('ERR_VDUSE_RECONNECT', 'reconnecting needs a state log');
+    }
     for (let i = 0; i < this.device.numQueues; i++) {
-      vqSetup(this.#binding, fd, i, this.device.maxQueueSize);
+      // On reconnect the kernel still has each queue's max size (and on API 1 refuses VQ_SETUP after DRIVER_OK).
+      if (!reconnect) vqSetup(this.#binding, fd, i, this.device.maxQueueSize);
       this.#saved.push(null);
     }
     const host: DeviceHost = {
@@ -160,6 +192,17 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
       needsReset: (reason) => this.#needsReset(reason),
     };
     this.device.bind(host);
+    // Recover before serving: messages the kernel re-queued (read but not answered by the dead process) are
+    // then answered against the recovered state.
+    if (reconnect) {
+      try {
+        this.#recover();
+      } catch (err) {
+        if (this.#queues.length > 0) this.#stopDataPath(false);
+        this.memory.invalidateAll();
+        throw err;
+      }
+    }
     this.#watcher = this.#binding.createFdWatcher(fd, (status, events) => this.#onReadable(status, events));
     this.#watcher.start(UV_READABLE);
   }
@@ -203,9 +246,34 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     await this.#resetting;
   }
 
+  /**
+   * Stop serving but leave the device running for a successor (an upgrade): no more kicks are taken, requests
+   * in flight get up to `drainMs` to complete and be published, then the dev fd is closed. The state log is not
+   * reset: whatever did not complete is resubmitted by the next process (VduseDevice.open with reconnect).
+   */
+  async closeForRestart(drainMs = 5000): Promise<void> {
+    if (this.#closed) return this.#resetting;
+    this.#halted = true;
+    for (const kick of this.#kicks) kick?.watcher.stop();
+    const deadline = Date.now() + drainMs;
+    const busy = (): boolean => this.#queues.some((q) => q !== null && q.inFlight > 0);
+    while (busy() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    // completions are published on the next turn of the loop
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+    if (this.#closed) return this.#resetting;
+    this.#closed = true;
+    this.#watcher.close();
+    if (this.#protocol.running || this.#queues.length > 0) this.#stopDataPath(true);
+    this.memory.invalidateAll();
+    this.#closeFd(this.fd);
+    await this.#resetting;
+  }
+
   /** Drain and answer every queued request. */
   #onReadable(status: number, events: number): void {
     if (this.#closed) return;
+    const t0 = performance.now();
     if (status < 0) {
       this.#broken(new Error(`poll on /dev/vduse/${this.name} failed (errno ${-status})`));
       return;
@@ -229,6 +297,9 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
         continue;
       }
       this.#serve(this.#request);
+      const took = performance.now() - t0;
+      this.controlStats.messages++;
+      if (took > this.controlStats.worstAnswerMs) this.controlStats.worstAnswerMs = took;
       if (this.#closed) return;
     }
   }
@@ -246,6 +317,14 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     let answer: VduseDevResponse = response;
     for (const effect of effects) {
       if (!this.#apply(effect)) answer = { request_id: response.request_id, result: VDUSE_REQ_RESULT_FAILED };
+    }
+    // Log first, answer second: a process that dies in between leaves a request the kernel re-sends.
+    if (
+      this.#stateLog !== null &&
+      request.kind === 'set_status' &&
+      answer.result !== VDUSE_REQ_RESULT_FAILED
+    ) {
+      this.#stateLog.setStatus(this.#protocol.status);
     }
     try {
       this.#binding.write(this.fd, encodeVduseResponse(answer));
@@ -280,6 +359,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
       case 'reset':
         this.#log.debug('reset');
         this.#stopDataPath(true);
+        this.#stateLog?.reset();
         this.#features = 0n;
         this.#saved = this.#saved.map(() => null);
         this.emit('reset');
@@ -301,6 +381,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     }
     if (!this.device.negotiate(features)) return false;
     this.#features = features;
+    this.#stateLog?.setFeatures(features);
     this.#log.debug(`features negotiated: 0x${features.toString(16)}`);
     return true;
   }
@@ -315,23 +396,86 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
       : { nextAvail: 0 };
   }
 
-  #startDataPath(): void {
+  /** Reconnect: take up the logged status and features, and rebuild a running data path. */
+  #recover(): void {
+    const log = this.#stateLog!;
+    const status = log.status;
+    if ((status & (VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)) !== 0) {
+      const features = devGetFeatures(this.#binding, this.fd);
+      const logged = log.features;
+      if (logged !== 0n && features !== logged) {
+        throw new VduseError(
+          'ERR_VDUSE_RECONNECT',
+          `the driver's features 0x${features.toString(16)} are not the logged 0x${logged.toString(16)}`,
+        );
+      }
+      const unknown = features & ~this.device.features;
+      if (unknown !== 0n || !this.device.negotiate(features)) {
+        throw new VduseError(
+          'ERR_VDUSE_RECONNECT',
+          `the driver's features 0x${features.toString(16)} are not acceptable to this device`,
+        );
+      }
+      this.#features = features;
+      log.setFeatures(features);
+    }
+    this.#protocol.restore(status);
+    if (this.#protocol.running) this.#startDataPath(true);
+    this.#log.info(
+      `reconnected to ${this.name}: status 0x${status.toString(16)}${this.#protocol.running ? `, ${this.resubmitted} request(s) resubmitted` : ''}`,
+    );
+  }
+
+  #startDataPath(recover = false): void {
     if (this.#features === 0n) this.#features = devGetFeatures(this.#binding, this.fd);
     const features = this.#features;
     const packed = (features & (1n << VIRTIO_F_RING_PACKED)) !== 0n;
     const eventIdx = (features & (1n << VIRTIO_RING_F_EVENT_IDX)) !== 0n;
     const indirect = (features & (1n << VIRTIO_RING_F_INDIRECT_DESC)) !== 0n;
+    const log = this.#stateLog;
+    // First every check, then the changes: a reconnect that does not fit is refused, never half-applied.
+    const infos = [];
+    for (let i = 0; i < this.device.numQueues; i++) {
+      const info = vqGetInfo(this.#binding, this.fd, i);
+      const ready = info.ready && info.num !== 0;
+      if (recover && log !== null) {
+        const q = log.queue(i);
+        const ring = q.ring;
+        if (q.valid !== ready) {
+          throw new VduseError(
+            'ERR_VDUSE_RECONNECT',
+            `queue ${i} is ${ready ? '' : 'not '}ready but the state log says otherwise`,
+          );
+        }
+        if (
+          ready &&
+          (ring.size !== info.num ||
+            ring.packed !== packed ||
+            ring.descAddr !== info.descAddr ||
+            ring.driverAddr !== info.driverAddr ||
+            ring.deviceAddr !== info.deviceAddr)
+        ) {
+          throw new VduseError(
+            'ERR_VDUSE_RECONNECT',
+            `queue ${i}: the rings are not where the state log has them`,
+          );
+        }
+      }
+      infos.push({ info, ready });
+    }
     this.#halted = false;
     const queues: (Virtqueue | null)[] = [];
     this.#queues = queues;
     this.#kicks = [];
+    let resubmitted = 0;
     for (let i = 0; i < this.device.numQueues; i++) {
-      const info = vqGetInfo(this.#binding, this.fd, i);
-      if (!info.ready || info.num === 0) {
+      const { info, ready } = infos[i]!;
+      if (!ready) {
         queues.push(null);
         this.#kicks.push(null);
         continue;
       }
+      const queueLog = log?.queue(i);
       const queue = createVirtqueue(
         {
           index: i,
@@ -349,18 +493,60 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
           onError: (error) => this.#queueError(error),
           // x86 is TSO and the queue's seq_cst Atomics act as the barrier there; elsewhere add a real fence.
           ...(process.arch === 'x64' ? {} : { fence: () => this.#binding.fence() }),
+          ...(queueLog !== undefined ? { inflight: queueLog } : {}),
         },
       );
-      queue.setState(packed ? info.packed : info.split);
+      if (recover && queueLog !== undefined) {
+        try {
+          resubmitted += (queue as SplitQueue | PackedQueue).recoverInflight(queueLog);
+        } catch (err) {
+          throw new VduseError(
+            'ERR_VDUSE_RECONNECT',
+            `cannot recover queue ${i}: ${(err as Error).message}`,
+            err,
+          );
+        }
+      } else {
+        const state = packed ? info.packed : info.split;
+        queue.setState(state);
+        if (queueLog !== undefined) {
+          const pos =
+            'nextAvail' in state ? state.nextAvail : state.lastAvailIdx | (state.lastAvailCounter << 15);
+          const used =
+            'nextAvail' in state
+              ? (state.nextUsed ?? state.nextAvail)
+              : state.lastUsedIdx | (state.lastUsedCounter << 15);
+          queueLog.start(
+            {
+              size: info.num,
+              packed,
+              descAddr: info.descAddr,
+              driverAddr: info.driverAddr,
+              deviceAddr: info.deviceAddr,
+            },
+            pos,
+            used,
+          );
+        }
+      }
       queues.push(queue);
       this.#kicks.push(this.#installKick(i));
     }
+    this.resubmitted = resubmitted;
     this.#saved = this.#saved.map(() => null);
+    if (log !== null && !recover) {
+      log.activated();
+      log.setStatus(this.#protocol.status);
+    }
     const ready = queues.filter((q) => q !== null).length;
     this.#log.info(
       `driver ready: ${ready}/${this.device.numQueues} queue(s), ${packed ? 'packed' : 'split'} ring, features 0x${features.toString(16)}`,
     );
     this.device.activate({ features, memory: this.memory, queues });
+    if (recover) {
+      // The driver may have missed completions published just before the crash: tell it to look.
+      for (let i = 0; i < queues.length; i++) if (queues[i] !== null) this.#signal(i);
+    }
     this.emit('driver-ok', features);
   }
 

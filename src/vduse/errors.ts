@@ -17,6 +17,8 @@ export type VduseErrorCode =
   | 'ERR_VDUSE_DESTROY'
   | 'ERR_VDUSE_CLOSED'
   | 'ERR_VDUSE_OPEN'
+  | 'ERR_VDUSE_STATE'
+  | 'ERR_VDUSE_RECONNECT'
   | 'ERR_VDPA_FAMILY'
   | 'ERR_VDPA_PERMISSION'
   | 'ERR_VDPA'

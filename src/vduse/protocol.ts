@@ -60,6 +60,16 @@ export class VduseProtocol {
     return this.#running;
   }
 
+  /**
+   * Reconnect: take up the status a previous process accepted (from its state log). The data path counts as
+   * running when it has DRIVER_OK and not FAILED; the runtime restarts it.
+   */
+  restore(status: number): void {
+    this.#status = status & 0xff;
+    this.#running =
+      (this.#status & VIRTIO_CONFIG_S_DRIVER_OK) !== 0 && (this.#status & VIRTIO_CONFIG_S_FAILED) === 0;
+  }
+
   /** The runtime could not start the data path: forget DRIVER_OK was accepted. */
   startFailed(): void {
     this.#running = false;

@@ -27,7 +27,7 @@ import {
 } from '../uapi/virtio-ring.js';
 import { QueueChain, addDescriptor, indirectTable, ringError } from './chain.js';
 import { checkEndianness } from './split-queue.js';
-import type { QueueOptions } from './split-queue.js';
+import type { InflightRecorder, InflightSource, QueueOptions } from './split-queue.js';
 import { VirtqueueError } from './virtqueue.js';
 import type {
   DescriptorChain,
@@ -82,6 +82,9 @@ export class PackedQueue implements Virtqueue {
   private eventWritten = -1;
   private inFlightCount = 0;
   private epoch = 0;
+  private readonly log: InflightRecorder | undefined;
+  /** Chains rebuilt by recoverInflight(), handed out by pop() before anything new. */
+  private replay: QueueChain[] = [];
 
   constructor(config: VirtqueueConfig, memory: GuestMemory, options: QueueOptions) {
     checkEndianness();
@@ -101,6 +104,7 @@ export class PackedQueue implements Virtqueue {
     this.pendingId = new Uint16Array(size);
     this.pendingLen = new Uint32Array(size);
     this.pendingSlots = new Uint16Array(size);
+    this.log = options.inflight;
   }
 
   get error(): VirtqueueError | null {
@@ -113,6 +117,7 @@ export class PackedQueue implements Virtqueue {
 
   pop(): DescriptorChain | null {
     if (this.err !== null) return null;
+    if (this.replay.length > 0) return this.replay.shift()!;
     if (this.mappedGeneration !== this.memory.generation && !this.map()) return null;
     const at = (this.availIdx << 2) + 3;
     let word = Atomics.load(this.ring32, at);
@@ -126,6 +131,7 @@ export class PackedQueue implements Virtqueue {
       if (!isAvailable(word >>> 16, this.availWrap)) return null;
     }
     const chain = new QueueChain();
+    const first = this.availIdx;
     try {
       this.walk(chain, word);
     } catch (e) {
@@ -136,6 +142,15 @@ export class PackedQueue implements Virtqueue {
     chain.epoch = this.epoch;
     chain.live = true;
     this.inFlightCount++;
+    if (this.log !== undefined) {
+      this.log.poppedPacked(
+        chain.id,
+        this.ring32,
+        first,
+        chain.slots,
+        this.availIdx | (this.availWrap << VRING_PACKED_EVENT_F_WRAP_CTR),
+      );
+    }
     return chain;
   }
 
@@ -188,9 +203,20 @@ export class PackedQueue implements Virtqueue {
         wrap ^= 1;
       }
     }
+    const log = this.log;
+    const to = s | (wrap << VRING_PACKED_EVENT_F_WRAP_CTR);
+    if (log !== undefined) {
+      log.publishingPacked(
+        this.pendingId,
+        count,
+        this.usedIdx | (this.usedWrap << VRING_PACKED_EVENT_F_WRAP_CTR),
+        to,
+      );
+    }
     Atomics.store(r16, headAt, headFlags);
     this.usedIdx = s;
     this.usedWrap = wrap;
+    if (log !== undefined) log.completedPacked(this.pendingId, count, to);
     if (this.fence !== undefined) this.fence();
     const flags = Atomics.load(this.driverEvent, 1) & 3;
     let need: boolean;
@@ -258,7 +284,113 @@ export class PackedQueue implements Virtqueue {
     this.pending = 0;
     this.inFlightCount = 0;
     this.eventWritten = -1;
+    this.replay = [];
     this.epoch++;
+  }
+
+  /**
+   * After a crash: settle a batch that was being published (its first slot's USED bit tells whether the store
+   * landed), restart from the logged used position, and rebuild the chains still in flight from the descriptor
+   * copies in the log (their ring slots may have been reused). pop() hands them out first, oldest first. Returns
+   * how many. Throws VirtqueueError when the log makes no sense (nothing is applied then).
+   */
+  recoverInflight(log: InflightSource): number {
+    if (this.mappedGeneration !== this.memory.generation && !this.map()) throw this.err!;
+    const q = this.index;
+    const size = this.size;
+    let used = log.usedPosition;
+    const batch = log.pendingBatch;
+    let completed: number[] = [];
+    if (batch.count > 0) {
+      const idx = batch.from & 0x7fff;
+      const wrap = batch.from >>> VRING_PACKED_EVENT_F_WRAP_CTR;
+      if (idx >= size)
+        throw new VirtqueueError('ring-layout', q, `logged used position ${idx} is outside the ring`);
+      const flags = Atomics.load(this.ring16, (idx << 3) + 7);
+      if (((flags >>> VRING_PACKED_DESC_F_USED) & 1) === wrap) {
+        completed = batch.ids;
+        used = batch.to;
+      }
+    }
+    const done = new Set(completed);
+    const ids = log.inflightIds().filter((id) => !done.has(id));
+    const usedIdx = used & 0x7fff;
+    const usedWrap = (used >>> VRING_PACKED_EVENT_F_WRAP_CTR) & 1;
+    if (usedIdx >= size)
+      throw new VirtqueueError('ring-layout', q, `logged used position ${usedIdx} is outside the ring`);
+    let availIdx = usedIdx;
+    let availWrap = usedWrap;
+    let total = 0;
+    const chains: QueueChain[] = [];
+    for (const id of ids) {
+      const slots = log.slotsOf(id);
+      const descs = log.descriptorsOf(id);
+      if (descs === null) {
+        throw new VirtqueueError(
+          'chain-loop',
+          q,
+          `in-flight buffer ${id} took ${slots} ring slots, more than the state log keeps: it cannot be resubmitted`,
+        );
+      }
+      total += slots;
+      if (total > size)
+        throw new VirtqueueError('chain-loop', q, 'logged chains in flight take more than the ring');
+      const chain = new QueueChain();
+      try {
+        this.walkCopy(chain, descs, slots);
+      } catch (e) {
+        throw e instanceof VirtqueueError ? e : new VirtqueueError('memory', q, (e as Error).message);
+      }
+      chain.id = id;
+      chains.push(chain);
+      availIdx += slots;
+      if (availIdx >= size) {
+        availIdx -= size;
+        availWrap ^= 1;
+      }
+    }
+    // Everything checked: apply.
+    for (const id of completed) log.clear(id);
+    log.settle(used);
+    this.setState({
+      lastAvailCounter: availWrap,
+      lastAvailIdx: availIdx,
+      lastUsedCounter: usedWrap,
+      lastUsedIdx: usedIdx,
+    });
+    for (const chain of chains) {
+      chain.owner = this;
+      chain.epoch = this.epoch;
+      chain.live = true;
+    }
+    this.inFlightCount = chains.length;
+    this.replay = chains;
+    return chains.length;
+  }
+
+  /** Rebuild a chain from `slots` logged descriptors (ring format). */
+  private walkCopy(chain: QueueChain, d: Uint32Array, slots: number): void {
+    const q = this.index;
+    for (let k = 0; k < slots; k++) {
+      const b = k << 2;
+      const flags = (d[b + 3] as number) >>> 16;
+      if ((flags & VRING_DESC_F_INDIRECT) !== 0) {
+        if (!this.indirect) ringError('indirect-not-negotiated', q, 'logged descriptor is indirect');
+        this.walkIndirect(chain, d[b] as number, d[b + 1] as number, d[b + 2] as number);
+        break;
+      }
+      addDescriptor(
+        chain,
+        this.memory,
+        q,
+        d[b] as number,
+        d[b + 1] as number,
+        d[b + 2] as number,
+        (flags & VRING_DESC_F_WRITE) !== 0,
+      );
+      if ((flags & VRING_DESC_F_NEXT) === 0) break;
+    }
+    chain.slots = slots;
   }
 
   private writeDeviceEvent(offWrap: number): void {

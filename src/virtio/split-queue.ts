@@ -43,6 +43,41 @@ export interface QueueOptions extends VirtqueueOptions {
    * re-enable, after the seq_cst Atomics store. Not needed on x86; recommended on arm64.
    */
   fence?: () => void;
+  /**
+   * Crash-recovery log (src/vduse/state-log.ts): told of every pop and every published batch, in an order that
+   * lets a restarted process tell what completed (see recoverInflight()). None by default.
+   */
+  inflight?: InflightRecorder;
+}
+
+/**
+ * What the queue engines tell a crash-recovery log. Positions: split: the free-running u16 index; packed: ring
+ * index | wrap counter << 15.
+ */
+export interface InflightRecorder {
+  /** Split: chain `id` (head) was popped; `availPosition` is the next avail index. */
+  popped(id: number, availPosition: number): void;
+  /** Packed: chain `id` was popped from ring slots first..first+slots-1 (copy them now: the ring gets reused). */
+  poppedPacked(id: number, ring: Uint32Array, first: number, slots: number, availPosition: number): void;
+  /** Split: the batch `ids[0..count)` was published (used->idx stored); `usedPosition` is the new used idx. */
+  completed(ids: ArrayLike<number>, count: number, usedPosition: number): void;
+  /** Packed: the batch is about to be made visible (before the first used descriptor's flags are stored). */
+  publishingPacked(ids: ArrayLike<number>, count: number, from: number, to: number): void;
+  /** Packed: the batch is visible. */
+  completedPacked(ids: ArrayLike<number>, count: number, usedPosition: number): void;
+}
+
+/** What a queue needs from a log to recover after a crash (QueueLog in src/vduse/state-log.ts). */
+export interface InflightSource {
+  readonly usedPosition: number;
+  readonly pendingBatch: { count: number; from: number; to: number; ids: number[] };
+  /** Ids in flight, oldest first. */
+  inflightIds(): number[];
+  /** Packed: ring slots chain `id` took, and its logged descriptors (null when it was too long to log). */
+  slotsOf(id: number): number;
+  descriptorsOf(id: number): Uint32Array | null;
+  clear(id: number): void;
+  settle(usedPosition: number): void;
 }
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
@@ -91,6 +126,9 @@ export class SplitQueue implements Virtqueue {
   private availEventWritten = -1;
   private inFlightCount = 0;
   private epoch = 0;
+  private readonly log: InflightRecorder | undefined;
+  /** Chains rebuilt by recoverInflight(), handed out by pop() before anything new. */
+  private replay: QueueChain[] = [];
 
   constructor(config: VirtqueueConfig, memory: GuestMemory, options: QueueOptions) {
     checkEndianness();
@@ -112,6 +150,7 @@ export class SplitQueue implements Virtqueue {
     this.availEventAt = vringAvailEventOffset(size) >>> 1;
     this.pendingId = new Uint32Array(size);
     this.pendingLen = new Uint32Array(size);
+    this.log = options.inflight;
   }
 
   get error(): VirtqueueError | null {
@@ -124,6 +163,7 @@ export class SplitQueue implements Virtqueue {
 
   pop(): DescriptorChain | null {
     if (this.err !== null) return null;
+    if (this.replay.length > 0) return this.replay.shift()!;
     if (this.mappedGeneration !== this.memory.generation && !this.map()) return null;
     const nextAvail = this.nextAvail;
     if (nextAvail === this.availSeen) {
@@ -159,6 +199,7 @@ export class SplitQueue implements Virtqueue {
     chain.epoch = this.epoch;
     chain.live = true;
     this.inFlightCount++;
+    if (this.log !== undefined) this.log.popped(head, this.nextAvail);
     return chain;
   }
 
@@ -194,6 +235,7 @@ export class SplitQueue implements Virtqueue {
     const idx = (old + count) & 0xffff;
     Atomics.store(this.used16, 1, idx);
     this.usedPublished = idx;
+    if (this.log !== undefined) this.log.completed(this.pendingId, count, idx);
     if (this.fence !== undefined) this.fence();
     let need: boolean;
     if (this.eventIdx) need = vringNeedEvent(Atomics.load(this.avail, this.usedEventAt), idx, old);
@@ -242,7 +284,57 @@ export class SplitQueue implements Virtqueue {
     this.pending = 0;
     this.inFlightCount = 0;
     this.availEventWritten = -1;
+    this.replay = [];
     this.epoch++;
+  }
+
+  /**
+   * After a crash: settle the log against the ring (a batch whose used->idx store landed is complete), restart
+   * from the logged position, and rebuild the chains still in flight from the descriptor table (the driver has
+   * not reclaimed them). pop() hands them out first, oldest first. Returns how many. Throws VirtqueueError when
+   * the ring or the log make no sense (nothing is applied then).
+   */
+  recoverInflight(log: InflightSource): number {
+    if (this.mappedGeneration !== this.memory.generation && !this.map()) throw this.err!;
+    const q = this.index;
+    const ringUsed = Atomics.load(this.used16, 1);
+    const loggedUsed = log.usedPosition & 0xffff;
+    const behind = (ringUsed - loggedUsed) & 0xffff;
+    if (behind > this.size) {
+      throw new VirtqueueError(
+        'avail-index',
+        q,
+        `used idx ${ringUsed} is ${behind} past the logged ${loggedUsed}`,
+      );
+    }
+    const completed: number[] = [];
+    for (let k = 0; k < behind; k++) completed.push(this.used32[1 + (((loggedUsed + k) & this.mask) << 1)]!);
+    const done = new Set(completed);
+    const heads = log.inflightIds().filter((h) => !done.has(h));
+    if (heads.length > this.size)
+      throw new VirtqueueError('avail-index', q, `${heads.length} chains logged in flight`);
+    const chains: QueueChain[] = [];
+    for (const head of heads) {
+      const chain = new QueueChain();
+      try {
+        this.walk(chain, head);
+      } catch (e) {
+        throw e instanceof VirtqueueError ? e : new VirtqueueError('memory', q, (e as Error).message);
+      }
+      chains.push(chain);
+    }
+    // Everything checked: apply.
+    for (const id of completed) log.clear(id);
+    log.settle(ringUsed);
+    this.setState({ nextAvail: (ringUsed + heads.length) & 0xffff, nextUsed: ringUsed });
+    for (const chain of chains) {
+      chain.owner = this;
+      chain.epoch = this.epoch;
+      chain.live = true;
+    }
+    this.inFlightCount = chains.length;
+    this.replay = chains;
+    return chains.length;
   }
 
   private writeAvailEvent(value: number): void {
