@@ -1,0 +1,280 @@
+/**
+ * The device manager of `vduse serve`: a set of BlkRunners by name. The API layer (./api.ts) and the metrics
+ * (./metrics.ts) see it only through the DeviceManager interface, so both are tested with a fake.
+ */
+import { openSync, closeSync, constants as fsConstants } from 'node:fs';
+
+import { BLK_LATENCY_BOUNDS_US } from '../devices/blk/device.js';
+import type { SysBinding } from '../sys/binding.js';
+import type { Logger } from '../vduse/logger.js';
+import type { VdpaClient } from '../vduse/vdpa-client.js';
+import { BlkRunner, type BlkDeviceConfig, type BlkRunnerState } from './blk-runner.js';
+import { DEVICE_BUSY, DEVICE_EXISTS, NOT_PERMITTED, NO_SUCH_DEVICE, RpcError } from './rpc.js';
+
+export interface DeviceInfo {
+  name: string;
+  state: BlkRunnerState;
+  /** /dev/vdX, /dev/vhost-vdpa-N or /dev/vduse/NAME. */
+  path: string;
+  backend: string;
+  queues: number;
+  queueSize: number;
+  logicalBlockSize: number;
+  readOnly: boolean;
+  packed: boolean;
+  attach: boolean;
+  driver: string;
+  serial?: string;
+  /** Negotiated features (hex), "0x0" before the driver got that far. */
+  features: string;
+  /** Capacity in bytes. */
+  size: number;
+}
+
+export interface QueueStats {
+  index: number;
+  requests: number;
+  bytesRead: number;
+  bytesWritten: number;
+  errors: number;
+  inFlight: number;
+  kicks: number;
+  interrupts: number;
+}
+
+export interface DeviceStats {
+  name: string;
+  /** Requests completed (answered to the driver). */
+  requests: number;
+  reads: number;
+  writes: number;
+  flushes: number;
+  discards: number;
+  writeZeroes: number;
+  bytesRead: number;
+  bytesWritten: number;
+  errors: { io: number; unsupported: number; driver: number; backend: number };
+  inFlight: number;
+  /** Request latency: upper bounds in µs, non-cumulative counts (one more: the overflow), count, sum. */
+  latency: { boundsUs: readonly number[]; buckets: number[]; count: number; sumSeconds: number };
+  queues: QueueStats[];
+  configInterrupts: number;
+  controlMessages: number;
+  controlMessageMaxMs: number;
+}
+
+export interface RemoveOptions {
+  /** Skip the safety checks (device in use, requests in flight). */
+  force?: boolean;
+}
+
+export interface DeviceManager {
+  add(config: BlkDeviceConfig): Promise<DeviceInfo>;
+  remove(name: string, options?: RemoveOptions): Promise<void>;
+  list(): DeviceInfo[];
+  stats(name?: string): DeviceStats[];
+  resize(name: string, bytes: number): Promise<DeviceInfo>;
+  /** The config a device was created with (for reloads). */
+  configOf(name: string): BlkDeviceConfig | undefined;
+}
+
+export interface BlkManagerOptions {
+  binding: SysBinding;
+  logger: Logger;
+  /** Per-device logger (e.g. with a device field). */
+  deviceLogger?: (name: string) => Logger;
+  vdpa: VdpaClient;
+  /** How long a safe remove waits for requests in flight to finish. */
+  drainTimeoutMs?: number;
+}
+
+export class BlkDeviceManager implements DeviceManager {
+  readonly #runners = new Map<string, BlkRunner>();
+  /** Names being added (so two adds of one name cannot race). */
+  readonly #adding = new Set<string>();
+  #frozen: string | null = null;
+  readonly #o: BlkManagerOptions;
+
+  constructor(options: BlkManagerOptions) {
+    this.#o = options;
+  }
+
+  /** Refuse add/remove from now on with `why` (privileges dropped). */
+  freeze(why: string): void {
+    this.#frozen = why;
+  }
+
+  get runners(): readonly BlkRunner[] {
+    return [...this.#runners.values()];
+  }
+
+  async add(config: BlkDeviceConfig): Promise<DeviceInfo> {
+    if (this.#frozen !== null)
+      throw new RpcError(NOT_PERMITTED, `cannot add ${config.name}: ${this.#frozen}`);
+    if (this.#runners.has(config.name) || this.#adding.has(config.name)) {
+      throw new RpcError(DEVICE_EXISTS, `device ${config.name} exists already`);
+    }
+    this.#adding.add(config.name);
+    try {
+      const log = this.#o.deviceLogger?.(config.name) ?? this.#o.logger;
+      const runner = await BlkRunner.start(config, {
+        binding: this.#o.binding,
+        logger: log,
+        vdpa: this.#o.vdpa,
+      });
+      this.#runners.set(config.name, runner);
+      runner.on('broken', (reason) => {
+        log.error(
+          `device ${config.name} is broken (${reason.message}); remove it with vduse del ${config.name}`,
+        );
+      });
+      log.info(`device ${config.name} ready at ${runner.path}`);
+      return infoOf(runner);
+    } finally {
+      this.#adding.delete(config.name);
+    }
+  }
+
+  async remove(name: string, options: RemoveOptions = {}): Promise<void> {
+    const runner = this.#get(name);
+    if (this.#frozen !== null) throw new RpcError(NOT_PERMITTED, `cannot remove ${name}: ${this.#frozen}`);
+    if (runner.state === 'stopping')
+      throw new RpcError(DEVICE_BUSY, `device ${name} is being removed already`);
+    if (!options.force && runner.state === 'running') {
+      const path = runner.currentPath();
+      if (path.startsWith('/dev/vd') && blockDeviceInUse(path)) {
+        throw new RpcError(
+          DEVICE_BUSY,
+          `device ${name} (${path}) is in use (mounted or held open exclusively); unmount it first or use force`,
+        );
+      }
+      const drained = await waitIdle(runner, this.#o.drainTimeoutMs ?? 10_000);
+      if (!drained) {
+        throw new RpcError(
+          DEVICE_BUSY,
+          `device ${name} still has ${runner.device.inFlight} request(s) in flight; retry or use force`,
+        );
+      }
+    }
+    await runner.stop();
+    this.#runners.delete(name);
+    (this.#o.deviceLogger?.(name) ?? this.#o.logger).info(`device ${name} removed`);
+  }
+
+  list(): DeviceInfo[] {
+    return this.runners.map(infoOf);
+  }
+
+  stats(name?: string): DeviceStats[] {
+    const runners = name === undefined ? this.runners : [this.#get(name)];
+    return runners.map(statsOf);
+  }
+
+  async resize(name: string, bytes: number): Promise<DeviceInfo> {
+    const runner = this.#get(name);
+    await runner.resize(bytes);
+    return infoOf(runner);
+  }
+
+  configOf(name: string): BlkDeviceConfig | undefined {
+    const r = this.#runners.get(name);
+    return r === undefined ? undefined : { ...r.config };
+  }
+
+  /** Remove every device, newest first (daemon shutdown). Failures are logged, not thrown. */
+  async removeAll(): Promise<void> {
+    for (const runner of [...this.runners].reverse()) {
+      try {
+        await runner.stop();
+      } catch (err) {
+        this.#o.logger.error(`stopping ${runner.name}: ${(err as Error).message}`);
+      }
+      this.#runners.delete(runner.name);
+    }
+  }
+
+  #get(name: string): BlkRunner {
+    const r = this.#runners.get(name);
+    if (r === undefined) throw new RpcError(NO_SUCH_DEVICE, `no device named ${name}`);
+    return r;
+  }
+}
+
+/** O_EXCL on a block device fails with EBUSY while it is mounted or held exclusively. */
+function blockDeviceInUse(path: string): boolean {
+  try {
+    closeSync(openSync(path, fsConstants.O_RDONLY | fsConstants.O_EXCL | fsConstants.O_NONBLOCK));
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EBUSY';
+  }
+}
+
+async function waitIdle(runner: BlkRunner, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (runner.device.inFlight > 0) {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return true;
+}
+
+export function infoOf(runner: BlkRunner): DeviceInfo {
+  const c = runner.config;
+  const info: DeviceInfo = {
+    name: c.name,
+    state: runner.state,
+    path: runner.currentPath(),
+    backend: c.backend,
+    queues: c.queues,
+    queueSize: c.queueSize,
+    logicalBlockSize: c.logicalBlockSize,
+    readOnly: c.readOnly,
+    packed: c.packed,
+    attach: c.attach,
+    driver: c.attach ? c.driver : 'none',
+    features: `0x${runner.vduse.features.toString(16)}`,
+    size: runner.device.capacityBytes,
+  };
+  if (c.serial !== undefined) info.serial = c.serial;
+  return info;
+}
+
+export function statsOf(runner: BlkRunner): DeviceStats {
+  const s = runner.device.stats;
+  const b = runner.backend.counters;
+  const t = runner.vduse.stats;
+  const l = runner.device.latency;
+  return {
+    name: runner.name,
+    requests: s.completed,
+    reads: b.reads,
+    writes: b.writes,
+    flushes: b.flushes,
+    discards: b.discards,
+    writeZeroes: b.writeZeroes,
+    bytesRead: s.bytesRead,
+    bytesWritten: s.bytesWritten,
+    errors: { io: s.ioErrors, unsupported: s.unsupported, driver: s.driverErrors, backend: s.backendErrors },
+    inFlight: runner.device.inFlight,
+    latency: {
+      boundsUs: BLK_LATENCY_BOUNDS_US,
+      buckets: [...l.buckets],
+      count: l.count,
+      sumSeconds: l.sumSeconds,
+    },
+    queues: runner.device.queueStats.map((q, index) => ({
+      index,
+      requests: q.completed,
+      bytesRead: q.bytesRead,
+      bytesWritten: q.bytesWritten,
+      errors: q.errors,
+      inFlight: q.inFlight,
+      kicks: t.kicks[index] ?? 0,
+      interrupts: t.interrupts[index] ?? 0,
+    })),
+    configInterrupts: t.configInterrupts,
+    controlMessages: t.messages,
+    controlMessageMaxMs: t.messageMaxMs,
+  };
+}
