@@ -13,5 +13,3 @@ export * from './backends/index.js';
 export * from './vduse/index.js';
 export * as uapi from './uapi/index.js';
 export * as testing from './testing/index.js';
-// FakeBinding is not in src/testing/index.ts (yet); export it here so users can test their devices.
-export { FakeBinding, type FakeDeviceHandlers, type FakeDeviceOptions } from './testing/fake-binding.js';
