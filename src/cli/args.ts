@@ -40,6 +40,9 @@ Serve virtio devices from userspace through Linux VDUSE.
 Commands:
   blk      create a virtio-blk device backed by a file, memory or NBD, and serve it
   list     list VDUSE devices and their vdpa attachment
+  serve    run a daemon holding many devices, with a management socket and metrics (vduse serve --help)
+  add, del, ls, resize, stats
+           manage the devices of a running vduse serve (vduse add --help)
 
 Options:
   -h, --help       show this help (vduse blk --help for the blk options)

@@ -14,6 +14,7 @@ import { createLogger } from '../vduse/logger.js';
 import { boundDriver, findBlockDevice, findVhostDevice } from './sysfs.js';
 import { BLK_USAGE, CliUsageError, MAIN_USAGE, parseCommandLine } from './args.js';
 import { runBlk } from './blk.js';
+import { runOpsCommand } from './serve.js';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(join(findPackageRoot(), 'package.json'), 'utf8')) as {
@@ -36,6 +37,9 @@ function stopSignal(): Promise<string> {
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
+  // vduse serve and its client commands (add, del, ls, resize, stats): src/cli/serve.ts
+  const ops = await runOpsCommand(argv, { version, binding: loadNativeBinding, stopSignal });
+  if (ops !== null) return ops;
   let command;
   try {
     command = parseCommandLine(argv);
