@@ -1,0 +1,267 @@
+/**
+ * The client commands of `vduse serve`, over its management socket (JSON-RPC, see src/mgmt/api.ts):
+ *   vduse add NAME --backend SPEC [blk options]    device.add
+ *   vduse del NAME [--force]                       device.remove
+ *   vduse ls [--json]                              device.list
+ *   vduse resize NAME SIZE                         device.resize
+ *   vduse stats [NAME] [--watch] [--json]          device.stats
+ * Each takes --socket PATH. Errors from the daemon are printed as one line (exit 1); usage errors exit 2.
+ */
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+
+import { formatSize } from '../backends/size.js';
+import type { DeviceInfo, DeviceStats } from '../mgmt/manager.js';
+import { RpcCallError, rpcCall } from '../mgmt/rpc.js';
+import { CliUsageError } from './args.js';
+import { formatTable, rates, renderRates, renderTotals } from './stats-watch.js';
+
+export const CLIENT_COMMANDS = ['add', 'del', 'ls', 'resize', 'stats'] as const;
+export type ClientCommandName = (typeof CLIENT_COMMANDS)[number];
+
+/** /run/vduse-ts/vduse.sock for root, else $XDG_RUNTIME_DIR/vduse-ts/vduse.sock. */
+export function defaultSocketPath(
+  env: NodeJS.ProcessEnv = process.env,
+  uid = process.getuid?.() ?? 0,
+): string {
+  if (uid === 0) return '/run/vduse-ts/vduse.sock';
+  const runtime = env.XDG_RUNTIME_DIR;
+  if (runtime === undefined || runtime === '') {
+    throw new CliUsageError('XDG_RUNTIME_DIR is not set: give the management socket with --socket PATH');
+  }
+  return join(runtime, 'vduse-ts', 'vduse.sock');
+}
+
+export const CLIENT_USAGE = `Usage (talk to a running vduse serve):
+  vduse add NAME --backend SPEC [--queues N] [--queue-size N] [--logical-block-size N] [--serial S]
+                 [--readonly] [--packed] [--no-attach] [--driver virtio-vdpa|vhost-vdpa]
+  vduse del NAME [--force]          safe by default: refuses while mounted, waits for requests in flight
+  vduse ls [--json]                 the devices: state, block device, size, queues, backend
+  vduse resize NAME SIZE            grow (or shrink) the backend and tell the driver (SIZE like 2G)
+  vduse stats [NAME] [--watch [--interval SEC] [--count N]] [--json]
+Common option: --socket PATH (default /run/vduse-ts/vduse.sock as root, else $XDG_RUNTIME_DIR/vduse-ts/vduse.sock)
+`;
+
+export interface ClientCommand {
+  command: ClientCommandName;
+  socket?: string;
+  method: string;
+  params: Record<string, unknown>;
+  json: boolean;
+  watch: boolean;
+  intervalMs: number;
+  count: number;
+}
+
+const BLK_FLAGS = {
+  backend: { type: 'string' },
+  queues: { type: 'string' },
+  'queue-size': { type: 'string' },
+  'logical-block-size': { type: 'string' },
+  serial: { type: 'string' },
+  readonly: { type: 'boolean' },
+  packed: { type: 'boolean' },
+  'no-attach': { type: 'boolean' },
+  driver: { type: 'string' },
+} as const;
+
+export function parseClientArgs(
+  name: ClientCommandName,
+  argv: readonly string[],
+): ClientCommand | { command: 'help' } {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: [...argv],
+      strict: true,
+      allowPositionals: true,
+      options: {
+        socket: { type: 'string' },
+        json: { type: 'boolean' },
+        force: { type: 'boolean' },
+        watch: { type: 'boolean' },
+        interval: { type: 'string' },
+        count: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+        ...(name === 'add' ? BLK_FLAGS : {}),
+      },
+    });
+  } catch (err) {
+    throw new CliUsageError(
+      `vduse ${name}: ${(err as Error).message.split('. To specify')[0]!.replace(/\.$/, '')}`,
+    );
+  }
+  const v = parsed.values as Record<string, string | boolean | undefined>;
+  const pos = parsed.positionals;
+  if (v.help) return { command: 'help' };
+  const only = (allowed: string[]): void => {
+    for (const key of ['force', 'watch', 'interval', 'count', 'json']) {
+      if (v[key] !== undefined && !allowed.includes(key))
+        throw new CliUsageError(`vduse ${name}: unknown option --${key}`);
+    }
+  };
+  const positionals = (min: number, max: number, what: string): void => {
+    if (pos.length < min)
+      throw new CliUsageError(`vduse ${name}: missing ${what} (try vduse ${name} --help)`);
+    if (pos.length > max) throw new CliUsageError(`vduse ${name}: unexpected argument "${pos[max]}"`);
+  };
+  const cmd: ClientCommand = {
+    command: name,
+    method: '',
+    params: {},
+    json: v.json === true,
+    watch: v.watch === true,
+    intervalMs: 1000,
+    count: 0,
+  };
+  if (typeof v.socket === 'string') cmd.socket = v.socket;
+  switch (name) {
+    case 'add': {
+      only(['json']);
+      positionals(1, 1, 'NAME');
+      if (typeof v.backend !== 'string') throw new CliUsageError('vduse add: --backend is required');
+      const p: Record<string, unknown> = { name: pos[0], backend: v.backend };
+      const int = (key: string): void => {
+        const text = v[key];
+        if (typeof text === 'string') p[key] = /^\d+$/.test(text) ? Number(text) : text;
+      };
+      int('queues');
+      int('queue-size');
+      int('logical-block-size');
+      if (typeof v.serial === 'string') p.serial = v.serial;
+      if (v.readonly === true) p.readonly = true;
+      if (v.packed === true) p.packed = true;
+      if (v['no-attach'] === true) p.attach = false;
+      if (typeof v.driver === 'string') p.driver = v.driver;
+      cmd.method = 'device.add';
+      cmd.params = p;
+      break;
+    }
+    case 'del':
+      only(['force', 'json']);
+      positionals(1, 1, 'NAME');
+      cmd.method = 'device.remove';
+      cmd.params = { name: pos[0], ...(v.force === true ? { force: true } : {}) };
+      break;
+    case 'ls':
+      only(['json']);
+      positionals(0, 0, '');
+      cmd.method = 'device.list';
+      break;
+    case 'resize':
+      only(['json']);
+      positionals(2, 2, 'NAME and SIZE');
+      cmd.method = 'device.resize';
+      cmd.params = { name: pos[0], size: /^\d+$/.test(pos[1]!) ? Number(pos[1]) : pos[1] };
+      break;
+    case 'stats': {
+      only(['watch', 'interval', 'count', 'json']);
+      positionals(0, 1, '');
+      cmd.method = 'device.stats';
+      if (pos[0] !== undefined) cmd.params = { name: pos[0] };
+      if (typeof v.interval === 'string') {
+        const s = Number(v.interval);
+        if (!(s >= 0.1 && s <= 3600))
+          throw new CliUsageError(`vduse stats: --interval must be 0.1..3600 seconds, got "${v.interval}"`);
+        cmd.intervalMs = Math.round(s * 1000);
+      }
+      if (typeof v.count === 'string') {
+        if (!/^\d+$/.test(v.count))
+          throw new CliUsageError(`vduse stats: --count must be a whole number, got "${v.count}"`);
+        cmd.count = Number(v.count);
+      }
+      if ((v.interval !== undefined || v.count !== undefined) && !cmd.watch) {
+        throw new CliUsageError('vduse stats: --interval and --count go with --watch');
+      }
+      break;
+    }
+  }
+  return cmd;
+}
+
+export function formatDeviceTable(devices: readonly DeviceInfo[]): string {
+  if (devices.length === 0) return 'no devices\n';
+  return formatTable(
+    ['NAME', 'STATE', 'DEVICE', 'SIZE', 'QUEUES', 'FEATURES', 'BACKEND'],
+    devices.map((d) => [
+      d.name,
+      d.state,
+      d.path,
+      formatSize(d.size),
+      `${d.queues}x${d.queueSize}`,
+      d.features,
+      d.backend + (d.readOnly ? ' (ro)' : ''),
+    ]),
+  );
+}
+
+/** Run a client command; resolves with the exit code. */
+export async function runClient(
+  cmd: ClientCommand,
+  out: (text: string) => void = (t) => void process.stdout.write(t),
+): Promise<number> {
+  const socket = cmd.socket ?? defaultSocketPath();
+  const call = (): Promise<unknown> => rpcCall(socket, cmd.method, cmd.params);
+  try {
+    if (cmd.command === 'stats' && cmd.watch) return await watch(cmd, call, out);
+    const result = await call();
+    if (cmd.json) {
+      out(`${JSON.stringify(result, null, 2)}\n`);
+      return 0;
+    }
+    switch (cmd.command) {
+      case 'add': {
+        const d = result as DeviceInfo;
+        out(`${d.path}\n`);
+        break;
+      }
+      case 'del':
+        break;
+      case 'ls':
+        out(formatDeviceTable(result as DeviceInfo[]));
+        break;
+      case 'resize': {
+        const d = result as DeviceInfo;
+        out(`${d.name}: ${formatSize(d.size)}\n`);
+        break;
+      }
+      case 'stats':
+        out(renderTotals(result as DeviceStats[]));
+        break;
+    }
+    return 0;
+  } catch (err) {
+    const prefix = err instanceof RpcCallError ? '' : '';
+    process.stderr.write(`vduse ${cmd.command}: ${prefix}${(err as Error).message}\n`);
+    return 1;
+  }
+}
+
+async function watch(
+  cmd: ClientCommand,
+  call: () => Promise<unknown>,
+  out: (text: string) => void,
+): Promise<number> {
+  const tty = process.stdout.isTTY === true;
+  let stop = false;
+  const onInt = (): void => void (stop = true);
+  process.once('SIGINT', onInt);
+  try {
+    let prev = (await call()) as DeviceStats[];
+    let prevAt = performance.now();
+    for (let n = 0; !stop && (cmd.count === 0 || n < cmd.count); n++) {
+      await new Promise((r) => setTimeout(r, cmd.intervalMs));
+      if (stop) break;
+      const cur = (await call()) as DeviceStats[];
+      const now = performance.now();
+      const rows = rates(prev, cur, (now - prevAt) / 1000);
+      if (cmd.json) out(`${JSON.stringify(rows)}\n`);
+      else out(`${tty ? '\x1b[H\x1b[2J' : ''}${renderRates(rows)}${tty ? '' : '\n'}`);
+      prev = cur;
+      prevAt = now;
+    }
+    return 0;
+  } finally {
+    process.off('SIGINT', onInt);
+  }
+}
