@@ -26,6 +26,7 @@ const out = path.resolve(opt('out', path.join(root, 'bench/results/.vm-raw.json'
 const runtime = Number(opt('runtime', '6'));
 const ramp = Number(opt('ramp', '1'));
 const rounds = Number(opt('rounds', '3'));
+const warmup = Number(opt('warmup', '4'));
 const queues = Number(opt('queues', '2'));
 const queueSize = Number(opt('queue-size', '256'));
 const caseNames = opt('cases', CASES.map((c) => c.id).join(',')).split(',');
@@ -36,7 +37,7 @@ const profileDir = flag('profile')
 const nbdPort = 10809;
 
 const lib = await import(pathToFileURL(path.join(dist, 'test/e2e/lib/index.js')).href);
-const { VduseDaemon } = await import(pathToFileURL(path.join(dist, 'test/e2e/vduse-daemon.js')).href);
+const { VduseDaemon, CLI } = await import(pathToFileURL(path.join(dist, 'test/e2e/vduse-daemon.js')).href);
 
 const log = (m) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
 
@@ -140,18 +141,21 @@ function project(name, backend) {
         '--logical-block-size',
         '512',
       ];
-      const saved = process.env.NODE_OPTIONS;
       if (profileDir) {
+        // --cpu-prof is not allowed in NODE_OPTIONS: spawn node with it (the profile is written at exit)
         fs.mkdirSync(profileDir, { recursive: true });
-        process.env.NODE_OPTIONS = `${saved ?? ''} --cpu-prof --cpu-prof-dir=${profileDir} --cpu-prof-name=${name}-${Date.now()}.cpuprofile`;
-      }
-      try {
+        const nodeArgs = [
+          '--cpu-prof',
+          `--cpu-prof-dir=${profileDir}`,
+          `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`,
+          CLI,
+          'blk',
+          ...args,
+        ];
+        d = new VduseDaemon(spawn(process.execPath, nodeArgs, { stdio: ['ignore', 'pipe', 'pipe'] }), args);
+        await d.ready(60_000);
+      } else {
         d = await VduseDaemon.start(args, undefined, 60_000);
-      } finally {
-        if (profileDir) {
-          if (saved === undefined) delete process.env.NODE_OPTIONS;
-          else process.env.NODE_OPTIONS = saved;
-        }
       }
       this.pid = d.child.pid;
       this.path = d.path;
@@ -284,7 +288,13 @@ const caseSetups = {
 
 // ------------------------------------------------------------------------------------------------------ fio
 
-async function fio(devPath, w) {
+const WARMUP = [
+  { rw: 'randrw', bs: '4k', iodepth: 32, numjobs: 2 },
+  { rw: 'randrw', bs: '4k', iodepth: 1, numjobs: 1 },
+  { rw: 'readwrite', bs: '128k', iodepth: 8, numjobs: 1 },
+];
+
+async function fio(devPath, w, seconds = runtime) {
   const args = [
     '--name=bench',
     `--filename=${devPath}`,
@@ -296,15 +306,15 @@ async function fio(devPath, w) {
     `--numjobs=${w.numjobs}`,
     '--group_reporting',
     '--time_based',
-    `--runtime=${runtime}`,
-    `--ramp_time=${ramp}`,
+    `--runtime=${seconds}`,
+    ...(seconds === runtime && ramp > 0 ? [`--ramp_time=${ramp}`] : []),
     '--norandommap',
     '--randrepeat=0',
     '--output-format=json',
   ];
   if (w.numjobs > 1)
     args.push(`--cpus_allowed=0-${Math.min(w.numjobs, os.cpus().length) - 1}`, '--cpus_allowed_policy=split');
-  const r = await runOk('fio', args, { timeoutMs: (runtime + ramp + 60) * 1000 });
+  const r = await runOk('fio', args, { timeoutMs: (seconds + ramp + 60) * 1000 });
   const json = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
   const job = json.jobs[0];
   const side = w.rw.includes('read') ? job.read : job.write;
@@ -339,6 +349,7 @@ const result = {
     fio: (await run('fio', ['--version'])).stdout.trim(),
     nbdkit: (await run('nbdkit', ['--version'])).stdout.trim(),
     runtimeS: runtime,
+    warmupS: warmup,
     rampS: ramp,
     rounds,
     queues,
@@ -369,6 +380,14 @@ for (const c of CASES.filter((x) => caseNames.includes(x.id))) {
       setScheduler(dev);
       entry.contenders.push({ id: k.id, label: k.label, device: dev });
       log(`  ${k.label}: ${dev}`);
+    }
+    // Warm-up, not recorded: a JIT-compiled daemon reaches its steady state only after its hot path was
+    // optimized (a long-running daemon is always warm); the same I/O is given to every contender.
+    if (warmup > 0) {
+      for (const k of setup.contenders) {
+        for (const w of WARMUP) await fio(k.path, w, warmup);
+      }
+      log(`  warmed up (${WARMUP.length} x ${warmup} s per contender)`);
     }
     for (const w of WORKLOADS.filter((x) => workloadNames.includes(x.id))) {
       for (let r = 0; r < rounds; r++) {

@@ -23,6 +23,7 @@ Options (environment variable in brackets):
   --quick              smoke run: 1 round of 2 s, 4 workloads
   --runtime S          seconds per fio run (default 6) [VDUSE_BENCH_RUNTIME]
   --ramp S             fio ramp time in seconds (default 1) [VDUSE_BENCH_RAMP]
+  --warmup S           unrecorded warm-up per contender and case, 3 fio jobs of S seconds (default 4)
   --rounds N           rounds per workload, at least 1 (default 3) [VDUSE_BENCH_ROUNDS]
   --cases LIST         comma list of ${CASES.map((c) => c.id).join(',')} [VDUSE_BENCH_CASES]
   --workloads LIST     comma list of workload ids (default all) [VDUSE_BENCH_WORKLOADS]
@@ -44,6 +45,7 @@ function parseArgs(argv) {
     quick: false,
     runtime: env.VDUSE_BENCH_RUNTIME,
     ramp: env.VDUSE_BENCH_RAMP,
+    warmup: env.VDUSE_BENCH_WARMUP,
     rounds: env.VDUSE_BENCH_ROUNDS,
     cases: env.VDUSE_BENCH_CASES,
     workloads: env.VDUSE_BENCH_WORKLOADS,
@@ -70,6 +72,9 @@ function parseArgs(argv) {
         break;
       case '--ramp':
         o.ramp = val();
+        break;
+      case '--warmup':
+        o.warmup = val();
         break;
       case '--rounds':
         o.rounds = val();
@@ -110,6 +115,7 @@ function parseArgs(argv) {
   o.runtime = Number(o.runtime ?? (o.quick ? 2 : 6));
   o.ramp = Number(o.ramp ?? (o.quick ? 0.5 : 1));
   o.rounds = Number(o.rounds ?? (o.quick ? 1 : 3));
+  o.warmup = Number(o.warmup ?? (o.quick ? 2 : 4));
   o.cases = (o.cases ?? CASES.map((c) => c.id).join(',')).split(',').filter(Boolean);
   o.workloads = (o.workloads ?? (o.quick ? QUICK_WORKLOADS : WORKLOADS.map((w) => w.id)).join(','))
     .split(',')
@@ -124,6 +130,7 @@ function parseArgs(argv) {
     if (!Number.isFinite(v) || v < 1) throw new Error(`--${k} must be a number >= 1`);
   }
   if (!Number.isFinite(o.ramp) || o.ramp < 0) throw new Error('--ramp must be a number >= 0');
+  if (!Number.isFinite(o.warmup) || o.warmup < 0) throw new Error('--warmup must be a number >= 0');
   return o;
 }
 
@@ -194,7 +201,7 @@ export function markdown(raw, rows) {
     `Guest: Linux ${c.kernel}, ${c.cpus} vCPUs (QEMU TCG, software emulation), ${c.memMiB} MiB; ${c.node}; ${c.qsd}; ${c.fio}; ${c.nbdkit}.`,
   );
   lines.push(
-    `Devices: ${c.queues} queue(s) of ${c.queueSize}, logical block size ${c.logicalBlockSize}, scheduler none. fio libaio, direct=1, time based ${c.runtimeS} s (+${c.rampS} s ramp), ${c.rounds} round(s), contenders alternating.`,
+    `Devices: ${c.queues} queue(s) of ${c.queueSize}, logical block size ${c.logicalBlockSize}, scheduler none. fio libaio, direct=1, time based ${c.runtimeS} s (+${c.rampS} s ramp), ${c.rounds} round(s), contenders alternating; devices reused within a case after an unrecorded warm-up of ${c.warmupS ?? 0} s x 3 jobs per contender.`,
   );
   lines.push('');
   lines.push(
@@ -333,7 +340,7 @@ async function main() {
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const rawFile = path.join(RESULTS, `.vm-raw-${stamp}.json`);
   const runs = o.cases.length * o.workloads.length * o.rounds * 2;
-  const estimate = runs * (o.runtime + o.ramp + 2.5) + o.cases.length * 40 + 30;
+  const estimate = runs * (o.runtime + o.ramp + 2.5) + o.cases.length * (40 + 6 * (o.warmup + 1)) + 30;
   const timeout = Number(o.timeout ?? Math.ceil(estimate * 1.6 + 120));
   console.error(
     `bench:vm: ${runs} fio runs of ${o.runtime}+${o.ramp} s, about ${Math.ceil(estimate / 60)} min (limit ${Math.ceil(timeout / 60)} min)`,
@@ -350,6 +357,8 @@ async function main() {
     String(o.runtime),
     '--ramp',
     String(o.ramp),
+    '--warmup',
+    String(o.warmup),
     '--rounds',
     String(o.rounds),
     '--queues',
