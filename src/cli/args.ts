@@ -28,6 +28,10 @@ export interface BlkCommand {
   verbose: boolean;
   /** Print request counters at exit and on SIGUSR1. */
   stats: boolean;
+  /** Crash recovery: where state logs live (default /run/vduse-ts), when to take over, keep the device at stop. */
+  stateDir?: string;
+  reconnect: 'auto' | 'never' | 'always';
+  persist: boolean;
 }
 
 export type Command =
@@ -70,11 +74,18 @@ Options:
   --no-attach                create and serve, but do not attach to the vdpa bus (vdpa dev add name NAME mgmtdev vduse)
   --driver DRIVER            virtio-vdpa (default: a /dev/vdX in this kernel) or vhost-vdpa (a /dev/vhost-vdpa-N for a VM)
   --stats                    print request counters (reads, writes, flushes, discards, ...) on SIGUSR1 and at exit
+  --state-dir DIR            where the crash-recovery state log NAME.state lives (default /run/vduse-ts, or
+                             $XDG_RUNTIME_DIR/vduse-ts when not root)
+  --reconnect POLICY         auto (default): if NAME exists and has a state log (the daemon died, or stopped with
+                             --persist), take it over: in-flight requests are resubmitted, the guest sees a delay;
+                             never: fail if NAME exists; always: fail if there is nothing to take over
+  --persist                  on SIGINT/SIGTERM keep the device (no detach, no destroy) for the next daemon
   -v, --verbose              log protocol events
   -h, --help                 this help
 
 Signals:
-  SIGINT, SIGTERM            detach, destroy and exit
+  SIGINT, SIGTERM            detach, destroy and exit (with --persist: finish in-flight requests and exit,
+                             leaving the device and its state log to the next vduse blk --name NAME)
   SIGHUP                     re-read the backend size and tell the driver (online resize: grow the backing file
                              with truncate -s, then kill -HUP)
   SIGUSR1                    print the request counters (with --stats)
@@ -129,6 +140,9 @@ export function parseCommandLine(argv: readonly string[]): Command {
         'no-attach': { type: 'boolean' },
         driver: { type: 'string' },
         stats: { type: 'boolean' },
+        'state-dir': { type: 'string' },
+        reconnect: { type: 'string' },
+        persist: { type: 'boolean' },
         verbose: { type: 'boolean', short: 'v' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -165,6 +179,13 @@ export function parseCommandLine(argv: readonly string[]): Command {
   if (v['no-attach'] && v.driver !== undefined) {
     throw new CliUsageError('--driver makes no sense with --no-attach');
   }
+  const reconnect = v.reconnect ?? 'auto';
+  if (reconnect !== 'auto' && reconnect !== 'never' && reconnect !== 'always') {
+    throw new CliUsageError(`--reconnect must be auto, never or always, got "${reconnect}"`);
+  }
+  if (v['state-dir'] !== undefined && v['state-dir'] === '') {
+    throw new CliUsageError('--state-dir must not be empty');
+  }
   const cmd: BlkCommand = {
     command: 'blk',
     name: v.name,
@@ -178,7 +199,10 @@ export function parseCommandLine(argv: readonly string[]): Command {
     driver,
     verbose: v.verbose ?? false,
     stats: v.stats ?? false,
+    reconnect,
+    persist: v.persist ?? false,
   };
+  if (v['state-dir'] !== undefined) cmd.stateDir = v['state-dir'];
   if (v.serial !== undefined) cmd.serial = v.serial;
   return cmd;
 }

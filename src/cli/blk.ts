@@ -10,6 +10,7 @@
 import { BlkRunner, describeSize } from '../mgmt/blk-runner.js';
 import type { SysBinding } from '../sys/binding.js';
 import type { Logger } from '../vduse/logger.js';
+import { ControlLatency } from '../vduse/reconnect.js';
 import { VdpaClient } from '../vduse/vdpa-client.js';
 import type { BlkCommand } from './args.js';
 
@@ -40,7 +41,16 @@ export async function runBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<void
   };
   let runner: BlkRunner;
   try {
-    runner = await BlkRunner.start(cmd, { binding, logger: log, vdpa });
+    runner = await BlkRunner.start(cmd, {
+      binding,
+      logger: log,
+      vdpa,
+      recovery: {
+        reconnect: cmd.reconnect,
+        persist: cmd.persist,
+        ...(cmd.stateDir !== undefined ? { stateDir: cmd.stateDir } : {}),
+      },
+    });
   } catch (err) {
     await closeVdpa();
     throw err;
@@ -55,8 +65,11 @@ export async function runBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<void
   );
 
   env.onSignal('SIGHUP', () => void resizeFromBackend(runner, log));
+  const control = new ControlLatency(() => runner.vduse.controlStats);
   env.onSignal('SIGUSR1', () => {
-    if (cmd.stats) log.info(`stats: ${runner.backend.format()}`);
+    if (!cmd.stats) return;
+    log.info(`stats: ${runner.backend.format()}`);
+    log.info(control.format());
   });
   const signal = await env.stopSignal;
   log.info(`${signal}: stopping ${cmd.name}`);
@@ -67,6 +80,8 @@ export async function runBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<void
     failed = err;
   }
   await closeVdpa();
+  control.stop();
+  log.info(control.format());
   // print stats after everything else is down
   if (cmd.stats) log.info(`stats: ${runner.backend.format()}`);
   if (failed !== null) throw failed;

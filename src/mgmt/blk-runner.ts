@@ -18,8 +18,9 @@ import { NullBackend } from '../backends/null-backend.js';
 import { openBackend, parseBackendSpec } from '../backends/index.js';
 import { VirtioBlkDevice } from '../devices/blk/device.js';
 import type { SysBinding } from '../sys/binding.js';
-import { VduseControl, describeDevice } from '../vduse/control.js';
-import { VduseDevice } from '../vduse/device.js';
+import { VduseControl } from '../vduse/control.js';
+import type { VduseDevice } from '../vduse/device.js';
+import { createOrReconnect, type ReconnectPolicy } from '../vduse/reconnect.js';
 import type { Logger } from '../vduse/logger.js';
 import type { VdpaClient } from '../vduse/vdpa-client.js';
 import { CountingBackend } from '../cli/stats.js';
@@ -66,6 +67,8 @@ export interface BlkRunnerDeps {
   logger: Logger;
   /** The vdpa netlink client (shared by all devices of a daemon; its owner closes it). */
   vdpa: VdpaClient;
+  /** Crash recovery (src/vduse/reconnect.ts): state log directory, take-over policy, keep the device at stop. */
+  recovery?: { stateDir?: string; reconnect?: ReconnectPolicy; persist?: boolean };
 }
 
 export type BlkRunnerState = 'starting' | 'running' | 'stopping' | 'stopped' | 'broken';
@@ -124,6 +127,7 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
     const { binding, logger: log, vdpa } = deps;
     const cleanup: CleanupStep[] = [];
     let runner: BlkRunner | null = null;
+    let started = false;
     try {
       const spec = parseBackendSpec(config.backend);
       // readOnly also opens the storage read-only, so nothing can write to it.
@@ -147,15 +151,26 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
 
       const control = VduseControl.open(binding);
       cleanup.push({ what: 'close the control device', run: () => control.close() });
-      control.createDevice(describeDevice(config.name, device));
-      log.debug(`created VDUSE device ${config.name}`);
+      // Create, or take over a device a previous daemon left (crash recovery). With persist, a stop once running
+      // leaves the device and its state log for a successor: no detach, no destroy.
+      const served = await createOrReconnect({
+        binding,
+        control,
+        name: config.name,
+        device,
+        logger: log,
+        ...deps.recovery,
+      });
+      const keep = (): boolean => deps.recovery?.persist === true && started;
       cleanup.push({
         what: `destroy VDUSE device ${config.name}`,
-        run: () => control.destroyDevice(config.name),
+        run: () => (keep() ? served.keep() : served.destroy()),
       });
-
-      const vduse = VduseDevice.open({ binding, name: config.name, device, logger: log });
-      cleanup.push({ what: `close /dev/vduse/${config.name}`, run: () => vduse.close() });
+      const vduse = served.vduse;
+      cleanup.push({
+        what: `close /dev/vduse/${config.name}`,
+        run: () => (keep() ? vduse.closeForRestart() : vduse.close()),
+      });
       runner = new BlkRunner(config, { backend, inner, device, vduse, cleanup, log });
       const self = runner;
       vduse.on('broken', (reason) => {
@@ -164,11 +179,13 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
         self.emit('broken', reason);
       });
 
+      const attached = (): boolean => existsSync(join(VDPA_BUS, 'devices', config.name));
       if (config.attach) {
-        await vdpa.addDevice(config.name);
+        // a device taken over is still attached
+        if (!(served.reconnected && attached())) await vdpa.addDevice(config.name);
         cleanup.push({
           what: `detach ${config.name} from the vdpa bus`,
-          run: () => vdpa.deleteDevice(config.name),
+          run: () => (keep() ? undefined : vdpa.deleteDevice(config.name)),
         });
         runner.#path = await attachedPath(config, log);
       } else {
@@ -176,11 +193,12 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
         cleanup.push({
           what: `detach ${config.name} from the vdpa bus if attached`,
           run: async () => {
-            if (existsSync(join(VDPA_BUS, 'devices', config.name))) await vdpa.deleteDevice(config.name);
+            if (!keep() && attached()) await vdpa.deleteDevice(config.name);
           },
         });
       }
       if (runner.#state === 'starting') runner.#state = 'running';
+      started = true;
       return runner;
     } catch (err) {
       await unwind(cleanup, log).catch(() => undefined);

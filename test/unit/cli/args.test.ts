@@ -30,7 +30,30 @@ describe('vduse command line', () => {
       driver: 'virtio-vdpa',
       verbose: false,
       stats: false,
+      reconnect: 'auto',
+      persist: false,
     });
+  });
+
+  it('parses the crash-recovery options', () => {
+    const c = blk(
+      '--name',
+      'd0',
+      '--backend',
+      'memory:64M',
+      '--state-dir',
+      '/x/y',
+      '--reconnect',
+      'always',
+      '--persist',
+    );
+    assert.equal(c.stateDir, '/x/y');
+    assert.equal(c.reconnect, 'always');
+    assert.equal(c.persist, true);
+    usage(
+      ['blk', '--name', 'd0', '--backend', 'memory:1M', '--reconnect', 'sometimes'],
+      /--reconnect must be/,
+    );
   });
 
   it('parses every blk option', () => {
