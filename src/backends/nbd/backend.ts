@@ -460,8 +460,8 @@ export class NbdBackend implements BlockBackend {
         op.reject(new BackendError(`nbd: backend closed (${err.message})`, 'EIO'));
         return;
       }
-      this.lastCause = err.message;
-      this.retryOrFail(op, err.message);
+      this.lastCause = this.causeText(err);
+      this.retryOrFail(op, this.lastCause);
       return;
     }
     op.reject(new BackendError(`nbd: ${errorText(err)}`, 'EIO'));
@@ -516,10 +516,10 @@ export class NbdBackend implements BlockBackend {
     if (slot.conn !== conn) return;
     slot.conn = undefined;
     if (this.closed || this.broken) return;
-    this.lastCause = cause.message;
+    this.lastCause = this.causeText(cause);
     slot.lostAt = Date.now();
     const which = this.slots.length > 1 ? ` ${slot.index + 1}/${this.slots.length}` : '';
-    this.log(`${this.name}: connection${which} lost (${cause.message}); reconnecting`);
+    this.log(`${this.name}: connection${which} lost (${this.lastCause}); reconnecting`);
     if (this.liveConnections === 0 && this.downSince === undefined) {
       this.downSince = Date.now();
       this.giveUpTimer = setTimeout(() => this.giveUp(), this.retryMs);
@@ -548,7 +548,7 @@ export class NbdBackend implements BlockBackend {
       });
     } catch (err) {
       slot.connecting = false;
-      this.lastCause = errorText(err);
+      this.lastCause = this.causeText(err);
       this.scheduleReconnect(slot);
       return;
     }
@@ -577,6 +577,12 @@ export class NbdBackend implements BlockBackend {
       this.giveUpTimer = undefined;
     }
     this.dispatch();
+  }
+
+  /** An error's message without the `TARGET: ` prefix the connection puts first (our lines name the target). */
+  private causeText(err: unknown): string {
+    const text = errorText(err);
+    return text.startsWith(`${this.name}: `) ? text.slice(this.name.length + 2) : text;
   }
 
   /** Why a reconnected server cannot be accepted, or undefined. */
