@@ -67,9 +67,13 @@ function ms(seconds: number | null): string {
 
 function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  // numbers (and "-", "12us", "1.5ms") are right-aligned, text left-aligned
+  const numeric = header.map(
+    (_, i) => rows.length > 0 && rows.every((r) => /^(?:-|>8s|-?\d+(?:\.\d+)?(?:us|ms)?)$/.test(r[i] ?? '')),
+  );
   const line = (cells: string[]): string =>
     cells
-      .map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)))
+      .map((c, i) => (numeric[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!)))
       .join('  ')
       .trimEnd();
   return [line(header), ...rows.map(line)].join('\n') + '\n';

@@ -181,7 +181,7 @@ export function parseListenAddress(text: string, at: string): { host: string; po
   if (!m || !Number.isInteger(port) || port < 0 || port > 65535) {
     throw new ConfigError(`${at}: expected ADDR:PORT (like 127.0.0.1:9470), got ${show(text)}`, at);
   }
-  const host = m[1] ?? (m[2] === '' || m[2] === undefined ? '127.0.0.1' : m[2]);
+  const host = m[1] || m[2] || '127.0.0.1';
   return { host, port };
 }
 
@@ -192,21 +192,21 @@ export function validateConfig(doc: unknown): ServeConfig {
   const o = object(doc, at);
   for (const key of Object.keys(o)) {
     if (!(TOP_KEYS as readonly string[]).includes(key)) {
-      throw new ConfigError(`${at}.${key}: unknown key${suggest(key, TOP_KEYS)}`, key);
+      throw new ConfigError(`${at} ${key}: unknown key${suggest(key, TOP_KEYS)}`, key);
     }
   }
   const config: ServeConfig = { devices: [] };
-  if (o.socket !== undefined) config.socket = string(o.socket, `${at}.socket`);
+  if (o.socket !== undefined) config.socket = string(o.socket, `${at} socket`);
   if (o.metrics !== undefined) {
-    config.metrics = string(o.metrics, `${at}.metrics`);
-    parseListenAddress(config.metrics, `${at}.metrics`);
+    config.metrics = string(o.metrics, `${at} metrics`);
+    parseListenAddress(config.metrics, `${at} metrics`);
   }
-  if (o.pidfile !== undefined) config.pidfile = string(o.pidfile, `${at}.pidfile`);
-  if (o.user !== undefined) config.user = string(o.user, `${at}.user`);
+  if (o.pidfile !== undefined) config.pidfile = string(o.pidfile, `${at} pidfile`);
+  if (o.user !== undefined) config.user = string(o.user, `${at} user`);
   if (o['log-format'] !== undefined) {
     if (o['log-format'] !== 'json' && o['log-format'] !== 'text') {
       throw new ConfigError(
-        `${at}.log-format: expected "json" or "text", got ${show(o['log-format'])}`,
+        `${at} log-format: expected "json" or "text", got ${show(o['log-format'])}`,
         'log-format',
       );
     }
@@ -214,14 +214,14 @@ export function validateConfig(doc: unknown): ServeConfig {
   }
   if (o.devices !== undefined) {
     if (!Array.isArray(o.devices)) {
-      throw new ConfigError(`${at}.devices: expected a list of devices, got ${show(o.devices)}`, 'devices');
+      throw new ConfigError(`${at} devices: expected a list of devices, got ${show(o.devices)}`, 'devices');
     }
     const seen = new Set<string>();
     o.devices.forEach((entry: unknown, i: number) => {
-      const device = parseDeviceOptions(entry, `${at}.devices[${i}]`);
+      const device = parseDeviceOptions(entry, `${at} devices[${i}]`);
       if (seen.has(device.name)) {
         throw new ConfigError(
-          `${at}.devices[${i}].name: "${device.name}" is declared twice`,
+          `${at} devices[${i}].name: "${device.name}" is declared twice`,
           `devices[${i}].name`,
         );
       }

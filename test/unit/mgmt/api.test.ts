@@ -1,0 +1,184 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { createApi, type DaemonInfo } from '../../../src/mgmt/api.js';
+import type { BlkDeviceConfig } from '../../../src/mgmt/blk-runner.js';
+import type { DeviceInfo, DeviceManager, DeviceStats, RemoveOptions } from '../../../src/mgmt/manager.js';
+import { DEVICE_EXISTS, NO_SUCH_DEVICE, RpcError, handleRequestLine } from '../../../src/mgmt/rpc.js';
+
+/** A device manager without a kernel: records calls. */
+class FakeManager implements DeviceManager {
+  readonly devices = new Map<string, BlkDeviceConfig & { size: number }>();
+  readonly calls: string[] = [];
+  add(config: BlkDeviceConfig): Promise<DeviceInfo> {
+    this.calls.push(`add ${config.name}`);
+    if (this.devices.has(config.name))
+      return Promise.reject(new RpcError(DEVICE_EXISTS, `device ${config.name} exists already`));
+    this.devices.set(config.name, { ...config, size: 1 << 20 });
+    return Promise.resolve(this.#info(config.name));
+  }
+  remove(name: string, options: RemoveOptions = {}): Promise<void> {
+    this.calls.push(`remove ${name} force=${options.force === true}`);
+    if (!this.devices.delete(name))
+      return Promise.reject(new RpcError(NO_SUCH_DEVICE, `no device named ${name}`));
+    return Promise.resolve();
+  }
+  list(): DeviceInfo[] {
+    return [...this.devices.keys()].map((n) => this.#info(n));
+  }
+  stats(name?: string): DeviceStats[] {
+    this.calls.push(`stats ${name ?? '*'}`);
+    return [];
+  }
+  resize(name: string, bytes: number): Promise<DeviceInfo> {
+    this.calls.push(`resize ${name} ${bytes}`);
+    const d = this.devices.get(name);
+    if (!d) return Promise.reject(new RpcError(NO_SUCH_DEVICE, `no device named ${name}`));
+    d.size = bytes;
+    return Promise.resolve(this.#info(name));
+  }
+  configOf(name: string): BlkDeviceConfig | undefined {
+    return this.devices.get(name);
+  }
+  #info(name: string): DeviceInfo {
+    const d = this.devices.get(name)!;
+    return {
+      name,
+      state: 'running',
+      path: '/dev/vda',
+      backend: d.backend,
+      queues: d.queues,
+      queueSize: d.queueSize,
+      logicalBlockSize: d.logicalBlockSize,
+      readOnly: d.readOnly,
+      packed: d.packed,
+      attach: d.attach,
+      driver: d.driver,
+      features: '0x0',
+      size: d.size,
+    };
+  }
+}
+
+const info: DaemonInfo = {
+  version: '0.0.0',
+  pid: 1,
+  uptimeSeconds: 0,
+  socket: '/s',
+  metrics: null,
+  user: null,
+  privileged: true,
+  devices: 0,
+};
+
+async function call(
+  m: FakeManager,
+  method: string,
+  params?: unknown,
+): Promise<{ result?: unknown; error?: { code: number; message: string } }> {
+  const api = createApi(m, () => info);
+  const text = await handleRequestLine(
+    JSON.stringify({ jsonrpc: '2.0', id: 1, method, ...(params === undefined ? {} : { params }) }),
+    api,
+  );
+  return JSON.parse(text!) as { result?: unknown; error?: { code: number; message: string } };
+}
+
+test('device.add validates like the config file and passes a full config', async () => {
+  const m = new FakeManager();
+  const ok = await call(m, 'device.add', { name: 'd0', backend: 'memory:1M', queues: 2, 'queue-size': 64 });
+  assert.equal((ok.result as DeviceInfo).queues, 2);
+  assert.deepEqual(m.devices.get('d0'), {
+    name: 'd0',
+    backend: 'memory:1M',
+    queues: 2,
+    queueSize: 64,
+    logicalBlockSize: 512,
+    readOnly: false,
+    packed: false,
+    attach: true,
+    driver: 'virtio-vdpa',
+    size: 1 << 20,
+  });
+  assert.deepEqual((await call(m, 'device.add', { name: 'd1', backend: 'memory:1M', queues: 'x' })).error, {
+    code: -32602,
+    message: 'params.queues: expected an integer 1..64, got "x"',
+  });
+  assert.deepEqual(
+    (await call(m, 'device.add', { name: 'd1', backend: 'memory:1M', bogus: 1 })).error?.code,
+    -32602,
+  );
+  assert.deepEqual((await call(m, 'device.add', { backend: 'memory:1M' })).error, {
+    code: -32602,
+    message: 'params.name: expected a device name, got nothing',
+  });
+  assert.deepEqual((await call(m, 'device.add', { name: 'd0', backend: 'memory:1M' })).error, {
+    code: -32002,
+    message: 'device d0 exists already',
+  });
+  assert.deepEqual(m.calls, ['add d0', 'add d0']);
+});
+
+test('device.remove: name required, force must be a boolean, unknown names are -32001', async () => {
+  const m = new FakeManager();
+  await call(m, 'device.add', { name: 'd0', backend: 'null:1M' });
+  assert.deepEqual((await call(m, 'device.remove', { name: 'd0', force: 'yes' })).error, {
+    code: -32602,
+    message: 'params.force: expected true or false, got "yes"',
+  });
+  assert.deepEqual((await call(m, 'device.remove', { name: 'd0', force: true })).result, { removed: 'd0' });
+  assert.equal((await call(m, 'device.remove', { name: 'd0' })).error?.code, -32001);
+  assert.deepEqual((await call(m, 'device.remove', { nam: 'd0' })).error, {
+    code: -32602,
+    message: 'params.nam: unknown parameter (known: name, force)',
+  });
+  assert.deepEqual(m.calls.slice(1), ['remove d0 force=true', 'remove d0 force=false']);
+});
+
+test('device.resize takes bytes or a size string; a bad size names the field', async () => {
+  const m = new FakeManager();
+  await call(m, 'device.add', { name: 'd0', backend: 'null:1M' });
+  assert.equal(
+    ((await call(m, 'device.resize', { name: 'd0', size: '2M' })).result as DeviceInfo).size,
+    2 << 20,
+  );
+  assert.equal(
+    ((await call(m, 'device.resize', { name: 'd0', size: 4096 })).result as DeviceInfo).size,
+    4096,
+  );
+  assert.deepEqual((await call(m, 'device.resize', { name: 'd0', size: 'big' })).error, {
+    code: -32602,
+    message: 'params.size: expected a size in bytes or like "2G", got "big"',
+  });
+  assert.deepEqual(
+    (await call(m, 'device.resize', { name: 'd0' })).error?.message,
+    'params.size: expected a size in bytes or like "2G", got nothing',
+  );
+  assert.deepEqual((await call(m, 'device.resize', { name: 'd0', size: -5 })).error?.code, -32602);
+});
+
+test('device.list, device.stats, daemon.info; params checked', async () => {
+  const m = new FakeManager();
+  await call(m, 'device.add', { name: 'd0', backend: 'null:1M' });
+  assert.deepEqual(
+    ((await call(m, 'device.list')).result as DeviceInfo[]).map((d) => d.name),
+    ['d0'],
+  );
+  assert.deepEqual((await call(m, 'device.list', { x: 1 })).error, {
+    code: -32602,
+    message: 'params.x: unknown parameter (none taken)',
+  });
+  await call(m, 'device.stats', { name: 'd0' });
+  await call(m, 'device.stats');
+  assert.deepEqual(m.calls.slice(-2), ['stats d0', 'stats *']);
+  assert.equal(
+    (await call(m, 'device.stats', { name: 5 })).error?.message,
+    'params.name: expected a device name, got 5',
+  );
+  assert.deepEqual((await call(m, 'daemon.info')).result, info);
+  assert.equal((await call(m, 'device.add', [])).error?.code, -32602);
+  assert.equal(
+    (await call(m, 'device.list', [1])).error?.message,
+    'invalid params: expected an object, got a list',
+  );
+});

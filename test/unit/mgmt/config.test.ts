@@ -1,0 +1,203 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import {
+  ConfigError,
+  changedDeviceKeys,
+  parseConfigText,
+  parseDeviceOptions,
+  parseListenAddress,
+  validateConfig,
+} from '../../../src/mgmt/config.js';
+
+function fails(fn: () => unknown, message: string): void {
+  assert.throws(fn, (err: unknown) => {
+    assert.ok(err instanceof ConfigError, `a ConfigError, got ${String(err)}`);
+    assert.equal(err.message, message);
+    return true;
+  });
+}
+
+test('YAML config with defaults filled in', () => {
+  const c = parseConfigText(
+    [
+      'socket: /run/x.sock',
+      'metrics: 127.0.0.1:9470',
+      'log-format: json',
+      'devices:',
+      '  - name: disk0',
+      '    backend: memory:64M',
+      '  - name: disk1',
+      '    backend: file:/var/lib/d1.img,size=1G',
+      '    queues: 4',
+      '    queue-size: 128',
+      '    logical-block-size: 4096',
+      '    serial: abc',
+      '    readonly: false',
+      '    packed: true',
+      '    driver: vhost-vdpa',
+    ].join('\n'),
+    'vduse.yaml',
+  );
+  assert.equal(c.socket, '/run/x.sock');
+  assert.equal(c.metrics, '127.0.0.1:9470');
+  assert.equal(c.logFormat, 'json');
+  assert.deepEqual(c.devices[0], {
+    name: 'disk0',
+    backend: 'memory:64M',
+    queues: 1,
+    queueSize: 256,
+    logicalBlockSize: 512,
+    readOnly: false,
+    packed: false,
+    attach: true,
+    driver: 'virtio-vdpa',
+  });
+  assert.deepEqual(c.devices[1], {
+    name: 'disk1',
+    backend: 'file:/var/lib/d1.img,size=1G',
+    queues: 4,
+    queueSize: 128,
+    logicalBlockSize: 4096,
+    serial: 'abc',
+    readOnly: false,
+    packed: true,
+    attach: true,
+    driver: 'vhost-vdpa',
+  });
+});
+
+test('JSON config by file name or by a leading brace; empty document = no devices', () => {
+  assert.equal(parseConfigText('{"devices":[{"name":"a","backend":"null:1M"}]}', 'x.json').devices.length, 1);
+  assert.equal(parseConfigText('  {"devices":[]}', 'x.conf').devices.length, 0);
+  assert.deepEqual(parseConfigText('', 'x.yaml'), { devices: [] });
+  assert.deepEqual(parseConfigText('# nothing\n', 'x.yaml'), { devices: [] });
+});
+
+test('each bad value is one message naming the key path', () => {
+  const dev = (extra: string): string =>
+    `devices:\n  - name: a\n    backend: memory:1M\n  - name: b\n    backend: memory:1M\n${extra}`;
+  fails(
+    () => parseConfigText(dev('    queues: x\n'), 'c.yaml'),
+    'config devices[1].queues: expected an integer 1..64, got "x"',
+  );
+  fails(
+    () => parseConfigText(dev('    queues: 65\n'), 'c.yaml'),
+    'config devices[1].queues: expected an integer 1..64, got 65',
+  );
+  fails(
+    () => parseConfigText(dev('    queues: 1.5\n'), 'c.yaml'),
+    'config devices[1].queues: expected an integer 1..64, got 1.5',
+  );
+  fails(
+    () => parseConfigText(dev('    queue-size: 100\n'), 'c.yaml'),
+    'config devices[1].queue-size: expected a power of two 2..32768, got 100',
+  );
+  fails(
+    () => parseConfigText(dev('    logical-block-size: 8192\n'), 'c.yaml'),
+    'config devices[1].logical-block-size: expected a power of two 512..4096, got 8192',
+  );
+  fails(
+    () => parseConfigText(dev('    readonly: yes please\n'), 'c.yaml'),
+    'config devices[1].readonly: expected true or false, got "yes please"',
+  );
+  fails(
+    () => parseConfigText(dev('    queueSize: 8\n'), 'c.yaml'),
+    'config devices[1].queueSize: unknown key (did you mean "queue-size"?)',
+  );
+  fails(
+    () => parseConfigText(dev('    driver: vhost\n'), 'c.yaml'),
+    'config devices[1].driver: expected "virtio-vdpa" or "vhost-vdpa", got "vhost"',
+  );
+  fails(
+    () => parseConfigText(dev('    attach: false\n    driver: vhost-vdpa\n'), 'c.yaml'),
+    'config devices[1].driver: makes no sense with attach: false',
+  );
+  fails(
+    () => parseConfigText(dev('    serial: "123456789012345678901"\n'), 'c.yaml'),
+    'config devices[1].serial: expected at most 20 printable ASCII characters, got "123456789012345678901"',
+  );
+  fails(
+    () => parseConfigText('devices:\n  - backend: memory:1M\n', 'c.yaml'),
+    'config devices[0].name: expected a device name, got nothing',
+  );
+  fails(
+    () => parseConfigText('devices:\n  - name: control\n    backend: memory:1M\n', 'c.yaml'),
+    `config devices[0].name: "control" is not a valid device name (letters, digits, '.', '_', '-'; up to 255 bytes; not "control")`,
+  );
+  fails(
+    () => parseConfigText('devices:\n  - name: a\n', 'c.yaml'),
+    'config devices[0].backend: expected a non-empty string, got nothing',
+  );
+  fails(
+    () => parseConfigText('devices: {}\n', 'c.yaml'),
+    'config devices: expected a list of devices, got an object',
+  );
+  fails(
+    () => parseConfigText('devices:\n  - 5\n', 'c.yaml'),
+    'config devices[0]: expected an object (key: value), got 5',
+  );
+  fails(() => parseConfigText('- a\n', 'c.yaml'), 'config: expected an object (key: value), got a list');
+  fails(
+    () => parseConfigText('sockets: /x\n', 'c.yaml'),
+    'config sockets: unknown key (known keys: socket, metrics, pidfile, user, log-format, devices)',
+  );
+  fails(
+    () => parseConfigText('log-format: xml\n', 'c.yaml'),
+    'config log-format: expected "json" or "text", got "xml"',
+  );
+  fails(
+    () => parseConfigText('metrics: localhost\n', 'c.yaml'),
+    'config metrics: expected ADDR:PORT (like 127.0.0.1:9470), got "localhost"',
+  );
+  fails(
+    () => parseConfigText(dev('').replace('name: b', 'name: a'), 'c.yaml'),
+    'config devices[1].name: "a" is declared twice',
+  );
+});
+
+test('a bad backend spec is reported under the backend key', () => {
+  assert.throws(
+    () => parseConfigText('devices:\n  - name: a\n    backend: floppy:1M\n', 'c.yaml'),
+    (err: unknown) =>
+      err instanceof ConfigError &&
+      err.message.startsWith('config devices[0].backend: ') &&
+      err.path === 'config devices[0].backend',
+  );
+});
+
+test('syntax errors say which language failed, on one line', () => {
+  assert.throws(
+    () => parseConfigText('{"devices": [', 'c.json'),
+    /^ConfigError: config: not valid JSON: [^\n]+$/,
+  );
+  assert.throws(
+    () => parseConfigText('devices: [\n  a: b: c\n', 'c.yaml'),
+    /^ConfigError: config: not valid YAML: [^\n]+$/,
+  );
+});
+
+test('device options for device.add take the same keys, prefixed with params', () => {
+  assert.equal(parseDeviceOptions({ name: 'x', backend: 'null:1M', attach: false }, 'params').attach, false);
+  fails(
+    () => parseDeviceOptions({ name: 'x', backend: 'null:1M', queues: '2' }, 'params'),
+    'params.queues: expected an integer 1..64, got "2"',
+  );
+  fails(() => parseDeviceOptions(null, 'params'), 'params: expected an object (key: value), got null');
+});
+
+test('listen addresses', () => {
+  assert.deepEqual(parseListenAddress('127.0.0.1:9470', 'm'), { host: '127.0.0.1', port: 9470 });
+  assert.deepEqual(parseListenAddress('9470', 'm'), { host: '127.0.0.1', port: 9470 });
+  assert.deepEqual(parseListenAddress(':9470', 'm'), { host: '127.0.0.1', port: 9470 });
+  assert.deepEqual(parseListenAddress('[::1]:9470', 'm'), { host: '::1', port: 9470 });
+  assert.throws(() => parseListenAddress('127.0.0.1:99999', '--metrics'), /--metrics: expected ADDR:PORT/);
+});
+
+test('validateConfig(null) and changedDeviceKeys', () => {
+  assert.deepEqual(validateConfig(null), { devices: [] });
+  const a = parseDeviceOptions({ name: 'x', backend: 'null:1M' }, 'p');
+  const b = parseDeviceOptions({ name: 'x', backend: 'null:2M', queues: 2 }, 'p');
+  assert.deepEqual(changedDeviceKeys(a, a), []);
+  assert.deepEqual(changedDeviceKeys(a, b), ['backend', 'queues']);
+});
