@@ -201,3 +201,18 @@ test('validateConfig(null) and changedDeviceKeys', () => {
   assert.deepEqual(changedDeviceKeys(a, a), []);
   assert.deepEqual(changedDeviceKeys(a, b), ['backend', 'queues']);
 });
+
+test('the example config in contrib/ is valid', async () => {
+  const { readFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { findPackageRoot } = await import('../../../src/sys/native.js');
+  const c = parseConfigText(
+    readFileSync(join(findPackageRoot(), 'contrib', 'vduse.yaml'), 'utf8'),
+    'vduse.yaml',
+  );
+  assert.deepEqual(
+    c.devices.map((d) => d.name),
+    ['data0', 'scratch0'],
+  );
+  assert.equal(c.metrics, '127.0.0.1:9470');
+});
