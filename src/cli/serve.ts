@@ -290,7 +290,7 @@ function reload(
         await manager.add(device);
         added.push(device.name);
       } catch (err) {
-        log.error(`reload: cannot add ${device.name}: ${(err as Error).message}`);
+        log.error(`reload: ${(err as Error).message}`);
       }
     }
     const declared = new Set(next.devices.map((d) => d.name));

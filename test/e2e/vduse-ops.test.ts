@@ -409,3 +409,42 @@ test(
     assert.ok(!fs.existsSync('/sys/class/vduse/e2e-ops-g'));
   },
 );
+
+test(
+  'serve --user: root dropped after start, the data path still works, add/del refused, clean stop through the vdpa helper',
+  { timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    if (!requirePrereqs(t, { ...PREREQS, commands: ['id'] })) return;
+    const cleanup = useCleanup(t);
+    const dir = tempDir(cleanup, 'user');
+    const socket = path.join(dir, 'vduse.sock');
+    const config = path.join(dir, 'vduse.yaml');
+    fs.writeFileSync(config, 'devices:\n  - name: e2e-ops-u\n    backend: memory:16M\n');
+    const uid = Number((await execOk('id', ['-u', 'nobody'])).stdout.trim());
+    const d = ServeDaemon.spawn(['--config', config, '--user', 'nobody'], socket, cleanup);
+    await d.waitLog(/ready: 1 device/);
+    assert.match(d.stderr, new RegExp(`running as nobody \\(uid ${uid},`));
+    const status = fs.readFileSync(`/proc/${d.child.pid}/status`, 'utf8');
+    assert.match(
+      status,
+      new RegExp(`^Uid:\\s+${uid}\\s+${uid}\\s+${uid}\\s+${uid}$`, 'm'),
+      'all uids dropped',
+    );
+    const dev = await waitForBlockDevice('e2e-ops-u', { timeoutMs: 1000 });
+    await writeReadVerify(dev.path, 0, 1 << 20, 'as-nobody');
+    const add = await d.cli(['add', 'e2e-ops-v', '--backend', 'null:1M']);
+    assert.equal(add.code, 1);
+    assert.match(
+      add.stderr,
+      /^vduse add: cannot add e2e-ops-v: the daemon dropped its privileges \(--user nobody\)/,
+    );
+    const del = await d.cli(['del', 'e2e-ops-u']);
+    assert.match(del.stderr, /^vduse del: cannot remove e2e-ops-u: the daemon dropped its privileges/);
+    const info = JSON.parse(await d.cliOk(['stats', '--json'])) as { bytesWritten: number }[];
+    assert.ok(info[0]!.bytesWritten >= 1 << 20);
+    const x = await d.stop('SIGTERM');
+    assert.equal(x.code, 0, d.stderr);
+    assert.doesNotMatch(d.stderr, /error/i);
+    await waitForVduseDevGone('e2e-ops-u');
+  },
+);
