@@ -35,6 +35,10 @@ const profileDir = flag('profile')
   ? path.resolve(opt('profile-dir', path.join(root, 'bench/results/profiles')))
   : null;
 const nbdPort = 10809;
+/** Extra node options for our daemon, e.g. "--max-semi-space-size=16". */
+const nodeArgs = opt('node-args', '').split(' ').filter(Boolean);
+/** A/B mode: the peer of every case is the project built in this directory (before/after a change). */
+const baselineDist = opt('baseline-dist', null) ? path.resolve(root, opt('baseline-dist', '')) : null;
 
 const lib = await import(pathToFileURL(path.join(dist, 'test/e2e/lib/index.js')).href);
 const { VduseDaemon, CLI } = await import(pathToFileURL(path.join(dist, 'test/e2e/vduse-daemon.js')).href);
@@ -122,12 +126,20 @@ function waitPort(port, timeoutMs = 20_000) {
 
 // ------------------------------------------------------------------------------------------------ contenders
 
-/** Our daemon: `vduse blk` with the given backend spec. */
-function project(name, backend) {
+/**
+ * Our daemon: `vduse blk` with the given backend spec, from `cli` (a build's src/cli/main.js), with extra node
+ * options for the daemon (--node-args) on the measured build only.
+ */
+function project(
+  name,
+  backend,
+  { id = 'project', label = 'vduse-ts', cli = CLI, extraNodeArgs = nodeArgs } = {},
+) {
   let d = null;
   return {
-    id: 'project',
-    label: 'vduse-ts',
+    id,
+    label,
+    backendSpec: backend,
     async start() {
       const args = [
         '--name',
@@ -141,22 +153,21 @@ function project(name, backend) {
         '--logical-block-size',
         '512',
       ];
-      if (profileDir) {
-        // --cpu-prof is not allowed in NODE_OPTIONS: spawn node with it (the profile is written at exit)
+      const node = [...extraNodeArgs];
+      if (profileDir && id === 'project') {
+        // --cpu-prof is not allowed in NODE_OPTIONS: node gets it on its command line (written at exit)
         fs.mkdirSync(profileDir, { recursive: true });
-        const nodeArgs = [
+        node.push(
           '--cpu-prof',
           `--cpu-prof-dir=${profileDir}`,
           `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`,
-          CLI,
-          'blk',
-          ...args,
-        ];
-        d = new VduseDaemon(spawn(process.execPath, nodeArgs, { stdio: ['ignore', 'pipe', 'pipe'] }), args);
-        await d.ready(60_000);
-      } else {
-        d = await VduseDaemon.start(args, undefined, 60_000);
+        );
       }
+      d = new VduseDaemon(
+        spawn(process.execPath, [...node, cli, 'blk', ...args], { stdio: ['ignore', 'pipe', 'pipe'] }),
+        args,
+      );
+      await d.ready(60_000);
       this.pid = d.child.pid;
       this.path = d.path;
       return d.path;
@@ -356,6 +367,8 @@ const result = {
     queueSize,
     logicalBlockSize: 512,
     profile: profileDir !== null,
+    nodeArgs,
+    baseline: baselineDist,
   },
   cases: [],
 };
@@ -374,6 +387,17 @@ for (const c of CASES.filter((x) => caseNames.includes(x.id))) {
   const started = [];
   try {
     setup = await caseSetups[c.id]();
+    if (baselineDist) {
+      // the second contender becomes the baseline build on the same backend as the first
+      const spec = setup.contenders[0].backendSpec;
+      setup.contenders[1] = project(`bench-b-${c.id}`, spec, {
+        id: 'baseline',
+        label: `vduse-ts (${path.basename(baselineDist)})`,
+        cli: path.join(baselineDist, 'src/cli/main.js'),
+        extraNodeArgs: [],
+      });
+      entry.peer = 'baseline';
+    }
     for (const k of setup.contenders) {
       const dev = await k.start();
       started.push(k);

@@ -31,7 +31,10 @@ Options (environment variable in brackets):
   --queue-size N       queue size of every device (default 256)
   --dist DIR           build directory holding the compiled project (default dist) [VDUSE_BENCH_DIST]
   --profile            run our daemon with node --cpu-prof; profiles land in bench/results/profiles/
+  --node-args "ARGS"   extra node options for our daemon
+  --baseline-dist DIR  A/B mode: compare the build in --dist with the build in DIR (same backends)
   --report FILE        only (re)write the report from a raw results file
+  --update-docs        also put the table and chart into docs/performance.md and docs/performance-vm.svg
   --timeout S          time limit of the VM run (default: estimated from the plan)
   -h, --help           this text
 
@@ -53,7 +56,10 @@ function parseArgs(argv) {
     queueSize: '256',
     dist: env.VDUSE_BENCH_DIST ?? 'dist',
     profile: false,
+    nodeArgs: '',
+    baselineDist: null,
     report: null,
+    updateDocs: false,
     timeout: null,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -96,6 +102,15 @@ function parseArgs(argv) {
         break;
       case '--profile':
         o.profile = true;
+        break;
+      case '--node-args':
+        o.nodeArgs = val();
+        break;
+      case '--baseline-dist':
+        o.baselineDist = val();
+        break;
+      case '--update-docs':
+        o.updateDocs = true;
         break;
       case '--report':
         o.report = val();
@@ -152,7 +167,8 @@ export function summarize(raw) {
       const runs = c.runs.filter((r) => r.workload === w.id);
       if (runs.length === 0) continue;
       const mine = runs.filter((r) => r.contender === 'project');
-      const peer = runs.filter((r) => r.contender === meta.peer);
+      const peerId = c.peer ?? meta.peer;
+      const peer = runs.filter((r) => r.contender === peerId);
       const ratios = [];
       for (const m of mine) {
         const p = peer.find((x) => x.round === m.round);
@@ -164,8 +180,9 @@ export function summarize(raw) {
       rows.push({
         case: c.id,
         caseTitle: meta.title,
-        peer: meta.peer,
-        peerLabel: meta.peerLabel,
+        peer: peerId,
+        peerLabel:
+          peerId === 'baseline' ? `baseline ${path.basename(raw.conditions.baseline ?? '')}` : meta.peerLabel,
         workload: w.id,
         workloadTitle: w.title,
         unit: big ? 'MB/s' : 'IOPS',
@@ -179,8 +196,8 @@ export function summarize(raw) {
         guestBusyPeer: median(peer.map((r) => r.guestBusy)),
         ratios,
         ratio,
-        target,
-        met: Number.isFinite(ratio) ? ratio >= target : null,
+        target: peerId === 'baseline' ? 1 : target,
+        met: Number.isFinite(ratio) ? ratio >= (peerId === 'baseline' ? 1 : target) : null,
       });
     }
   }
@@ -267,7 +284,8 @@ export function svgChart(raw, rows) {
     if (r.case !== prevCase && i > 0)
       out.push(`<line x1="8" y1="${y}" x2="${w - 8}" y2="${y}" stroke="#bbb" stroke-width="0.5"/>`);
     prevCase = r.case;
-    const label = `${r.caseTitle} vs ${r.peer === 'qsd' ? 'qsd' : 'kernel NBD'} · ${r.workloadTitle}`;
+    const peerName = { qsd: 'qsd', 'kernel-nbd': 'kernel NBD', baseline: 'baseline' }[r.peer] ?? r.peer;
+    const label = `${r.caseTitle} vs ${peerName} · ${r.workloadTitle}`;
     out.push(`<text x="${labelW - 8}" y="${y + 15}" text-anchor="end">${esc(label)}</text>`);
     if (Number.isFinite(r.ratio)) {
       const color = r.met ? '#2e7d32' : '#e07b00';
@@ -296,7 +314,23 @@ export function svgChart(raw, rows) {
   return out.join('\n') + '\n';
 }
 
-function writeReport(raw, stamp) {
+const DOCS_BEGIN = '<!-- bench:vm table begin -->';
+const DOCS_END = '<!-- bench:vm table end -->';
+
+/** Replace the table between the markers of docs/performance.md and write the chart next to it. */
+function updateDocs(md, svg) {
+  const doc = path.join(ROOT, 'docs/performance.md');
+  const text = fs.readFileSync(doc, 'utf8');
+  const a = text.indexOf(DOCS_BEGIN);
+  const b = text.indexOf(DOCS_END);
+  if (a < 0 || b < a) throw new Error(`docs/performance.md has no ${DOCS_BEGIN} ... ${DOCS_END} markers`);
+  const body = md.replace(/^## .*\n\n/, '');
+  fs.writeFileSync(doc, `${text.slice(0, a + DOCS_BEGIN.length)}\n${body}${text.slice(b)}`);
+  fs.writeFileSync(path.join(ROOT, 'docs/performance-vm.svg'), svg);
+  console.log('updated docs/performance.md and docs/performance-vm.svg');
+}
+
+function writeReport(raw, stamp, docs = false) {
   const rows = summarize(raw);
   const json = { ...raw, summary: rows };
   const md = markdown(raw, rows);
@@ -309,6 +343,7 @@ function writeReport(raw, stamp) {
   }
   process.stdout.write(md);
   console.log(`\nwritten: bench/results/vm-${stamp}.{json,md,svg} and vm-latest.{json,md,svg}`);
+  if (docs) updateDocs(md, svg);
   return rows;
 }
 
@@ -324,7 +359,7 @@ async function main() {
   }
   if (o.report) {
     const raw = JSON.parse(fs.readFileSync(o.report, 'utf8'));
-    writeReport(raw, raw.startedAt.replace(/[:.]/g, '-'));
+    writeReport(raw, raw.startedAt.replace(/[:.]/g, '-'), o.updateDocs);
     return;
   }
   const dist = path.resolve(ROOT, o.dist);
@@ -370,6 +405,8 @@ async function main() {
     '--workloads',
     o.workloads.join(','),
     ...(o.profile ? ['--profile'] : []),
+    ...(o.nodeArgs ? ['--node-args', o.nodeArgs] : []),
+    ...(o.baselineDist ? ['--baseline-dist', path.resolve(ROOT, o.baselineDist)] : []),
   ];
   const vm = spawn(
     process.execPath,
@@ -382,7 +419,7 @@ async function main() {
     process.exit(code === 0 ? 1 : code);
   }
   const raw = JSON.parse(fs.readFileSync(rawFile, 'utf8'));
-  writeReport(raw, stamp);
+  writeReport(raw, stamp, o.updateDocs);
   fs.rmSync(rawFile, { force: true });
   if (code !== 0) {
     console.error(
