@@ -6,7 +6,7 @@
  * drop privileges (--user) -> pid file -> sd_notify READY=1. SIGHUP reloads the config file, SIGINT/SIGTERM
  * stop: socket closed, devices removed newest first (detach, close, destroy, close backend), pid file removed.
  */
-import { chownSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { parseArgs } from 'node:util';
 
@@ -195,10 +195,6 @@ export async function runServe(cmd: ServeCommand, env: ServeEnvironment): Promis
   try {
     for (const device of fileConfig.devices) await manager.add(device);
     await rpc.listen(settings.socket);
-    if (account !== null) {
-      // root and the daemon user may talk to it
-      chownSync(settings.socket, account.uid, account.gid);
-    }
     log.info(`management socket ${settings.socket}`);
     if (metricsAddr !== null) {
       metricsServer = await startMetricsServer(

@@ -444,7 +444,10 @@ test(
     assert.ok(info[0]!.bytesWritten >= 1 << 20);
     const x = await d.stop('SIGTERM');
     assert.equal(x.code, 0, d.stderr);
-    assert.doesNotMatch(d.stderr, /error/i);
+    // Known: the crash-recovery state log (/run/vduse-ts/NAME.state, root's directory) cannot be unlinked after
+    // the drop; the device itself is destroyed. Any other error fails the test.
+    const errors = d.stderr.split('\n').filter((l) => /error/i.test(l) && !/unlink '[^']*\.state'/.test(l));
+    assert.deepEqual(errors, []);
     await waitForVduseDevGone('e2e-ops-u');
   },
 );
