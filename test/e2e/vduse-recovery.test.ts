@@ -19,6 +19,7 @@ import {
   requirePrereqs,
   sleep,
   useCleanup,
+  writeDirect,
   vdpaDevExists,
   vduseDevExists,
   waitFor,
@@ -288,7 +289,8 @@ test(
     const cleanup = useCleanup(t);
     const r = rig(cleanup, 'e2e-rec-reset', []);
     const d = await start(r);
-    await writeReadVerify(d.path, 0, 4 * MiB, 'before-reset');
+    const before = makePattern(4 * MiB, 'before-reset', 0);
+    await writeDirect(d.path, 0, before);
     d.signal('SIGSTOP');
     const unbind = background(`echo ${r.name} > /sys/bus/vdpa/drivers/virtio_vdpa/unbind`);
     await sleep(700);
@@ -300,16 +302,8 @@ test(
     assert.equal(findBlockDevice(r.name), null, 'the block device went away with the driver');
     await execOk('sh', ['-c', `echo ${r.name} > /sys/bus/vdpa/drivers/virtio_vdpa/bind`]);
     const blk = await waitForBlockDevice(r.name);
-    assertSameData(
-      makePattern(4 * MiB, 'before-reset', 0),
-      await readDirect(blk.path, 0, 4 * MiB),
-      'data from before',
-    );
-    assertSameData(
-      makePattern(4 * MiB, 'before-reset', 0),
-      readFileRange(r.file, 0, 4 * MiB),
-      'backing file',
-    );
+    assertSameData(before, await readDirect(blk.path, 0, 4 * MiB), 'data from before');
+    assertSameData(before, readFileRange(r.file, 0, 4 * MiB), 'backing file');
     await writeReadVerify(blk.path, 8 * MiB, 4 * MiB, 'after-rebind');
     await stopClean(r, d2);
   },
