@@ -183,8 +183,11 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
       throw new VduseError('ERR_VDUSE_RECONNECT', 'reconnecting needs a state log');
     }
     for (let i = 0; i < this.device.numQueues; i++) {
-      // On reconnect the kernel still has each queue's max size (and on API 1 refuses VQ_SETUP after DRIVER_OK).
-      if (!reconnect) vqSetup(this.#binding, fd, i, this.device.maxQueueSize);
+      // A running device keeps each queue's max size (and on API 1 refuses VQ_SETUP after DRIVER_OK); one whose
+      // daemon died right after creating it may not have it yet.
+      if (!reconnect || (this.#stateLog!.status & VIRTIO_CONFIG_S_DRIVER_OK) === 0) {
+        vqSetup(this.#binding, fd, i, this.device.maxQueueSize);
+      }
       this.#saved.push(null);
     }
     const host: DeviceHost = {
