@@ -127,6 +127,18 @@ function assertFioClean(r: ExecResult): void {
   );
 }
 
+/**
+ * Lower the guest's hung-task threshold to 30 s for the test (restored afterwards), so that "no hung task" means
+ * something: a restart takes a few seconds (more on a loaded host), never that long.
+ */
+function hungTaskThreshold(cleanup: Cleanup): void {
+  const knob = '/proc/sys/kernel/hung_task_timeout_secs';
+  if (!fs.existsSync(knob)) return;
+  const old = fs.readFileSync(knob, 'utf8').trim();
+  fs.writeFileSync(knob, '30');
+  cleanup.add('restore hung_task_timeout_secs', () => fs.writeFileSync(knob, old));
+}
+
 async function assertNoHungTask(): Promise<void> {
   const dmesg = await exec('dmesg');
   assert.doesNotMatch(dmesg.stdout, /blocked for more than/, 'a task was reported hung');
@@ -167,6 +179,7 @@ for (const c of killCases) {
     async (t) => {
       if (!requirePrereqs(t, { ...PREREQS, commands: ['fio', 'dmesg'] })) return;
       const cleanup = useCleanup(t);
+      hungTaskThreshold(cleanup);
       const r = rig(cleanup, `e2e-rec-${c.tag}`, c.extra);
       let d = await start(r);
       const dev = d.path;
