@@ -102,7 +102,7 @@ export async function createOrReconnect(options: CreateOrReconnectOptions): Prom
         }
         throw err;
       }
-      return served(control, name, vduse, stateLog, true);
+      return served(control, name, vduse, stateLog, true, log);
     } catch (err) {
       stateLog.close();
       throw err;
@@ -134,7 +134,7 @@ export async function createOrReconnect(options: CreateOrReconnectOptions): Prom
       devDir,
       ...(stateLog !== null ? { stateLog } : {}),
     });
-    return served(control, name, vduse, stateLog, false);
+    return served(control, name, vduse, stateLog, false, log);
   } catch (err) {
     // the caller destroys nothing it did not get: undo the creation here
     try {
@@ -153,6 +153,7 @@ function served(
   vduse: VduseDevice,
   stateLog: StateLog | null,
   reconnected: boolean,
+  log: Logger,
 ): ServedDevice {
   return {
     vduse,
@@ -160,7 +161,12 @@ function served(
     reconnected,
     async destroy() {
       await control.destroyDevice(name);
-      stateLog?.remove();
+      try {
+        stateLog?.remove();
+      } catch (err) {
+        // e.g. privileges dropped since: the device is gone, a stale log is refused or replaced next time
+        log.warn(`state log ${stateLog?.path ?? ''} not removed: ${(err as Error).message}`);
+      }
     },
     keep() {
       stateLog?.close();
