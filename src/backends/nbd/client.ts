@@ -238,14 +238,29 @@ export class NbdConnection {
 
   private write(chunks: readonly Uint8Array[]): void {
     if (this.closedWith) return;
-    if (chunks.length === 1) {
-      this.stream.write(chunks[0]!);
+    if (this.exportInfo === undefined) {
+      // handshake (and STARTTLS): one message at a time, nothing held back
+      this.stream.cork();
+      for (const c of chunks) this.stream.write(c);
+      this.stream.uncork();
       return;
     }
-    this.stream.cork();
+    // Requests sent in the same synchronous run (a device drains its ring in one go) leave in one writev:
+    // the stream stays corked until the microtask after them, which runs before the event loop goes on.
+    if (this.corkedStream === null) {
+      this.corkedStream = this.stream;
+      this.stream.cork();
+      queueMicrotask(this.uncork);
+    }
     for (const c of chunks) this.stream.write(c);
-    this.stream.uncork();
   }
+
+  private corkedStream: net.Socket | null = null;
+  private readonly uncork = (): void => {
+    const stream = this.corkedStream;
+    this.corkedStream = null;
+    stream?.uncork();
+  };
 
   private startTls(): void {
     const t = this.target.tls ?? {};
