@@ -14,7 +14,7 @@ import { createLogger } from '../vduse/logger.js';
 import { boundDriver, findBlockDevice, findVhostDevice } from './sysfs.js';
 import { BLK_USAGE, CliUsageError, MAIN_USAGE, parseCommandLine } from './args.js';
 import { runBlk } from './blk.js';
-import { runOpsCommand } from './serve.js';
+import { CLIENT_COMMANDS } from './client.js';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(join(findPackageRoot(), 'package.json'), 'utf8')) as {
@@ -37,9 +37,14 @@ function stopSignal(): Promise<string> {
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
-  // vduse serve and its client commands (add, del, ls, resize, stats): src/cli/serve.ts
-  const ops = await runOpsCommand(argv, { version, binding: loadNativeBinding, stopSignal });
-  if (ops !== null) return ops;
+  // vduse serve and its client commands (add, del, ls, resize, stats): src/cli/serve.ts, loaded only for them
+  // (it pulls in the management stack, which would slow every `vduse blk` start, and so a restart after a crash).
+  const first = argv[0] ?? '';
+  if (first === 'serve' || (CLIENT_COMMANDS as readonly string[]).includes(first)) {
+    const { runOpsCommand } = await import('./serve.js');
+    const ops = await runOpsCommand(argv, { version, binding: loadNativeBinding, stopSignal });
+    if (ops !== null) return ops;
+  }
   let command;
   try {
     command = parseCommandLine(argv);

@@ -3,7 +3,7 @@
 //
 // Outside CI, a machine that cannot run the VM (not root and packages missing, no qemu, no apt) gets one
 // "skipped" line and exit 0. Under CI=true that is a failure. Knobs: VDUSE_E2E_TIMEOUT (seconds for the whole
-// run, default 1200), plus everything scripts/vm/vm.mjs reads (VDUSE_VM_*).
+// run, default 3600), plus everything scripts/vm/vm.mjs reads (VDUSE_VM_*).
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -97,7 +97,7 @@ async function main(): Promise<number> {
   if (prov.lastLine) process.stderr.write(prov.lastLine + '\n');
   const t1 = Date.now();
 
-  const timeout = process.env.VDUSE_E2E_TIMEOUT ?? '1200';
+  const timeout = process.env.VDUSE_E2E_TIMEOUT ?? '3600';
   const testArgs = ['--test', '--test-concurrency=1', '--test-reporter=spec', ...files];
   process.stderr.write(`e2e: ${files.length} scenario file(s) in one VM boot (limit ${timeout} s)\n`);
   const r = await new Promise<number>((resolve) => {
