@@ -42,11 +42,13 @@ import { IotlbMemory } from './iotlb-memory.js';
 import { nullLogger, type Logger } from './logger.js';
 import { VduseProtocol, type ProtocolContext, type ProtocolEffect } from './protocol.js';
 import type { StateLog } from './state-log.js';
-import { VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK } from '../uapi/virtio-config.js';
-
-const VIRTIO_RING_F_INDIRECT_DESC = 28n;
-const VIRTIO_RING_F_EVENT_IDX = 29n;
-const VIRTIO_F_RING_PACKED = 34n;
+import {
+  VIRTIO_CONFIG_S_DRIVER_OK,
+  VIRTIO_CONFIG_S_FEATURES_OK,
+  VIRTIO_F_RING_PACKED,
+  hasFeature,
+} from '../uapi/virtio-config.js';
+import { VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../uapi/virtio-ring.js';
 
 export interface VduseDeviceOptions {
   binding: SysBinding;
@@ -394,7 +396,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     if (live) return live.getState();
     const saved = this.#saved[index];
     if (saved) return saved;
-    return (this.#features & (1n << VIRTIO_F_RING_PACKED)) !== 0n
+    return hasFeature(this.#features, VIRTIO_F_RING_PACKED)
       ? { lastAvailCounter: 1, lastAvailIdx: 0, lastUsedCounter: 1, lastUsedIdx: 0 }
       : { nextAvail: 0 };
   }
@@ -432,9 +434,9 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
   #startDataPath(recover = false): void {
     if (this.#features === 0n) this.#features = devGetFeatures(this.#binding, this.fd);
     const features = this.#features;
-    const packed = (features & (1n << VIRTIO_F_RING_PACKED)) !== 0n;
-    const eventIdx = (features & (1n << VIRTIO_RING_F_EVENT_IDX)) !== 0n;
-    const indirect = (features & (1n << VIRTIO_RING_F_INDIRECT_DESC)) !== 0n;
+    const packed = hasFeature(features, VIRTIO_F_RING_PACKED);
+    const eventIdx = hasFeature(features, VIRTIO_RING_F_EVENT_IDX);
+    const indirect = hasFeature(features, VIRTIO_RING_F_INDIRECT_DESC);
     const log = this.#stateLog;
     // First every check, then the changes: a reconnect that does not fit is refused, never half-applied.
     const infos = [];
