@@ -12,7 +12,6 @@ import { ACCESS_READ, ACCESS_RW, ACCESS_WRITE, GuestMemoryError } from '../memor
 import type { GuestMemory } from '../memory/guest-memory.js';
 import {
   PVIRTQ_EVENT_SUPPRESS_SIZE,
-  VIRTQUEUE_MAX_SIZE,
   VRING_DESC_F_INDIRECT,
   VRING_DESC_F_NEXT,
   VRING_DESC_F_WRITE,
@@ -26,8 +25,8 @@ import {
   vringNeedEvent,
 } from '../uapi/virtio-ring.js';
 import { QueueChain, addDescriptor, indirectTable, ringError } from './chain.js';
-import { checkEndianness } from './split-queue.js';
-import type { InflightRecorder, InflightSource, QueueOptions } from './split-queue.js';
+import { QueueBase } from './queue-base.js';
+import type { InflightSource, QueueOptions } from './split-queue.js';
 import { VirtqueueError } from './virtqueue.js';
 import type {
   DescriptorChain,
@@ -47,21 +46,9 @@ function isAvailable(flags: number, wrap: number): boolean {
   return avail === wrap && avail !== ((flags >>> VRING_PACKED_DESC_F_USED) & 1);
 }
 
-export class PackedQueue implements Virtqueue {
+export class PackedQueue extends QueueBase implements Virtqueue {
   readonly packed = true;
-  readonly index: number;
-  readonly size: number;
 
-  private readonly memory: GuestMemory;
-  private readonly config: VirtqueueConfig;
-  private readonly signal: () => void;
-  private readonly onError: ((error: VirtqueueError) => void) | undefined;
-  private readonly fence: (() => void) | undefined;
-  private readonly eventIdx: boolean;
-  private readonly indirect: boolean;
-
-  private err: VirtqueueError | null = null;
-  private mappedGeneration = -1;
   private ring32: Uint32Array = new Uint32Array(0);
   private ring16: Uint16Array = new Uint16Array(0);
   /** Driver event suppression area (controls our used notifications): [off_wrap, flags]. */
@@ -80,39 +67,13 @@ export class PackedQueue implements Virtqueue {
   private notify = true;
   /** Last off_wrap written with the DESC flag, or -1 when the area holds something else. */
   private eventWritten = -1;
-  private inFlightCount = 0;
-  private epoch = 0;
-  private readonly log: InflightRecorder | undefined;
-  /** Chains rebuilt by recoverInflight(), handed out by pop() before anything new. */
-  private replay: QueueChain[] = [];
 
   constructor(config: VirtqueueConfig, memory: GuestMemory, options: QueueOptions) {
-    checkEndianness();
-    const size = config.size;
-    if (!Number.isInteger(size) || size < 1 || size > VIRTQUEUE_MAX_SIZE) {
-      throw new RangeError(`queue ${config.index}: size must be 1..${VIRTQUEUE_MAX_SIZE}, got ${size}`);
-    }
-    this.index = config.index;
-    this.size = size;
-    this.config = { ...config };
-    this.memory = memory;
-    this.signal = options.signal;
-    this.onError = options.onError;
-    this.fence = options.fence;
-    this.eventIdx = config.eventIdx;
-    this.indirect = config.indirect;
+    super(config, memory, options);
+    const size = this.size;
     this.pendingId = new Uint16Array(size);
     this.pendingLen = new Uint32Array(size);
     this.pendingSlots = new Uint16Array(size);
-    this.log = options.inflight;
-  }
-
-  get error(): VirtqueueError | null {
-    return this.err;
-  }
-
-  get inFlight(): number {
-    return this.inFlightCount;
   }
 
   pop(): DescriptorChain | null {
@@ -488,15 +449,5 @@ export class PackedQueue implements Virtqueue {
       );
       return false;
     }
-  }
-
-  private fail(e: unknown): void {
-    if (this.err !== null) return;
-    const error =
-      e instanceof VirtqueueError
-        ? e
-        : new VirtqueueError('memory', this.index, e instanceof Error ? e.message : String(e));
-    this.err = error;
-    if (this.onError !== undefined) this.onError(error);
   }
 }

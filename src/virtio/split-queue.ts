@@ -11,7 +11,6 @@
 import { ACCESS_READ, ACCESS_WRITE, GuestMemoryError } from '../memory/guest-memory.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import {
-  VIRTQUEUE_MAX_SIZE,
   VRING_AVAIL_ALIGN_SIZE,
   VRING_AVAIL_F_NO_INTERRUPT,
   VRING_DESC_ALIGN_SIZE,
@@ -26,6 +25,7 @@ import {
   vringUsedEventOffset,
 } from '../uapi/virtio-ring.js';
 import { QueueChain, addDescriptor, indirectTable, ringError } from './chain.js';
+import { QueueBase } from './queue-base.js';
 import { VirtqueueError } from './virtqueue.js';
 import type {
   DescriptorChain,
@@ -80,33 +80,14 @@ export interface InflightSource {
   settle(usedPosition: number): void;
 }
 
-const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
-
-/** The ring views are host-endian typed arrays; virtio 1.x rings are little-endian. Used by both formats. */
-export function checkEndianness(): void {
-  if (!LITTLE_ENDIAN) throw new Error('vduse-ts virtqueues need a little-endian CPU');
-}
-
-export class SplitQueue implements Virtqueue {
+export class SplitQueue extends QueueBase implements Virtqueue {
   readonly packed = false;
-  readonly index: number;
-  readonly size: number;
 
-  private readonly memory: GuestMemory;
-  private readonly config: VirtqueueConfig;
-  private readonly signal: () => void;
-  private readonly onError: ((error: VirtqueueError) => void) | undefined;
-  private readonly fence: (() => void) | undefined;
-  private readonly eventIdx: boolean;
-  private readonly indirect: boolean;
   private readonly mask: number;
   /** u16 index of used_event in the avail ring, and of avail_event in the used ring. */
   private readonly usedEventAt: number;
   private readonly availEventAt: number;
 
-  private err: VirtqueueError | null = null;
-  /** Memory generation the ring views belong to; -1 before the first translation. */
-  private mappedGeneration = -1;
   private desc: Uint32Array = new Uint32Array(0);
   private avail: Uint16Array = new Uint16Array(0);
   private used16: Uint16Array = new Uint16Array(0);
@@ -124,41 +105,15 @@ export class SplitQueue implements Virtqueue {
   private notify = true;
   /** Last avail_event written, or -1. */
   private availEventWritten = -1;
-  private inFlightCount = 0;
-  private epoch = 0;
-  private readonly log: InflightRecorder | undefined;
-  /** Chains rebuilt by recoverInflight(), handed out by pop() before anything new. */
-  private replay: QueueChain[] = [];
 
   constructor(config: VirtqueueConfig, memory: GuestMemory, options: QueueOptions) {
-    checkEndianness();
-    const size = config.size;
-    if (!Number.isInteger(size) || size < 1 || size > VIRTQUEUE_MAX_SIZE) {
-      throw new RangeError(`queue ${config.index}: size must be 1..${VIRTQUEUE_MAX_SIZE}, got ${size}`);
-    }
-    this.index = config.index;
-    this.size = size;
-    this.config = { ...config };
-    this.memory = memory;
-    this.signal = options.signal;
-    this.onError = options.onError;
-    this.fence = options.fence;
-    this.eventIdx = config.eventIdx;
-    this.indirect = config.indirect;
+    super(config, memory, options);
+    const size = this.size;
     this.mask = size - 1;
     this.usedEventAt = vringUsedEventOffset(size) >>> 1;
     this.availEventAt = vringAvailEventOffset(size) >>> 1;
     this.pendingId = new Uint32Array(size);
     this.pendingLen = new Uint32Array(size);
-    this.log = options.inflight;
-  }
-
-  get error(): VirtqueueError | null {
-    return this.err;
-  }
-
-  get inFlight(): number {
-    return this.inFlightCount;
   }
 
   pop(): DescriptorChain | null {
@@ -450,15 +405,5 @@ export class SplitQueue implements Virtqueue {
       );
       return false;
     }
-  }
-
-  private fail(e: unknown): void {
-    if (this.err !== null) return;
-    const error =
-      e instanceof VirtqueueError
-        ? e
-        : new VirtqueueError('memory', this.index, e instanceof Error ? e.message : String(e));
-    this.err = error;
-    if (this.onError !== undefined) this.onError(error);
   }
 }
