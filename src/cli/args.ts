@@ -4,6 +4,13 @@
  */
 import { parseArgs } from 'node:util';
 
+import {
+  validateDeviceOptions,
+  type BlkDeviceConfig,
+  type BlkDriver,
+  type DeviceOptionKey,
+} from '../mgmt/device-options.js';
+
 export class CliUsageError extends Error {
   constructor(message: string) {
     super(message);
@@ -11,20 +18,11 @@ export class CliUsageError extends Error {
   }
 }
 
-export type Driver = 'virtio-vdpa' | 'vhost-vdpa';
+export type Driver = BlkDriver;
 
-export interface BlkCommand {
+/** `vduse blk`: the device's options plus what only the foreground command has. */
+export interface BlkCommand extends BlkDeviceConfig {
   command: 'blk';
-  name: string;
-  backend: string;
-  queues: number;
-  queueSize: number;
-  logicalBlockSize: number;
-  serial?: string;
-  readOnly: boolean;
-  packed: boolean;
-  attach: boolean;
-  driver: Driver;
   verbose: boolean;
   /** Print request counters at exit and on SIGUSR1. */
   stats: boolean;
@@ -93,14 +91,39 @@ Signals:
 Backends:
 `;
 
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+/** The parseArgs flags of a device's options, shared by `vduse blk` and `vduse add`. */
+export const DEVICE_FLAGS = {
+  backend: { type: 'string' },
+  queues: { type: 'string' },
+  'queue-size': { type: 'string' },
+  'logical-block-size': { type: 'string' },
+  serial: { type: 'string' },
+  readonly: { type: 'boolean' },
+  packed: { type: 'boolean' },
+  'no-attach': { type: 'boolean' },
+  driver: { type: 'string' },
+} as const;
 
-function integer(option: string, text: string, min: number, max: number): number {
-  if (!/^\d+$/.test(text)) throw new CliUsageError(`--${option} must be a whole number, got "${text}"`);
-  const n = Number(text);
-  if (n < min || n > max) throw new CliUsageError(`--${option} must be between ${min} and ${max}, got ${n}`);
-  return n;
+type DeviceFlagValues = { [K in keyof typeof DEVICE_FLAGS]?: string | boolean | undefined };
+
+/** The device options (DEVICE_KEYS) given by DEVICE_FLAGS values; absent flags are left out. */
+export function deviceOptionsFromFlags(
+  v: DeviceFlagValues,
+): Partial<Record<DeviceOptionKey, string | boolean>> {
+  const o: Partial<Record<DeviceOptionKey, string | boolean>> = {};
+  for (const flag of Object.keys(DEVICE_FLAGS) as (keyof typeof DEVICE_FLAGS)[]) {
+    const value = v[flag];
+    if (flag === 'no-attach') {
+      if (value === true) o.attach = false;
+    } else if (value !== undefined) {
+      o[flag] = value;
+    }
+  }
+  return o;
 }
+
+/** The flag a device option comes from (attach: --no-attach). */
+const flagOf = (key: DeviceOptionKey): string => (key === 'attach' ? '--no-attach' : `--${key}`);
 
 /** Parse `argv` (without node and the script). */
 export function parseCommandLine(argv: readonly string[]): Command {
@@ -130,15 +153,7 @@ export function parseCommandLine(argv: readonly string[]): Command {
       allowPositionals: false,
       options: {
         name: { type: 'string' },
-        backend: { type: 'string' },
-        queues: { type: 'string' },
-        'queue-size': { type: 'string' },
-        'logical-block-size': { type: 'string' },
-        serial: { type: 'string' },
-        readonly: { type: 'boolean' },
-        packed: { type: 'boolean' },
-        'no-attach': { type: 'boolean' },
-        driver: { type: 'string' },
+        ...DEVICE_FLAGS,
         stats: { type: 'boolean' },
         'state-dir': { type: 'string' },
         reconnect: { type: 'string' },
@@ -154,31 +169,10 @@ export function parseCommandLine(argv: readonly string[]): Command {
   if (v.help) return { command: 'help', topic: 'blk' };
   if (v.name === undefined) throw new CliUsageError('--name is required (try vduse blk --help)');
   if (v.backend === undefined) throw new CliUsageError('--backend is required (try vduse blk --help)');
-  if (!NAME_RE.test(v.name) || Buffer.byteLength(v.name) > 255 || v.name === 'control') {
-    throw new CliUsageError(
-      `--name "${v.name}" is not a valid device name (letters, digits, '.', '_', '-'; up to 255 bytes; not "control")`,
-    );
-  }
-  const queueSize = v['queue-size'] === undefined ? 256 : integer('queue-size', v['queue-size'], 2, 32768);
-  if ((queueSize & (queueSize - 1)) !== 0) {
-    throw new CliUsageError(`--queue-size must be a power of two, got ${queueSize}`);
-  }
-  const lbs =
-    v['logical-block-size'] === undefined
-      ? 512
-      : integer('logical-block-size', v['logical-block-size'], 512, 4096);
-  if ((lbs & (lbs - 1)) !== 0)
-    throw new CliUsageError(`--logical-block-size must be a power of two, got ${lbs}`);
-  if (v.serial !== undefined && (v.serial.length > 20 || !/^[\x20-\x7e]*$/.test(v.serial))) {
-    throw new CliUsageError('--serial must be at most 20 printable ASCII characters');
-  }
-  const driver = v.driver ?? 'virtio-vdpa';
-  if (driver !== 'virtio-vdpa' && driver !== 'vhost-vdpa') {
-    throw new CliUsageError(`--driver must be virtio-vdpa or vhost-vdpa, got "${driver}"`);
-  }
-  if (v['no-attach'] && v.driver !== undefined) {
-    throw new CliUsageError('--driver makes no sense with --no-attach');
-  }
+  const device = validateDeviceOptions(
+    { name: v.name, ...deviceOptionsFromFlags(v) },
+    { style: 'flag', label: flagOf, error: (message) => new CliUsageError(message) },
+  );
   const reconnect = v.reconnect ?? 'auto';
   if (reconnect !== 'auto' && reconnect !== 'never' && reconnect !== 'always') {
     throw new CliUsageError(`--reconnect must be auto, never or always, got "${reconnect}"`);
@@ -188,22 +182,13 @@ export function parseCommandLine(argv: readonly string[]): Command {
   }
   const cmd: BlkCommand = {
     command: 'blk',
-    name: v.name,
-    backend: v.backend,
-    queues: v.queues === undefined ? 1 : integer('queues', v.queues, 1, 64),
-    queueSize,
-    logicalBlockSize: lbs,
-    readOnly: v.readonly ?? false,
-    packed: v.packed ?? false,
-    attach: !(v['no-attach'] ?? false),
-    driver,
+    ...device,
     verbose: v.verbose ?? false,
     stats: v.stats ?? false,
     reconnect,
     persist: v.persist ?? false,
   };
   if (v['state-dir'] !== undefined) cmd.stateDir = v['state-dir'];
-  if (v.serial !== undefined) cmd.serial = v.serial;
   return cmd;
 }
 

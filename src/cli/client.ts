@@ -11,9 +11,10 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { formatSize } from '../backends/size.js';
+import { DEVICE_INTEGER_LIMITS } from '../mgmt/device-options.js';
 import type { DeviceInfo, DeviceStats } from '../mgmt/manager.js';
 import { RpcCallError, rpcCall } from '../mgmt/rpc.js';
-import { CliUsageError } from './args.js';
+import { CliUsageError, DEVICE_FLAGS, deviceOptionsFromFlags } from './args.js';
 import { formatTable, rates, renderRates, renderTotals } from './stats-watch.js';
 
 export const CLIENT_COMMANDS = ['add', 'del', 'ls', 'resize', 'stats'] as const;
@@ -53,18 +54,6 @@ export interface ClientCommand {
   count: number;
 }
 
-const BLK_FLAGS = {
-  backend: { type: 'string' },
-  queues: { type: 'string' },
-  'queue-size': { type: 'string' },
-  'logical-block-size': { type: 'string' },
-  serial: { type: 'string' },
-  readonly: { type: 'boolean' },
-  packed: { type: 'boolean' },
-  'no-attach': { type: 'boolean' },
-  driver: { type: 'string' },
-} as const;
-
 export function parseClientArgs(
   name: ClientCommandName,
   argv: readonly string[],
@@ -83,7 +72,7 @@ export function parseClientArgs(
         interval: { type: 'string' },
         count: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
-        ...(name === 'add' ? BLK_FLAGS : {}),
+        ...(name === 'add' ? DEVICE_FLAGS : {}),
       },
     });
   } catch (err) {
@@ -120,19 +109,12 @@ export function parseClientArgs(
       only(['json']);
       positionals(1, 1, 'NAME');
       if (typeof v.backend !== 'string') throw new CliUsageError('vduse add: --backend is required');
-      const p: Record<string, unknown> = { name: pos[0], backend: v.backend };
-      const int = (key: string): void => {
-        const text = v[key];
-        if (typeof text === 'string') p[key] = /^\d+$/.test(text) ? Number(text) : text;
-      };
-      int('queues');
-      int('queue-size');
-      int('logical-block-size');
-      if (typeof v.serial === 'string') p.serial = v.serial;
-      if (v.readonly === true) p.readonly = true;
-      if (v.packed === true) p.packed = true;
-      if (v['no-attach'] === true) p.attach = false;
-      if (typeof v.driver === 'string') p.driver = v.driver;
+      // Numbers go as numbers, anything else as text: the daemon validates and names the bad key.
+      const p: Record<string, unknown> = { name: pos[0], ...deviceOptionsFromFlags(v) };
+      for (const key of Object.keys(DEVICE_INTEGER_LIMITS)) {
+        const text = p[key];
+        if (typeof text === 'string' && /^\d+$/.test(text)) p[key] = Number(text);
+      }
       cmd.method = 'device.add';
       cmd.params = p;
       break;

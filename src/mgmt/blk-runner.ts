@@ -34,33 +34,9 @@ import {
   waitForDevNode,
 } from '../cli/sysfs.js';
 
-export type BlkDriver = 'virtio-vdpa' | 'vhost-vdpa';
+import type { BlkDeviceConfig } from './device-options.js';
 
-/** What a device is made of: the options of `vduse blk`, of a config file entry and of device.add. */
-export interface BlkDeviceConfig {
-  name: string;
-  /** Backend spec (file:PATH, memory:SIZE, null:SIZE, nbd...). */
-  backend: string;
-  queues: number;
-  queueSize: number;
-  logicalBlockSize: number;
-  serial?: string;
-  readOnly: boolean;
-  packed: boolean;
-  /** Attach to the vdpa bus (DEV_NEW) and wait for the block device. */
-  attach: boolean;
-  driver: BlkDriver;
-}
-
-export const BLK_DEFAULTS = {
-  queues: 1,
-  queueSize: 256,
-  logicalBlockSize: 512,
-  readOnly: false,
-  packed: false,
-  attach: true,
-  driver: 'virtio-vdpa' as BlkDriver,
-};
+export { BLK_DEFAULTS, type BlkDeviceConfig, type BlkDriver } from './device-options.js';
 
 export interface BlkRunnerDeps {
   binding: SysBinding;

@@ -8,8 +8,16 @@
  */
 import { parse as parseYaml } from 'yaml';
 
-import { parseBackendSpec } from '../backends/spec.js';
-import { BLK_DEFAULTS, type BlkDeviceConfig, type BlkDriver } from './blk-runner.js';
+// The index registers every backend kind (nbd too), so a spec is checked against all of them.
+import { parseBackendSpec } from '../backends/index.js';
+import {
+  DEVICE_KEYS,
+  describeValue as show,
+  validateDeviceName,
+  validateDeviceOptions,
+  type BlkDeviceConfig,
+  type DeviceOptionReporter,
+} from './device-options.js';
 
 export class ConfigError extends Error {
   constructor(
@@ -38,19 +46,6 @@ export interface ServeConfig extends ServeSettings {
   devices: BlkDeviceConfig[];
 }
 
-const DEVICE_KEYS = [
-  'name',
-  'backend',
-  'queues',
-  'queue-size',
-  'logical-block-size',
-  'serial',
-  'readonly',
-  'packed',
-  'attach',
-  'driver',
-] as const;
-
 const TOP_KEYS = ['socket', 'metrics', 'pidfile', 'user', 'log-format', 'devices'] as const;
 
 /** A likely intended key for a misspelled one (queueSize -> queue-size). */
@@ -62,44 +57,23 @@ function suggest(key: string, known: readonly string[]): string {
   return hit !== undefined ? ` (did you mean "${hit}"?)` : ` (known keys: ${known.join(', ')})`;
 }
 
-function show(value: unknown): string {
-  if (value === undefined) return 'nothing';
-  if (typeof value === 'string') return JSON.stringify(value);
-  if (Array.isArray(value)) return 'a list';
-  if (value === null) return 'null';
-  if (typeof value === 'object') return 'an object';
-  return String(value);
+/** Device option messages for a config file entry or device.add params: "config devices[1].queues: ...". */
+function keyReporter(at: string): DeviceOptionReporter {
+  return {
+    style: 'key',
+    label: (key) => `${at}.${key}`,
+    error: (message, key) => new ConfigError(message, `${at}.${key}`),
+    checkBackend: (spec) => void parseBackendSpec(spec),
+  };
 }
 
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
-
+/** A device name given at `at` ("params.name"). */
 export function checkName(value: unknown, at: string): string {
-  if (typeof value !== 'string')
-    throw new ConfigError(`${at}: expected a device name, got ${show(value)}`, at);
-  if (!NAME_RE.test(value) || Buffer.byteLength(value) > 255 || value === 'control') {
-    throw new ConfigError(
-      `${at}: "${value}" is not a valid device name (letters, digits, '.', '_', '-'; up to 255 bytes; not "control")`,
-      at,
-    );
-  }
-  return value;
-}
-
-function integer(value: unknown, at: string, min: number, max: number, pow2 = false): number {
-  const ok = typeof value === 'number' && Number.isInteger(value) && value >= min && value <= max;
-  if (!ok || (pow2 && (value & (value - 1)) !== 0)) {
-    throw new ConfigError(
-      `${at}: expected ${pow2 ? 'a power of two' : 'an integer'} ${min}..${max}, got ${show(value)}`,
-      at,
-    );
-  }
-  return value;
-}
-
-function boolean(value: unknown, at: string): boolean {
-  if (typeof value !== 'boolean')
-    throw new ConfigError(`${at}: expected true or false, got ${show(value)}`, at);
-  return value;
+  return validateDeviceName(value, {
+    style: 'key',
+    label: () => at,
+    error: (message) => new ConfigError(message, at),
+  });
 }
 
 function string(value: unknown, at: string): string {
@@ -126,52 +100,7 @@ export function parseDeviceOptions(value: unknown, at: string): BlkDeviceConfig 
       throw new ConfigError(`${at}.${key}: unknown key${suggest(key, DEVICE_KEYS)}`, `${at}.${key}`);
     }
   }
-  const name = checkName(o.name, `${at}.name`);
-  const backend = string(o.backend, `${at}.backend`);
-  try {
-    parseBackendSpec(backend);
-  } catch (err) {
-    throw new ConfigError(`${at}.backend: ${(err as Error).message}`, `${at}.backend`);
-  }
-  const config: BlkDeviceConfig = {
-    name,
-    backend,
-    queues: o.queues === undefined ? BLK_DEFAULTS.queues : integer(o.queues, `${at}.queues`, 1, 64),
-    queueSize:
-      o['queue-size'] === undefined
-        ? BLK_DEFAULTS.queueSize
-        : integer(o['queue-size'], `${at}.queue-size`, 2, 32768, true),
-    logicalBlockSize:
-      o['logical-block-size'] === undefined
-        ? BLK_DEFAULTS.logicalBlockSize
-        : integer(o['logical-block-size'], `${at}.logical-block-size`, 512, 4096, true),
-    readOnly: o.readonly === undefined ? BLK_DEFAULTS.readOnly : boolean(o.readonly, `${at}.readonly`),
-    packed: o.packed === undefined ? BLK_DEFAULTS.packed : boolean(o.packed, `${at}.packed`),
-    attach: o.attach === undefined ? BLK_DEFAULTS.attach : boolean(o.attach, `${at}.attach`),
-    driver: BLK_DEFAULTS.driver,
-  };
-  if (o.serial !== undefined) {
-    if (typeof o.serial !== 'string' || o.serial.length > 20 || !/^[\x20-\x7e]*$/.test(o.serial)) {
-      throw new ConfigError(
-        `${at}.serial: expected at most 20 printable ASCII characters, got ${show(o.serial)}`,
-        `${at}.serial`,
-      );
-    }
-    config.serial = o.serial;
-  }
-  if (o.driver !== undefined) {
-    if (o.driver !== 'virtio-vdpa' && o.driver !== 'vhost-vdpa') {
-      throw new ConfigError(
-        `${at}.driver: expected "virtio-vdpa" or "vhost-vdpa", got ${show(o.driver)}`,
-        `${at}.driver`,
-      );
-    }
-    if (!config.attach) {
-      throw new ConfigError(`${at}.driver: makes no sense with attach: false`, `${at}.driver`);
-    }
-    config.driver = o.driver as BlkDriver;
-  }
-  return config;
+  return validateDeviceOptions(o, keyReporter(at));
 }
 
 /** ADDR:PORT, [v6]:PORT or PORT (127.0.0.1). */

@@ -1,0 +1,202 @@
+/**
+ * The options of one virtio-blk device, validated in one place for `vduse blk` (command-line text), the
+ * `vduse serve` config file and the device.add API call (JSON values). The rules, limits and defaults live
+ * here; the caller says how a field is named in messages ("--queue-size", "config devices[1].queue-size")
+ * and which error to throw. Pure: no I/O, nothing heavy imported (the CLI loads it for every `vduse blk`).
+ */
+
+export type BlkDriver = 'virtio-vdpa' | 'vhost-vdpa';
+
+/** What a device is made of: the options of `vduse blk`, of a config file entry and of device.add. */
+export interface BlkDeviceConfig {
+  name: string;
+  /** Backend spec (file:PATH, memory:SIZE, null:SIZE, nbd...). */
+  backend: string;
+  queues: number;
+  queueSize: number;
+  logicalBlockSize: number;
+  serial?: string;
+  readOnly: boolean;
+  packed: boolean;
+  /** Attach to the vdpa bus (DEV_NEW) and wait for the block device. */
+  attach: boolean;
+  driver: BlkDriver;
+}
+
+export const BLK_DEFAULTS = {
+  queues: 1,
+  queueSize: 256,
+  logicalBlockSize: 512,
+  readOnly: false,
+  packed: false,
+  attach: true,
+  driver: 'virtio-vdpa' as BlkDriver,
+};
+
+/** The keys of a device's options: config file keys, device.add params, `vduse blk` flags (attach = --no-attach). */
+export const DEVICE_KEYS = [
+  'name',
+  'backend',
+  'queues',
+  'queue-size',
+  'logical-block-size',
+  'serial',
+  'readonly',
+  'packed',
+  'attach',
+  'driver',
+] as const;
+
+export type DeviceOptionKey = (typeof DEVICE_KEYS)[number];
+
+/** The numeric options: range and whether it must be a power of two. */
+export const DEVICE_INTEGER_LIMITS = {
+  queues: { min: 1, max: 64, pow2: false },
+  'queue-size': { min: 2, max: 32768, pow2: true },
+  'logical-block-size': { min: 512, max: 4096, pow2: true },
+} as const;
+
+export const SERIAL_MAX = 20;
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+export interface DeviceOptionReporter {
+  /**
+   * 'flag': values are command-line text, messages read "--queues must be between 1 and 64, got 0";
+   * 'key': values are config/JSON values, messages read "config devices[1].queues: expected an integer 1..64, got 0".
+   */
+  style: 'flag' | 'key';
+  /** How a field is named in messages. */
+  label(key: DeviceOptionKey): string;
+  /** The error to throw for a bad field (`message` already starts with the label). */
+  error(message: string, key: DeviceOptionKey): Error;
+  /** An extra check of the backend spec; its error message is reported under the backend label. */
+  checkBackend?: (spec: string) => void;
+}
+
+/** A value as a message shows it ("x" for a string, nothing for a missing key). */
+export function describeValue(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (Array.isArray(value)) return 'a list';
+  if (value === null) return 'null';
+  if (typeof value === 'object') return 'an object';
+  return String(value);
+}
+
+function fail(r: DeviceOptionReporter, key: DeviceOptionKey, flagText: string, keyText: string): Error {
+  const label = r.label(key);
+  return r.error(r.style === 'flag' ? `${label} ${flagText}` : `${label}: ${keyText}`, key);
+}
+
+/** Letters, digits, '.', '_', '-'; up to 255 bytes; not "control" (the VDUSE control node). */
+export function validateDeviceName(value: unknown, r: DeviceOptionReporter): string {
+  if (typeof value !== 'string') {
+    throw fail(r, 'name', 'is required', `expected a device name, got ${describeValue(value)}`);
+  }
+  if (!NAME_RE.test(value) || Buffer.byteLength(value) > 255 || value === 'control') {
+    const text = `"${value}" is not a valid device name (letters, digits, '.', '_', '-'; up to 255 bytes; not "control")`;
+    throw fail(r, 'name', text, text);
+  }
+  return value;
+}
+
+function integer(value: unknown, key: keyof typeof DEVICE_INTEGER_LIMITS, r: DeviceOptionReporter): number {
+  const { min, max, pow2 } = DEVICE_INTEGER_LIMITS[key];
+  const isPow2 = (n: number): boolean => (n & (n - 1)) === 0;
+  if (r.style === 'flag') {
+    const text = String(value);
+    if (!/^\d+$/.test(text)) throw fail(r, key, `must be a whole number, got "${text}"`, '');
+    const n = Number(text);
+    if (n < min || n > max) throw fail(r, key, `must be between ${min} and ${max}, got ${n}`, '');
+    if (pow2 && !isPow2(n)) throw fail(r, key, `must be a power of two, got ${n}`, '');
+    return n;
+  }
+  const ok = typeof value === 'number' && Number.isInteger(value) && value >= min && value <= max;
+  if (!ok || (pow2 && !isPow2(value))) {
+    throw fail(
+      r,
+      key,
+      '',
+      `expected ${pow2 ? 'a power of two' : 'an integer'} ${min}..${max}, got ${describeValue(value)}`,
+    );
+  }
+  return value;
+}
+
+function boolean(value: unknown, key: DeviceOptionKey, fallback: boolean, r: DeviceOptionReporter): boolean {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'boolean') {
+    throw fail(r, key, 'must be true or false', `expected true or false, got ${describeValue(value)}`);
+  }
+  return value;
+}
+
+/**
+ * Validate one device's options, keyed by DEVICE_KEYS (unknown keys are the caller's business); missing ones
+ * take BLK_DEFAULTS. Throws `r.error(...)` for the first bad field.
+ */
+export function validateDeviceOptions(
+  o: Readonly<Partial<Record<string, unknown>>>,
+  r: DeviceOptionReporter,
+): BlkDeviceConfig {
+  const name = validateDeviceName(o.name, r);
+  const backend = o.backend;
+  // Command-line text is any string (the backend is opened later); a config value must not be empty.
+  if (typeof backend !== 'string' || (r.style === 'key' && backend === '')) {
+    throw fail(r, 'backend', 'is required', `expected a non-empty string, got ${describeValue(backend)}`);
+  }
+  if (r.checkBackend) {
+    try {
+      r.checkBackend(backend);
+    } catch (err) {
+      throw r.error(`${r.label('backend')}: ${(err as Error).message}`, 'backend');
+    }
+  }
+  const config: BlkDeviceConfig = {
+    name,
+    backend,
+    queues: o.queues === undefined ? BLK_DEFAULTS.queues : integer(o.queues, 'queues', r),
+    queueSize:
+      o['queue-size'] === undefined ? BLK_DEFAULTS.queueSize : integer(o['queue-size'], 'queue-size', r),
+    logicalBlockSize:
+      o['logical-block-size'] === undefined
+        ? BLK_DEFAULTS.logicalBlockSize
+        : integer(o['logical-block-size'], 'logical-block-size', r),
+    readOnly: boolean(o.readonly, 'readonly', BLK_DEFAULTS.readOnly, r),
+    packed: boolean(o.packed, 'packed', BLK_DEFAULTS.packed, r),
+    attach: boolean(o.attach, 'attach', BLK_DEFAULTS.attach, r),
+    driver: BLK_DEFAULTS.driver,
+  };
+  if (o.serial !== undefined) {
+    if (typeof o.serial !== 'string' || o.serial.length > SERIAL_MAX || !/^[\x20-\x7e]*$/.test(o.serial)) {
+      throw fail(
+        r,
+        'serial',
+        `must be at most ${SERIAL_MAX} printable ASCII characters`,
+        `expected at most ${SERIAL_MAX} printable ASCII characters, got ${describeValue(o.serial)}`,
+      );
+    }
+    config.serial = o.serial;
+  }
+  if (o.driver !== undefined) {
+    if (o.driver !== 'virtio-vdpa' && o.driver !== 'vhost-vdpa') {
+      throw fail(
+        r,
+        'driver',
+        `must be virtio-vdpa or vhost-vdpa, got "${String(o.driver)}"`,
+        `expected "virtio-vdpa" or "vhost-vdpa", got ${describeValue(o.driver)}`,
+      );
+    }
+    if (!config.attach) {
+      throw fail(
+        r,
+        'driver',
+        `makes no sense with ${r.label('attach')}`,
+        'makes no sense with attach: false',
+      );
+    }
+    config.driver = o.driver;
+  }
+  return config;
+}
