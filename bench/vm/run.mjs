@@ -254,7 +254,7 @@ export function svgChart(raw, rows) {
   const bottom = 40;
   const finite = rows.map((r) => r.ratio).filter(Number.isFinite);
   const maxV = Math.max(2, Math.ceil(Math.max(...finite, 1.3) * 2) / 2);
-  const x = (v) => labelW + (Math.min(v, maxV) / maxV) * plotW;
+  const x = (v) => Math.round((labelW + (Math.min(v, maxV) / maxV) * plotW) * 10) / 10;
   const h = top + rows.length * rowH + bottom;
   const w = labelW + plotW + 70;
   const out = [];
