@@ -246,8 +246,15 @@ export function markdown(raw, rows) {
 const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 
 /** A horizontal bar chart of the ratios with a 1.0 reference line and each row's target. */
+const PEER_NAMES = { qsd: 'qsd', 'kernel-nbd': 'kernel NBD', baseline: 'baseline' };
+
+function rowLabel(r) {
+  return `${r.caseTitle} vs ${PEER_NAMES[r.peer] ?? r.peer} · ${r.workloadTitle}`;
+}
+
 export function svgChart(raw, rows) {
-  const labelW = 330;
+  // Wide enough for the longest row label (about 6.6 px per character at 12 px; no text metrics in an SVG file).
+  const labelW = Math.max(200, Math.ceil(Math.max(0, ...rows.map((r) => rowLabel(r).length)) * 6.6) + 20);
   const plotW = 440;
   const rowH = 22;
   const top = 52;
@@ -284,9 +291,7 @@ export function svgChart(raw, rows) {
     if (r.case !== prevCase && i > 0)
       out.push(`<line x1="8" y1="${y}" x2="${w - 8}" y2="${y}" stroke="#bbb" stroke-width="0.5"/>`);
     prevCase = r.case;
-    const peerName = { qsd: 'qsd', 'kernel-nbd': 'kernel NBD', baseline: 'baseline' }[r.peer] ?? r.peer;
-    const label = `${r.caseTitle} vs ${peerName} · ${r.workloadTitle}`;
-    out.push(`<text x="${labelW - 8}" y="${y + 15}" text-anchor="end">${esc(label)}</text>`);
+    out.push(`<text x="${labelW - 8}" y="${y + 15}" text-anchor="end">${esc(rowLabel(r))}</text>`);
     if (Number.isFinite(r.ratio)) {
       const color = r.met ? '#2e7d32' : '#e07b00';
       out.push(
