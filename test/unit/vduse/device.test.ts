@@ -26,6 +26,7 @@ import {
   type VduseDevRequest,
 } from '../../../src/uapi/vduse.js';
 import { VduseDevice } from '../../../src/vduse/device.js';
+import { tick, until } from './helpers.js';
 
 const VERSION_1 = 1n << 32n;
 const ACCESS_PLATFORM = 1n << 33n;
@@ -83,15 +84,6 @@ class EchoDevice implements VirtioDevice {
     this.context = null;
     return Promise.resolve();
   }
-}
-
-const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
-async function until(what: string, cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    if (cond()) return;
-    await tick();
-  }
-  assert.fail(`timed out waiting for ${what}`);
 }
 
 const opened: VduseDevice[] = [];

@@ -26,6 +26,7 @@ import { VduseDevice } from '../../../src/vduse/device.js';
 import { logIdentity } from '../../../src/vduse/reconnect.js';
 import { StateLog, stateLogSize } from '../../../src/vduse/state-log.js';
 import type { DescriptorChain } from '../../../src/virtio/virtqueue.js';
+import { until } from './helpers.js';
 
 const FEATURES = (1n << 32n) | (1n << 33n) | (1n << 29n);
 
@@ -67,15 +68,6 @@ class HoldDevice implements VirtioDevice {
     this.held = [];
     return Promise.resolve();
   }
-}
-
-const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
-async function until(what: string, cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    if (cond()) return;
-    await tick();
-  }
-  assert.fail(`timed out waiting for ${what}`);
 }
 
 const opened: VduseDevice[] = [];
