@@ -25,17 +25,11 @@ import {
   writeDirect,
   writeFileRange,
   writeReadVerify,
-  type Cleanup,
+  tempDir,
 } from './lib/index.js';
 import { CLI, PREREQS, VduseDaemon, lastStats } from './vduse-daemon.js';
 
 const MiB = 1 << 20;
-
-function tempDir(cleanup: Cleanup, tag: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `e2e-vduse-${tag}-`));
-  cleanup.add(`remove ${dir}`, () => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 /** Stop the daemon with SIGINT and check it left nothing behind. */
 async function stopClean(d: VduseDaemon, name: string): Promise<string> {
@@ -121,7 +115,7 @@ for (const c of fioCases) {
       let spec = 'memory:64M';
       let file = '';
       if (c.backend === 'file') {
-        file = path.join(tempDir(cleanup, 'fio'), 'disk.raw');
+        file = path.join(tempDir(cleanup, 'vduse-fio'), 'disk.raw');
         spec = `file:${file},size=64M`;
       }
       const args = ['--name', name, '--backend', spec, '--queues', String(c.queues), '--verbose'];
@@ -169,13 +163,13 @@ test(
     if (!requirePrereqs(t, { ...PREREQS, commands: ['mkfs.ext4', 'e2fsck', 'mount', 'umount'] })) return;
     const cleanup = useCleanup(t);
     const name = 'e2e-vd-ext4';
-    const file = path.join(tempDir(cleanup, 'ext4'), 'disk.raw');
+    const file = path.join(tempDir(cleanup, 'vduse-ext4'), 'disk.raw');
     const d = await VduseDaemon.start(
       ['--name', name, '--backend', `file:${file},size=128M`, '--queues', '2'],
       cleanup,
     );
     await execOk('mkfs.ext4', ['-q', '-F', d.path]);
-    const mnt = tempDir(cleanup, 'mnt');
+    const mnt = tempDir(cleanup, 'vduse-mnt');
     await execOk('mount', [d.path, mnt]);
     let mounted = true;
     cleanup.add('umount', async () => {
@@ -207,7 +201,7 @@ test('discard, punch-hole and flush reach the file backend', { timeout: TEST_TIM
   if (!requirePrereqs(t, { ...PREREQS, commands: ['blkdiscard', 'fallocate', 'sync'] })) return;
   const cleanup = useCleanup(t);
   const name = 'e2e-vd-discard';
-  const file = path.join(tempDir(cleanup, 'discard'), 'disk.raw');
+  const file = path.join(tempDir(cleanup, 'vduse-discard'), 'disk.raw');
   const d = await VduseDaemon.start(
     ['--name', name, '--backend', `file:${file},size=64M`, '--stats'],
     cleanup,
@@ -262,7 +256,7 @@ test('read-only device: writes fail, the backend is untouched', { timeout: TEST_
   if (!requirePrereqs(t, PREREQS)) return;
   const cleanup = useCleanup(t);
   const name = 'e2e-vd-ro';
-  const file = path.join(tempDir(cleanup, 'ro'), 'disk.raw');
+  const file = path.join(tempDir(cleanup, 'vduse-ro'), 'disk.raw');
   fs.writeFileSync(file, '');
   fs.truncateSync(file, 32 * MiB);
   const seeded = makePattern(MiB, 'ro-seed');
@@ -289,7 +283,7 @@ test(
     if (!requirePrereqs(t, PREREQS)) return;
     const cleanup = useCleanup(t);
     const name = 'e2e-vd-resize';
-    const file = path.join(tempDir(cleanup, 'resize'), 'disk.raw');
+    const file = path.join(tempDir(cleanup, 'vduse-resize'), 'disk.raw');
     const d = await VduseDaemon.start(['--name', name, '--backend', `file:${file},size=32M`], cleanup);
     const dev = path.basename(d.path);
     assert.equal(blockDeviceInfo(dev).sizeBytes, 32 * MiB);

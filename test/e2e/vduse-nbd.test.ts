@@ -7,7 +7,6 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 
@@ -24,6 +23,8 @@ import {
   vduseDevExists,
   waitFor,
   type Cleanup,
+  tempDir,
+  lowerHungTaskThreshold,
 } from './lib/index.js';
 import { PREREQS, VduseDaemon } from './vduse-daemon.js';
 
@@ -32,12 +33,6 @@ const DISK_BYTES = 128 * MiB;
 const KILLS = 3;
 /** The guest's hung-task threshold during these tests: I/O stuck this long in D state gets reported. */
 const HUNG_TASK_SECS = 10;
-
-function tempDir(cleanup: Cleanup, tag: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `e2e-nbd-${tag}-`));
-  cleanup.add(`remove ${dir}`, () => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 /** A TCP port on 127.0.0.1 that nothing listens on right now. */
 async function freePort(): Promise<number> {
@@ -133,20 +128,6 @@ async function kernelLogSince(since: number): Promise<string[]> {
   });
 }
 
-/** Lowers the hung-task threshold for the test (restored afterwards); false when the kernel has no detector. */
-function watchHungTasks(cleanup: Cleanup): boolean {
-  const knob = '/proc/sys/kernel/hung_task_timeout_secs';
-  let old: string;
-  try {
-    old = fs.readFileSync(knob, 'utf8').trim();
-  } catch {
-    return false;
-  }
-  fs.writeFileSync(knob, String(HUNG_TASK_SECS));
-  cleanup.add('restore hung_task_timeout_secs', () => fs.writeFileSync(knob, old));
-  return true;
-}
-
 /** What the kernel must not have said about `dev` (a vdX name) since `since`. */
 async function assertQuietKernel(since: number, dev: string): Promise<void> {
   const bad = (await kernelLogSince(since)).filter(
@@ -178,7 +159,7 @@ async function setUp(
   connections: number,
   extraArgs: string[] = [],
 ): Promise<Setup> {
-  const dir = tempDir(cleanup, `${tag}-${kind}`);
+  const dir = tempDir(cleanup, `nbd-${tag}-${kind}`);
   const file = path.join(dir, 'disk.raw');
   fs.writeFileSync(file, '');
   fs.truncateSync(file, DISK_BYTES);
@@ -230,11 +211,11 @@ for (const { tag, connections } of transports) {
         return;
       const cleanup = useCleanup(t);
       const since = uptime();
-      const hung = watchHungTasks(cleanup);
+      const hung = lowerHungTaskThreshold(cleanup, HUNG_TASK_SECS);
       const s = await setUp(cleanup, tag, 'ext4', connections, ['--queues', '2']);
       const dev = s.daemon.path;
       await execOk('mkfs.ext4', ['-q', '-F', dev]);
-      const mnt = tempDir(cleanup, `${tag}-mnt`);
+      const mnt = tempDir(cleanup, `nbd-${tag}-mnt`);
       await execOk('mount', [dev, mnt]);
       let mounted = true;
       cleanup.add('umount', async () => {
@@ -286,7 +267,7 @@ for (const { tag, connections } of transports) {
       if (!requirePrereqs(t, { ...PREREQS, commands: ['nbdkit', 'fio', 'dmesg'] })) return;
       const cleanup = useCleanup(t);
       const since = uptime();
-      watchHungTasks(cleanup);
+      lowerHungTaskThreshold(cleanup, HUNG_TASK_SECS);
       const s = await setUp(cleanup, tag, 'fio', connections, ['--queues', '2']);
       const dev = s.daemon.path;
       const fioArgs = [

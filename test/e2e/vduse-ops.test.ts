@@ -17,14 +17,9 @@ import {
   waitForVduseDevGone,
   writeReadVerify,
   type Cleanup,
+  tempDir,
 } from './lib/index.js';
 import { CLI, PREREQS } from './vduse-daemon.js';
-
-function tempDir(cleanup: Cleanup, tag: string): string {
-  const dir = fs.mkdtempSync(`/tmp/e2e-ops-${tag}-`);
-  cleanup.add(`rm ${dir}`, () => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 class ServeDaemon {
   stderr = '';
@@ -151,7 +146,7 @@ test(
   async (t) => {
     if (!requirePrereqs(t, { ...PREREQS, commands: ['fio'] })) return;
     const cleanup = useCleanup(t);
-    const dir = tempDir(cleanup, 'cfg');
+    const dir = tempDir(cleanup, 'ops-cfg');
     const socket = path.join(dir, 'run', 'vduse.sock');
     const pidfile = path.join(dir, 'vduse.pid');
     const image = path.join(dir, 'b.img');
@@ -291,7 +286,7 @@ test(
   async (t) => {
     if (!requirePrereqs(t, { ...PREREQS, commands: ['mkfs.ext4', 'mount', 'umount'] })) return;
     const cleanup = useCleanup(t);
-    const dir = tempDir(cleanup, 'rt');
+    const dir = tempDir(cleanup, 'ops-rt');
     const socket = path.join(dir, 'vduse.sock');
     const config = path.join(dir, 'vduse.json');
     fs.writeFileSync(config, JSON.stringify({ devices: [{ name: 'e2e-ops-c', backend: 'memory:32M' }] }));
@@ -390,7 +385,7 @@ test(
   async (t) => {
     if (!requirePrereqs(t, PREREQS)) return;
     const cleanup = useCleanup(t);
-    const dir = tempDir(cleanup, 'bad');
+    const dir = tempDir(cleanup, 'ops-bad');
     const config = path.join(dir, 'bad.yaml');
     fs.writeFileSync(
       config,
@@ -416,7 +411,7 @@ test(
   async (t) => {
     if (!requirePrereqs(t, { ...PREREQS, commands: ['id'] })) return;
     const cleanup = useCleanup(t);
-    const dir = tempDir(cleanup, 'user');
+    const dir = tempDir(cleanup, 'ops-user');
     const socket = path.join(dir, 'vduse.sock');
     const config = path.join(dir, 'vduse.yaml');
     fs.writeFileSync(config, 'devices:\n  - name: e2e-ops-u\n    backend: memory:16M\n');

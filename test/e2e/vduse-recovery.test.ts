@@ -27,6 +27,8 @@ import {
   writeReadVerify,
   type Cleanup,
   type ExecResult,
+  tempDir,
+  lowerHungTaskThreshold,
 } from './lib/index.js';
 import { PREREQS, VduseDaemon } from './vduse-daemon.js';
 
@@ -44,12 +46,6 @@ function prng(seed: number): () => number {
   };
 }
 
-function tempDir(cleanup: Cleanup, tag: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `e2e-rec-${tag}-`));
-  cleanup.add(`remove ${dir}`, () => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
 interface Rig {
   name: string;
   args: string[];
@@ -60,7 +56,7 @@ interface Rig {
 
 /** A file-backed device (the data outlives the daemon) with its own state directory. */
 function rig(cleanup: Cleanup, name: string, extra: string[], sizeMiB = 64): Rig {
-  const dir = tempDir(cleanup, name);
+  const dir = tempDir(cleanup, `rec-${name}`);
   const stateDir = path.join(dir, 'state');
   const file = path.join(dir, 'disk.raw');
   const args = [
@@ -127,18 +123,6 @@ function assertFioClean(r: ExecResult): void {
   );
 }
 
-/**
- * Lower the guest's hung-task threshold to 30 s for the test (restored afterwards), so that "no hung task" means
- * something: a restart takes a few seconds (more on a loaded host), never that long.
- */
-function hungTaskThreshold(cleanup: Cleanup): void {
-  const knob = '/proc/sys/kernel/hung_task_timeout_secs';
-  if (!fs.existsSync(knob)) return;
-  const old = fs.readFileSync(knob, 'utf8').trim();
-  fs.writeFileSync(knob, '30');
-  cleanup.add('restore hung_task_timeout_secs', () => fs.writeFileSync(knob, old));
-}
-
 async function assertNoHungTask(): Promise<void> {
   const dmesg = await exec('dmesg');
   assert.doesNotMatch(dmesg.stdout, /blocked for more than/, 'a task was reported hung');
@@ -179,7 +163,7 @@ for (const c of killCases) {
     async (t) => {
       if (!requirePrereqs(t, { ...PREREQS, commands: ['fio', 'dmesg'] })) return;
       const cleanup = useCleanup(t);
-      hungTaskThreshold(cleanup);
+      lowerHungTaskThreshold(cleanup, 30); // a restart takes seconds, never that long
       const r = rig(cleanup, `e2e-rec-${c.tag}`, c.extra);
       let d = await start(r);
       const dev = d.path;
