@@ -36,6 +36,8 @@ Options (environment variable in brackets):
   --report FILE        only (re)write the report from a raw results file
   --update-docs        also put the table and chart into docs/performance.md and docs/performance-vm.svg
   --timeout S          time limit of the VM run (default: estimated from the plan)
+  --accel A            QEMU accelerator (default tcg,thread=multi: one host thread per vCPU, as on hardware;
+                       tcg,thread=single emulates both vCPUs on one host thread) [VDUSE_BENCH_ACCEL]
   -h, --help           this text
 
 Workloads: ${WORKLOADS.map((w) => w.id).join(', ')}.`;
@@ -61,6 +63,7 @@ function parseArgs(argv) {
     report: null,
     updateDocs: false,
     timeout: null,
+    accel: env.VDUSE_BENCH_ACCEL ?? 'tcg,thread=multi',
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -114,6 +117,9 @@ function parseArgs(argv) {
         break;
       case '--report':
         o.report = val();
+        break;
+      case '--accel':
+        o.accel = val();
         break;
       case '--timeout':
         o.timeout = val();
@@ -215,7 +221,7 @@ export function markdown(raw, rows) {
   lines.push(`## vduse-ts vs qemu-storage-daemon and the kernel NBD client (${raw.startedAt.slice(0, 16)}Z)`);
   lines.push('');
   lines.push(
-    `Guest: Linux ${c.kernel}, ${c.cpus} vCPUs (QEMU TCG, software emulation), ${c.memMiB} MiB; ${c.node}; ${c.qsd}; ${c.fio}; ${c.nbdkit}.`,
+    `Guest: Linux ${c.kernel}, ${c.cpus} vCPUs (QEMU ${c.accel ?? 'tcg,thread=single'}, software emulation), ${c.memMiB} MiB; ${c.node}; ${c.qsd}; ${c.fio}; ${c.nbdkit}.`,
   );
   lines.push(
     `Devices: ${c.queues} queue(s) of ${c.queueSize}, logical block size ${c.logicalBlockSize}, scheduler none. fio libaio, direct=1, time based ${c.runtimeS} s (+${c.rampS} s ramp), ${c.rounds} round(s), contenders alternating; devices reused within a case after an unrecorded warm-up of ${c.warmupS ?? 0} s x 3 jobs per contender.`,
@@ -273,7 +279,7 @@ export function svgChart(raw, rows) {
     `<text x="12" y="20" font-size="14" font-weight="600">vduse-ts / peer, median ratio (higher is better)</text>`,
   );
   out.push(
-    `<text x="12" y="38" fill="#555">${esc(`${raw.conditions.kernel}, ${raw.conditions.cpus} vCPUs under QEMU TCG; ${raw.conditions.rounds} round(s) × ${raw.conditions.runtimeS} s; ${raw.startedAt.slice(0, 16)}Z`)}</text>`,
+    `<text x="12" y="38" fill="#555">${esc(`${raw.conditions.kernel}, ${raw.conditions.cpus} vCPUs under QEMU ${raw.conditions.accel ?? 'TCG'}; ${raw.conditions.rounds} round(s) × ${raw.conditions.runtimeS} s; ${raw.startedAt.slice(0, 16)}Z`)}</text>`,
   );
   // grid
   for (let v = 0; v <= maxV + 1e-9; v += 0.5) {
@@ -416,7 +422,7 @@ async function main() {
   const vm = spawn(
     process.execPath,
     [path.join(ROOT, 'scripts/vm/vm.mjs'), '--timeout', String(timeout), '--', 'node', ...guestArgs],
-    { stdio: 'inherit', cwd: ROOT },
+    { stdio: 'inherit', cwd: ROOT, env: { ...process.env, VDUSE_VM_ACCEL: o.accel } },
   );
   const code = await new Promise((resolve) => vm.on('exit', (c, s) => resolve(c ?? (s ? 128 : 1))));
   if (!fs.existsSync(rawFile)) {
@@ -424,6 +430,7 @@ async function main() {
     process.exit(code === 0 ? 1 : code);
   }
   const raw = JSON.parse(fs.readFileSync(rawFile, 'utf8'));
+  raw.conditions.accel = o.accel;
   writeReport(raw, stamp, o.updateDocs);
   fs.rmSync(rawFile, { force: true });
   if (code !== 0) {
