@@ -37,6 +37,9 @@ const profileDir = flag('profile')
 const nbdPort = 10809;
 /** Extra node options for our daemon, e.g. "--max-semi-space-size=16". */
 const nodeArgs = opt('node-args', '').split(' ').filter(Boolean);
+/** Extra `vduse blk` options for the measured build (e.g. "--poll-us 50") and for the A/B baseline. */
+const daemonArgs = opt('daemon-args', '').split(' ').filter(Boolean);
+const baselineDaemonArgs = opt('baseline-daemon-args', '').split(' ').filter(Boolean);
 /** A/B mode: the peer of every case is the project built in this directory (before/after a change). */
 const baselineDist = opt('baseline-dist', null) ? path.resolve(root, opt('baseline-dist', '')) : null;
 
@@ -133,7 +136,7 @@ function waitPort(port, timeoutMs = 20_000) {
 function project(
   name,
   backend,
-  { id = 'project', label = 'vduse-ts', cli = CLI, extraNodeArgs = nodeArgs } = {},
+  { id = 'project', label = 'vduse-ts', cli = CLI, extraNodeArgs = nodeArgs, extraArgs = daemonArgs } = {},
 ) {
   let d = null;
   return {
@@ -152,6 +155,7 @@ function project(
         String(queueSize),
         '--logical-block-size',
         '512',
+        ...extraArgs,
       ];
       const node = [...extraNodeArgs];
       if (profileDir && id === 'project') {
@@ -368,6 +372,8 @@ const result = {
     logicalBlockSize: 512,
     profile: profileDir !== null,
     nodeArgs,
+    daemonArgs,
+    baselineDaemonArgs,
     baseline: baselineDist,
   },
   cases: [],
@@ -392,9 +398,10 @@ for (const c of CASES.filter((x) => caseNames.includes(x.id))) {
       const spec = setup.contenders[0].backendSpec;
       setup.contenders[1] = project(`bench-b-${c.id}`, spec, {
         id: 'baseline',
-        label: `vduse-ts (${path.basename(baselineDist)})`,
+        label: `vduse-ts (${[path.basename(baselineDist), ...baselineDaemonArgs].join(' ')})`,
         cli: path.join(baselineDist, 'src/cli/main.js'),
         extraNodeArgs: [],
+        extraArgs: baselineDaemonArgs,
       });
       entry.peer = 'baseline';
     }

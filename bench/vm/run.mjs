@@ -32,7 +32,10 @@ Options (environment variable in brackets):
   --dist DIR           build directory holding the compiled project (default dist) [VDUSE_BENCH_DIST]
   --profile            run our daemon with node --cpu-prof; profiles land in bench/results/profiles/
   --node-args "ARGS"   extra node options for our daemon
-  --baseline-dist DIR  A/B mode: compare the build in --dist with the build in DIR (same backends)
+  --daemon-args "ARGS" extra \`vduse blk\` options for our daemon, e.g. "--poll-us 50"
+  --baseline-dist DIR  A/B mode: compare the build in --dist with the build in DIR (same backends; DIR may be
+                       the same build, to compare daemon options)
+  --baseline-daemon-args "ARGS"  extra \`vduse blk\` options for the baseline daemon in A/B mode
   --report FILE        only (re)write the report from a raw results file
   --update-docs        also put the table and chart into docs/performance.md and docs/performance-vm.svg
   --timeout S          time limit of the VM run (default: estimated from the plan)
@@ -59,6 +62,8 @@ function parseArgs(argv) {
     dist: env.VDUSE_BENCH_DIST ?? 'dist',
     profile: false,
     nodeArgs: '',
+    daemonArgs: '',
+    baselineDaemonArgs: '',
     baselineDist: null,
     report: null,
     updateDocs: false,
@@ -108,6 +113,12 @@ function parseArgs(argv) {
         break;
       case '--node-args':
         o.nodeArgs = val();
+        break;
+      case '--daemon-args':
+        o.daemonArgs = val();
+        break;
+      case '--baseline-daemon-args':
+        o.baselineDaemonArgs = val();
         break;
       case '--baseline-dist':
         o.baselineDist = val();
@@ -417,6 +428,8 @@ async function main() {
     o.workloads.join(','),
     ...(o.profile ? ['--profile'] : []),
     ...(o.nodeArgs ? ['--node-args', o.nodeArgs] : []),
+    ...(o.daemonArgs ? ['--daemon-args', o.daemonArgs] : []),
+    ...(o.baselineDaemonArgs ? ['--baseline-daemon-args', o.baselineDaemonArgs] : []),
     ...(o.baselineDist ? ['--baseline-dist', path.resolve(ROOT, o.baselineDist)] : []),
   ];
   const vm = spawn(
