@@ -8,15 +8,26 @@
  *   block size (512 unless configured larger). Malformed guest requests never reach it.
  * - Writes, discards and write-zeroes never reach a backend whose `readOnly` is true.
  * - Buffers are zero-copy views of guest memory: read into them / write from them directly. They are valid until
- *   the returned promise settles; do not keep them (or the array holding them) afterwards.
+ *   the call completes (it returns, or its promise settles); do not keep them (or the array holding them)
+ *   afterwards.
  * - Many requests are in flight at once, on several queues, and may complete in any order. The device does not
  *   order overlapping requests (the guest does not send them concurrently); `flush()` covers writes that have
  *   completed before it was called.
  * - After a device reset, results of calls still running are dropped, but the device waits for them to settle.
  *
- * Errors: a rejected promise (or a throw) answers the guest VIRTIO_BLK_S_IOERR; a BackendError with code
- * 'ENOTSUP' answers VIRTIO_BLK_S_UNSUPP. Reject rather than crash: guest activity must never take the daemon down.
+ * Synchronous or asynchronous: read, write, flush, discard, writeZeroes and secureErase return either a promise
+ * (the request completes when it settles) or nothing (`void`: the request completed before the call returned,
+ * e.g. a RAM disk, or a read served from a cache on the event-loop thread). The device settles a synchronous
+ * result at once, without a promise or microtask, which is the cheapest path. Callers that `await` the result
+ * work either way (awaiting undefined is fine); a caller must not call `.then` on it.
+ *
+ * Errors: a rejected promise, or a throw from the call, answers the guest VIRTIO_BLK_S_IOERR; a BackendError with
+ * code 'ENOTSUP' answers VIRTIO_BLK_S_UNSUPP. Fail rather than crash: guest activity must never take the daemon
+ * down.
  */
+
+/** What a request method returns: a promise, or nothing when it completed synchronously (a throw = failure). */
+export type BackendResult = Promise<void> | void;
 
 /** What a backend can do; the device offers the matching virtio-blk features and config fields. */
 export interface BackendCapabilities {
@@ -54,17 +65,17 @@ export interface BlockBackend {
   readonly readOnly: boolean;
   readonly capabilities: BackendCapabilities;
   /** Fill `buffers` in order from `offset` (the bytes [offset, offset + total length)). */
-  read(offset: number, buffers: readonly Uint8Array[]): Promise<void>;
-  /** Write `buffers` in order at `offset`. With `fua`, the data is durable when the promise resolves. */
-  write(offset: number, buffers: readonly Uint8Array[], options?: { fua?: boolean }): Promise<void>;
+  read(offset: number, buffers: readonly Uint8Array[]): BackendResult;
+  /** Write `buffers` in order at `offset`. With `fua`, the data is durable when the request completes. */
+  write(offset: number, buffers: readonly Uint8Array[], options?: { fua?: boolean }): BackendResult;
   /** Make every write completed before this call durable. */
-  flush(): Promise<void>;
+  flush(): BackendResult;
   /** The guest no longer needs this range: deallocate it if you can (a hint; doing nothing is correct). */
-  discard(offset: number, length: number): Promise<void>;
+  discard(offset: number, length: number): BackendResult;
   /** Afterwards the range reads as zeroes. With `unmap`, it may also be deallocated. */
-  writeZeroes(offset: number, length: number, options?: { unmap?: boolean }): Promise<void>;
+  writeZeroes(offset: number, length: number, options?: { unmap?: boolean }): BackendResult;
   /** Erase the range so that the old data cannot be recovered (only with capabilities.secureErase). */
-  secureErase?(offset: number, length: number): Promise<void>;
+  secureErase?(offset: number, length: number): BackendResult;
   /** Grow or shrink to `size` (online resize; VirtioBlkDevice.resize() calls it). Optional. */
   resize?(size: number): Promise<void>;
   /** Release the storage. The device is reset (no request running) before this is called. */

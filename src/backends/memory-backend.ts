@@ -60,41 +60,36 @@ export class MemoryBackend implements BlockBackend {
     return this.#chunks.size * this.chunkSize;
   }
 
-  read(offset: number, buffers: readonly Uint8Array[]): Promise<void> {
+  // Every request completes synchronously (returns void): the device answers it without a promise.
+
+  read(offset: number, buffers: readonly Uint8Array[]): void {
     for (const buffer of buffers) {
       this.#copyOut(offset, buffer);
       offset += buffer.length;
     }
-    return Promise.resolve();
   }
 
-  write(offset: number, buffers: readonly Uint8Array[]): Promise<void> {
+  write(offset: number, buffers: readonly Uint8Array[]): void {
     for (const buffer of buffers) {
       this.#copyIn(offset, buffer);
       offset += buffer.length;
     }
-    return Promise.resolve();
   }
 
-  flush(): Promise<void> {
-    return Promise.resolve();
-  }
+  flush(): void {}
 
-  discard(offset: number, length: number): Promise<void> {
+  discard(offset: number, length: number): void {
     this.#zero(offset, length);
-    return Promise.resolve();
   }
 
   /** Zeroes are never stored: the range is always deallocated (unmap or not). */
-  writeZeroes(offset: number, length: number, _options?: { unmap?: boolean }): Promise<void> {
+  writeZeroes(offset: number, length: number, _options?: { unmap?: boolean }): void {
     this.#zero(offset, length);
-    return Promise.resolve();
   }
 
   /** The old data is overwritten with zeroes before its chunk is dropped. */
-  secureErase(offset: number, length: number): Promise<void> {
+  secureErase(offset: number, length: number): void {
     this.#zero(offset, length, true);
-    return Promise.resolve();
   }
 
   resize(size: number): Promise<void> {

@@ -38,26 +38,19 @@ export class NullBackend implements BlockBackend {
     this.readZeroes = options.readZeroes ?? true;
   }
 
-  read(_offset: number, buffers: readonly Uint8Array[]): Promise<void> {
-    if (this.readZeroes) for (const buffer of buffers) buffer.fill(0);
-    return Promise.resolve();
+  // Every request completes synchronously (returns void): the device answers it without a promise.
+
+  read(_offset: number, buffers: readonly Uint8Array[]): void {
+    if (this.readZeroes) for (let i = 0; i < buffers.length; i++) buffers[i]!.fill(0);
   }
 
-  write(_offset: number, _buffers: readonly Uint8Array[]): Promise<void> {
-    return Promise.resolve();
-  }
+  write(_offset: number, _buffers: readonly Uint8Array[]): void {}
 
-  flush(): Promise<void> {
-    return Promise.resolve();
-  }
+  flush(): void {}
 
-  discard(_offset: number, _length: number): Promise<void> {
-    return Promise.resolve();
-  }
+  discard(_offset: number, _length: number): void {}
 
-  writeZeroes(_offset: number, _length: number): Promise<void> {
-    return Promise.resolve();
-  }
+  writeZeroes(_offset: number, _length: number): void {}
 
   close(): Promise<void> {
     return Promise.resolve();

@@ -2,7 +2,7 @@
  * A BlockBackend wrapper that counts what reaches the backend: `vduse blk --stats` prints these counters, which
  * is how a test sees that a guest `sync` became a backend flush, or a `blkdiscard` a backend discard.
  */
-import type { BackendCapabilities, BlockBackend } from '../backends/backend.js';
+import type { BackendCapabilities, BackendResult, BlockBackend } from '../backends/backend.js';
 
 export interface BackendCounters {
   reads: number;
@@ -16,7 +16,11 @@ export interface BackendCounters {
   errors: number;
 }
 
-const sum = (buffers: readonly Uint8Array[]): number => buffers.reduce((n, b) => n + b.length, 0);
+function sum(buffers: readonly Uint8Array[]): number {
+  let n = 0;
+  for (let i = 0; i < buffers.length; i++) n += buffers[i]!.length;
+  return n;
+}
 
 export class CountingBackend implements BlockBackend {
   readonly counters: BackendCounters = {
@@ -30,7 +34,7 @@ export class CountingBackend implements BlockBackend {
     bytesWritten: 0,
     errors: 0,
   };
-  readonly secureErase?: (offset: number, length: number) => Promise<void>;
+  readonly secureErase?: (offset: number, length: number) => BackendResult;
   readonly resize?: (size: number) => Promise<void>;
 
   constructor(readonly inner: BlockBackend) {
@@ -38,7 +42,12 @@ export class CountingBackend implements BlockBackend {
     if (erase) {
       this.secureErase = (offset, length) => {
         this.counters.secureErases++;
-        return this.#count(erase(offset, length));
+        try {
+          return this.#count(erase(offset, length));
+        } catch (error) {
+          this.counters.errors++;
+          throw error;
+        }
       };
     }
     const resize = inner.resize?.bind(inner);
@@ -57,31 +66,58 @@ export class CountingBackend implements BlockBackend {
     return this.inner.capabilities;
   }
 
-  read(offset: number, buffers: readonly Uint8Array[]): Promise<void> {
+  // A synchronous result (void) passes straight through: no promise is added for it. A throw is counted.
+
+  read(offset: number, buffers: readonly Uint8Array[]): BackendResult {
     this.counters.reads++;
     this.counters.bytesRead += sum(buffers);
-    return this.#count(this.inner.read(offset, buffers));
+    try {
+      return this.#count(this.inner.read(offset, buffers));
+    } catch (error) {
+      this.counters.errors++;
+      throw error;
+    }
   }
 
-  write(offset: number, buffers: readonly Uint8Array[], options?: { fua?: boolean }): Promise<void> {
+  write(offset: number, buffers: readonly Uint8Array[], options?: { fua?: boolean }): BackendResult {
     this.counters.writes++;
     this.counters.bytesWritten += sum(buffers);
-    return this.#count(this.inner.write(offset, buffers, options));
+    try {
+      return this.#count(this.inner.write(offset, buffers, options));
+    } catch (error) {
+      this.counters.errors++;
+      throw error;
+    }
   }
 
-  flush(): Promise<void> {
+  flush(): BackendResult {
     this.counters.flushes++;
-    return this.#count(this.inner.flush());
+    try {
+      return this.#count(this.inner.flush());
+    } catch (error) {
+      this.counters.errors++;
+      throw error;
+    }
   }
 
-  discard(offset: number, length: number): Promise<void> {
+  discard(offset: number, length: number): BackendResult {
     this.counters.discards++;
-    return this.#count(this.inner.discard(offset, length));
+    try {
+      return this.#count(this.inner.discard(offset, length));
+    } catch (error) {
+      this.counters.errors++;
+      throw error;
+    }
   }
 
-  writeZeroes(offset: number, length: number, options?: { unmap?: boolean }): Promise<void> {
+  writeZeroes(offset: number, length: number, options?: { unmap?: boolean }): BackendResult {
     this.counters.writeZeroes++;
-    return this.#count(this.inner.writeZeroes(offset, length, options));
+    try {
+      return this.#count(this.inner.writeZeroes(offset, length, options));
+    } catch (error) {
+      this.counters.errors++;
+      throw error;
+    }
   }
 
   close(): Promise<void> {
@@ -95,10 +131,14 @@ export class CountingBackend implements BlockBackend {
       .join(' ');
   }
 
-  #count(p: Promise<void>): Promise<void> {
-    return p.catch((err: unknown) => {
-      this.counters.errors++;
-      throw err;
-    });
+  /** A promise gets a failure counter; a synchronous result (undefined) is returned as it is. */
+  #count(result: BackendResult): BackendResult {
+    if (result === undefined) return undefined;
+    return result.catch(this.#countError);
   }
+
+  readonly #countError = (error: unknown): never => {
+    this.counters.errors++;
+    throw error;
+  };
 }

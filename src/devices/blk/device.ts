@@ -2,13 +2,14 @@
  * VirtioBlkDevice: a virtio-blk device (virtio spec §5.2) over a BlockBackend.
  *
  * Per queue, a kick drains the available ring with notifications off, then turns them on and checks again.
- * Each request goes to the backend at once, so many are in flight per queue and complete in any order.
- * Completions are gathered and published once per batch: at once when the backend has nothing else in flight,
- * else once per event-loop turn (setImmediate), not once per request.
+ * Each request goes to the backend at once, so many are in flight per queue and complete in any order. A backend
+ * call that returns nothing completed synchronously: it is answered at once, without a promise.
+ * Completions are gathered and published once per batch: at the end of the drain or at once when the backend
+ * has nothing else in flight, else once per event-loop turn (setImmediate), not once per request.
  * reset() stops everything at once: results of backend calls still running are dropped (each request carries
  * the activation generation it started in).
  */
-import type { BlockBackend } from '../../backends/backend.js';
+import type { BackendResult, BlockBackend } from '../../backends/backend.js';
 import { BackendError } from '../../backends/backend.js';
 import {
   VIRTIO_BLK_S_IOERR,
@@ -244,8 +245,12 @@ export class VirtioBlkDevice implements VirtioDevice {
     } finally {
       this.#draining = false;
     }
-    // Requests answered during the drain (without the backend) and nothing in flight: publish them now.
-    if (this.#inFlight === 0 && this.#dirty.length > 0) this.#publishDirty();
+    // Requests answered during the drain (synchronously, or without the backend): one publish for them all,
+    // now when nothing is in flight, else with the completions of this event-loop turn.
+    if (this.#dirty.length > 0) {
+      if (this.#inFlight === 0) this.#publishDirty();
+      else this.#publishPending ??= setImmediate(this.#publish);
+    }
   }
 
   #start(queue: Virtqueue, chain: DescriptorChain): void {
@@ -271,16 +276,18 @@ export class VirtioBlkDevice implements VirtioDevice {
     this.#inFlight++;
     this.queueStats[queue.index]!.inFlight++;
     request.startedAt = performance.now();
-    let promise: Promise<void>;
+    let result: BackendResult;
     try {
-      promise = this.#submit(request);
+      result = this.#submit(request);
     } catch (error) {
-      promise = Promise.reject(error);
+      this.#onSettled(request, error ?? new Error('backend failed'));
+      return;
     }
-    promise.then(request.onFulfilled, request.onRejected);
+    if (result === undefined) this.#onSettled(request, null);
+    else result.then(request.onFulfilled, request.onRejected);
   }
 
-  #submit(request: BlkRequest): Promise<void> {
+  #submit(request: BlkRequest): BackendResult {
     const backend = this.backend;
     switch (request.type) {
       case VIRTIO_BLK_T_IN:
@@ -377,9 +384,11 @@ export class VirtioBlkDevice implements VirtioDevice {
 
   #markDirty(queue: Virtqueue): void {
     if (!this.#dirty.includes(queue)) this.#dirty.push(queue);
+    // Inside a drain: the end of the drain publishes (or schedules the publish).
+    if (this.#draining) return;
     // Nothing left in the backend and not inside a drain: no completion can join this batch any more, so
     // publish now instead of one event-loop turn later (saves a loop iteration, i.e. an epoll_wait, per batch).
-    if (this.#inFlight === 0 && !this.#draining) this.#publishDirty();
+    if (this.#inFlight === 0) this.#publishDirty();
     else this.#publishPending ??= setImmediate(this.#publish);
   }
 

@@ -2,7 +2,7 @@
  * Test harness: a VirtioBlkDevice driven by MockDrivers (one per queue), plus request builders in the layouts a
  * driver may use, and backends for tests (delayed, checking).
  */
-import type { BackendCapabilities, BlockBackend } from '../../../src/backends/backend.js';
+import type { BackendCapabilities, BackendResult, BlockBackend } from '../../../src/backends/backend.js';
 import { VirtioBlkDevice } from '../../../src/devices/blk/device.js';
 import type { VirtioBlkOptions } from '../../../src/devices/blk/options.js';
 import type { DeviceHost } from '../../../src/devices/device.js';
@@ -306,7 +306,7 @@ export class TestBackend implements BlockBackend {
     return this.inner.close();
   }
 
-  async #call(call: BackendCall, run: () => Promise<void>): Promise<void> {
+  async #call(call: BackendCall, run: () => BackendResult): Promise<void> {
     this.calls.push(call);
     if (call.op !== 'flush' && call.op !== 'resize') {
       if (call.offset < 0 || call.length < 0 || call.offset + call.length > this.inner.size) {

@@ -456,4 +456,34 @@ describe('virtio-blk backend failures', () => {
     const done = await harness.run(0, { type: VIRTIO_BLK_T_IN, sector: 0, inLength: 512 });
     assert.equal(done.status, VIRTIO_BLK_S_IOERR);
   });
+
+  it('a synchronous backend result is answered and published before queueNotify returns', () => {
+    const backend = new MemoryBackend({ size: MiB });
+    const harness = new BlkHarness({ backend });
+    harness.submit(0, { type: VIRTIO_BLK_T_OUT, sector: 8, out: pattern(1024, 3) });
+    harness.submit(0, { type: VIRTIO_BLK_T_IN, sector: 8, inLength: 1024 });
+    // No await: the used entries are already in the ring.
+    const entries = harness.drivers[0]!.usedEntries();
+    assert.equal(entries.length, 2);
+    assert.equal(harness.device.inFlight, 0);
+    assert.equal(harness.device.stats.bytesRead, 1024);
+  });
+
+  it('a synchronous throw in a batch fails only its own request', () => {
+    const backend = new MemoryBackend({ size: MiB });
+    let calls = 0;
+    backend.read = () => {
+      if (++calls === 2) throw new BackendError('second read fails');
+    };
+    const harness = new BlkHarness({ backend });
+    for (let i = 0; i < 3; i++) harness.add(0, { type: VIRTIO_BLK_T_IN, sector: i, inLength: 512 });
+    harness.kick(0);
+    harness.collect();
+    const statuses = harness.completionOrder.map((chain) => {
+      const status = chain.writable[chain.writable.length - 1]!;
+      return harness.drivers[0]!.read(status.addr + status.len - 1, 1)[0];
+    });
+    assert.deepEqual(statuses, [VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK]);
+    assert.equal(harness.device.stats.backendErrors, 1);
+  });
 });

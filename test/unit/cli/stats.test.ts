@@ -46,8 +46,26 @@ describe('CountingBackend', () => {
       close: () => Promise.resolve(),
     };
     const b = new CountingBackend(failing);
-    await assert.rejects(b.read(0, [new Uint8Array(512)]), /boom/);
+    await assert.rejects(async () => b.read(0, [new Uint8Array(512)]), /boom/);
     assert.equal(b.counters.errors, 1);
     assert.equal(b.resize, undefined, 'no resize when the backend has none');
+  });
+
+  it('passes a synchronous result through without adding a promise, and counts a synchronous throw', () => {
+    const inner = new MemoryBackend({ size: 1 << 20 });
+    const b = new CountingBackend(inner);
+    assert.equal(b.write(0, [new Uint8Array(512).fill(3)]), undefined);
+    const out = new Uint8Array(512);
+    assert.equal(b.read(0, [out]), undefined);
+    assert.equal(out[511], 3, 'the read completed before the call returned');
+    assert.equal(b.flush(), undefined);
+    assert.equal(b.secureErase?.(0, 512), undefined);
+    assert.equal(b.counters.errors, 0);
+    inner.write = () => {
+      throw new BackendError('sync boom');
+    };
+    assert.throws(() => b.write(0, [new Uint8Array(512)]), /sync boom/);
+    assert.equal(b.counters.errors, 1);
+    assert.equal(b.counters.writes, 2);
   });
 });
