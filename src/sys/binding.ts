@@ -70,6 +70,16 @@ export interface SysBinding {
   read(fd: number, buffer: Uint8Array): number;
   /** write(2) of `buffer`. Returns the byte count, or -1 when it would block (EAGAIN). */
   write(fd: number, buffer: Uint8Array): number;
+  /**
+   * preadv2(2): read into `buffers` in order from file `offset` (-1: from the file position, which moves), with
+   * RWF_* `flags`, on the calling thread. At most IOV_MAX (1024) buffers are used per call; a caller with more
+   * sees a short count and goes on with the rest. Returns the byte count (short at the end of the file, or when
+   * RWF_NOWAIT could do only part of it), or -1 when the call would block (EAGAIN: with RWF_NOWAIT, data not in
+   * the page cache). A flag the file's filesystem cannot honour fails with EOPNOTSUPP (code 'ENOTSUP').
+   */
+  preadv2(fd: number, buffers: readonly Uint8Array[], offset: number, flags: number): number;
+  /** pwritev2(2): write `buffers` in order at `offset`; as preadv2 otherwise (-1 when it would block). */
+  pwritev2(fd: number, buffers: readonly Uint8Array[], offset: number, flags: number): number;
   /** fallocate(2) (FALLOC_FL_* mode bits). Throws ENOTSUP/EOPNOTSUPP where the filesystem cannot. */
   fallocate(fd: number, mode: number, offset: number, length: number): void;
   /**
@@ -82,6 +92,18 @@ export interface SysBinding {
   /** recv(2) on a socket. Returns the byte count (0 at end), or -1 when it would block. */
   recv(fd: number, buffer: Uint8Array): number;
 }
+
+/** preadv2/pwritev2 flags (RWF_* in linux/fs.h). */
+/** Poll for completion (polled block-device I/O with O_DIRECT). */
+export const RWF_HIPRI = 0x01;
+/** This write is durable when the call returns (as O_DSYNC for one call). */
+export const RWF_DSYNC = 0x02;
+/** As RWF_DSYNC, with the metadata too (O_SYNC). */
+export const RWF_SYNC = 0x04;
+/** Fail with EAGAIN (the binding returns -1) rather than wait, e.g. for data not in the page cache. */
+export const RWF_NOWAIT = 0x08;
+/** Append to the end of the file (the offset is ignored). */
+export const RWF_APPEND = 0x10;
 
 /** fallocate(2) mode bits (linux/falloc.h). */
 export const FALLOC_FL_KEEP_SIZE = 0x01;

@@ -5,8 +5,9 @@
  * What it emulates:
  * - eventfds: a 64-bit counter with the kernel's rules (EFD_SEMAPHORE, EFD_NONBLOCK, EAGAIN on overflow);
  *   eventfdRead returns -1 when the counter is 0 on a non-blocking eventfd. read/write of 8 bytes work too.
- * - memfds: a file backed by a growable buffer. fallocate (mode 0 grows it, PUNCH_HOLE / ZERO_RANGE zero bytes)
- *   and read/write (at a file position) work. mmap maps a whole memfd (offset 0, length = its size) and returns
+ * - memfds: a file backed by a growable buffer. fallocate (mode 0 grows it, PUNCH_HOLE / ZERO_RANGE zero bytes),
+ *   read/write (at a file position) and preadv2/pwritev2 (at an offset, at most IOV_MAX buffers) work. RWF_NOWAIT
+ *   calls ask `onNowait` how much can be done without waiting, so tests can make them short, EAGAIN (-1) or refused. mmap maps a whole memfd (offset 0, length = its size) and returns
  *   the file's own ArrayBuffer, so every mapping of a memfd and memfdBytes() share memory, as MAP_SHARED
  *   mappings of one file do. munmap detaches that ArrayBuffer (views become empty) once every mapping of the
  *   memfd is unmapped; the file keeps its contents. MAP_PRIVATE mappings are copies.
@@ -32,6 +33,11 @@ import {
   FALLOC_FL_ZERO_RANGE,
   MAP_PRIVATE,
   MAP_SHARED,
+  RWF_APPEND,
+  RWF_DSYNC,
+  RWF_HIPRI,
+  RWF_NOWAIT,
+  RWF_SYNC,
   UV_READABLE,
   UV_WRITABLE,
 } from '../sys/binding.js';
@@ -64,6 +70,8 @@ export interface FakeBindingOptions {
 export type SysCallName = keyof SysBinding;
 
 const EVENTFD_MAX = 0xffff_ffff_ffff_fffen;
+const IOV_MAX = 1024;
+const RWF_KNOWN = RWF_HIPRI | RWF_DSYNC | RWF_SYNC | RWF_NOWAIT | RWF_APPEND;
 const FIRST_FD = 10000;
 
 interface EventfdFile {
@@ -195,6 +203,8 @@ export class FakeBinding implements SysBinding {
     fence: 0,
     read: 0,
     write: 0,
+    preadv2: 0,
+    pwritev2: 0,
     fallocate: 0,
     netlinkSocket: 0,
     send: 0,
@@ -205,6 +215,19 @@ export class FakeBinding implements SysBinding {
   onIoctl: (fd: number, request: number, arg: Uint8Array | number) => number = () => {
     throw systemError('ENOTTY', 'ioctl');
   };
+
+  /**
+   * A preadv2/pwritev2 with RWF_NOWAIT of `length` bytes at `offset` (after the IOV_MAX cap): return how many
+   * bytes it moves before it would have to wait. `length` (the default) does it all, fewer makes it short, 0 makes
+   * it return -1 (EAGAIN). Throw a system error to fail the call, e.g. systemError('EOPNOTSUPP', 'pwritev2') as a
+   * filesystem that cannot honour RWF_NOWAIT does.
+   */
+  onNowait: (fd: number, write: boolean, offset: number, length: number) => number = (
+    _fd,
+    _write,
+    _offset,
+    length,
+  ) => length;
 
   /** Opens a netlink socket: return the handlers of the fake socket. Default: throw EPROTONOSUPPORT. */
   onNetlinkSocket: (protocol: number, nonBlocking: boolean) => FakeDeviceHandlers = () => {
@@ -401,6 +424,16 @@ export class FakeBinding implements SysBinding {
     }
   }
 
+  preadv2(fd: number, buffers: readonly Uint8Array[], offset: number, flags: number): number {
+    this.calls.preadv2++;
+    return this.vectoredIo(false, fd, buffers, offset, flags);
+  }
+
+  pwritev2(fd: number, buffers: readonly Uint8Array[], offset: number, flags: number): number {
+    this.calls.pwritev2++;
+    return this.vectoredIo(true, fd, buffers, offset, flags);
+  }
+
   fallocate(fd: number, mode: number, offset: number, length: number): void {
     this.calls.fallocate++;
     const file = this.file(fd, 'fallocate');
@@ -522,6 +555,45 @@ export class FakeBinding implements SysBinding {
     const data = new ArrayBuffer(size);
     new Uint8Array(data).set(new Uint8Array(file.data, 0, Math.min(size, file.data.byteLength)));
     file.data = data;
+  }
+
+  /** preadv2/pwritev2 on a memfd. */
+  private vectoredIo(
+    write: boolean,
+    fd: number,
+    buffers: readonly Uint8Array[],
+    offset: number,
+    flags: number,
+  ): number {
+    const syscall = write ? 'pwritev2' : 'preadv2';
+    const file = this.file(fd, syscall);
+    if (file.kind !== 'memfd') throw systemError('ESPIPE', syscall);
+    if ((flags & ~RWF_KNOWN) !== 0) throw systemError('ENOTSUP', syscall); // EOPNOTSUPP, as libuv names it
+    if (offset < -1) throw systemError('EINVAL', syscall);
+    const usePosition = offset === -1;
+    let at = usePosition ? file.position : offset;
+    if (write && (flags & RWF_APPEND) !== 0) at = file.data.byteLength;
+    const used = buffers.length > IOV_MAX ? buffers.slice(0, IOV_MAX) : buffers;
+    let length = 0;
+    for (const buffer of used) length += buffer.byteLength;
+    if (!write) length = Math.max(0, Math.min(length, file.data.byteLength - at));
+    if ((flags & RWF_NOWAIT) !== 0 && length > 0) {
+      const allowed = this.onNowait(fd, write, at, length);
+      if (allowed <= 0) return -1;
+      length = Math.min(length, allowed);
+    }
+    if (write) this.resize(file, Math.max(file.data.byteLength, at + length));
+    const bytes = new Uint8Array(file.data);
+    let done = 0;
+    for (const buffer of used) {
+      if (done === length) break;
+      const n = Math.min(buffer.byteLength, length - done);
+      if (write) bytes.set(buffer.subarray(0, n), at + done);
+      else buffer.set(bytes.subarray(at + done, at + done + n));
+      done += n;
+    }
+    if (usePosition) file.position = at + done;
+    return done;
   }
 
   /** Let the watchers of `fd` fire if it became ready. */

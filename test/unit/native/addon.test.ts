@@ -3,9 +3,10 @@
 
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { closeSync, fstatSync } from 'node:fs';
+import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 
 import {
   EFD_CLOEXEC,
@@ -17,6 +18,8 @@ import {
   MFD_CLOEXEC,
   PROT_READ,
   PROT_WRITE,
+  RWF_DSYNC,
+  RWF_NOWAIT,
   findPackageRoot,
   isSystemError,
   loadNativeBinding,
@@ -247,6 +250,100 @@ test('fallocate punches a hole into a memfd', () => {
     (e) => isSystemError(e, 'ENOTSUP') && e.errno === -95 && e.syscall === 'fallocate',
   );
   closeSync(fd);
+});
+
+const tempDir = mkdtempSync(join(tmpdir(), 'vduse-ts-addon-'));
+after(() => rmSync(tempDir, { recursive: true, force: true }));
+
+function pattern(length: number, seed: number): Uint8Array {
+  return Uint8Array.from({ length }, (_, i) => (i * 7 + seed) & 0xff);
+}
+
+test('preadv2/pwritev2: vectored I/O at an offset, buffers with a byteOffset, short reads at the end', () => {
+  const file = join(tempDir, 'vectored.raw');
+  writeFileSync(file, new Uint8Array(8192));
+  const fd = openSync(file, 'r+');
+  try {
+    const data = pattern(3000, 1);
+    const backing = new Uint8Array(4000);
+    backing.set(data.subarray(1000), 500);
+    // two buffers, the second a view at byteOffset 500 of a larger buffer
+    assert.equal(sys.pwritev2(fd, [data.subarray(0, 1000), backing.subarray(500, 2500)], 4096, 0), 3000);
+    assert.deepEqual(new Uint8Array(readFileSync(file)).subarray(4096, 7096), data);
+    const a = new Uint8Array(100);
+    const b = new Uint8Array(4000).subarray(1000, 3900);
+    assert.equal(sys.preadv2(fd, [a, b], 4096, 0), 3000);
+    assert.deepEqual(a, data.subarray(0, 100));
+    assert.deepEqual(b, data.subarray(100));
+    // at the end of the file: short, then 0
+    assert.equal(sys.preadv2(fd, [new Uint8Array(4096)], 6000, 0), 2192);
+    assert.equal(sys.preadv2(fd, [new Uint8Array(4096)], 8192, 0), 0);
+    assert.equal(sys.preadv2(fd, [], 0, 0), 0);
+    // offset -1: at the file position, which moves
+    const head = new Uint8Array(4096);
+    assert.equal(sys.preadv2(fd, [head], -1, 0), 4096);
+    assert.equal(sys.preadv2(fd, [head.subarray(0, 10)], -1, 0), 10);
+    assert.deepEqual(head.subarray(0, 10), data.subarray(0, 10));
+    // RWF_DSYNC is a flag every filesystem takes
+    assert.equal(sys.pwritev2(fd, [data.subarray(0, 512)], 0, RWF_DSYNC), 512);
+  } finally {
+    closeSync(fd);
+  }
+});
+
+test('preadv2/pwritev2 take at most IOV_MAX buffers per call (a short count), any TypedArray kind', () => {
+  const file = join(tempDir, 'iov-max.raw');
+  writeFileSync(file, new Uint8Array(0));
+  const fd = openSync(file, 'r+');
+  try {
+    const pieces = Array.from({ length: 1500 }, (_, i) => new Uint8Array(4).fill(i & 0xff));
+    assert.equal(sys.pwritev2(fd, pieces, 0, 0), 1024 * 4);
+    assert.equal(fstatSync(fd).size, 4096);
+    const words = new Uint32Array(2);
+    assert.equal(sys.preadv2(fd, [words as unknown as Uint8Array], 4092, 0), 4);
+    assert.equal(words[0], 0xffffffff);
+  } finally {
+    closeSync(fd);
+  }
+});
+
+test('preadv2 with RWF_NOWAIT returns -1 where a plain read would block (an empty blocking eventfd)', () => {
+  const efd = sys.eventfd(0, EFD_CLOEXEC); // blocking: a plain read would hang
+  try {
+    const counter = new Uint8Array(8);
+    assert.equal(sys.preadv2(efd, [counter], -1, RWF_NOWAIT), -1);
+    sys.eventfdWrite(efd, 5);
+    assert.equal(sys.preadv2(efd, [counter], -1, RWF_NOWAIT), 8);
+    assert.equal(new DataView(counter.buffer).getBigUint64(0, true), 5n);
+  } finally {
+    closeSync(efd);
+  }
+});
+
+test('preadv2/pwritev2 errors are system errors; unknown flags are EOPNOTSUPP', () => {
+  const file = join(tempDir, 'errors.raw');
+  writeFileSync(file, new Uint8Array(4096));
+  const fd = openSync(file, 'r');
+  try {
+    assert.throws(
+      () => sys.preadv2(fd, [new Uint8Array(8)], 0, 1 << 24),
+      (e) => isSystemError(e, 'ENOTSUP') && e.errno === -95 && e.syscall === 'preadv2',
+    );
+    assert.throws(
+      () => sys.pwritev2(fd, [new Uint8Array(8)], 0, 0),
+      (e) => isSystemError(e, 'EBADF') && e.syscall === 'pwritev2',
+    );
+    assert.throws(() => sys.preadv2(fd, 'x' as unknown as Uint8Array[], 0, 0), TypeError);
+    assert.throws(() => sys.preadv2(fd, [7 as unknown as Uint8Array], 0, 0), TypeError);
+  } finally {
+    closeSync(fd);
+  }
+  const efd = sys.eventfd(0, EFD_CLOEXEC);
+  assert.throws(
+    () => sys.preadv2(efd, [new Uint8Array(8)], 0, 0),
+    (e) => isSystemError(e, 'ESPIPE'),
+  );
+  closeSync(efd);
 });
 
 test('fence() runs', () => {

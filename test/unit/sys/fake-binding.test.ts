@@ -11,9 +11,12 @@ import {
   MAP_SHARED,
   PROT_READ,
   PROT_WRITE,
+  RWF_DSYNC,
+  RWF_NOWAIT,
   UV_READABLE,
   UV_WRITABLE,
   isSystemError,
+  systemError,
 } from '../../../src/sys/index.js';
 import { FakeBinding } from '../../../src/testing/fake-binding.js';
 
@@ -318,4 +321,71 @@ test('fence() is counted', () => {
   const sys = new FakeBinding();
   sys.fence();
   assert.equal(sys.calls.fence, 1);
+});
+
+test('memfd: preadv2/pwritev2 at an offset (growing it), at the position with -1, IOV_MAX, flags', () => {
+  const sys = new FakeBinding();
+  const fd = sys.memfdCreate('vectored', 0);
+  assert.equal(sys.pwritev2(fd, [Uint8Array.of(1, 2), Uint8Array.of(3)], 4, RWF_DSYNC), 3);
+  assert.deepEqual(sys.memfdBytes(fd), Uint8Array.of(0, 0, 0, 0, 1, 2, 3));
+  const a = new Uint8Array(3);
+  const b = new Uint8Array(10);
+  assert.equal(sys.preadv2(fd, [a, b.subarray(2)], 3, 0), 4, 'short at the end of the file');
+  assert.deepEqual(a, Uint8Array.of(0, 1, 2));
+  assert.deepEqual(b.subarray(2, 3), Uint8Array.of(3));
+  assert.equal(sys.preadv2(fd, [b], 7, 0), 0);
+  // -1: at the file position, which moves
+  assert.equal(sys.preadv2(fd, [a], -1, 0), 3);
+  assert.equal(sys.preadv2(fd, [a], -1, 0), 3);
+  assert.deepEqual(a, Uint8Array.of(0, 1, 2));
+  const pieces = Array.from({ length: 1500 }, () => new Uint8Array(2));
+  assert.equal(sys.pwritev2(fd, pieces, 0, 0), 2048, 'at most IOV_MAX buffers');
+  assert.throws(
+    () => sys.preadv2(fd, [a], 0, 1 << 20),
+    (e) => isSystemError(e, 'ENOTSUP') && e.errno === -95 && e.syscall === 'preadv2',
+  );
+  assert.throws(
+    () => sys.pwritev2(sys.eventfd(0, 0), [a], 0, 0),
+    (e) => isSystemError(e, 'ESPIPE'),
+  );
+  assert.throws(
+    () => sys.preadv2(99, [a], 0, 0),
+    (e) => isSystemError(e, 'EBADF'),
+  );
+  assert.equal(sys.calls.preadv2, 6);
+  assert.equal(sys.calls.pwritev2, 3);
+});
+
+test('RWF_NOWAIT: onNowait makes a call complete, short, -1 (EAGAIN) or refused', () => {
+  const sys = new FakeBinding();
+  const fd = sys.memfdCreate('nowait', 0);
+  sys.fallocate(fd, 0, 0, 4096);
+  const asked: [boolean, number, number][] = [];
+  let allow = Infinity;
+  sys.onNowait = (_fd, write, offset, length) => {
+    asked.push([write, offset, length]);
+    return Math.min(allow, length);
+  };
+  const buf = new Uint8Array(1024).fill(9);
+  assert.equal(sys.pwritev2(fd, [buf], 512, RWF_NOWAIT), 1024);
+  allow = 100;
+  assert.equal(sys.preadv2(fd, [new Uint8Array(600), new Uint8Array(600)], 1000, RWF_NOWAIT), 100);
+  allow = 0;
+  assert.equal(sys.preadv2(fd, [buf], 0, RWF_NOWAIT), -1);
+  assert.equal(sys.pwritev2(fd, [buf], 0, RWF_NOWAIT), -1);
+  assert.equal(sys.preadv2(fd, [buf], 0, 0), 1024, 'without RWF_NOWAIT onNowait is not asked');
+  assert.deepEqual(asked, [
+    [true, 512, 1024],
+    [false, 1000, 1200],
+    [false, 0, 1024],
+    [true, 0, 1024],
+  ]);
+  sys.onNowait = () => {
+    throw systemError('EOPNOTSUPP', 'pwritev2');
+  };
+  assert.throws(
+    () => sys.pwritev2(fd, [buf], 0, RWF_NOWAIT),
+    (e) => isSystemError(e, 'EOPNOTSUPP'),
+  );
+  assert.deepEqual(sys.memfdBytes(fd).subarray(510, 514), Uint8Array.of(0, 0, 9, 9));
 });
