@@ -63,7 +63,14 @@ when ready: the block device (/dev/vdX), or /dev/vhost-vdpa-N with --driver vhos
 Options:
   --name NAME                VDUSE device name (/dev/vduse/NAME, vdpa device NAME)
   --backend SPEC             the storage (see Backends below; SIZE like 64M, 2G)
-  --queues N                 request queues, 1..64 (default 1); served concurrently on one thread
+  --queues N                 request queues, 1..64 (default 1); served concurrently on one thread, or
+                             spread over worker threads with --queue-threads
+  --queue-threads N          serve the queues on N worker threads (queue i on thread i % N), each with its own
+                             guest memory mappings, kick watchers and backend handle, so that a multi-queue
+                             device uses several cores; 2..queues (0 or 1, the default: all on the main thread).
+                             Not with a memory backend
+  --poll-us N                poll the rings for up to N microseconds after a request before sleeping on the
+                             next kick (0: never), 0..1000000
   --queue-size N             largest queue size, a power of two 2..32768 (default 256)
   --logical-block-size N     512, 1024, 2048 or 4096 (default 512)
   --serial S                 serial number (GET_ID, /sys/block/vdX/serial), up to 20 characters
@@ -102,6 +109,8 @@ export const DEVICE_FLAGS = {
   packed: { type: 'boolean' },
   'no-attach': { type: 'boolean' },
   driver: { type: 'string' },
+  'queue-threads': { type: 'string' },
+  'poll-us': { type: 'string' },
 } as const;
 
 type DeviceFlagValues = { [K in keyof typeof DEVICE_FLAGS]?: string | boolean | undefined };

@@ -68,7 +68,7 @@ export async function runBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<void
   const control = new ControlLatency(() => runner.vduse.controlStats);
   env.onSignal('SIGUSR1', () => {
     if (!cmd.stats) return;
-    log.info(`stats: ${runner.backend.format()}`);
+    log.info(`stats: ${runner.formatCounters()}`);
     log.info(control.format());
   });
   const signal = await env.stopSignal;
@@ -83,7 +83,7 @@ export async function runBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<void
   control.stop();
   log.info(control.format());
   // print stats after everything else is down
-  if (cmd.stats) log.info(`stats: ${runner.backend.format()}`);
+  if (cmd.stats) log.info(`stats: ${runner.formatCounters()}`);
   if (failed !== null) throw failed;
 }
 

@@ -14,8 +14,7 @@ import { join } from 'node:path';
 
 import type { BlockBackend } from '../backends/backend.js';
 import { FileBackend } from '../backends/file-backend.js';
-import { NullBackend } from '../backends/null-backend.js';
-import { openBackend, parseBackendSpec } from '../backends/index.js';
+import { parseBackendSpec } from '../backends/index.js';
 import { VirtioBlkDevice } from '../devices/blk/device.js';
 import type { SysBinding } from '../sys/binding.js';
 import { VduseControl } from '../vduse/control.js';
@@ -23,7 +22,7 @@ import type { VduseDevice } from '../vduse/device.js';
 import { createOrReconnect, type ReconnectPolicy } from '../vduse/reconnect.js';
 import type { Logger } from '../vduse/logger.js';
 import type { VdpaClient } from '../vduse/vdpa-client.js';
-import { CountingBackend } from '../cli/stats.js';
+import type { CountingBackend } from '../cli/stats.js';
 import {
   VDPA_BUS,
   boundDriver,
@@ -34,6 +33,15 @@ import {
   waitForDevNode,
 } from '../cli/sysfs.js';
 
+import {
+  BLK_THREAD_MODULE,
+  blkCounters,
+  blkDeviceOptions,
+  mergeBlkCounters,
+  openBlkBackend,
+  type BlkCounters,
+  type BlkThreadOptions,
+} from './blk-thread-device.js';
 import type { BlkDeviceConfig } from './device-options.js';
 
 export { BLK_DEFAULTS, type BlkDeviceConfig, type BlkDriver } from './device-options.js';
@@ -105,25 +113,27 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
     let runner: BlkRunner | null = null;
     let started = false;
     try {
-      const spec = parseBackendSpec(config.backend);
-      // readOnly also opens the storage read-only, so nothing can write to it.
-      const opened = config.readOnly && 'readOnly' in spec ? { ...spec, readOnly: true } : spec;
-      const opened1 = await openBackend(opened, { binding, log: (m: string) => log.warn(m) });
-      const inner = opened1 instanceof NullBackend ? new ResizableNull(opened1) : opened1;
-      const backend = new CountingBackend(inner);
+      const threads = config.queueThreads > 1 ? config.queueThreads : 0;
+      if (threads > 0 && parseBackendSpec(config.backend).kind === 'memory') {
+        throw new Error(
+          'queue threads cannot serve a memory backend (its data lives in one thread); use a file on tmpfs instead',
+        );
+      }
+      const { inner, backend } = await openBlkBackend(config, { binding, logger: log });
       cleanup.push({ what: 'close the backend', run: () => backend.close() });
 
-      const device = new VirtioBlkDevice({
-        backend,
+      const threadOptions: BlkThreadOptions = {
         name: config.name,
-        numQueues: config.queues,
+        backend: config.backend,
+        queues: config.queues,
         queueSize: config.queueSize,
         logicalBlockSize: config.logicalBlockSize,
         readOnly: config.readOnly,
         packed: config.packed,
-        logger: log,
         ...(config.serial !== undefined ? { serial: config.serial } : {}),
-      });
+        ...(config.pollUs !== undefined ? { pollUs: config.pollUs } : {}),
+      };
+      const device = new VirtioBlkDevice(blkDeviceOptions(threadOptions, backend, log));
 
       const control = VduseControl.open(binding);
       cleanup.push({ what: 'close the control device', run: () => control.close() });
@@ -136,6 +146,15 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
         device,
         logger: log,
         ...deps.recovery,
+        ...(threads > 0
+          ? {
+              queueThreads: {
+                threads,
+                spec: { module: BLK_THREAD_MODULE, options: threadOptions },
+                debug: true,
+              },
+            }
+          : {}),
       });
       const keep = (): boolean => deps.recovery?.persist === true && started;
       cleanup.push({
@@ -243,8 +262,33 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
       }
       target = bytes;
     }
-    if (target !== this.device.capacityBytes) await this.device.resize(target);
+    if (target !== this.device.capacityBytes) {
+      // The queue threads' devices check requests against the capacity: they learn it before the driver does.
+      await this.vduse.queueThreads?.call('resize', target);
+      await this.device.resize(target);
+    }
     return target;
+  }
+
+  /** Requests in the backend now (on every thread). */
+  get inFlight(): number {
+    return this.vduse.queueThreads === null ? this.device.inFlight : this.counters().inFlight;
+  }
+
+  /** The device's counters: this thread's device, plus every queue thread's. */
+  counters(): BlkCounters {
+    const own = blkCounters(this.device, this.backend);
+    const threads = this.vduse.queueThreads;
+    if (threads === null) return own;
+    const parts = threads.snapshot().filter((p): p is BlkCounters => p !== null);
+    return mergeBlkCounters([own, ...parts]);
+  }
+
+  /** One line of backend counters: "reads=1 writes=2 flushes=0 ...". */
+  formatCounters(): string {
+    return Object.entries(this.counters().backend)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ');
   }
 }
 
@@ -281,48 +325,6 @@ async function attachedPath(config: BlkDeviceConfig, log: Logger): Promise<strin
     throw new Error(`no block device appeared for ${config.name} (is virtio_blk loaded? see dmesg)`);
   }
   return (await waitForDevNode(block, 5000)) ?? `/dev/${block}`;
-}
-
-/** A null backend whose size can change (it holds nothing, so any size is as good as another). */
-class ResizableNull implements BlockBackend {
-  #size: number;
-  constructor(readonly inner: NullBackend) {
-    this.#size = inner.size;
-  }
-  get size(): number {
-    return this.#size;
-  }
-  get readOnly(): boolean {
-    return this.inner.readOnly;
-  }
-  get capabilities(): NullBackend['capabilities'] {
-    return this.inner.capabilities;
-  }
-  read(offset: number, buffers: readonly Uint8Array[]): Promise<void> {
-    return this.inner.read(offset, buffers);
-  }
-  write(offset: number, buffers: readonly Uint8Array[]): Promise<void> {
-    return this.inner.write(offset, buffers);
-  }
-  flush(): Promise<void> {
-    return this.inner.flush();
-  }
-  discard(offset: number, length: number): Promise<void> {
-    return this.inner.discard(offset, length);
-  }
-  writeZeroes(offset: number, length: number): Promise<void> {
-    return this.inner.writeZeroes(offset, length);
-  }
-  resize(size: number): Promise<void> {
-    if (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0) {
-      return Promise.reject(new RangeError(`null backend: size ${size} is not a positive multiple of 512`));
-    }
-    this.#size = size;
-    return Promise.resolve();
-  }
-  close(): Promise<void> {
-    return this.inner.close();
-  }
 }
 
 /** "64 MiB" for exact multiples, else bytes. */

@@ -4,7 +4,7 @@
  * ("config devices[1].queues: expected an integer 1..64, got \"x\"").
  *
  * Keys are the command-line option names of `vduse blk`: name, backend, queues, queue-size,
- * logical-block-size, serial, readonly, packed, attach (false = --no-attach), driver.
+ * logical-block-size, serial, readonly, packed, attach (false = --no-attach), driver, queue-threads, poll-us.
  */
 import { parse as parseYaml } from 'yaml';
 
@@ -188,6 +188,8 @@ export function changedDeviceKeys(a: BlkDeviceConfig, b: BlkDeviceConfig): strin
     packed: 'packed',
     attach: 'attach',
     driver: 'driver',
+    queueThreads: 'queue-threads',
+    pollUs: 'poll-us',
   };
   return (Object.keys(names) as (keyof BlkDeviceConfig)[]).filter((k) => a[k] !== b[k]).map((k) => names[k]);
 }

@@ -21,6 +21,13 @@ export interface BlkDeviceConfig {
   /** Attach to the vdpa bus (DEV_NEW) and wait for the block device. */
   attach: boolean;
   driver: BlkDriver;
+  /**
+   * Worker threads serving the queues (queue i on thread i % N); 0 or 1: every queue on the main thread.
+   * At most `queues`.
+   */
+  queueThreads: number;
+  /** Poll the rings this many microseconds before sleeping on a kick (0: never; absent: the device default). */
+  pollUs?: number;
 }
 
 export const BLK_DEFAULTS = {
@@ -31,6 +38,7 @@ export const BLK_DEFAULTS = {
   packed: false,
   attach: true,
   driver: 'virtio-vdpa' as BlkDriver,
+  queueThreads: 1,
 };
 
 /** The keys of a device's options: config file keys, device.add params, `vduse blk` flags (attach = --no-attach). */
@@ -45,6 +53,8 @@ export const DEVICE_KEYS = [
   'packed',
   'attach',
   'driver',
+  'queue-threads',
+  'poll-us',
 ] as const;
 
 export type DeviceOptionKey = (typeof DEVICE_KEYS)[number];
@@ -54,6 +64,8 @@ export const DEVICE_INTEGER_LIMITS = {
   queues: { min: 1, max: 64, pow2: false },
   'queue-size': { min: 2, max: 32768, pow2: true },
   'logical-block-size': { min: 512, max: 4096, pow2: true },
+  'queue-threads': { min: 0, max: 64, pow2: false },
+  'poll-us': { min: 0, max: 1_000_000, pow2: false },
 } as const;
 
 export const SERIAL_MAX = 20;
@@ -167,7 +179,21 @@ export function validateDeviceOptions(
     packed: boolean(o.packed, 'packed', BLK_DEFAULTS.packed, r),
     attach: boolean(o.attach, 'attach', BLK_DEFAULTS.attach, r),
     driver: BLK_DEFAULTS.driver,
+    queueThreads:
+      o['queue-threads'] === undefined
+        ? BLK_DEFAULTS.queueThreads
+        : integer(o['queue-threads'], 'queue-threads', r),
   };
+  if (config.queueThreads > config.queues) {
+    const n = config.queueThreads;
+    throw fail(
+      r,
+      'queue-threads',
+      `${n} is more than ${r.label('queues')} ${config.queues} (each thread serves at least one queue)`,
+      `${n} is more than the ${config.queues} queue(s) (each thread serves at least one queue)`,
+    );
+  }
+  if (o['poll-us'] !== undefined) config.pollUs = integer(o['poll-us'], 'poll-us', r);
   if (o.serial !== undefined) {
     if (typeof o.serial !== 'string' || o.serial.length > SERIAL_MAX || !/^[\x20-\x7e]*$/.test(o.serial)) {
       throw fail(

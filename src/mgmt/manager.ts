@@ -152,7 +152,7 @@ export class BlkDeviceManager implements DeviceManager {
       if (!drained) {
         throw new RpcError(
           DEVICE_BUSY,
-          `device ${name} still has ${runner.device.inFlight} request(s) in flight; retry or use force`,
+          `device ${name} still has ${runner.inFlight} request(s) in flight; retry or use force`,
         );
       }
     }
@@ -212,7 +212,7 @@ function blockDeviceInUse(path: string): boolean {
 
 async function waitIdle(runner: BlkRunner, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
-  while (runner.device.inFlight > 0) {
+  while (runner.inFlight > 0) {
     if (Date.now() > deadline) return false;
     await new Promise((r) => setTimeout(r, 10));
   }
@@ -241,10 +241,11 @@ export function infoOf(runner: BlkRunner): DeviceInfo {
 }
 
 export function statsOf(runner: BlkRunner): DeviceStats {
-  const s = runner.device.stats;
-  const b = runner.backend.counters;
+  const c = runner.counters();
+  const s = c.stats;
+  const b = c.backend;
   const t = runner.vduse.stats;
-  const l = runner.device.latency;
+  const l = c.latency;
   return {
     name: runner.name,
     requests: s.completed,
@@ -256,14 +257,14 @@ export function statsOf(runner: BlkRunner): DeviceStats {
     bytesRead: s.bytesRead,
     bytesWritten: s.bytesWritten,
     errors: { io: s.ioErrors, unsupported: s.unsupported, driver: s.driverErrors, backend: s.backendErrors },
-    inFlight: runner.device.inFlight,
+    inFlight: c.inFlight,
     latency: {
       boundsUs: BLK_LATENCY_BOUNDS_US,
       buckets: [...l.buckets],
       count: l.count,
       sumSeconds: l.sumSeconds,
     },
-    queues: runner.device.queueStats.map((q, index) => ({
+    queues: c.queues.map((q, index) => ({
       index,
       requests: q.completed,
       bytesRead: q.bytesRead,

@@ -41,6 +41,8 @@ import { VduseError, systemErrorMessage } from './errors.js';
 import { IotlbMemory } from './iotlb-memory.js';
 import { nullLogger, type Logger } from './logger.js';
 import { VduseProtocol, type ProtocolContext, type ProtocolEffect } from './protocol.js';
+import type { QueueSetup } from './queue-thread-protocol.js';
+import { QueueThreads, type QueueThreadSpec } from './queue-thread.js';
 import type { StateLog } from './state-log.js';
 import {
   VIRTIO_CONFIG_S_DRIVER_OK,
@@ -73,6 +75,12 @@ export interface VduseDeviceOptions {
    * in-flight requests resubmitted in order and an interrupt injected per queue. Needs `stateLog`.
    */
   reconnect?: boolean;
+  /**
+   * Serve the queues on `threads` worker threads (queue i on thread i % threads; ./queue-thread.ts), each
+   * building its own device from `spec`. This thread then keeps only the control path; `device` is used for
+   * the features, negotiation and config space and is never activated.
+   */
+  queueThreads?: { threads: number; spec: QueueThreadSpec; debug?: boolean; timeoutMs?: number };
 }
 
 /** How fast control messages were answered. */
@@ -101,10 +109,10 @@ export interface VduseDeviceEvents {
 
 /** Transport counters (plain numbers, cheap to bump; metrics read them at scrape time). */
 export interface VduseDeviceStats {
-  /** Kicks (eventfd wake-ups) per queue index. */
-  kicks: number[];
+  /** Kicks (eventfd wake-ups) per queue index (shared with the queue threads when there are some). */
+  kicks: number[] | Float64Array;
   /** Interrupts injected per queue index. */
-  interrupts: number[];
+  interrupts: number[] | Float64Array;
   configInterrupts: number;
   /** Control messages (VDUSE requests) answered, and the slowest answer (read to write) in milliseconds. */
   messages: number;
@@ -130,6 +138,10 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
   #closed = false;
   #resetting: Promise<void> = Promise.resolve();
   readonly #stateLog: StateLog | null;
+  /** The queue threads, when the data path runs there (null: on this thread). */
+  #threads: QueueThreads | null = null;
+  /** The queue threads serve a started data path. */
+  #threadsRunning = false;
   readonly controlStats: ControlStats = { messages: 0, worstAnswerMs: 0 };
   /** Requests resubmitted by the last reconnect. */
   resubmitted = 0;
@@ -197,14 +209,34 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
       needsReset: (reason) => this.#needsReset(reason),
     };
     this.device.bind(host);
+    if (options.queueThreads !== undefined) {
+      const t = options.queueThreads;
+      try {
+        this.#threads = new QueueThreads({
+          spec: t.spec,
+          devFd: fd,
+          numQueues: n,
+          threads: t.threads,
+          logger: this.#log,
+          ...(t.debug !== undefined ? { debug: t.debug } : {}),
+          ...(t.timeoutMs !== undefined ? { timeoutMs: t.timeoutMs } : {}),
+          onNeedsReset: (reason, failed) => this.#threadNeedsReset(reason, failed),
+        });
+      } catch (err) {
+        throw new VduseError('ERR_VDUSE_THREADS', (err as Error).message, err);
+      }
+      this.stats.kicks = this.#threads.kicks;
+      this.stats.interrupts = this.#threads.interrupts;
+    }
     // Recover before serving: messages the kernel re-queued (read but not answered by the dead process) are
     // then answered against the recovered state.
     if (reconnect) {
       try {
         this.#recover();
       } catch (err) {
-        if (this.#queues.length > 0) this.#stopDataPath(false);
+        if (this.#queues.length > 0 || this.#threadsRunning) this.#stopDataPath(false);
         this.memory.invalidateAll();
+        this.#threads?.terminate();
         throw err;
       }
     }
@@ -232,6 +264,11 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     return this.#queues;
   }
 
+  /** The queue threads serving the data path, or null when it runs on this thread. */
+  get queueThreads(): QueueThreads | null {
+    return this.#threads;
+  }
+
   /** Resolves when the last device reset has finished (requests in the backend drained). */
   get settled(): Promise<void> {
     return this.#resetting;
@@ -245,8 +282,9 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     if (this.#closed) return this.#resetting;
     this.#closed = true;
     this.#watcher.close();
-    if (this.#protocol.running || this.#queues.length > 0) this.#stopDataPath(true);
+    if (this.#protocol.running || this.#queues.length > 0 || this.#threadsRunning) this.#stopDataPath(true);
     this.memory.invalidateAll();
+    await this.#threads?.close();
     this.#closeFd(this.fd);
     await this.#resetting;
   }
@@ -263,14 +301,20 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     const deadline = Date.now() + drainMs;
     const busy = (): boolean => this.#queues.some((q) => q !== null && q.inFlight > 0);
     while (busy() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    if (this.#threads !== null) {
+      await this.#threads.drain(drainMs).catch((err: unknown) => {
+        this.#log.warn(`draining the queue threads: ${(err as Error).message}`);
+      });
+    }
     // completions are published on the next turn of the loop
     await new Promise((r) => setImmediate(r));
     await new Promise((r) => setImmediate(r));
     if (this.#closed) return this.#resetting;
     this.#closed = true;
     this.#watcher.close();
-    if (this.#protocol.running || this.#queues.length > 0) this.#stopDataPath(true);
+    if (this.#protocol.running || this.#queues.length > 0 || this.#threadsRunning) this.#stopDataPath(true);
     this.memory.invalidateAll();
+    await this.#threads?.close();
     this.#closeFd(this.fd);
     await this.#resetting;
   }
@@ -371,7 +415,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
         return true;
       case 'invalidate':
         this.memory.invalidate(effect.start, effect.last);
-        return true;
+        return this.#threads === null || this.#threads.invalidate(effect.start, effect.last);
     }
   }
 
@@ -394,6 +438,10 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
   #queueState(index: number): SplitQueueState | PackedQueueState {
     const live = this.#queues[index];
     if (live) return live.getState();
+    if (this.#threadsRunning) {
+      const state = this.#threads!.queueState(index);
+      if (state !== null) return state;
+    }
     const saved = this.#saved[index];
     if (saved) return saved;
     return hasFeature(this.#features, VIRTIO_F_RING_PACKED)
@@ -469,6 +517,10 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
       infos.push({ info, ready });
     }
     this.#halted = false;
+    if (this.#threads !== null) {
+      this.#startThreads(infos, { packed, eventIdx, indirect, recover });
+      return;
+    }
     const queues: (Virtqueue | null)[] = [];
     this.#queues = queues;
     this.#kicks = [];
@@ -514,25 +566,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
       } else {
         const state = packed ? info.packed : info.split;
         queue.setState(state);
-        if (queueLog !== undefined) {
-          const pos =
-            'nextAvail' in state ? state.nextAvail : state.lastAvailIdx | (state.lastAvailCounter << 15);
-          const used =
-            'nextAvail' in state
-              ? (state.nextUsed ?? state.nextAvail)
-              : state.lastUsedIdx | (state.lastUsedCounter << 15);
-          queueLog.start(
-            {
-              size: info.num,
-              packed,
-              descAddr: info.descAddr,
-              driverAddr: info.driverAddr,
-              deviceAddr: info.deviceAddr,
-            },
-            pos,
-            used,
-          );
-        }
+        if (queueLog !== undefined) logQueueStart(queueLog, info, packed, state);
       }
       queues.push(queue);
       this.#kicks.push(this.#installKick(i));
@@ -552,6 +586,50 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
       // The driver may have missed completions published just before the crash: tell it to look.
       for (let i = 0; i < queues.length; i++) if (queues[i] !== null) this.#signal(i);
     }
+    this.emit('driver-ok', features);
+  }
+
+  /** The data path on the queue threads: each starts its ready queues and acknowledges before we answer. */
+  #startThreads(
+    infos: { info: VduseVqInfoLike; ready: boolean }[],
+    ring: { packed: boolean; eventIdx: boolean; indirect: boolean; recover: boolean },
+  ): void {
+    const log = this.#stateLog;
+    const features = this.#features;
+    const setups: QueueSetup[] = [];
+    infos.forEach(({ info, ready }, i) => {
+      if (!ready) return;
+      const state = ring.packed ? info.packed : info.split;
+      if (log !== null && !ring.recover) logQueueStart(log.queue(i), info, ring.packed, state);
+      setups.push({
+        index: i,
+        size: info.num,
+        descAddr: info.descAddr,
+        driverAddr: info.driverAddr,
+        deviceAddr: info.deviceAddr,
+        state,
+      });
+    });
+    this.resubmitted = this.#threads!.start(
+      {
+        features,
+        packed: ring.packed,
+        eventIdx: ring.eventIdx,
+        indirect: ring.indirect,
+        recover: ring.recover,
+        stateLog: log?.path ?? null,
+      },
+      setups,
+    );
+    this.#threadsRunning = true;
+    this.#saved = this.#saved.map(() => null);
+    if (log !== null && !ring.recover) {
+      log.activated();
+      log.setStatus(this.#protocol.status);
+    }
+    this.#log.info(
+      `driver ready: ${setups.length}/${this.device.numQueues} queue(s) on ${this.#threads!.threadCount} threads, ${ring.packed ? 'packed' : 'split'} ring, features 0x${features.toString(16)}`,
+    );
     this.emit('driver-ok', features);
   }
 
@@ -598,6 +676,14 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
   }
 
   #stopDataPath(reset: boolean): void {
+    if (this.#threads !== null) {
+      const wasRunning = this.#threadsRunning;
+      this.#threadsRunning = false;
+      if (wasRunning || reset) {
+        const states = this.#threads.stop(reset);
+        for (const [i, state] of states) this.#saved[i] = state;
+      }
+    }
     for (const kick of this.#kicks) {
       if (kick === null) continue;
       kick.watcher.close();
@@ -627,10 +713,21 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     this.#needsReset(error);
   }
 
+  /** A queue thread asked for a reset, or failed (then it is logged even when the device was halted already). */
+  #threadNeedsReset(reason: Error, failed: boolean): void {
+    if (this.#closed) return;
+    if (this.#halted) {
+      if (failed) this.#log.error(reason.message);
+      return;
+    }
+    this.#needsReset(reason);
+  }
+
   #needsReset(reason: Error): void {
     if (this.#halted) return;
     this.#halted = true;
     for (const kick of this.#kicks) kick?.watcher.stop();
+    this.#threads?.halt();
     this.#log.error(
       `device needs reset: ${reason.message}; the data path is stopped until the driver resets the device`,
     );
@@ -657,6 +754,33 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     this.#watcher.stop();
     this.emit('broken', reason);
   }
+}
+
+type VduseVqInfoLike = ReturnType<typeof vqGetInfo>;
+
+/** Record in the state log where a queue starts (its rings and positions). */
+function logQueueStart(
+  queueLog: ReturnType<StateLog['queue']>,
+  info: VduseVqInfoLike,
+  packed: boolean,
+  state: SplitQueueState | PackedQueueState,
+): void {
+  const pos = 'nextAvail' in state ? state.nextAvail : state.lastAvailIdx | (state.lastAvailCounter << 15);
+  const used =
+    'nextAvail' in state
+      ? (state.nextUsed ?? state.nextAvail)
+      : state.lastUsedIdx | (state.lastUsedCounter << 15);
+  queueLog.start(
+    {
+      size: info.num,
+      packed,
+      descAddr: info.descAddr,
+      driverAddr: info.driverAddr,
+      deviceAddr: info.deviceAddr,
+    },
+    pos,
+    used,
+  );
 }
 
 function describeRequest(request: VduseDevRequest): string {

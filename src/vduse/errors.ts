@@ -19,6 +19,7 @@ export type VduseErrorCode =
   | 'ERR_VDUSE_OPEN'
   | 'ERR_VDUSE_STATE'
   | 'ERR_VDUSE_RECONNECT'
+  | 'ERR_VDUSE_THREADS'
   | 'ERR_VDPA_FAMILY'
   | 'ERR_VDPA_PERMISSION'
   | 'ERR_VDPA'

@@ -13,7 +13,7 @@ import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { VirtioDevice } from '../devices/device.js';
 import type { SysBinding } from '../sys/binding.js';
 import { describeDevice, type VduseControl } from './control.js';
-import { VduseDevice, type ControlStats } from './device.js';
+import { VduseDevice, type ControlStats, type VduseDeviceOptions } from './device.js';
 import { VduseError } from './errors.js';
 import { nullLogger, type Logger } from './logger.js';
 import { StateLog, defaultStateDir, stateLogPath, type StateLogIdentity } from './state-log.js';
@@ -31,6 +31,8 @@ export interface CreateOrReconnectOptions {
   reconnect?: ReconnectPolicy;
   /** Directory of the VDUSE char devices; default /dev/vduse. */
   devDir?: string;
+  /** Serve the queues on worker threads (VduseDeviceOptions.queueThreads). */
+  queueThreads?: VduseDeviceOptions['queueThreads'];
 }
 
 export interface ServedDevice {
@@ -88,7 +90,16 @@ export async function createOrReconnect(options: CreateOrReconnectOptions): Prom
       }
       let vduse: VduseDevice;
       try {
-        vduse = VduseDevice.open({ binding, name, device, logger: log, devDir, stateLog, reconnect: true });
+        vduse = VduseDevice.open({
+          binding,
+          name,
+          device,
+          logger: log,
+          devDir,
+          stateLog,
+          reconnect: true,
+          ...(options.queueThreads !== undefined ? { queueThreads: options.queueThreads } : {}),
+        });
       } catch (err) {
         if ((err as VduseError).code === 'ERR_VDUSE_OPEN' && /another process/.test((err as Error).message)) {
           throw new VduseError(
@@ -133,6 +144,7 @@ export async function createOrReconnect(options: CreateOrReconnectOptions): Prom
       logger: log,
       devDir,
       ...(stateLog !== null ? { stateLog } : {}),
+      ...(options.queueThreads !== undefined ? { queueThreads: options.queueThreads } : {}),
     });
     return served(control, name, vduse, stateLog, false, log);
   } catch (err) {

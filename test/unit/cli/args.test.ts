@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { CliUsageError, parseCommandLine, type BlkCommand } from '../../../src/cli/args.js';
+import { BLK_USAGE, CliUsageError, parseCommandLine, type BlkCommand } from '../../../src/cli/args.js';
 
 const blk = (...args: string[]): BlkCommand => {
   const c = parseCommandLine(['blk', ...args]);
@@ -28,6 +28,7 @@ describe('vduse command line', () => {
       packed: false,
       attach: true,
       driver: 'virtio-vdpa',
+      queueThreads: 1,
       verbose: false,
       stats: false,
       reconnect: 'auto',
@@ -128,5 +129,39 @@ describe('vduse command line', () => {
       /--no-attach/,
     );
     usage(['blk', '--name', 'x', '--backend', 'memory:1M', '--queues'], /argument missing|queues/);
+    usage(
+      ['blk', '--name', 'x', '--backend', 'null:1M', '--queues', '2', '--queue-threads', '3'],
+      /^--queue-threads 3 is more than --queues 2 \(each thread serves at least one queue\)$/,
+    );
+    usage(
+      ['blk', '--name', 'x', '--backend', 'null:1M', '--queue-threads', 'many'],
+      /--queue-threads must be a whole number/,
+    );
+    usage(['blk', '--name', 'x', '--backend', 'null:1M', '--queue-threads', '65'], /between 0 and 64/);
+    usage(
+      ['blk', '--name', 'x', '--backend', 'null:1M', '--poll-us', '1.5'],
+      /--poll-us must be a whole number/,
+    );
+    usage(['blk', '--name', 'x', '--backend', 'null:1M', '--poll-us', '2000000'], /between 0 and 1000000/);
+  });
+
+  it('parses --queue-threads and --poll-us', () => {
+    const c = blk(
+      '--name',
+      'd',
+      '--backend',
+      'null:1M',
+      '--queues',
+      '4',
+      '--queue-threads',
+      '2',
+      '--poll-us',
+      '30',
+    );
+    assert.equal(c.queueThreads, 2);
+    assert.equal(c.pollUs, 30);
+    assert.equal(blk('--name', 'd', '--backend', 'null:1M', '--queue-threads', '0').queueThreads, 0);
+    assert.match(BLK_USAGE, /--queue-threads N/);
+    assert.match(BLK_USAGE, /--poll-us N/);
   });
 });

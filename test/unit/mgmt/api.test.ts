@@ -98,6 +98,7 @@ test('device.add validates like the config file and passes a full config', async
     packed: false,
     attach: true,
     driver: 'virtio-vdpa',
+    queueThreads: 1,
     size: 1 << 20,
   });
   assert.deepEqual((await call(m, 'device.add', { name: 'd1', backend: 'memory:1M', queues: 'x' })).error, {

@@ -52,6 +52,7 @@ test('YAML config with defaults filled in', () => {
     packed: false,
     attach: true,
     driver: 'virtio-vdpa',
+    queueThreads: 1,
   });
   assert.deepEqual(c.devices[1], {
     name: 'disk1',
@@ -64,7 +65,32 @@ test('YAML config with defaults filled in', () => {
     packed: true,
     attach: true,
     driver: 'vhost-vdpa',
+    queueThreads: 1,
   });
+});
+
+test('queue-threads and poll-us: defaults, values, one message each for a bad one', () => {
+  const one = (extra: string) =>
+    parseConfigText(`devices:\n  - name: a\n    backend: null:1M\n    queues: 4\n${extra}`, 'c.yaml')
+      .devices[0]!;
+  assert.equal(one('').queueThreads, 1);
+  assert.equal(one('').pollUs, undefined);
+  assert.equal(one('    queue-threads: 4\n').queueThreads, 4);
+  assert.equal(one('    queue-threads: 0\n').queueThreads, 0);
+  assert.equal(one('    poll-us: 50\n').pollUs, 50);
+  fails(
+    () => one('    queue-threads: 5\n'),
+    'config devices[0].queue-threads: 5 is more than the 4 queue(s) (each thread serves at least one queue)',
+  );
+  fails(
+    () => one('    queue-threads: two\n'),
+    'config devices[0].queue-threads: expected an integer 0..64, got "two"',
+  );
+  fails(() => one('    poll-us: -1\n'), 'config devices[0].poll-us: expected an integer 0..1000000, got -1');
+  fails(
+    () => one('    queueThreads: 2\n'),
+    'config devices[0].queueThreads: unknown key (did you mean "queue-threads"?)',
+  );
 });
 
 test('JSON config by file name or by a leading brace; empty document = no devices', () => {

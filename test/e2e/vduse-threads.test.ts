@@ -1,0 +1,242 @@
+// Queue threads (`--queue-threads N`) on the real kernel: a 2-queue device whose queues are served by two worker
+// threads, each with its own guest memory mappings, kick watcher and backend handle.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+
+import {
+  TEST_TIMEOUT_MS,
+  assertSameData,
+  exec,
+  readDirect,
+  requirePrereqs,
+  tempDir,
+  useCleanup,
+  vdpaDevExists,
+  vduseDevExists,
+  waitFor,
+  waitForBlockDevice,
+  waitForVduseDevGone,
+  writeReadVerify,
+} from './lib/index.js';
+import { CLI, PREREQS, VduseDaemon, lastStats } from './vduse-daemon.js';
+
+const MiB = 1 << 20;
+
+/** fio: 2 jobs, one pinned per CPU (so one per blk-mq queue), random writes verified with crc32c. */
+async function fioVerify(dev: string, sizeMiB: number): Promise<void> {
+  const r = await exec('fio', [
+    '--name=verify',
+    `--filename=${dev}`,
+    '--direct=1',
+    '--ioengine=libaio',
+    '--rw=randwrite',
+    '--bsrange=512-64k',
+    `--size=${sizeMiB}M`,
+    `--offset_increment=${sizeMiB}M`,
+    '--iodepth=16',
+    '--numjobs=2',
+    '--cpus_allowed=0-1',
+    '--cpus_allowed_policy=split',
+    '--verify=crc32c',
+    '--verify_fatal=1',
+    '--verify_state_save=0',
+    '--do_verify=1',
+    '--group_reporting',
+  ]);
+  assert.equal(r.code, 0, `fio failed:\n${r.stdout}\n${r.stderr}`);
+  assert.doesNotMatch(r.stdout + r.stderr, /verify: bad|crc32c: verify failed/);
+}
+
+test(
+  'vduse blk --queue-threads 2, file backend: fio verify with 2 jobs, driver rebind (reset) while idle, clean stop',
+  { timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    if (!requirePrereqs(t, { ...PREREQS, commands: ['fio'] })) return;
+    const cleanup = useCleanup(t);
+    const name = 'e2e-thr-blk';
+    const file = path.join(tempDir(cleanup, 'vduse-threads'), 'disk.raw');
+    const d = await VduseDaemon.start(
+      [
+        '--name',
+        name,
+        '--backend',
+        `file:${file},size=64M`,
+        '--queues',
+        '2',
+        '--queue-threads',
+        '2',
+        '--stats',
+        '--verbose',
+      ],
+      cleanup,
+    );
+    assert.match(d.stderr, /driver ready: 2\/2 queue\(s\) on 2 threads/);
+    await fioVerify(d.path, 24);
+    const data = await writeReadVerify(d.path, 60 * MiB, MiB, 'threads-before');
+
+    // reset while idle: unbind the driver (status 0 reaches every thread), bind again (DRIVER_OK again)
+    const readyBefore = (d.stderr.match(/driver ready/g) ?? []).length;
+    await fs.promises.writeFile('/sys/bus/vdpa/drivers/virtio_vdpa/unbind', name);
+    await waitFor('the block device to go', () => (fs.existsSync(d.path) ? null : true));
+    await fs.promises.writeFile('/sys/bus/vdpa/drivers/virtio_vdpa/bind', name);
+    const dev = await waitFor('a block device again', () => {
+      try {
+        const v = fs.readdirSync(`/sys/bus/vdpa/devices/${name}`).find((x) => /^virtio\d+$/.test(x));
+        const b = v && fs.readdirSync(`/sys/bus/vdpa/devices/${name}/${v}/block`)[0];
+        return b && fs.existsSync(`/dev/${b}`) ? `/dev/${b}` : null;
+      } catch {
+        return null;
+      }
+    });
+    assert.ok((d.stderr.match(/driver ready/g) ?? []).length > readyBefore, 'DRIVER_OK again');
+    assert.match(d.stderr, /SET_STATUS 0x0/);
+    assertSameData(data, await readDirect(dev, 60 * MiB, MiB), 'data kept across the rebind');
+    await fioVerify(dev, 8);
+
+    const e = await d.stop();
+    assert.equal(e.code, 0, `daemon exit status; stderr:\n${e.stderr}`);
+    assert.doesNotMatch(e.stderr, /needs reset|failed|error:/i);
+    assert.equal(vdpaDevExists(name), false, 'vdpa device removed');
+    assert.equal(vduseDevExists(name), false, 'VDUSE device destroyed');
+    const stats = lastStats(e.stderr);
+    assert.ok(
+      stats.writes! > 0 && stats.reads! > 0,
+      `the threads' backend counters reach --stats: ${e.stderr}`,
+    );
+  },
+);
+
+test(
+  'vduse serve, queue-threads: 2 in the config: both queues get requests (per-queue stats), resize, stop',
+  { timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    if (!requirePrereqs(t, { ...PREREQS, commands: ['fio'] })) return;
+    const cleanup = useCleanup(t);
+    const dir = tempDir(cleanup, 'vduse-threads-serve');
+    const socket = path.join(dir, 'vduse.sock');
+    const config = path.join(dir, 'vduse.json');
+    const name = 'e2e-thr-serve';
+    fs.writeFileSync(
+      config,
+      JSON.stringify({
+        devices: [
+          { name, backend: 'null:64M', queues: 2, 'queue-threads': 2, 'poll-us': 0 },
+          {
+            name: `${name}-f`,
+            backend: `file:${path.join(dir, 'f.raw')},size=32M`,
+            queues: 2,
+            'queue-threads': 2,
+          },
+        ],
+      }),
+    );
+    let stderr = '';
+    const child = spawn(process.execPath, [CLI, 'serve', '--socket', socket, '--config', config], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    cleanup.add('stop vduse serve', async () => {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGTERM');
+        await exited;
+      }
+    });
+    const cli = async (args: string[]): Promise<string> => {
+      const r = await exec(process.execPath, [CLI, ...args, '--socket', socket], { timeoutMs: 120_000 });
+      assert.equal(r.code, 0, `vduse ${args.join(' ')} failed: ${r.stderr}\ndaemon: ${stderr}`);
+      return r.stdout;
+    };
+    const dev = await waitForBlockDevice(name);
+    const fileDev = await waitForBlockDevice(`${name}-f`);
+    await fioVerify(fileDev.path, 12);
+    const r = await exec('fio', [
+      '--name=rr',
+      `--filename=${dev.path}`,
+      '--direct=1',
+      '--ioengine=libaio',
+      '--rw=randread',
+      '--bs=4k',
+      '--iodepth=8',
+      '--numjobs=2',
+      '--cpus_allowed=0-1',
+      '--cpus_allowed_policy=split',
+      '--time_based',
+      '--runtime=2',
+      '--group_reporting',
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const stats = JSON.parse(await cli(['stats', '--json'])) as {
+      name: string;
+      requests: number;
+      reads: number;
+      queues: { index: number; requests: number; kicks: number; interrupts: number }[];
+    }[];
+    for (const s of stats) {
+      assert.equal(s.queues.length, 2);
+      for (const q of s.queues) {
+        assert.ok(q.requests > 0, `${s.name} queue ${q.index} served requests: ${JSON.stringify(s.queues)}`);
+        assert.ok(q.kicks > 0 && q.interrupts > 0, `${s.name} queue ${q.index} kicks and interrupts counted`);
+      }
+      assert.equal(
+        s.requests,
+        s.queues.reduce((n, q) => n + q.requests, 0),
+        'device total = sum of the queues',
+      );
+    }
+    // resize: the threads' devices take requests past the old end
+    await cli(['resize', `${name}-f`, '48M']);
+    await waitFor(
+      'the guest to see 48 MiB',
+      () =>
+        Number(fs.readFileSync(`/sys/block/${fileDev.name}/size`, 'utf8').trim()) * 512 === 48 * MiB || null,
+      { timeoutMs: 10_000 },
+    );
+    await writeReadVerify(fileDev.path, 40 * MiB, MiB, 'grown');
+    child.kill('SIGTERM');
+    assert.equal(await exited, 0, stderr);
+    assert.doesNotMatch(stderr, /needs reset|failed/i);
+    await waitForVduseDevGone(name);
+  },
+);
+
+test(
+  '--queue-threads: one-line usage errors, memory backend refused',
+  { timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    if (!requirePrereqs(t, PREREQS)) return;
+    const tooMany = await exec(process.execPath, [
+      CLI,
+      'blk',
+      '--name',
+      'e2e-thr-bad',
+      '--backend',
+      'null:16M',
+      '--queues',
+      '2',
+      '--queue-threads',
+      '3',
+    ]);
+    assert.equal(tooMany.code, 2);
+    assert.match(tooMany.stderr, /^vduse: --queue-threads 3 is more than --queues 2 .*\n$/);
+    const memory = await exec(process.execPath, [
+      CLI,
+      'blk',
+      '--name',
+      'e2e-thr-mem',
+      '--backend',
+      'memory:16M',
+      '--queues',
+      '2',
+      '--queue-threads',
+      '2',
+    ]);
+    assert.equal(memory.code, 1);
+    assert.match(memory.stderr, /queue threads cannot serve a memory backend/);
+    assert.equal(memory.stderr.trim().split('\n').length, 1, memory.stderr);
+    assert.equal(vduseDevExists('e2e-thr-mem'), false);
+  },
+);
