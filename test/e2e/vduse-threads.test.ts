@@ -10,6 +10,7 @@ import {
   TEST_TIMEOUT_MS,
   assertSameData,
   exec,
+  lowerHungTaskThreshold,
   readDirect,
   requirePrereqs,
   tempDir,
@@ -238,5 +239,101 @@ test(
     assert.match(memory.stderr, /queue threads cannot serve a memory backend/);
     assert.equal(memory.stderr.trim().split('\n').length, 1, memory.stderr);
     assert.equal(vduseDevExists('e2e-thr-mem'), false);
+  },
+);
+
+test(
+  '--queue-threads 2 with crash recovery: SIGKILL and restart 5 times under fio verify (2 jobs), then --persist',
+  { timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    if (!requirePrereqs(t, { ...PREREQS, commands: ['fio', 'dmesg'] })) return;
+    const cleanup = useCleanup(t);
+    lowerHungTaskThreshold(cleanup, 30);
+    const name = 'e2e-thr-rec';
+    const dir = tempDir(cleanup, 'vduse-threads-rec');
+    const args = [
+      '--name',
+      name,
+      '--backend',
+      `file:${path.join(dir, 'disk.raw')},size=64M`,
+      '--state-dir',
+      path.join(dir, 'state'),
+      '--queues',
+      '2',
+      '--queue-threads',
+      '2',
+    ];
+    const daemons: VduseDaemon[] = [];
+    cleanup.add(`remove ${name}`, async () => {
+      for (const x of daemons)
+        if (x.child.exitCode === null && x.child.signalCode === null) await x.stop('SIGKILL');
+      if (!vduseDevExists(name)) return;
+      await (await VduseDaemon.start([...args, '--reconnect', 'always'])).stop();
+    });
+    const start = async (extra: string[] = []): Promise<VduseDaemon> => {
+      const x = await VduseDaemon.start([...args, ...extra]);
+      daemons.push(x);
+      return x;
+    };
+    // --persist: a SIGTERM (an upgrade) finishes what is in flight and leaves the device to the next daemon
+    let d = await start(['--persist']);
+    const dev = d.path;
+    const load = exec(
+      'fio',
+      [
+        '--name=recovery',
+        `--filename=${dev}`,
+        '--direct=1',
+        '--ioengine=libaio',
+        '--rw=randwrite',
+        '--bsrange=4k-128k',
+        '--size=24M',
+        '--offset_increment=24M',
+        '--iodepth=16',
+        '--numjobs=2',
+        '--cpus_allowed=0-1',
+        '--cpus_allowed_policy=split',
+        '--verify=crc32c',
+        '--verify_fatal=1',
+        '--verify_state_save=0',
+        '--do_verify=1',
+        '--group_reporting',
+      ],
+      { timeoutMs: 8 * 60_000 },
+    );
+    let done = false;
+    void load.then(() => (done = true));
+    let kills = 0;
+    while (kills < 5 && !done) {
+      await new Promise((r) => setTimeout(r, 300 + kills * 97));
+      if (done) break;
+      d.signal('SIGKILL');
+      await d.exited;
+      kills++;
+      d = await start(['--persist']);
+      assert.equal(d.path, dev, 'the same block device');
+      assert.match(d.stderr, /reconnected to e2e-thr-rec: status 0x[0-9a-f]+/);
+    }
+    if (!done) {
+      const p = await d.stop('SIGTERM');
+      assert.equal(p.code, 0, p.stderr);
+      d = await start(['--persist']);
+    }
+    const r = await load;
+    const p = await d.stop('SIGTERM');
+    assert.equal(p.code, 0, p.stderr);
+    assert.ok(vduseDevExists(name), 'kept by --persist');
+    d = await start();
+    assert.equal(r.code, 0, `fio failed:\n${r.stdout}\n${r.stderr}`);
+    assert.doesNotMatch(
+      r.stdout + r.stderr,
+      /verify: bad|crc32c: verify failed|Input\/output error|err=\s*[1-9]/,
+    );
+    assert.ok(kills >= 3, `fio ended after ${kills} kills: make it longer`);
+    const dmesg = await exec('dmesg');
+    assert.doesNotMatch(dmesg.stdout, /blocked for more than/, 'a task was reported hung');
+    const e = await d.stop();
+    assert.equal(e.code, 0, e.stderr);
+    assert.equal(vduseDevExists(name), false, 'VDUSE device destroyed');
   },
 );
