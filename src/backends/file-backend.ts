@@ -8,10 +8,23 @@
  * coherent). Flush is fdatasync. Discard punches a hole; write-zeroes uses FALLOC_FL_ZERO_RANGE (or a hole when
  * unmapping is allowed) and falls back to writing zeroes where the filesystem cannot.
  *
+ * Where a read or write runs. Handing a request to libuv's thread pool and back costs two thread wake-ups, more
+ * than copying 4 KiB, so a buffered request is first tried on the event-loop thread where it cannot wait for
+ * storage, and only what is left goes to the pool (`nowait: false` turns this off):
+ * - on memory-backed files (tmpfs, ramfs; with no swap configured) reads and writes never wait for storage:
+ *   plain preadv2/pwritev2 on the loop thread, the pool only for the end of a shrunk file;
+ * - elsewhere (ext4, block devices, ...) preadv2/pwritev2 with RWF_NOWAIT: page-cache hits complete on the loop
+ *   thread, a miss (EAGAIN) or the part not in the cache goes to the pool. A filesystem that refuses RWF_NOWAIT
+ *   for one direction (EOPNOTSUPP: on Linux 6.12 buffered writes on ext4, and everything on 9p) is not asked
+ *   again; a run of misses makes the backend ask less often.
+ * Requests over INLINE_MAX bytes and O_DIRECT requests (RWF_NOWAIT there would still wait for the device) always
+ * go to the pool.
+ *
  * Node runs readv/writev/fdatasync in the libuv thread pool, which has 4 threads unless UV_THREADPOOL_SIZE says
  * otherwise: at most that many requests reach the kernel at once. Raise it for deep queues on fast storage.
  * fallocate (discard, write-zeroes) is a synchronous call through the SysBinding.
  */
+import { readFile, statfs } from 'node:fs/promises';
 import fs from 'node:fs';
 import {
   FALLOC_FL_KEEP_SIZE,
@@ -21,6 +34,7 @@ import {
   MFD_CLOEXEC,
   PROT_READ,
   PROT_WRITE,
+  RWF_NOWAIT,
   type SysBinding,
 } from '../sys/binding.js';
 import { loadNativeBinding } from '../sys/native.js';
@@ -45,6 +59,39 @@ const BOUNCE_POOL_LIMIT = 8;
 const ZERO_BUFFER_SIZE = 1024 * 1024;
 /** Largest range one fallocate call gets (the call blocks the event loop). */
 const FALLOCATE_STEP = 1024 * 1024 * 1024;
+/** Largest request tried on the event-loop thread; bigger ones go to the thread pool (the copy would hold the loop). */
+export const INLINE_MAX = 256 * 1024;
+/** statfs f_type of filesystems whose files live in memory (linux/magic.h). */
+const TMPFS_MAGIC = 0x01021994;
+const RAMFS_MAGIC = 0x858458f6;
+/** After this many RWF_NOWAIT misses in a row, skip the attempt for a while (16, 32, ... 256 requests). */
+const MISS_LIMIT = 16;
+const MAX_BACKOFF = 256;
+const RESOLVED: Promise<void> = Promise.resolve();
+
+/**
+ * How reads or writes are tried on the event-loop thread before the thread pool: not at all, with RWF_NOWAIT, or
+ * plainly (memory-backed files, where nothing waits for storage).
+ */
+export type InlineMode = 'off' | 'nowait' | 'inline';
+
+/** The event-loop path of one direction: its mode and the back-off after RWF_NOWAIT misses. */
+interface InlinePath {
+  mode: InlineMode;
+  misses: number;
+  skip: number;
+  backoff: number;
+}
+
+/** Requests that were tried on the event-loop thread: done there, partly done there, or handed on at once. */
+export interface InlineStats {
+  /** Completed on the event-loop thread. */
+  done: number;
+  /** Partly done there; the rest went to the thread pool. */
+  partial: number;
+  /** Nothing done there (EAGAIN, a back-off, or refused): all of it went to the thread pool. */
+  handedOn: number;
+}
 
 export interface FileBackendOptions {
   /** A regular file or a block device. */
@@ -60,7 +107,12 @@ export interface FileBackendOptions {
   size?: number;
   /** Direct-I/O alignment in bytes (a power of two >= 512); by default the block device's logical block size or a probe. */
   directAlignment?: number;
-  /** Syscalls (fallocate, ioctl, aligned memory). Default: the native addon, loaded on first use. */
+  /**
+   * Try buffered reads and writes on the event-loop thread first (RWF_NOWAIT, or plainly on tmpfs): see the top
+   * of this file. Default true; false sends every read and write to the thread pool.
+   */
+  nowait?: boolean;
+  /** Syscalls (preadv2/pwritev2, fallocate, ioctl, aligned memory). Default: the native addon, loaded on first use. */
   binding?: SysBinding;
   /** Where notes go (a fallback taken, a trailing partial sector ignored). Default: none. */
   log?: (message: string) => void;
@@ -96,6 +148,15 @@ function totalLength(buffers: readonly Uint8Array[]): number {
   return total;
 }
 
+/** `buffers` without their first `skip` bytes (fewer than their total). */
+function skipBytes(buffers: readonly Uint8Array[], skip: number): Uint8Array[] {
+  let index = 0;
+  while (skip >= buffers[index]!.length) skip -= buffers[index++]!.length;
+  const rest = buffers.slice(index);
+  rest[0] = rest[0]!.subarray(skip);
+  return rest;
+}
+
 /**
  * Transfer all of `buffers` at `position`, looping over short transfers and IOV_MAX. A read that meets the end
  * of the file (the file shrank behind our back) leaves zeroes in the rest.
@@ -118,12 +179,26 @@ async function transferAll(write: boolean, fd: number, position: number, buffers
     }
     // Short transfer: skip the bytes done and go on with the rest.
     position += done;
-    let skip = done;
-    let index = 0;
-    while (skip >= pending[index]!.length) skip -= pending[index++]!.length;
-    const rest = pending.slice(index);
-    rest[0] = rest[0]!.subarray(skip);
-    pending = rest;
+    pending = skipBytes(pending, done);
+  }
+}
+
+/** The part of a request still to do. */
+interface Remainder {
+  position: number;
+  buffers: readonly Uint8Array[];
+}
+
+/** Whether files on the filesystem of `fd` live in memory (tmpfs, ramfs) and no swap could move them to disk. */
+async function memoryBacked(fd: number): Promise<boolean> {
+  try {
+    const type = (await statfs(`/proc/self/fd/${fd}`)).type;
+    if (type !== TMPFS_MAGIC && type !== RAMFS_MAGIC) return false;
+    // /proc/swaps: a header line, then one line per active swap area.
+    const swaps = (await readFile('/proc/swaps', 'utf8')).trim().split('\n');
+    return swaps.length === 1;
+  } catch {
+    return false;
   }
 }
 
@@ -139,6 +214,10 @@ export class FileBackend implements BlockBackend {
   readonly capabilities: BackendCapabilities;
   /** How O_DIRECT requests went: straight from guest memory, through a bounce buffer, or buffered. */
   readonly directStats = { direct: 0, bounced: 0, buffered: 0 };
+  /** How buffered reads and writes tried on the event-loop thread went. */
+  readonly inlineStats: InlineStats = { done: 0, partial: 0, handedOn: 0 };
+  readonly #reads: InlinePath;
+  readonly #writes: InlinePath;
   #size: number;
   readonly #fd: number;
   /** A second descriptor without O_DIRECT, for requests not aligned for direct I/O (opened on first need). */
@@ -166,6 +245,8 @@ export class FileBackend implements BlockBackend {
     capabilities: BackendCapabilities;
     binding: SysBinding | undefined;
     log: (message: string) => void;
+    readMode: InlineMode;
+    writeMode: InlineMode;
   }) {
     this.path = init.path;
     this.kind = init.kind;
@@ -177,6 +258,8 @@ export class FileBackend implements BlockBackend {
     this.capabilities = init.capabilities;
     this.#binding = init.binding;
     this.#log = init.log;
+    this.#reads = { mode: init.readMode, misses: 0, skip: 0, backoff: MISS_LIMIT };
+    this.#writes = { mode: init.writeMode, misses: 0, skip: 0, backoff: MISS_LIMIT };
   }
 
   /** Open (or create) the file. Errors a user can fix are UsageErrors with a one-line message. */
@@ -286,6 +369,14 @@ export class FileBackend implements BlockBackend {
         directAlignment = await probeDirectAlignment(fd, size, binding ?? null);
       }
     }
+    let readMode: InlineMode = 'off';
+    if (options.nowait !== false && !options.direct) {
+      binding ??= tryLoad() ?? undefined;
+      if (binding !== undefined && canVectorIo(binding, fd)) {
+        readMode = kind === 'file' && (await memoryBacked(fd)) ? 'inline' : 'nowait';
+      }
+    }
+    const writeMode = options.readOnly ? 'off' : readMode;
     const minIoSize = Math.max(options.direct ? directAlignment : SECTOR_SIZE, physicalBlockSize);
     const capabilities: BackendCapabilities = {
       flush: true,
@@ -308,6 +399,8 @@ export class FileBackend implements BlockBackend {
       capabilities,
       binding,
       log,
+      readMode,
+      writeMode,
     });
   }
 
@@ -315,17 +408,108 @@ export class FileBackend implements BlockBackend {
     return this.#size;
   }
 
-  read(offset: number, buffers: readonly Uint8Array[]): Promise<void> {
-    if (this.#closed) return Promise.reject(this.#closedError());
-    if (!this.direct) return transferAll(false, this.#fd, offset, buffers);
-    return this.#directTransfer(false, offset, buffers);
+  /** How reads and writes are tried on the event-loop thread now (a refused RWF_NOWAIT turns a direction off). */
+  get inlineModes(): { read: InlineMode; write: InlineMode } {
+    return { read: this.#reads.mode, write: this.#writes.mode };
   }
 
-  async write(offset: number, buffers: readonly Uint8Array[], options?: { fua?: boolean }): Promise<void> {
-    this.#checkWritable();
+  read(offset: number, buffers: readonly Uint8Array[]): Promise<void> {
+    if (this.#closed) return Promise.reject(this.#closedError());
+    if (this.direct) return this.#directTransfer(false, offset, buffers);
+    if (this.#reads.mode === 'off') return transferAll(false, this.#fd, offset, buffers);
+    let rest: Remainder | null;
+    try {
+      rest = this.#inline(this.#reads, false, offset, buffers);
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    return rest === null ? RESOLVED : transferAll(false, this.#fd, rest.position, rest.buffers);
+  }
+
+  write(offset: number, buffers: readonly Uint8Array[], options?: { fua?: boolean }): Promise<void> {
+    try {
+      this.#checkWritable();
+      const fua = options?.fua === true;
+      if (this.direct || this.#writes.mode === 'off') return this.#writeInPool(offset, buffers, fua);
+      const rest = this.#inline(this.#writes, true, offset, buffers);
+      if (rest === null) return fua ? this.#fdatasync() : RESOLVED;
+      return this.#writeInPool(rest.position, rest.buffers, fua);
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+  }
+
+  async #writeInPool(offset: number, buffers: readonly Uint8Array[], fua: boolean): Promise<void> {
     if (this.direct) await this.#directTransfer(true, offset, buffers);
     else await transferAll(true, this.#fd, offset, buffers);
-    if (options?.fua === true) await this.#fdatasync();
+    if (fua) await this.#fdatasync();
+  }
+
+  /**
+   * Do as much of a buffered request as can be done on this thread without waiting for storage. Returns null
+   * when it is all done, else what is left for the thread pool. Throws only in 'inline' mode, for a real failure
+   * (in 'nowait' mode the thread pool retries and reports it).
+   */
+  #inline(
+    path: InlinePath,
+    write: boolean,
+    offset: number,
+    buffers: readonly Uint8Array[],
+  ): Remainder | null {
+    if (path.skip > 0) {
+      path.skip--;
+      this.inlineStats.handedOn++;
+      return { position: offset, buffers };
+    }
+    const binding = this.#binding!;
+    const flags = path.mode === 'nowait' ? RWF_NOWAIT : 0;
+    let position = offset;
+    let pending = buffers;
+    for (;;) {
+      const count = Math.min(pending.length, IOV_MAX);
+      let wanted = 0;
+      for (let i = 0; i < count; i++) wanted += pending[i]!.length;
+      if (position === offset && wanted > INLINE_MAX) break;
+      let done: number;
+      try {
+        done = write
+          ? binding.pwritev2(this.#fd, pending, position, flags)
+          : binding.preadv2(this.#fd, pending, position, flags);
+      } catch (error) {
+        if (flags === 0) throw error;
+        // EOPNOTSUPP: this filesystem cannot do RWF_NOWAIT in this direction; stop asking.
+        const code = errorCode(error);
+        if (isNotSupported(error) || code === 'EINVAL' || code === 'ENOSYS') path.mode = 'off';
+        break;
+      }
+      if (done === wanted) {
+        if (count === pending.length) {
+          path.misses = 0;
+          path.backoff = MISS_LIMIT;
+          this.inlineStats.done++;
+          return null;
+        }
+        pending = pending.slice(count);
+        position += done;
+        continue;
+      }
+      if (done < 0 && position === offset && ++path.misses >= MISS_LIMIT) {
+        // Misses in a row (data not in the page cache): try again only after a while.
+        path.skip = path.backoff;
+        path.backoff = Math.min(path.backoff * 2, MAX_BACKOFF);
+      }
+      // Would block (-1), or nothing more here (0: the end of the file, which the pool path handles).
+      if (done <= 0) break;
+      // Short: RWF_NOWAIT found only part of it in the cache; plainly, the end of the file comes next.
+      path.misses = 0;
+      path.backoff = MISS_LIMIT;
+      position += done;
+      pending = skipBytes(pending, done);
+      if (flags !== 0) break;
+    }
+    if (position === offset) this.inlineStats.handedOn++;
+    else this.inlineStats.partial++;
+    return { position, buffers: pending };
   }
 
   flush(): Promise<void> {
@@ -652,6 +836,18 @@ function openError(path: string, error: unknown, direct: boolean): Error {
       return new UsageError(`file ${path}: the device is busy (in use or mounted)`);
   }
   return new UsageError(`file ${path}: ${(error as Error).message}`);
+}
+
+/**
+ * Whether `binding` does preadv2 on `fd` (an empty read: it checks the fd, not the flags). False for a binding
+ * without it or one that does not know this fd (a fake).
+ */
+function canVectorIo(binding: SysBinding, fd: number): boolean {
+  try {
+    return typeof binding.preadv2 === 'function' && binding.preadv2(fd, [], 0, 0) === 0;
+  } catch {
+    return false;
+  }
 }
 
 /** The native binding, or null when it cannot be loaded. */

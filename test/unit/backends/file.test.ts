@@ -6,10 +6,11 @@ import { after, before, describe, it, mock } from 'node:test';
 
 import { BackendError } from '../../../src/backends/backend.js';
 import { UsageError } from '../../../src/backends/errors.js';
-import { FileBackend } from '../../../src/backends/file-backend.js';
-import type { SysBinding } from '../../../src/sys/binding.js';
-import { systemError } from '../../../src/sys/errors.js';
+import { FileBackend, INLINE_MAX } from '../../../src/backends/file-backend.js';
+import { RWF_NOWAIT, type SysBinding } from '../../../src/sys/binding.js';
+import { isSystemError, systemError } from '../../../src/sys/errors.js';
 import { loadNativeBinding } from '../../../src/sys/native.js';
+import { FakeBinding } from '../../../src/testing/fake-binding.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -339,6 +340,281 @@ describe('FileBackend', () => {
       assert.equal(backend.size % 512, 0);
       await assert.rejects(backend.resize(backend.size + 512), /block device cannot be resized/);
       await backend.close();
+    },
+  );
+});
+
+/** A memory-backed directory (tmpfs /dev/shm) where the backend picks plain I/O on the loop thread, if any. */
+function shmDir(): string | null {
+  try {
+    if (fs.statfsSync('/dev/shm').type !== 0x01021994) return null;
+    if (fs.readFileSync('/proc/swaps', 'utf8').trim().split('\n').length !== 1) return null;
+    return fs.mkdtempSync('/dev/shm/vduse-ts-file-');
+  } catch {
+    return null;
+  }
+}
+
+interface VectorCall {
+  write: boolean;
+  offset: number;
+  length: number;
+  flags: number;
+}
+
+/**
+ * The real binding with preadv2/pwritev2 recorded; `nowait` decides RWF_NOWAIT calls (whatever the filesystem
+ * would say): a byte count to do (fewer than asked makes them short), 0 for EAGAIN (-1), or an error to throw.
+ */
+function recording(nowait: (call: VectorCall) => number | Error = (call) => call.length) {
+  const real = loadNativeBinding();
+  const calls: VectorCall[] = [];
+  const vector =
+    (write: boolean) =>
+    (fd: number, buffers: readonly Uint8Array[], offset: number, flags: number): number => {
+      const length = buffers.slice(0, 1024).reduce((sum, b) => sum + b.length, 0);
+      const call = { write, offset, length, flags };
+      if (length > 0) calls.push(call);
+      let limit = length;
+      if ((flags & RWF_NOWAIT) !== 0 && length > 0) {
+        const decision = nowait(call);
+        if (decision instanceof Error) throw decision;
+        if (decision === 0) return -1;
+        limit = decision;
+      }
+      const cut: Uint8Array[] = [];
+      for (const buffer of buffers.slice(0, 1024)) {
+        if (limit === 0) break;
+        cut.push(buffer.subarray(0, Math.min(limit, buffer.length)));
+        limit -= cut.at(-1)!.length;
+      }
+      // the decision above stands for the filesystem's: the real call goes without RWF_NOWAIT
+      const plain = flags & ~RWF_NOWAIT;
+      return write ? real.pwritev2(fd, cut, offset, plain) : real.preadv2(fd, cut, offset, plain);
+    };
+  const binding = overriding({ preadv2: vector(false), pwritev2: vector(true) });
+  return { binding, calls };
+}
+
+describe('FileBackend on the event-loop thread (RWF_NOWAIT / memory-backed files)', () => {
+  it('completes page-cache hits with RWF_NOWAIT on the loop thread, no thread pool', async (t) => {
+    const file = temp();
+    const { binding, calls } = recording();
+    const backend = await FileBackend.open({ path: file, size: MiB, binding });
+    try {
+      // a non-memory filesystem (the host's /tmp); on tmpfs the mode is 'inline', tested below
+      if (backend.inlineModes.read === 'inline') return t.skip(`${dir} is memory-backed`);
+      assert.deepEqual(backend.inlineModes, { read: 'nowait', write: 'nowait' });
+      const readv = t.mock.method(fs, 'readv');
+      const writev = t.mock.method(fs, 'writev');
+      const data = bytes(8 * KiB, 11);
+      await backend.write(4096, [data.subarray(0, 100), data.subarray(100)]);
+      const out = [new Uint8Array(5000), new Uint8Array(8 * KiB - 5000)];
+      await backend.read(4096, out);
+      assert.deepEqual(Buffer.concat(out), Buffer.from(data));
+      assert.deepEqual(calls, [
+        { write: true, offset: 4096, length: 8 * KiB, flags: RWF_NOWAIT },
+        { write: false, offset: 4096, length: 8 * KiB, flags: RWF_NOWAIT },
+      ]);
+      assert.equal(readv.mock.callCount(), 0);
+      assert.equal(writev.mock.callCount(), 0);
+      assert.deepEqual(backend.inlineStats, { done: 2, partial: 0, handedOn: 0 });
+      const onDisk = new Uint8Array(fs.readFileSync(file)).subarray(4096, 4096 + 8 * KiB);
+      assert.deepEqual(onDisk, data);
+    } finally {
+      mock.restoreAll();
+      await backend.close();
+    }
+  });
+
+  it('hands a miss (EAGAIN) or the part not in the cache to the thread pool', async (t) => {
+    const file = temp();
+    let allow = 0;
+    const { binding, calls } = recording((call) => Math.min(allow, call.length));
+    const backend = await FileBackend.open({ path: file, size: MiB, binding });
+    try {
+      if (backend.inlineModes.read === 'inline') return t.skip(`${dir} is memory-backed`);
+      const readv = t.mock.method(fs, 'readv');
+      const writev = t.mock.method(fs, 'writev');
+      const data = bytes(16 * KiB, 12);
+      await backend.write(0, [data]); // EAGAIN: all in the pool
+      assert.equal(writev.mock.callCount(), 1);
+      allow = 5000;
+      const out = [new Uint8Array(3000), new Uint8Array(16 * KiB - 3000)];
+      await backend.read(0, out); // 5000 bytes here, the rest in the pool
+      assert.deepEqual(Buffer.concat(out), Buffer.from(data));
+      assert.equal(readv.mock.callCount(), 1);
+      assert.equal(calls.length, 2);
+      assert.deepEqual(backend.inlineStats, { done: 0, partial: 1, handedOn: 1 });
+      assert.deepEqual(backend.inlineModes, { read: 'nowait', write: 'nowait' });
+    } finally {
+      mock.restoreAll();
+      await backend.close();
+    }
+  });
+
+  it('stops asking for RWF_NOWAIT in a direction the filesystem refuses (EOPNOTSUPP)', async (t) => {
+    const file = temp();
+    const { binding, calls } = recording((call) =>
+      call.write ? systemError('EOPNOTSUPP', 'pwritev2') : call.length,
+    );
+    const backend = await FileBackend.open({ path: file, size: MiB, binding });
+    try {
+      if (backend.inlineModes.read === 'inline') return t.skip(`${dir} is memory-backed`);
+      const data = bytes(4 * KiB, 13);
+      for (let i = 0; i < 3; i++) await backend.write(i * 4096, [data]);
+      assert.deepEqual(backend.inlineModes, { read: 'nowait', write: 'off' });
+      assert.equal(calls.filter((c) => c.write).length, 1, 'asked once');
+      const out = new Uint8Array(4096);
+      await backend.read(8192, [out]);
+      assert.deepEqual(out, data);
+      assert.equal(calls.filter((c) => !c.write).length, 1);
+    } finally {
+      await backend.close();
+    }
+  });
+
+  it('after 16 misses in a row asks less often (16, 32, ... requests), and again at once after a hit', async (t) => {
+    const file = temp();
+    let hit = false;
+    const { binding, calls } = recording((call) => (hit ? call.length : 0));
+    const backend = await FileBackend.open({ path: file, size: MiB, binding });
+    try {
+      if (backend.inlineModes.read === 'inline') return t.skip(`${dir} is memory-backed`);
+      const out = new Uint8Array(512);
+      const reads = async (n: number) => {
+        for (let i = 0; i < n; i++) await backend.read(0, [out]);
+      };
+      await reads(16);
+      assert.equal(calls.length, 16);
+      await reads(16);
+      assert.equal(calls.length, 16, 'the next 16 go straight to the pool');
+      await reads(1);
+      assert.equal(calls.length, 17, 'then one more try, a miss');
+      await reads(32);
+      assert.equal(calls.length, 17, 'the back-off doubled');
+      hit = true;
+      await reads(1);
+      assert.equal(calls.length, 18);
+      await reads(5);
+      assert.equal(calls.length, 23, 'a hit ends the back-off');
+      assert.equal(backend.inlineStats.done, 6);
+    } finally {
+      await backend.close();
+    }
+  });
+
+  it('more than IOV_MAX buffers: in steps of 1024 on the loop thread', async (t) => {
+    const file = temp();
+    const { binding, calls } = recording();
+    const backend = await FileBackend.open({ path: file, size: MiB, binding });
+    try {
+      if (backend.inlineModes.read === 'inline') return t.skip(`${dir} is memory-backed`);
+      const data = bytes(1500 * 128, 14);
+      const split = (buffer: Uint8Array) =>
+        Array.from({ length: 1500 }, (_, i) => buffer.subarray(i * 128, (i + 1) * 128));
+      await backend.write(0, split(data));
+      const out = new Uint8Array(data.length);
+      await backend.read(0, split(out));
+      assert.deepEqual(out, data);
+      assert.deepEqual(
+        calls.map((c) => [c.write, c.offset, c.length]),
+        [
+          [true, 0, 1024 * 128],
+          [true, 1024 * 128, 476 * 128],
+          [false, 0, 1024 * 128],
+          [false, 1024 * 128, 476 * 128],
+        ],
+      );
+    } finally {
+      await backend.close();
+    }
+  });
+
+  it('sends requests over INLINE_MAX, O_DIRECT files and nowait: false to the thread pool', async () => {
+    const { binding, calls } = recording();
+    const big = await FileBackend.open({ path: temp(), size: MiB, binding });
+    await big.write(0, [new Uint8Array(INLINE_MAX + 512)]);
+    await big.read(0, [new Uint8Array(INLINE_MAX + 512)]);
+    assert.equal(calls.length, 0);
+    await big.close();
+    const direct = await FileBackend.open({ path: temp(), size: MiB, binding, direct: true });
+    assert.deepEqual(direct.inlineModes, { read: 'off', write: 'off' });
+    await direct.close();
+    const off = await FileBackend.open({ path: temp(), size: MiB, binding, nowait: false });
+    assert.deepEqual(off.inlineModes, { read: 'off', write: 'off' });
+    await off.write(0, [new Uint8Array(4096)]);
+    await off.read(0, [new Uint8Array(4096)]);
+    assert.equal(calls.length, 0);
+    await off.close();
+    const file = temp();
+    fs.writeFileSync(file, new Uint8Array(MiB));
+    const readOnly = await FileBackend.open({ path: file, readOnly: true, binding });
+    assert.equal(readOnly.inlineModes.write, 'off');
+    assert.notEqual(readOnly.inlineModes.read, 'off');
+    await readOnly.close();
+  });
+
+  it('works without the loop-thread path when the binding cannot preadv2 on the file (a fake)', async () => {
+    const binding = new FakeBinding();
+    const backend = await FileBackend.open({ path: temp(), size: MiB, binding });
+    assert.deepEqual(backend.inlineModes, { read: 'off', write: 'off' });
+    const data = bytes(4096, 15);
+    await backend.write(512, [data]);
+    const out = new Uint8Array(4096);
+    await backend.read(512, [out]);
+    assert.deepEqual(out, data);
+    await backend.close();
+  });
+
+  const shm = shmDir();
+  it(
+    'on tmpfs (no swap): plain preadv2/pwritev2 on the loop thread; failures fail the request',
+    { skip: shm === null },
+    async (t) => {
+      const file = path.join(shm!, 'disk.img');
+      let fail: Error | null = null;
+      const real = loadNativeBinding();
+      const calls: number[] = [];
+      const binding = overriding({
+        preadv2: (fd, buffers, offset, flags) => {
+          calls.push(flags);
+          if (fail !== null) throw fail;
+          return real.preadv2(fd, buffers, offset, flags);
+        },
+        pwritev2: (fd, buffers, offset, flags) => {
+          calls.push(flags);
+          if (fail !== null) throw fail;
+          return real.pwritev2(fd, buffers, offset, flags);
+        },
+      });
+      const backend = await FileBackend.open({ path: file, size: MiB, binding });
+      try {
+        assert.deepEqual(backend.inlineModes, { read: 'inline', write: 'inline' });
+        const readv = t.mock.method(fs, 'readv');
+        const writev = t.mock.method(fs, 'writev');
+        const data = bytes(64 * KiB, 16);
+        await backend.write(MiB - 64 * KiB, [data.subarray(0, 1000), data.subarray(1000)]);
+        const out = new Uint8Array(64 * KiB);
+        await backend.read(MiB - 64 * KiB, [out]);
+        assert.deepEqual(out, data);
+        assert.equal(readv.mock.callCount() + writev.mock.callCount(), 0);
+        assert.ok(calls.length >= 2 && calls.every((flags) => flags === 0));
+        // the file shrank behind our back: the loop thread reads what is there, the rest reads as zeroes
+        fs.truncateSync(file, MiB - 32 * KiB);
+        out.fill(0xee);
+        await backend.read(MiB - 64 * KiB, [out]);
+        assert.deepEqual(out.subarray(0, 32 * KiB), data.subarray(0, 32 * KiB));
+        assert.ok(out.subarray(32 * KiB).every((b) => b === 0));
+        fail = systemError('ENOSPC', 'pwritev2');
+        await assert.rejects(backend.write(0, [data]), (e) => isSystemError(e, 'ENOSPC'));
+        fail = systemError('EIO', 'preadv2');
+        await assert.rejects(backend.read(0, [out]), (e) => isSystemError(e, 'EIO'));
+      } finally {
+        mock.restoreAll();
+        await backend.close();
+        fs.rmSync(shm!, { recursive: true, force: true });
+      }
     },
   );
 });
