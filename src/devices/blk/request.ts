@@ -104,8 +104,10 @@ export class BlkRequest {
   clear(): void {
     this.chain = null;
     this.queue = null;
-    this.data.length = 0;
-    this.ranges.length = 0;
+    // pop() rather than `length = 0`: setting an array's length is a runtime call, dearer than the pops.
+    const data = this.data;
+    while (data.length !== 0) data.pop();
+    if (this.ranges.length !== 0) this.ranges.length = 0;
     this.problem = null;
   }
 }
