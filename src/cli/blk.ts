@@ -61,7 +61,7 @@ export async function runBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<void
   });
   env.print(runner.path);
   log.info(
-    `serving ${cmd.name}: ${describeSize(runner.device.capacityBytes)}, ${cmd.queues} queue(s) of ${cmd.queueSize}${cmd.readOnly ? ', read-only' : ''}${cmd.packed ? ', packed rings offered' : ''}`,
+    `serving ${cmd.name}: ${describeSize(runner.device.capacityBytes)}, ${cmd.queues} queue(s) of ${cmd.queueSize}${cmd.queueThreads > 1 ? ` on ${cmd.queueThreads} threads` : ''}${cmd.readOnly ? ', read-only' : ''}${cmd.packed ? ', packed rings offered' : ''}`,
   );
 
   env.onSignal('SIGHUP', () => void resizeFromBackend(runner, log));
