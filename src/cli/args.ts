@@ -69,8 +69,9 @@ Options:
                              guest memory mappings, kick watchers and backend handle, so that a multi-queue
                              device uses several cores; 2..queues (0 or 1, the default: all on the main thread).
                              Not with a memory backend
-  --poll-us N                poll the rings for up to N microseconds after a request before sleeping on the
-                             next kick (0: never), 0..1000000
+  --poll-us N                after a queue runs empty, look at its ring again for up to N microseconds before
+                             sleeping on the next kick (0, the default: never), 0..10000; saves a wake-up per
+                             request at low queue depth, costs CPU while polling
   --queue-size N             largest queue size, a power of two 2..32768 (default 256)
   --logical-block-size N     512, 1024, 2048 or 4096 (default 512)
   --serial S                 serial number (GET_ID, /sys/block/vdX/serial), up to 20 characters

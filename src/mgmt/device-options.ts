@@ -65,7 +65,7 @@ export const DEVICE_INTEGER_LIMITS = {
   'queue-size': { min: 2, max: 32768, pow2: true },
   'logical-block-size': { min: 512, max: 4096, pow2: true },
   'queue-threads': { min: 0, max: 64, pow2: false },
-  'poll-us': { min: 0, max: 1_000_000, pow2: false },
+  'poll-us': { min: 0, max: 10_000, pow2: false },
 } as const;
 
 export const SERIAL_MAX = 20;

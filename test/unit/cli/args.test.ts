@@ -142,7 +142,7 @@ describe('vduse command line', () => {
       ['blk', '--name', 'x', '--backend', 'null:1M', '--poll-us', '1.5'],
       /--poll-us must be a whole number/,
     );
-    usage(['blk', '--name', 'x', '--backend', 'null:1M', '--poll-us', '2000000'], /between 0 and 1000000/);
+    usage(['blk', '--name', 'x', '--backend', 'null:1M', '--poll-us', '10001'], /between 0 and 10000/);
   });
 
   it('parses --queue-threads and --poll-us', () => {

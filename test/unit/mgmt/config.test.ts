@@ -86,7 +86,7 @@ test('queue-threads and poll-us: defaults, values, one message each for a bad on
     () => one('    queue-threads: two\n'),
     'config devices[0].queue-threads: expected an integer 0..64, got "two"',
   );
-  fails(() => one('    poll-us: -1\n'), 'config devices[0].poll-us: expected an integer 0..1000000, got -1');
+  fails(() => one('    poll-us: -1\n'), 'config devices[0].poll-us: expected an integer 0..10000, got -1');
   fails(
     () => one('    queueThreads: 2\n'),
     'config devices[0].queueThreads: unknown key (did you mean "queue-threads"?)',
