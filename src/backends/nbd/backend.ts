@@ -16,6 +16,7 @@ import { BackendError, type BackendCapabilities, type BlockBackend } from '../ba
 import {
   NbdConnection,
   NbdConnectionError,
+  type NbdConnRequest,
   NbdServerError,
   describeTarget,
   type NbdTarget,
@@ -36,7 +37,6 @@ import {
   NBD_FLAG_SEND_TRIM,
   NBD_FLAG_SEND_WRITE_ZEROES,
   type NbdExportInfo,
-  type NbdRequest,
 } from './protocol.js';
 import {
   NBD_DEFAULT_QUEUE_DEPTH,
@@ -60,13 +60,36 @@ export interface NbdBackendOptions extends Partial<Omit<NbdSpecOptions, 'target'
   closeTimeoutMs?: number;
 }
 
-interface Op {
-  seq: number;
-  req: NbdRequest;
+/**
+ * One NBD request of the backend, from the caller's call until its promise settles. Ops are pooled: the promise
+ * handed to the caller is the only allocation per request.
+ */
+class Op implements NbdConnRequest {
+  type = 0;
+  flags = 0;
+  offset = 0;
+  length = 0;
+  data: readonly Uint8Array[] | undefined = undefined;
+  dest: readonly Uint8Array[] | undefined = undefined;
+  /** Order of submission (a request sent again keeps its place among waiting ones). */
+  seq = 0;
   /** When the request was first lost with a connection (it is retried for `retryMs` from then). */
-  firstLost: number | undefined;
-  resolve: () => void;
-  reject: (err: Error) => void;
+  firstLost: number | undefined = undefined;
+  /** The connection it was last sent on. */
+  conn: NbdConnection | undefined = undefined;
+  resolve: (() => void) | undefined = undefined;
+  reject: ((err: Error) => void) | undefined = undefined;
+  /** `new Promise(op.executor)`: no closure per request. */
+  readonly executor = (resolve: () => void, reject: (err: Error) => void): void => {
+    this.resolve = resolve;
+    this.reject = reject;
+  };
+
+  constructor(private readonly backend: NbdBackend) {}
+
+  settle(error: Error | undefined): void {
+    this.backend.settled(this, error);
+  }
 }
 
 interface Slot {
@@ -121,6 +144,7 @@ export class NbdBackend implements BlockBackend {
 
   private readonly slots: Slot[] = [];
   private readonly waiting: Op[] = [];
+  private readonly pool: Op[] = [];
   private seq = 0;
   private rr = 0;
   private closed = false;
@@ -268,43 +292,35 @@ export class NbdBackend implements BlockBackend {
   // ---------------------------------------------------------------------------------------------------
   // BlockBackend
 
-  async read(offset: number, buffers: readonly Uint8Array[]): Promise<void> {
-    const length = viewsLength(buffers);
+  read(offset: number, buffers: readonly Uint8Array[]): Promise<void> {
+    const length = buffers.length === 1 ? buffers[0]!.length : viewsLength(buffers);
+    if (length <= this.maxIo) return this.run(NBD_CMD_READ, 0, offset, length, undefined, buffers);
     const parts: Promise<void>[] = [];
     for (let pos = 0; pos < length; pos += this.maxIo) {
       const n = Math.min(this.maxIo, length - pos);
-      parts.push(
-        this.submit({
-          type: NBD_CMD_READ,
-          offset: offset + pos,
-          length: n,
-          dest: sliceViews(buffers, pos, n),
-        }),
-      );
+      parts.push(this.run(NBD_CMD_READ, 0, offset + pos, n, undefined, sliceViews(buffers, pos, n)));
     }
-    await settleAll(parts);
+    return settleAll(parts);
   }
 
-  async write(offset: number, buffers: readonly Uint8Array[], options?: { fua?: boolean }): Promise<void> {
-    this.checkWritable();
+  write(offset: number, buffers: readonly Uint8Array[], options?: { fua?: boolean }): Promise<void> {
     const fua = options?.fua === true;
     const nativeFua = fua && (this.info.flags & NBD_FLAG_SEND_FUA) !== 0;
-    const length = viewsLength(buffers);
-    const parts: Promise<void>[] = [];
-    for (let pos = 0; pos < length; pos += this.maxIo) {
-      const n = Math.min(this.maxIo, length - pos);
-      parts.push(
-        this.submit({
-          type: NBD_CMD_WRITE,
-          flags: nativeFua ? NBD_CMD_FLAG_FUA : 0,
-          offset: offset + pos,
-          length: n,
-          data: sliceViews(buffers, pos, n),
-        }),
-      );
+    const flags = nativeFua ? NBD_CMD_FLAG_FUA : 0;
+    const length = buffers.length === 1 ? buffers[0]!.length : viewsLength(buffers);
+    if (this.readOnly) return Promise.reject(this.notWritable());
+    let done: Promise<void>;
+    if (length <= this.maxIo) {
+      done = this.run(NBD_CMD_WRITE, flags, offset, length, buffers, undefined);
+    } else {
+      const parts: Promise<void>[] = [];
+      for (let pos = 0; pos < length; pos += this.maxIo) {
+        const n = Math.min(this.maxIo, length - pos);
+        parts.push(this.run(NBD_CMD_WRITE, flags, offset + pos, n, sliceViews(buffers, pos, n), undefined));
+      }
+      done = settleAll(parts);
     }
-    await settleAll(parts);
-    if (fua && !nativeFua) await this.flush();
+    return fua && !nativeFua ? done.then(() => this.flush()) : done;
   }
 
   async flush(): Promise<void> {
@@ -312,14 +328,14 @@ export class NbdBackend implements BlockBackend {
       this.checkUsable();
       return;
     }
-    await this.submit({ type: NBD_CMD_FLUSH, offset: 0, length: 0 });
+    await this.run(NBD_CMD_FLUSH, 0, 0, 0, undefined, undefined);
   }
 
   async discard(offset: number, length: number): Promise<void> {
     this.checkWritable();
     if (!this.capabilities.discard) throw new BackendError('nbd: server does not support trim', 'ENOTSUP');
     await settleAll(
-      this.ranges(offset, length).map(([o, n]) => this.submit({ type: NBD_CMD_TRIM, offset: o, length: n })),
+      this.ranges(offset, length).map(([o, n]) => this.run(NBD_CMD_TRIM, 0, o, n, undefined, undefined)),
     );
   }
 
@@ -329,7 +345,7 @@ export class NbdBackend implements BlockBackend {
       const flags = options?.unmap === true ? 0 : NBD_CMD_FLAG_NO_HOLE;
       await settleAll(
         this.ranges(offset, length).map(([o, n]) =>
-          this.submit({ type: NBD_CMD_WRITE_ZEROES, flags, offset: o, length: n }),
+          this.run(NBD_CMD_WRITE_ZEROES, flags, o, n, undefined, undefined),
         ),
       );
       return;
@@ -341,7 +357,7 @@ export class NbdBackend implements BlockBackend {
         const views: Uint8Array[] = [];
         for (let left = n; left > 0; left -= zero.length)
           views.push(zero.subarray(0, Math.min(zero.length, left)));
-        return this.submit({ type: NBD_CMD_WRITE, offset: o, length: n, data: views });
+        return this.run(NBD_CMD_WRITE, 0, o, n, views, undefined);
       }),
     );
   }
@@ -384,31 +400,64 @@ export class NbdBackend implements BlockBackend {
 
   private checkWritable(): void {
     this.checkUsable();
-    if (this.readOnly) throw new BackendError(`nbd: ${this.name} is read-only`, 'EROFS');
+    if (this.readOnly) throw this.notWritable();
   }
 
-  private submit(req: NbdRequest): Promise<void> {
+  private notWritable(): BackendError {
+    return this.broken ?? new BackendError(`nbd: ${this.name} is read-only`, 'EROFS');
+  }
+
+  /** Starts one request (at most maxIo bytes); the promise is the only allocation. */
+  private run(
+    type: number,
+    flags: number,
+    offset: number,
+    length: number,
+    data: readonly Uint8Array[] | undefined,
+    dest: readonly Uint8Array[] | undefined,
+  ): Promise<void> {
     if (this.broken) return Promise.reject(this.broken);
     if (this.closed) return Promise.reject(new BackendError('nbd: backend closed', 'EIO'));
     if (this.givenUp) {
       return Promise.reject(new BackendError(`nbd: ${this.name} unreachable (${this.lastCause})`, 'EIO'));
     }
-    return new Promise<void>((resolve, reject) => {
-      this.waiting.push({ seq: this.seq++, req, firstLost: undefined, resolve, reject });
-      this.dispatch();
-    });
+    const op = this.pool.pop() ?? new Op(this);
+    op.type = type;
+    op.flags = flags;
+    op.offset = offset;
+    op.length = length;
+    op.data = data;
+    op.dest = dest;
+    op.seq = this.seq++;
+    op.firstLost = undefined;
+    const promise = new Promise<void>(op.executor);
+    if (this.waiting.length === 0) {
+      const slot = this.pickSlot();
+      if (slot !== undefined) {
+        this.startOn(slot, op);
+        return promise;
+      }
+    }
+    this.waiting.push(op);
+    return promise;
   }
 
   private pickSlot(): Slot | undefined {
     let best: Slot | undefined;
-    const n = this.slots.length;
-    for (let k = 0; k < n; k++) {
-      const slot = this.slots[(this.rr + k) % n]!;
+    let bestLoad = this.queueDepth;
+    const slots = this.slots;
+    const n = slots.length;
+    for (let k = 0, i = this.rr; k < n; k++, i = i + 1 === n ? 0 : i + 1) {
+      const slot = slots[i]!;
       const conn = slot.conn;
-      if (!conn || conn.closed || conn.inFlight >= this.queueDepth) continue;
-      if (!best || conn.inFlight < best.conn!.inFlight) best = slot;
+      if (conn === undefined || !conn.usable) continue;
+      const load = conn.inFlight;
+      if (load < bestLoad) {
+        best = slot;
+        bestLoad = load;
+      }
     }
-    if (best) this.rr = (best.index + 1) % n;
+    if (best !== undefined) this.rr = best.index + 1 === n ? 0 : best.index + 1;
     return best;
   }
 
@@ -416,55 +465,79 @@ export class NbdBackend implements BlockBackend {
     while (this.waiting.length > 0) {
       const slot = this.pickSlot();
       if (!slot) return;
-      const op = this.waiting.shift()!;
-      slot.requests++;
-      this.send(slot.conn!, op);
+      this.startOn(slot, this.waiting.shift()!);
     }
   }
 
-  private send(conn: NbdConnection, op: Op): void {
-    conn.submit(op.req).then(
-      () => {
-        op.resolve();
-        this.dispatch();
-      },
-      (err: unknown) => {
-        this.onOpError(conn, op, err);
-        this.dispatch();
-      },
-    );
+  private startOn(slot: Slot, op: Op): void {
+    const conn = slot.conn!;
+    slot.requests++;
+    op.conn = conn;
+    try {
+      conn.start(op);
+    } catch (err) {
+      // A malformed request (a bug, not the server's doing).
+      this.failOp(op, new BackendError(`nbd: ${errorText(err)}`, 'EIO'));
+    }
   }
 
-  private onOpError(conn: NbdConnection, op: Op, err: unknown): void {
+  /** An op's connection answered it or failed it (called from the connection, synchronously). */
+  settled(op: Op, error: Error | undefined): void {
+    if (error === undefined) {
+      const resolve = op.resolve!;
+      this.release(op);
+      resolve();
+    } else {
+      const conn = op.conn;
+      op.conn = undefined;
+      this.onOpError(conn, op, error);
+    }
+    if (this.waiting.length > 0) this.dispatch();
+  }
+
+  private release(op: Op): void {
+    op.data = undefined;
+    op.dest = undefined;
+    op.conn = undefined;
+    op.resolve = undefined;
+    op.reject = undefined;
+    this.pool.push(op);
+  }
+
+  private failOp(op: Op, error: Error): void {
+    const reject = op.reject!;
+    this.release(op);
+    reject(error);
+  }
+
+  private onOpError(conn: NbdConnection | undefined, op: Op, err: unknown): void {
     if (this.broken) {
-      op.reject(this.broken);
+      this.failOp(op, this.broken);
       return;
     }
     if (err instanceof NbdServerError) {
       if (err.code === 'ESHUTDOWN') {
         // The server is going away: drop this connection and send the request again on a new one.
         this.retryOrFail(op, `${this.name}: server is shutting down`);
-        conn.destroy(new NbdConnectionError(`${this.name}: server is shutting down`));
+        conn?.destroy(new NbdConnectionError(`${this.name}: server is shutting down`));
         return;
       }
-      op.reject(
-        new BackendError(
-          `nbd: ${opName(op.req.type)} at ${op.req.offset}+${op.req.length}: ${err.message}`,
-          err.code,
-        ),
+      this.failOp(
+        op,
+        new BackendError(`nbd: ${opName(op.type)} at ${op.offset}+${op.length}: ${err.message}`, err.code),
       );
       return;
     }
     if (err instanceof NbdConnectionError) {
       if (this.closed) {
-        op.reject(new BackendError(`nbd: backend closed (${err.message})`, 'EIO'));
+        this.failOp(op, new BackendError(`nbd: backend closed (${err.message})`, 'EIO'));
         return;
       }
       this.lastCause = this.causeText(err);
       this.retryOrFail(op, this.lastCause);
       return;
     }
-    op.reject(new BackendError(`nbd: ${errorText(err)}`, 'EIO'));
+    this.failOp(op, new BackendError(`nbd: ${errorText(err)}`, 'EIO'));
   }
 
   /** Queues a request whose connection failed again, unless it has been failing for the whole retry window. */
@@ -480,16 +553,16 @@ export class NbdBackend implements BlockBackend {
     if (now - this.lastGiveUpLog >= this.retryMs) {
       this.lastGiveUpLog = now;
       this.log(
-        `${this.name}: ${opName(op.req.type)} at ${op.req.offset}+${op.req.length} failed on every ` +
+        `${this.name}: ${opName(op.type)} at ${op.offset}+${op.length} failed on every ` +
           `connection for ${Math.round(this.retryMs / 1000)} s (last error: ${cause}); failing it with EIO`,
       );
     }
-    op.reject(new BackendError(`nbd: ${this.name}: request failed after retries (${cause})`, 'EIO'));
+    this.failOp(op, new BackendError(`nbd: ${this.name}: request failed after retries (${cause})`, 'EIO'));
   }
 
   private requeue(op: Op): void {
     if (this.givenUp) {
-      op.reject(new BackendError(`nbd: ${this.name} unreachable (${this.lastCause})`, 'EIO'));
+      this.failOp(op, new BackendError(`nbd: ${this.name} unreachable (${this.lastCause})`, 'EIO'));
       return;
     }
     // Keep the original order among waiting requests.
@@ -500,7 +573,7 @@ export class NbdBackend implements BlockBackend {
 
   private failWaiting(error: BackendError): void {
     const ops = this.waiting.splice(0);
-    for (const op of ops) op.reject(error);
+    for (const op of ops) this.failOp(op, error);
   }
 
   // ---------------------------------------------------------------------------------------------------

@@ -73,11 +73,44 @@ export class NbdConnectionError extends Error {
   }
 }
 
-interface Pending {
-  resolve: () => void;
-  reject: (err: Error) => void;
-  sentAt: number;
+/** A request on a connection; the connection reports its outcome through `settle()` (no promise). */
+export interface NbdConnRequest extends NbdRequest {
+  /** Called once: `undefined` on success, else an NbdServerError or NbdConnectionError. */
+  settle(error: Error | undefined): void;
 }
+
+/** `submit()`'s request: settles a promise. */
+class PromisedRequest implements NbdConnRequest {
+  readonly type: number;
+  readonly flags: number | undefined;
+  readonly offset: number;
+  readonly length: number;
+  readonly data: readonly Uint8Array[] | undefined;
+  readonly dest: readonly Uint8Array[] | undefined;
+  constructor(
+    req: NbdRequest,
+    private readonly resolve: () => void,
+    private readonly reject: (err: Error) => void,
+  ) {
+    this.type = req.type;
+    this.flags = req.flags;
+    this.offset = req.offset;
+    this.length = req.length;
+    this.data = req.data;
+    this.dest = req.dest;
+  }
+  settle(error: Error | undefined): void {
+    if (error === undefined) this.resolve();
+    else this.reject(error);
+  }
+}
+
+/** Size of the buffer replies are read into (plain sockets; TLS sockets read through their own buffers). */
+const RX_BUFFER = 256 * 1024;
+/** Size of the buffer request headers (and small write payloads) are gathered in before a write. */
+const TX_BUFFER = 64 * 1024;
+/** Write payloads up to this size are copied next to their header; larger ones are sent from where they are. */
+const TX_COPY_LIMIT = 16 * 1024;
 
 export function describeTarget(target: NbdTarget): string {
   const where =
@@ -86,15 +119,17 @@ export function describeTarget(target: NbdTarget): string {
 }
 
 export class NbdConnection {
-  private readonly protocol: NbdClientProtocol;
+  private readonly protocol: NbdClientProtocol<NbdConnRequest>;
   private stream: net.Socket;
   private readonly raw: net.Socket;
-  private readonly pending = new Map<number, Pending>();
   private exportInfo: NbdExportInfo | undefined;
   private closedWith: Error | undefined;
   private isClosed = false;
   private closeWaiters: Array<() => void> = [];
+  /** Reply timeout: a coarse clock (ticks of `tickMs`) stamped on each request, advanced by `timer`. */
   private timer: NodeJS.Timeout | undefined;
+  private tick = 0;
+  private tickMs = 0;
   private handshake:
     | { resolve: (info: NbdExportInfo) => void; reject: (err: Error) => void; timer: NodeJS.Timeout }
     | undefined;
@@ -102,27 +137,53 @@ export class NbdConnection {
   onClose: ((cause: Error) => void) | undefined;
   private closing = false;
 
+  // Outgoing requests of the current synchronous run, written in one go from a microtask: headers (and small
+  // write payloads) are gathered in `tx` from `txStart` to `txEnd`; `txChunks` holds the finished pieces
+  // when a large payload is sent from where it is.
+  private tx: Buffer = Buffer.allocUnsafeSlow(TX_BUFFER);
+  private txStart = 0;
+  private txEnd = 0;
+  private readonly txChunks: Uint8Array[] = [];
+  private flushQueued = false;
+
   private constructor(
     readonly target: NbdTarget,
     private readonly options: NbdConnectOptions,
   ) {
-    this.protocol = new NbdClientProtocol(
+    this.protocol = new NbdClientProtocol<NbdConnRequest>(
       {
         send: (chunks) => this.write(chunks),
+        sendRequest: (header, data) => this.queueRequest(header, data),
         startTls: () => this.startTls(),
         ready: (info) => this.onReady(info),
-        reply: (cookie, error) => this.onReply(cookie, error),
+        reply: (_cookie, error, req) => req.settle(error ? new NbdServerError(error) : undefined),
         failed: (error) => this.destroy(new NbdConnectionError(error.message, error.fatal)),
       },
       { exportName: target.exportName, tls: target.tls !== undefined },
     );
+    // Without TLS, replies are read into one reusable buffer and parsed in place (no Buffer and no stream
+    // event per read); with TLS, the TLS socket's 'data' events feed the protocol.
+    const onread =
+      target.tls === undefined
+        ? {
+            buffer: Buffer.allocUnsafeSlow(RX_BUFFER),
+            callback: (n: number, buf: Uint8Array): boolean => {
+              this.protocol.receive(buf, n);
+              return true;
+            },
+          }
+        : undefined;
     this.raw =
       target.socketPath !== undefined
-        ? net.connect({ path: target.socketPath })
-        : net.connect({ host: target.host ?? '127.0.0.1', port: target.port ?? 10809 });
+        ? net.connect({ path: target.socketPath, ...(onread ? { onread } : {}) })
+        : net.connect({
+            host: target.host ?? '127.0.0.1',
+            port: target.port ?? 10809,
+            ...(onread ? { onread } : {}),
+          });
     this.stream = this.raw;
     this.raw.setNoDelay?.(true);
-    this.raw.on('data', this.onData);
+    if (!onread) this.raw.on('data', this.onData);
     this.raw.on('error', (err) =>
       this.destroy(new NbdConnectionError(`${describeTarget(target)}: ${err.message}`)),
     );
@@ -150,20 +211,32 @@ export class NbdConnection {
     return this.isClosed || this.closedWith !== undefined;
   }
 
+  /** True while requests can be started. */
+  get usable(): boolean {
+    return this.closedWith === undefined && !this.isClosed && !this.closing && this.protocol.isReady;
+  }
+
   get inFlight(): number {
-    return this.pending.size;
+    return this.protocol.inFlightCount;
+  }
+
+  /**
+   * Sends a request; `req.settle()` is called once with the outcome (never from inside this call).
+   * Returns false, without sending, when the connection is not usable. Throws if the request is malformed.
+   */
+  start(req: NbdConnRequest): boolean {
+    if (!this.usable) return false;
+    this.protocol.request(req, this.tick);
+    if (this.timer === undefined) this.armTimer();
+    return true;
   }
 
   /** Sends a request; resolves on a successful reply. */
   submit(req: NbdRequest): Promise<void> {
     if (this.closedWith) return Promise.reject(this.closedWith);
-    if (this.closing || !this.protocol.isReady) {
-      return Promise.reject(new NbdConnectionError('NBD connection is closing'));
-    }
+    if (!this.usable) return Promise.reject(new NbdConnectionError('NBD connection is closing'));
     return new Promise<void>((resolve, reject) => {
-      const cookie = this.protocol.request(req);
-      this.pending.set(cookie, { resolve, reject, sentAt: Date.now() });
-      this.armTimer();
+      this.start(new PromisedRequest(req, resolve, reject));
     });
   }
 
@@ -171,9 +244,9 @@ export class NbdConnection {
   async close(waitMs = 5000): Promise<void> {
     if (this.closed) return;
     this.closing = true;
-    if (this.pending.size > 0) {
+    if (this.inFlight > 0) {
       const deadline = Date.now() + waitMs;
-      while (this.pending.size > 0 && !this.closed && Date.now() < deadline) {
+      while (this.inFlight > 0 && !this.closed && Date.now() < deadline) {
         await new Promise((r) => setTimeout(r, 10));
       }
     }
@@ -205,9 +278,9 @@ export class NbdConnection {
       this.handshake = undefined;
       reject(err);
     }
-    const pending = [...this.pending.values()];
-    this.pending.clear();
-    for (const p of pending) p.reject(err);
+    this.txChunks.length = 0;
+    this.txStart = this.txEnd = 0;
+    for (const req of this.protocol.takeInFlight()) req.settle(err);
   }
 
   private readonly onData = (data: Buffer): void => {
@@ -236,30 +309,82 @@ export class NbdConnection {
     if (!wasClean && !this.closing) this.onClose?.(this.closedWith);
   }
 
+  /** Handshake messages and NBD_CMD_DISC: written at once (after any requests still gathered). */
   private write(chunks: readonly Uint8Array[]): void {
     if (this.closedWith) return;
-    if (this.exportInfo === undefined) {
-      // handshake (and STARTTLS): one message at a time, nothing held back
-      this.stream.cork();
-      for (const c of chunks) this.stream.write(c);
-      this.stream.uncork();
-      return;
-    }
-    // Requests sent in the same synchronous run (a device drains its ring in one go) leave in one writev:
-    // the stream stays corked until the microtask after them, which runs before the event loop goes on.
-    if (this.corkedStream === null) {
-      this.corkedStream = this.stream;
-      this.stream.cork();
-      queueMicrotask(this.uncork);
-    }
+    this.flush();
+    this.stream.cork();
     for (const c of chunks) this.stream.write(c);
+    this.stream.uncork();
   }
 
-  private corkedStream: net.Socket | null = null;
-  private readonly uncork = (): void => {
-    const stream = this.corkedStream;
-    this.corkedStream = null;
-    stream?.uncork();
+  /**
+   * Requests sent in the same synchronous run (a device drains its ring in one go) leave in one write, from
+   * the microtask after them (which runs before the event loop goes on).
+   */
+  private queueRequest(header: Uint8Array, data: readonly Uint8Array[] | undefined): void {
+    if (this.closedWith) return;
+    let copy = 0;
+    let large = false;
+    if (data !== undefined) {
+      for (let i = 0; i < data.length; i++) copy += data[i]!.length;
+      if (copy > TX_COPY_LIMIT) {
+        large = true;
+        copy = 0;
+      }
+    }
+    if (this.txEnd + 28 + copy > this.tx.length) this.newTxBuffer(28 + copy);
+    const tx = this.tx;
+    tx.set(header, this.txEnd);
+    this.txEnd += 28;
+    if (data !== undefined) {
+      if (large) {
+        this.sealTx();
+        for (let i = 0; i < data.length; i++) this.txChunks.push(data[i]!);
+      } else {
+        for (let i = 0; i < data.length; i++) {
+          tx.set(data[i]!, this.txEnd);
+          this.txEnd += data[i]!.length;
+        }
+      }
+    }
+    if (!this.flushQueued) {
+      this.flushQueued = true;
+      queueMicrotask(this.flush);
+    }
+  }
+
+  /** The gathered bytes become a chunk of their own (what follows goes after them in `tx`). */
+  private sealTx(): void {
+    if (this.txEnd > this.txStart) this.txChunks.push(this.tx.subarray(this.txStart, this.txEnd));
+    this.txStart = this.txEnd;
+  }
+
+  /** Continues in a fresh buffer (the old one may still be referenced by writes not yet done). */
+  private newTxBuffer(need: number): void {
+    this.sealTx();
+    this.tx = Buffer.allocUnsafeSlow(Math.max(TX_BUFFER, need));
+    this.txStart = this.txEnd = 0;
+  }
+
+  private readonly flush = (): void => {
+    this.flushQueued = false;
+    if (this.closedWith) return;
+    this.sealTx();
+    const chunks = this.txChunks;
+    if (chunks.length === 0) return;
+    const stream = this.stream;
+    if (chunks.length === 1) {
+      stream.write(chunks[0]!);
+    } else {
+      stream.cork();
+      for (let i = 0; i < chunks.length; i++) stream.write(chunks[i]!);
+      stream.uncork();
+    }
+    chunks.length = 0;
+    // Everything went to the kernel: `tx` is free again from the start (else the writes still reference it
+    // and later requests go after them, or into a new buffer).
+    if (stream.writableLength === 0) this.txStart = this.txEnd = 0;
   };
 
   private startTls(): void {
@@ -305,29 +430,27 @@ export class NbdConnection {
     }
   }
 
-  private onReply(cookie: number, error: NbdReplyError | undefined): void {
-    const p = this.pending.get(cookie);
-    if (!p) return;
-    this.pending.delete(cookie);
-    if (error) p.reject(new NbdServerError(error));
-    else p.resolve();
-  }
-
+  /**
+   * Requests are stamped with `tick`, which this timer advances every `tickMs` (a quarter of the limit) while
+   * requests are in flight: a request is overdue once more than `limit` has surely passed since it was sent.
+   */
   private armTimer(): void {
     const limit = this.options.requestTimeoutMs ?? 0;
     if (limit <= 0 || this.timer) return;
-    const period = Math.max(10, Math.min(1000, Math.floor(limit / 4)));
+    this.tickMs = Math.max(10, Math.min(1000, Math.floor(limit / 4)));
+    const ticks = Math.ceil(limit / this.tickMs);
     this.timer = setInterval(() => {
-      const first = this.pending.values().next();
-      if (first.done) {
+      this.tick++;
+      const oldest = this.protocol.oldestStamp();
+      if (oldest === undefined) {
         clearInterval(this.timer);
         this.timer = undefined;
         return;
       }
-      if (Date.now() - first.value.sentAt >= limit) {
+      if (this.tick - oldest > ticks) {
         this.destroy(new NbdConnectionError(`${describeTarget(this.target)}: no reply for ${limit} ms`));
       }
-    }, period);
+    }, this.tickMs);
     this.timer.unref();
   }
 }

@@ -182,15 +182,21 @@ export interface NbdReplyError {
 }
 
 /** Receives the protocol's output. All calls are synchronous, from inside the protocol's methods. */
-export interface NbdProtocolSink {
+export interface NbdProtocolSink<R extends NbdRequest = NbdRequest> {
   /** Bytes to write to the connection, in order (views are not copied; keep them unchanged until sent). */
   send(chunks: readonly Uint8Array[]): void;
+  /**
+   * A transmission request: its 28-byte header, then for a write the payload views. `header` is scratch
+   * memory, valid only during the call (copy it); `data` stays valid until the request is answered.
+   * Optional: without it, requests go through `send()`.
+   */
+  sendRequest?(header: Uint8Array, data: readonly Uint8Array[] | undefined): void;
   /** The server accepted NBD_OPT_STARTTLS: start TLS on the connection, then call `tlsStarted()`. */
   startTls(): void;
   /** Handshake done; transmission phase entered. */
   ready(info: NbdExportInfo): void;
-  /** A request is complete (`error` undefined: success). */
-  reply(cookie: number, error: NbdReplyError | undefined): void;
+  /** A request is complete (`error` undefined: success); `request` is the object given to `request()`. */
+  reply(cookie: number, error: NbdReplyError | undefined, request: R): void;
   /**
    * The connection is unusable (protocol violation, handshake refused, ...). Emitted once; after it the
    * protocol ignores input and accepts no requests. `fatal` means retrying the same server cannot help
@@ -257,20 +263,37 @@ const enum Rx {
   ChunkPayload,
 }
 
-interface InFlight {
-  cookie: number;
-  type: number;
-  offset: number;
-  length: number;
-  dest: readonly Uint8Array[] | undefined;
-  /** Byte ranges [start, end) relative to `offset` already described by content chunks. */
-  covered: Array<[number, number]>;
-  coveredBytes: number;
-  error: NbdReplyError | undefined;
-  structuredSeen: boolean;
+/** A request slot; slots are reused (no allocation per request once the pool has grown). */
+class InFlight<R extends NbdRequest> {
+  /** Index in the slot table; the low 32 bits of the cookie are index + 1. */
+  readonly index: number;
+  /** Bumped on every reuse; the high bits of the cookie, so a stray reply to an old cookie is caught. */
+  generation = 0;
+  cookie = 0;
+  live = false;
+  /** Sending order (for `inFlightCookies()` and failing requests in order). */
+  seq = 0;
+  /** The caller's stamp given to `request()` (the client keeps its send time there). */
+  stamp = 0;
+  req: R | undefined = undefined;
+  type = 0;
+  offset = 0;
+  length = 0;
+  dest: readonly Uint8Array[] | undefined = undefined;
+  /** Byte ranges relative to `offset` already described by content chunks, flat: start, end, start, end... */
+  readonly covered: number[] = [];
+  coveredBytes = 0;
+  error: NbdReplyError | undefined = undefined;
+  structuredSeen = false;
+
+  constructor(index: number) {
+    this.index = index;
+  }
 }
 
 const TWO32 = 0x100000000;
+/** Cookie generations stay below 2^21 so that every cookie is a safe integer. */
+const GENERATION_MASK = 0x1fffff;
 /** Upper bound on in-flight requests on one connection (a sanity limit, not a tuning knob). */
 export const NBD_MAX_IN_FLIGHT = 65536;
 
@@ -283,6 +306,22 @@ function u64(view: DataView, at: number): number {
 function putU64(view: DataView, at: number, value: number): void {
   view.setUint32(at, Math.floor(value / TWO32));
   view.setUint32(at + 4, value >>> 0);
+}
+
+/** Big-endian u32 at `at` (no DataView: the hot path parses headers in place). */
+function rd32(b: Uint8Array, at: number): number {
+  return ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
+}
+
+function rd16(b: Uint8Array, at: number): number {
+  return (b[at]! << 8) | b[at + 1]!;
+}
+
+function wr32(b: Uint8Array, at: number, value: number): void {
+  b[at] = value >>> 24;
+  b[at + 1] = value >>> 16;
+  b[at + 2] = value >>> 8;
+  b[at + 3] = value;
 }
 
 const utf8 = new TextEncoder();
@@ -304,6 +343,29 @@ export function copyIntoViews(views: readonly Uint8Array[], pos: number, src: Ui
     skip = 0;
   }
   return done === src.length;
+}
+
+/** Copies `src[from, from + length)` into the concatenation of `views` starting at byte `pos`. */
+function copyRangeIntoViews(
+  views: readonly Uint8Array[],
+  pos: number,
+  src: Uint8Array,
+  from: number,
+  length: number,
+): void {
+  let skip = pos;
+  let done = 0;
+  for (let i = 0; i < views.length && done < length; i++) {
+    const v = views[i]!;
+    if (skip >= v.length) {
+      skip -= v.length;
+      continue;
+    }
+    const n = Math.min(v.length - skip, length - done);
+    v.set(src.subarray(from + done, from + done + n), skip);
+    done += n;
+    skip = 0;
+  }
 }
 
 /** Fills `length` bytes of the concatenation of `views` from `pos` with zeroes. */
@@ -332,7 +394,7 @@ function totalLength(views: readonly Uint8Array[]): number {
 // ---------------------------------------------------------------------------------------------------------
 // The protocol
 
-export class NbdClientProtocol {
+export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
   private phase = Phase.Greeting;
   /** Bytes received but not yet consumed (only partial headers/payloads are kept here). */
   private pending: Uint8Array = new Uint8Array(0);
@@ -349,11 +411,16 @@ export class NbdClientProtocol {
   private info: Partial<NbdExportInfo> = {};
 
   // Transmission state.
-  private readonly inFlight = new Map<number, InFlight>();
-  private nextCookie = 1;
+  /** Request slots, indexed by cookie low word - 1; `free` holds the indices not in flight. */
+  private readonly slots: Array<InFlight<R>> = [];
+  private readonly free: number[] = [];
+  private live = 0;
+  private nextSeq = 0;
+  /** Scratch for the header of the request being sent. */
+  private readonly header = new Uint8Array(28);
   private rx = Rx.Header;
   /** Request whose payload is being received. */
-  private cur: InFlight | undefined;
+  private cur: InFlight<R> | undefined;
   /** Structured chunk header fields of the chunk being received. */
   private chunkFlags = 0;
   private chunkType = 0;
@@ -363,7 +430,7 @@ export class NbdClientProtocol {
   private dataLeft = 0;
 
   constructor(
-    private readonly sink: NbdProtocolSink,
+    private readonly sink: NbdProtocolSink<R>,
     options: NbdHandshakeOptions,
   ) {
     this.exportName = utf8.encode(options.exportName);
@@ -385,29 +452,71 @@ export class NbdClientProtocol {
 
   /** Number of requests sent and not yet answered. */
   get inFlightCount(): number {
-    return this.inFlight.size;
+    return this.live;
   }
 
   /** Cookies of the requests sent and not yet answered, in sending order. */
   inFlightCookies(): number[] {
-    return [...this.inFlight.keys()];
+    return this.liveSlots().map((r) => r.cookie);
   }
 
-  /** Feed bytes received from the server. */
-  receive(data: Uint8Array): void {
+  /**
+   * Forgets the requests sent and not yet answered and returns them in sending order, for failing or resending
+   * them elsewhere (the connection is gone; a reply to one of them would now be a protocol error).
+   */
+  takeInFlight(): R[] {
+    const out: R[] = [];
+    for (const slot of this.liveSlots()) {
+      out.push(slot.req!);
+      slot.live = false;
+      slot.req = undefined;
+      slot.dest = undefined;
+      this.free.push(slot.index);
+    }
+    this.live = 0;
+    this.cur = undefined;
+    if (this.phase === Phase.Transmission) this.phase = Phase.Closed;
+    return out;
+  }
+
+  /** The smallest stamp given to `request()` among the requests in flight (undefined: none in flight). */
+  oldestStamp(): number | undefined {
+    let min: number | undefined;
+    for (const r of this.slots) if (r.live && (min === undefined || r.stamp < min)) min = r.stamp;
+    return min;
+  }
+
+  private liveSlots(): Array<InFlight<R>> {
+    return this.slots.filter((r) => r.live).sort((a, b) => a.seq - b.seq);
+  }
+
+  /**
+   * Feed bytes received from the server: `data[0, length)` (default: all of it). The bytes are consumed
+   * before this returns (payloads are copied into the requests' destination views), so the caller may
+   * reuse its buffer.
+   */
+  receive(data: Uint8Array, length = data.length): void {
     if (this.stopped()) return;
     let buf = data;
+    let end = length;
     if (this.pending.length > 0) {
-      const joined = new Uint8Array(this.pending.length + data.length);
+      const joined = new Uint8Array(this.pending.length + length);
       joined.set(this.pending, 0);
-      joined.set(data, this.pending.length);
+      joined.set(length === data.length ? data : data.subarray(0, length), this.pending.length);
       buf = joined;
+      end = joined.length;
       this.pending = new Uint8Array(0);
+    } else if (end !== buf.length && this.phase !== Phase.Transmission) {
+      // The handshake parsers look at buf.length; it is not the hot path.
+      buf = buf.subarray(0, end);
     }
     let pos = 0;
     try {
-      while (pos < buf.length && !this.stopped()) {
-        const used = this.step(buf, pos);
+      while (pos < end) {
+        let used: number;
+        if (this.phase === Phase.Transmission) used = this.onTransmission(buf, pos, end);
+        else if (this.stopped()) break;
+        else used = this.step(buf, pos);
         if (used === 0) break;
         pos += used;
       }
@@ -415,16 +524,16 @@ export class NbdClientProtocol {
       this.fail(err instanceof NbdProtocolError ? err : new NbdProtocolError(String(err)));
       return;
     }
-    if (pos < buf.length && !this.stopped()) {
-      // Keep a copy: the caller may reuse its buffer.
-      this.pending = buf.slice(pos);
+    if (pos < end && !this.stopped()) {
+      // Keep a copy: the caller may reuse its buffer (and Buffer's slice() would not copy).
+      this.pending = new Uint8Array(buf.subarray(pos, end));
     }
   }
 
   /** The connection ended (EOF or error) before the protocol was done with it. */
   connectionClosed(): void {
     if (this.phase === Phase.Failed || this.phase === Phase.Closed) return;
-    if (this.phase === Phase.Transmission && this.inFlight.size === 0 && this.pending.length === 0) {
+    if (this.phase === Phase.Transmission && this.live === 0 && this.pending.length === 0) {
       this.phase = Phase.Closed;
       return;
     }
@@ -446,42 +555,67 @@ export class NbdClientProtocol {
   }
 
   /**
-   * Sends a request; returns its cookie. The reply arrives through `sink.reply(cookie, ...)`.
+   * Sends a request; returns its cookie. The reply arrives through `sink.reply(cookie, error, req)`; `req`
+   * (and its `dest`/`data` views) must stay unchanged until then. `stamp` is kept for `oldestStamp()`.
    * Throws if the connection is not in the transmission phase or the request is malformed.
    */
-  request(req: NbdRequest): number {
+  request(req: R, stamp = 0): number {
     if (this.phase !== Phase.Transmission) throw new Error('NBD connection is not ready');
-    if (req.type === NBD_CMD_DISC) throw new Error('use disconnect() for NBD_CMD_DISC');
-    if (!Number.isSafeInteger(req.offset) || req.offset < 0) throw new RangeError('bad offset');
-    if (!Number.isInteger(req.length) || req.length < 0 || req.length >= TWO32) {
+    const type = req.type;
+    const offset = req.offset;
+    const length = req.length;
+    if (type === NBD_CMD_DISC) throw new Error('use disconnect() for NBD_CMD_DISC');
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError('bad offset');
+    if (!Number.isInteger(length) || length < 0 || length >= TWO32) {
       throw new RangeError('bad length');
     }
-    if (req.type === NBD_CMD_WRITE) {
-      if (!req.data || totalLength(req.data) !== req.length)
-        throw new RangeError('write data length mismatch');
+    if (type === NBD_CMD_WRITE) {
+      if (!req.data || totalLength(req.data) !== length) throw new RangeError('write data length mismatch');
+    } else if (type === NBD_CMD_READ) {
+      if (!req.dest || totalLength(req.dest) !== length) throw new RangeError('read buffer length mismatch');
     }
-    if (req.type === NBD_CMD_READ) {
-      if (!req.dest || totalLength(req.dest) !== req.length)
-        throw new RangeError('read buffer length mismatch');
-    }
-    if (this.inFlight.size >= NBD_MAX_IN_FLIGHT) throw new Error('too many NBD requests in flight');
-    const cookie = this.nextCookie++;
-    this.inFlight.set(cookie, {
-      cookie,
-      type: req.type,
-      offset: req.offset,
-      length: req.length,
-      dest: req.type === NBD_CMD_READ ? req.dest : undefined,
-      covered: [],
-      coveredBytes: 0,
-      error: undefined,
-      structuredSeen: false,
-    });
-    const header = encodeRequestHeader(req.flags ?? 0, req.type, cookie, req.offset, req.length);
-    if (req.type === NBD_CMD_WRITE && req.data && req.length > 0) {
-      this.sink.send([header, ...req.data]);
+    let slot: InFlight<R>;
+    const index = this.free.pop();
+    if (index !== undefined) {
+      slot = this.slots[index]!;
     } else {
-      this.sink.send([header]);
+      if (this.slots.length >= NBD_MAX_IN_FLIGHT) throw new Error('too many NBD requests in flight');
+      slot = new InFlight<R>(this.slots.length);
+      this.slots.push(slot);
+    }
+    slot.generation = (slot.generation + 1) & GENERATION_MASK;
+    const cookie = slot.generation * TWO32 + slot.index + 1;
+    slot.cookie = cookie;
+    slot.live = true;
+    slot.seq = this.nextSeq++;
+    slot.stamp = stamp;
+    slot.req = req;
+    slot.type = type;
+    slot.offset = offset;
+    slot.length = length;
+    slot.dest = type === NBD_CMD_READ ? req.dest : undefined;
+    slot.covered.length = 0;
+    slot.coveredBytes = 0;
+    slot.error = undefined;
+    slot.structuredSeen = false;
+    this.live++;
+    const h = this.header;
+    wr32(h, 0, NBD_REQUEST_MAGIC);
+    const flags = req.flags ?? 0;
+    h[4] = flags >>> 8;
+    h[5] = flags;
+    h[6] = type >>> 8;
+    h[7] = type;
+    wr32(h, 8, slot.generation);
+    wr32(h, 12, slot.index + 1);
+    wr32(h, 16, Math.floor(offset / TWO32));
+    wr32(h, 20, offset >>> 0);
+    wr32(h, 24, length);
+    const data = type === NBD_CMD_WRITE && length > 0 ? req.data : undefined;
+    if (this.sink.sendRequest !== undefined) {
+      this.sink.sendRequest(h, data);
+    } else {
+      this.sink.send(data !== undefined ? [h.slice(), ...data] : [h.slice()]);
     }
     return cookie;
   }
@@ -518,7 +652,7 @@ export class NbdClientProtocol {
       case Phase.ExportNameReply:
         return this.onExportNameReply(buf, pos);
       case Phase.Transmission:
-        return this.onTransmission(buf, pos);
+        return this.onTransmission(buf, pos, buf.length);
       case Phase.WaitTls:
         throw new NbdProtocolError('server sent data before the TLS handshake');
       default:
@@ -739,41 +873,54 @@ export class NbdClientProtocol {
   // ---------------------------------------------------------------------------------------------------
   // Transmission
 
-  private onTransmission(buf: Uint8Array, pos: number): number {
+  private onTransmission(buf: Uint8Array, pos: number, end: number): number {
     switch (this.rx) {
       case Rx.Header:
-        return this.onReplyHeader(buf, pos);
+        return this.onReplyHeader(buf, pos, end);
       case Rx.SimpleData:
       case Rx.ChunkData:
-        return this.onStreamData(buf, pos);
+        return this.onStreamData(buf, pos, end);
       case Rx.DataOffset:
-        return this.onDataOffset(buf, pos);
+        return this.onDataOffset(buf, pos, end);
       case Rx.ChunkPayload:
-        return this.onChunkPayload(buf, pos);
+        return this.onChunkPayload(buf, pos, end);
     }
   }
 
-  private lookup(v: DataView, at: number): InFlight {
-    const hi = v.getUint32(at);
-    const lo = v.getUint32(at + 4);
-    const cookie = hi * TWO32 + lo;
-    const req = hi < 0x200000 ? this.inFlight.get(cookie) : undefined;
-    if (!req) {
+  private lookup(buf: Uint8Array, at: number): InFlight<R> {
+    const hi = rd32(buf, at);
+    const lo = rd32(buf, at + 4);
+    const slot = lo >= 1 && lo <= this.slots.length ? this.slots[lo - 1] : undefined;
+    if (slot === undefined || !slot.live || slot.generation !== hi) {
       throw new NbdProtocolError(
         `reply with unknown cookie 0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')}`,
       );
     }
-    return req;
+    return slot;
   }
 
-  private onReplyHeader(buf: Uint8Array, pos: number): number {
-    if (buf.length - pos < 4) return 0;
-    const v = new DataView(buf.buffer, buf.byteOffset + pos);
-    const magic = v.getUint32(0);
+  private onReplyHeader(buf: Uint8Array, pos: number, end: number): number {
+    if (end - pos < 4) return 0;
+    const magic = rd32(buf, pos);
+    if (magic === NBD_STRUCTURED_REPLY_MAGIC) {
+      if (!this.structured) throw new NbdProtocolError('structured reply without negotiation');
+      if (end - pos < 20) return 0;
+      const flags = rd16(buf, pos + 4);
+      const type = rd16(buf, pos + 6);
+      const req = this.lookup(buf, pos + 8);
+      const length = rd32(buf, pos + 16);
+      req.structuredSeen = true;
+      this.cur = req;
+      this.chunkFlags = flags;
+      this.chunkType = type;
+      this.chunkLength = length;
+      this.startChunk(req, type, flags, length);
+      return 20;
+    }
     if (magic === NBD_SIMPLE_REPLY_MAGIC) {
-      if (buf.length - pos < 16) return 0;
-      const error = v.getUint32(4);
-      const req = this.lookup(v, 8);
+      if (end - pos < 16) return 0;
+      const error = rd32(buf, pos + 4);
+      const req = this.lookup(buf, pos + 8);
       if (req.structuredSeen) throw new NbdProtocolError('simple reply to a request with structured chunks');
       if (error !== 0) {
         this.complete(req, { value: error, name: nbdErrorName(error), message: '' });
@@ -795,25 +942,10 @@ export class NbdClientProtocol {
       this.complete(req, undefined);
       return 16;
     }
-    if (magic === NBD_STRUCTURED_REPLY_MAGIC) {
-      if (!this.structured) throw new NbdProtocolError('structured reply without negotiation');
-      if (buf.length - pos < 20) return 0;
-      const flags = v.getUint16(4);
-      const type = v.getUint16(6);
-      const req = this.lookup(v, 8);
-      const length = v.getUint32(16);
-      req.structuredSeen = true;
-      this.cur = req;
-      this.chunkFlags = flags;
-      this.chunkType = type;
-      this.chunkLength = length;
-      this.startChunk(req, type, flags, length);
-      return 20;
-    }
     throw new NbdProtocolError(`bad reply magic 0x${magic.toString(16).padStart(8, '0')}`);
   }
 
-  private startChunk(req: InFlight, type: number, flags: number, length: number): void {
+  private startChunk(req: InFlight<R>, type: number, flags: number, length: number): void {
     const done = (flags & NBD_REPLY_FLAG_DONE) !== 0;
     switch (type) {
       case NBD_REPLY_TYPE_NONE:
@@ -846,11 +978,10 @@ export class NbdClientProtocol {
     }
   }
 
-  private onDataOffset(buf: Uint8Array, pos: number): number {
-    if (buf.length - pos < 8) return 0;
+  private onDataOffset(buf: Uint8Array, pos: number, end: number): number {
+    if (end - pos < 8) return 0;
     const req = this.cur!;
-    const v = new DataView(buf.buffer, buf.byteOffset + pos);
-    const offset = u64(v, 0);
+    const offset = rd32(buf, pos) * TWO32 + rd32(buf, pos + 4);
     const dataLength = this.chunkLength - 8;
     const rel = offset - req.offset;
     this.claimRange(req, rel, dataLength);
@@ -861,23 +992,26 @@ export class NbdClientProtocol {
   }
 
   /** Checks a content chunk range [rel, rel+len) against the request and earlier chunks, and records it. */
-  private claimRange(req: InFlight, rel: number, len: number): void {
+  private claimRange(req: InFlight<R>, rel: number, len: number): void {
     if (rel < 0 || len <= 0 || rel + len > req.length) {
       throw new NbdProtocolError('chunk outside the range of the request');
     }
-    for (const [s, e] of req.covered) {
-      if (rel < e && s < rel + len) throw new NbdProtocolError('chunk overlaps an earlier chunk');
+    const covered = req.covered;
+    for (let i = 0; i < covered.length; i += 2) {
+      if (rel < covered[i + 1]! && covered[i]! < rel + len) {
+        throw new NbdProtocolError('chunk overlaps an earlier chunk');
+      }
     }
-    if (req.covered.length >= 4096) throw new NbdProtocolError('too many chunks in one reply');
-    req.covered.push([rel, rel + len]);
+    if (covered.length >= 2 * 4096) throw new NbdProtocolError('too many chunks in one reply');
+    covered.push(rel, rel + len);
     req.coveredBytes += len;
   }
 
-  private onStreamData(buf: Uint8Array, pos: number): number {
+  private onStreamData(buf: Uint8Array, pos: number, end: number): number {
     const req = this.cur!;
-    const n = Math.min(this.dataLeft, buf.length - pos);
+    const n = Math.min(this.dataLeft, end - pos);
     // Destination views were checked to add up to req.length; ranges were checked against it too.
-    copyIntoViews(req.dest!, this.dataPos, buf.subarray(pos, pos + n));
+    copyRangeIntoViews(req.dest!, this.dataPos, buf, pos, n);
     this.dataPos += n;
     this.dataLeft -= n;
     if (this.dataLeft === 0) {
@@ -892,22 +1026,21 @@ export class NbdClientProtocol {
     return n;
   }
 
-  private onChunkPayload(buf: Uint8Array, pos: number): number {
+  private onChunkPayload(buf: Uint8Array, pos: number, end: number): number {
     const length = this.chunkLength;
-    if (buf.length - pos < length) return 0;
+    if (end - pos < length) return 0;
     const req = this.cur!;
-    const v = new DataView(buf.buffer, buf.byteOffset + pos, length);
     const type = this.chunkType;
     if (type === NBD_REPLY_TYPE_OFFSET_HOLE) {
-      const offset = u64(v, 0);
-      const size = v.getUint32(8);
+      const offset = rd32(buf, pos) * TWO32 + rd32(buf, pos + 4);
+      const size = rd32(buf, pos + 8);
       if (size === 0) throw new NbdProtocolError('OFFSET_HOLE chunk with zero size');
       const rel = offset - req.offset;
       this.claimRange(req, rel, size);
       zeroViews(req.dest!, rel, size);
     } else {
-      const value = v.getUint32(0);
-      const msgLen = v.getUint16(4);
+      const value = rd32(buf, pos);
+      const msgLen = rd16(buf, pos + 4);
       const fixedTail = type === NBD_REPLY_TYPE_ERROR_OFFSET ? 8 : 0;
       if (msgLen > length - 6 - fixedTail) {
         throw new NbdProtocolError('error chunk message length does not fit the chunk');
@@ -916,7 +1049,8 @@ export class NbdClientProtocol {
       const message = utf8d.decode(buf.subarray(pos + 6, pos + 6 + msgLen));
       const error: NbdReplyError = { value, name: nbdErrorName(value), message };
       if (type === NBD_REPLY_TYPE_ERROR_OFFSET) {
-        const offset = u64(v, 6 + msgLen);
+        const at = pos + 6 + msgLen;
+        const offset = rd32(buf, at) * TWO32 + rd32(buf, at + 4);
         if (offset < req.offset || offset >= req.offset + Math.max(req.length, 1)) {
           throw new NbdProtocolError('error offset outside the range of the request');
         }
@@ -928,7 +1062,7 @@ export class NbdClientProtocol {
     return length;
   }
 
-  private finishChunk(req: InFlight, done: boolean): void {
+  private finishChunk(req: InFlight<R>, done: boolean): void {
     this.rx = Rx.Header;
     this.cur = undefined;
     if (!done) return;
@@ -938,9 +1072,16 @@ export class NbdClientProtocol {
     this.complete(req, req.error);
   }
 
-  private complete(req: InFlight, error: NbdReplyError | undefined): void {
-    this.inFlight.delete(req.cookie);
-    this.sink.reply(req.cookie, error);
+  private complete(slot: InFlight<R>, error: NbdReplyError | undefined): void {
+    const req = slot.req!;
+    const cookie = slot.cookie;
+    slot.live = false;
+    slot.req = undefined;
+    slot.dest = undefined;
+    slot.error = undefined;
+    this.live--;
+    this.free.push(slot.index);
+    this.sink.reply(cookie, error, req);
   }
 }
 

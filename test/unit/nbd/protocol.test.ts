@@ -32,6 +32,8 @@ import {
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REQUEST_MAGIC,
+  NbdClientProtocol,
+  type NbdRequest,
 } from '../../../src/backends/nbd/protocol.js';
 import {
   Recorder,
@@ -358,6 +360,79 @@ describe('NBD transmission', () => {
     assert.throws(() => r.protocol.request({ type: NBD_CMD_FLUSH, offset: 0, length: 0 }));
     r.protocol.connectionClosed();
     assert.deepEqual(r.failures, []);
+  });
+});
+
+describe('NBD request slots and input buffers', () => {
+  it('reuses a slot for a new request under a new cookie, and refuses a second reply to the old cookie', () => {
+    const r = readyProtocol(FLAGS);
+    const c1 = r.protocol.request({ type: NBD_CMD_FLUSH, offset: 0, length: 0 });
+    r.feed(simpleReply(c1));
+    const c2 = r.protocol.request({ type: NBD_CMD_FLUSH, offset: 0, length: 0 });
+    assert.notEqual(c2, c1);
+    // same slot (low word), next generation (high word)
+    assert.equal(c2 % 2 ** 32, c1 % 2 ** 32);
+    r.feed(simpleReply(c1));
+    assert.equal(r.replies.length, 1);
+    assert.match(r.failures[0]!.message, /unknown cookie/);
+  });
+
+  it('hands the request object back with its reply', () => {
+    const replies: unknown[] = [];
+    const protocol = new NbdClientProtocol<NbdRequest & { tag: string }>(
+      {
+        send: () => {},
+        startTls: () => {},
+        ready: () => {},
+        reply: (_cookie, _error, req) => replies.push(req.tag),
+        failed: () => {},
+      },
+      { exportName: '' },
+    );
+    protocol.receive(concat(greeting(), optionReply(NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK)));
+    protocol.receive(concat(infoExport(1 << 20, FLAGS), optionReply(NBD_OPT_GO, NBD_REP_ACK)));
+    assert.ok(protocol.isReady);
+    const a = protocol.request({ type: NBD_CMD_FLUSH, offset: 0, length: 0, tag: 'a' });
+    const b = protocol.request({ type: NBD_CMD_FLUSH, offset: 0, length: 0, tag: 'b' });
+    protocol.receive(concat(simpleReply(b), simpleReply(a)));
+    assert.deepEqual(replies, ['b', 'a']);
+  });
+
+  it('parses a stream fed through one reused buffer (a byte count per read), split anywhere', () => {
+    const r = new Recorder();
+    // a Buffer, as a socket gives: its slice() is a view, not a copy
+    const shared = Buffer.alloc(64);
+    const feed = (bytes: Uint8Array, step: number): void => {
+      for (let i = 0; i < bytes.length; i += step) {
+        const piece = bytes.subarray(i, i + step);
+        shared.fill(0xaa);
+        shared.set(piece);
+        r.protocol.receive(shared, piece.length);
+      }
+    };
+    feed(greeting(), 7);
+    feed(optionReply(NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK), 13);
+    feed(concat(infoBlockSize(512, 4096, 1 << 20), infoExport(1 << 20, FLAGS)), 20);
+    feed(optionReply(NBD_OPT_GO, NBD_REP_ACK), 3);
+    assert.deepEqual(r.failures, []);
+    assert.ok(r.protocol.isReady);
+    const dest = [new Uint8Array(700), new Uint8Array(324)];
+    const rd = r.protocol.request({ type: NBD_CMD_READ, offset: 8192, length: 1024, dest });
+    const wr = r.protocol.request({ type: NBD_CMD_WRITE, offset: 0, length: 1, data: [new Uint8Array(1)] });
+    const data = pattern(1024, 9);
+    feed(
+      concat(
+        chunk(wr, DONE, NBD_REPLY_TYPE_NONE, new Uint8Array(0)),
+        chunk(rd, DONE, NBD_REPLY_TYPE_OFFSET_DATA, dataPayload(8192, data)),
+      ),
+      23,
+    );
+    assert.deepEqual(r.failures, []);
+    assert.deepEqual(
+      r.replies.map((x) => x.cookie),
+      [wr, rd],
+    );
+    assert.deepEqual(concat(...dest), data);
   });
 });
 
