@@ -8,6 +8,16 @@
  * has nothing else in flight, else once per event-loop turn (setImmediate), not once per request.
  * reset() stops everything at once: results of backend calls still running are dropped (each request carries
  * the activation generation it started in).
+ *
+ * Polling (options.pollUs > 0): after a drain runs a queue empty, its notifications stay off and the device
+ * looks at the ring again until the queue's poll window has passed with nothing new (counted from its last
+ * drain or published completion), then turns notifications back on (and checks once more) and sleeps on the
+ * kick. While backend requests are in flight it looks once per event-loop turn (setImmediate: each turn also
+ * runs I/O completions and other queues' kicks); with nothing in flight it spins synchronously in slices of at
+ * most POLL_SPIN_SLICE_MS between turns. The window adapts per queue, like QEMU's AioContext polling: a kick
+ * that comes within pollUs of the queue's last work doubles it (a longer poll would have caught it), a later
+ * kick halves it (down to off, from where the first kind of kick starts it again). A broken ring, or reset(),
+ * stops all polling.
  */
 import type { BackendResult, BlockBackend } from '../../backends/backend.js';
 import { BackendError } from '../../backends/backend.js';
@@ -74,6 +84,12 @@ export interface BlkLatency {
 
 /** Lines logged per activation at most (a misbehaving driver must not flood the log). */
 const LOG_LIMIT = 20;
+/** Longest synchronous poll spin before the event loop gets a turn (milliseconds). */
+const POLL_SPIN_SLICE_MS = 0.05;
+/** Passes over the polled queues between two clock reads while spinning. */
+const POLL_SPIN_CHECK_EVERY = 8;
+/** The adaptive window is never below pollUs / this (below it, polling is off until it grows again). */
+const POLL_MIN_FRACTION = 16;
 
 export class VirtioBlkDevice implements VirtioDevice {
   readonly deviceId = VIRTIO_ID_BLOCK;
@@ -119,6 +135,16 @@ export class VirtioBlkDevice implements VirtioDevice {
   #draining = false;
   readonly #publish = (): void => this.#publishDirty();
   #logged = 0;
+  /** Polling: the longest window (µs, 0 = off); per queue index the current window (µs), the deadline
+   * (performance.now() ms; 0 = not polling) and when the queue last had work (ms; 0 = never). */
+  readonly #pollMaxUs: number;
+  #pollWindowUs: number[] = [];
+  #pollUntil: number[] = [];
+  #lastWork: number[] = [];
+  /** Queues polling now, and the pending poll turn. */
+  readonly #polling: Virtqueue[] = [];
+  #pollTimer: NodeJS.Immediate | null = null;
+  readonly #pollTurn = (): void => this.#poll();
   /**
    * The latency clock, read once per batch: the requests a drain starts share one reading, and so do the
    * completions settled before the next publish (the histogram's buckets are powers of two; a clock read per
@@ -159,6 +185,7 @@ export class VirtioBlkDevice implements VirtioDevice {
       serial: o.serial,
     };
     this.#config = encodeBlkConfig(o, this.#limits.capacityBytes);
+    this.#pollMaxUs = o.pollUs;
   }
 
   /** Bytes the driver sees (capacity × 512), a multiple of the logical block size. */
@@ -198,14 +225,30 @@ export class VirtioBlkDevice implements VirtioDevice {
     this.#queues = context.queues;
     this.#active = true;
     this.#logged = 0;
+    const n = this.#queues.length;
+    this.#pollWindowUs = new Array<number>(n).fill(this.#pollMaxUs);
+    this.#pollUntil = new Array<number>(n).fill(0);
+    this.#lastWork = new Array<number>(n).fill(0);
     // Buffers made available before DRIVER_OK (or before a daemon restart) get no kick of their own.
-    for (const queue of this.#queues) if (queue !== null) this.#drain(queue);
+    for (const queue of this.#queues) if (queue !== null) this.#drain(queue, null);
   }
 
   queueNotify(index: number): void {
     if (!this.#active) return;
     const queue = this.#queues[index];
-    if (queue != null) this.#drain(queue);
+    if (queue == null) return;
+    if (this.#pollMaxUs > 0 && this.#pollUntil[index] === 0) this.#adaptPollWindow(index);
+    this.#drain(queue, null);
+  }
+
+  /** Is queue `index` being polled now (its notifications off)? */
+  isPolling(index: number): boolean {
+    return (this.#pollUntil[index] ?? 0) !== 0;
+  }
+
+  /** The current adaptive poll window of queue `index`, in microseconds (0 when polling is off). */
+  pollWindowUs(index: number): number {
+    return this.#pollWindowUs[index] ?? 0;
   }
 
   reset(): Promise<void> {
@@ -217,6 +260,7 @@ export class VirtioBlkDevice implements VirtioDevice {
       clearImmediate(this.#publishPending);
       this.#publishPending = null;
     }
+    this.#stopPolling();
     if (this.#inFlight === 0) return Promise.resolve();
     return new Promise((resolve) => this.#idleWaiters.push(resolve));
   }
@@ -240,14 +284,19 @@ export class VirtioBlkDevice implements VirtioDevice {
     this.#host?.configChanged();
   }
 
-  #drain(queue: Virtqueue): void {
+  /** Serve every available chain of `queue` (`first`: one already popped), then poll or re-arm the kick. */
+  #drain(queue: Virtqueue, first: DescriptorChain | null): void {
+    const poll = this.#pollMaxUs > 0 && this.#pollWindowUs[queue.index]! > 0;
     this.#draining = true;
     this.#clockFresh = false;
     try {
+      if (first !== null) this.#start(queue, first);
       for (;;) {
         queue.disableNotification();
         let chain: DescriptorChain | null;
         while ((chain = queue.pop()) !== null) this.#start(queue, chain);
+        // Polling: notifications stay off; #poll looks again and re-arms the kick when the window has passed.
+        if (poll && queue.error === null) break;
         if (!queue.enableNotification()) break;
       }
     } finally {
@@ -260,6 +309,92 @@ export class VirtioBlkDevice implements VirtioDevice {
       if (this.#inFlight === 0) this.#publishDirty();
       else this.#publishPending ??= setImmediate(this.#publish);
     }
+    if (this.#pollMaxUs > 0) {
+      if (poll && queue.error === null && this.#active) this.#startPolling(queue);
+      else this.#lastWork[queue.index] = performance.now();
+    }
+  }
+
+  /** The queue just had work: poll it for its window from now. */
+  #startPolling(queue: Virtqueue): void {
+    const index = queue.index;
+    const now = performance.now();
+    this.#lastWork[index] = now;
+    if (this.#pollUntil[index] === 0) this.#polling.push(queue);
+    this.#pollUntil[index] = now + this.#pollWindowUs[index]! / 1000;
+    this.#pollTimer ??= setImmediate(this.#pollTurn);
+  }
+
+  /** Forget every poll (notifications are left as they are: off until the driver resets the device). */
+  #stopPolling(): void {
+    this.#polling.length = 0;
+    this.#pollUntil.fill(0);
+    if (this.#pollTimer !== null) {
+      clearImmediate(this.#pollTimer);
+      this.#pollTimer = null;
+    }
+  }
+
+  /** A kick on a queue that was not polling: adapt its window to how long after its last work it came. */
+  #adaptPollWindow(index: number): void {
+    const last = this.#lastWork[index]!;
+    if (last === 0) return;
+    const max = this.#pollMaxUs;
+    const idleUs = (performance.now() - last) * 1000;
+    const window = this.#pollWindowUs[index]!;
+    if (idleUs <= max) {
+      // A longer poll would have caught this request without the kick.
+      this.#pollWindowUs[index] = window === 0 ? max / POLL_MIN_FRACTION : Math.min(max, window * 2);
+    } else if (window > 0) {
+      const half = window / 2;
+      this.#pollWindowUs[index] = half < max / POLL_MIN_FRACTION ? 0 : half;
+    }
+  }
+
+  /**
+   * One poll turn: look at every polled queue; serve what arrived (which restarts its window); re-arm the kick
+   * of a queue whose window has passed. With nothing in the backend, spin for a slice before yielding.
+   */
+  #poll(): void {
+    this.#pollTimer = null;
+    const polling = this.#polling;
+    if (!this.#active || polling.length === 0) return;
+    // A broken ring makes the transport stop the data path (needs reset) and stop watching kicks: stop polling
+    // every queue too, not just the broken one, until the driver resets the device.
+    const queues = this.#queues;
+    for (let i = 0; i < queues.length; i++) {
+      if (queues[i]?.error != null) {
+        this.#stopPolling();
+        return;
+      }
+    }
+    let now = performance.now();
+    const sliceEnd = now + POLL_SPIN_SLICE_MS;
+    for (let pass = 1; ; pass++) {
+      for (let i = 0; i < polling.length;) {
+        const queue = polling[i]!;
+        const index = queue.index;
+        if (queue.error !== null || now >= this.#pollUntil[index]!) {
+          // Done polling this queue: kicks again (and one more look, as after any drain).
+          polling.splice(i, 1);
+          this.#pollUntil[index] = 0;
+          if (queue.enableNotification()) this.#drain(queue, null);
+          continue;
+        }
+        const chain = queue.pop();
+        if (chain !== null) this.#drain(queue, chain);
+        if (!this.#active) return;
+        i++;
+      }
+      if (polling.length === 0) return;
+      // Requests in the backend: let the event loop deliver their completions between looks.
+      if (this.#inFlight !== 0) break;
+      if (pass % POLL_SPIN_CHECK_EVERY === 0) {
+        now = performance.now();
+        if (now >= sliceEnd) break;
+      }
+    }
+    this.#pollTimer ??= setImmediate(this.#pollTurn);
   }
 
   #start(queue: Virtqueue, chain: DescriptorChain): void {
@@ -417,6 +552,15 @@ export class VirtioBlkDevice implements VirtioDevice {
     }
     const dirty = this.#dirty;
     for (let i = 0; i < dirty.length; i++) dirty[i]!.publish();
+    if (this.#pollMaxUs > 0) {
+      // The driver sees completions now and may answer them with new requests: count the window from here.
+      const now = this.#now();
+      for (let i = 0; i < dirty.length; i++) {
+        const index = dirty[i]!.index;
+        this.#lastWork[index] = now;
+        if (this.#pollUntil[index] !== 0) this.#pollUntil[index] = now + this.#pollWindowUs[index]! / 1000;
+      }
+    }
     dirty.length = 0;
     this.#clockFresh = false;
   }
