@@ -257,12 +257,14 @@ export class QueueThreads {
       syncPort: port2,
       debug: this.#o.debug ?? false,
     };
+    const profile = threadExecArgv(process.execArgv, index);
     const worker = new Worker(this.#o.entry ?? new URL('./queue-thread-worker.js', import.meta.url), {
       workerData: data,
       transferList: [port2],
       name: `vduse-queue-${index}`,
       // The thread closes fds it did not open with fs (IOTLB fds, kick eventfds): no unmanaged-fd warnings.
       trackUnmanagedFds: false,
+      ...(profile !== undefined ? { execArgv: profile } : {}),
     });
     const t: Thread = {
       index,
@@ -365,4 +367,20 @@ export class QueueThreads {
     const queues = t.queues.length === 1 ? `queue ${t.queues[0]}` : `queues ${t.queues.join(', ')}`;
     this.#o.onNeedsReset(new QueueThreadError(`queue thread ${t.index} (${queues}) failed: ${why}`), true);
   }
+}
+
+/**
+ * A thread's node options when the process writes a CPU profile (--cpu-prof-name=NAME): the --cpu-prof options
+ * with a name of its own per thread (NAME-queue-K.cpuprofile), so the threads' profiles do not overwrite each
+ * other. Otherwise undefined: the thread inherits the process's options (an explicit list may not hold V8 or
+ * process-wide options, so only the profile options are passed).
+ */
+export function threadExecArgv(execArgv: readonly string[], index: number): string[] | undefined {
+  if (!execArgv.some((arg) => arg.startsWith('--cpu-prof-name='))) return undefined;
+  return execArgv
+    .filter((arg) => arg.startsWith('--cpu-prof'))
+    .map((arg) => {
+      const m = /^--cpu-prof-name=(.*?)(\.cpuprofile)?$/.exec(arg);
+      return m ? `--cpu-prof-name=${m[1]}-queue-${index}${m[2] ?? ''}` : arg;
+    });
 }

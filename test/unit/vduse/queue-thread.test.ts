@@ -4,7 +4,7 @@ import { threadId } from 'node:worker_threads';
 import { describe, it } from 'node:test';
 
 import { nullLogger, type Logger } from '../../../src/vduse/logger.js';
-import { QueueThreads, type QueueThreadsOptions } from '../../../src/vduse/queue-thread.js';
+import { QueueThreads, threadExecArgv, type QueueThreadsOptions } from '../../../src/vduse/queue-thread.js';
 
 const MODULE = new URL('./fixtures/thread-device.js', import.meta.url).href;
 
@@ -97,7 +97,7 @@ describe('QueueThreads (worker threads)', () => {
       threads.start(common, []);
       await threads.call('crash', null).catch(() => undefined);
       const deadline = Date.now() + 10_000;
-      while (needs.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      while (needs.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
       assert.equal(needs.length, 2, 'both threads crashed (each got the call)');
       for (const n of needs) {
         assert.equal(n.failed, true);
@@ -116,5 +116,20 @@ describe('QueueThreads (worker threads)', () => {
     } finally {
       await threads.close();
     }
+  });
+});
+
+describe('threadExecArgv', () => {
+  it('gives each thread its own CPU profile name; without one the thread inherits the options', () => {
+    assert.deepEqual(
+      threadExecArgv(
+        ['--cpu-prof', '--cpu-prof-dir=/p', '--cpu-prof-name=bench-1.cpuprofile', '--max-semi-space-size=16'],
+        1,
+      ),
+      ['--cpu-prof', '--cpu-prof-dir=/p', '--cpu-prof-name=bench-1-queue-1.cpuprofile'],
+    );
+    assert.deepEqual(threadExecArgv(['--cpu-prof-name=p'], 0), ['--cpu-prof-name=p-queue-0']);
+    assert.equal(threadExecArgv(['--cpu-prof', '--x'], 0), undefined);
+    assert.equal(threadExecArgv([], 0), undefined);
   });
 });
