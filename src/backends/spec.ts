@@ -3,7 +3,7 @@
  *
  *   null:SIZE[,readonly=on][,read-zeroes=off]
  *   memory:SIZE[,readonly=on][,chunk=SIZE]
- *   file:PATH[,direct=on][,readonly=on][,size=SIZE]
+ *   file:PATH[,direct=on][,readonly=on][,size=SIZE][,nowait=off]
  *
  * Sizes are bytes with an optional binary suffix (512, 4K, 1M, 1G, 1T, or 4KiB, 1MiB...), a multiple of 512.
  * Booleans are on/off (also yes/no, true/false, 1/0; a key alone means on). A comma inside the argument or a
@@ -45,6 +45,8 @@ export interface FileBackendSpec extends BackendSpec {
   readonly path: string;
   readonly direct: boolean;
   readonly readOnly: boolean;
+  /** Try buffered I/O on the event-loop thread first (FileBackendOptions.nowait); `nowait=off` clears it. */
+  readonly nowait: boolean;
   /** Create the file with this size when it does not exist. */
   readonly size: number | undefined;
 }
@@ -243,9 +245,11 @@ registerBackend<MemoryBackendSpec>('memory', {
 });
 
 registerBackend<FileBackendSpec>('file', {
-  help: 'file:PATH[,direct=on][,readonly=on][,size=SIZE]  raw image or block device; size= creates a missing file',
+  help:
+    'file:PATH[,direct=on][,readonly=on][,size=SIZE][,nowait=off]  raw image or block device; size= creates a ' +
+    'missing file; nowait=off sends every read/write to the thread pool',
   parse(text) {
-    const { argument, keys } = splitSpecOptions(text, ['direct', 'readonly', 'size'], 'PATH');
+    const { argument, keys } = splitSpecOptions(text, ['direct', 'readonly', 'size', 'nowait'], 'PATH');
     const size = keys.get('size');
     const readOnly = specBoolean(text.source, keys, 'readonly', false);
     if (readOnly && size !== undefined)
@@ -256,6 +260,7 @@ registerBackend<FileBackendSpec>('file', {
       path: argument,
       direct: specBoolean(text.source, keys, 'direct', false),
       readOnly,
+      nowait: specBoolean(text.source, keys, 'nowait', true),
       size: size === undefined ? undefined : specSize(text.source, size),
     };
   },
@@ -263,6 +268,7 @@ registerBackend<FileBackendSpec>('file', {
     return FileBackend.open({
       path: spec.path,
       direct: spec.direct,
+      nowait: spec.nowait,
       readOnly: spec.readOnly || deps.readOnly === true,
       ...(spec.size !== undefined ? { size: spec.size } : {}),
       ...(deps.binding !== undefined ? { binding: deps.binding } : {}),

@@ -88,8 +88,13 @@ describe('parseBackendSpec', () => {
       path: '/path/img',
       direct: true,
       readOnly: false,
+      nowait: true,
       size: 2 ** 30,
     });
+    assert.equal(
+      (parseBackendSpec('file:/path/img,nowait=off') as unknown as { nowait: boolean }).nowait,
+      false,
+    );
     assert.equal(
       (parseBackendSpec('file:/images/a,,b.img,readonly=yes') as unknown as { path: string }).path,
       '/images/a,b.img',
@@ -115,7 +120,7 @@ describe('parseBackendSpec', () => {
     );
     usage(
       'file:/x,cache=none',
-      "backend spec 'file:/x,cache=none': unknown option 'cache' (options: direct, readonly, size)",
+      "backend spec 'file:/x,cache=none': unknown option 'cache' (options: direct, readonly, size, nowait)",
     );
     usage('file:/x,size=1G,size=2G', "backend spec 'file:/x,size=1G,size=2G': option 'size' given twice");
   });
