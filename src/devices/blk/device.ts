@@ -88,6 +88,11 @@ const LOG_LIMIT = 20;
 const POLL_SPIN_SLICE_MS = 0.05;
 /** Passes over the polled queues between two clock reads while spinning. */
 const POLL_SPIN_CHECK_EVERY = 8;
+/**
+ * Most passes in one spin slice, whatever the clock says: far more than POLL_SPIN_SLICE_MS holds on a fast
+ * host, it only bounds the slice when the clock stands still (a test clock, see VirtioBlkOptions.now).
+ */
+const POLL_SPIN_MAX_PASSES = 1 << 14;
 /** The adaptive window is never below pollUs / this (below it, polling is off until it grows again). */
 const POLL_MIN_FRACTION = 16;
 
@@ -135,8 +140,10 @@ export class VirtioBlkDevice implements VirtioDevice {
   #draining = false;
   readonly #publish = (): void => this.#publishDirty();
   #logged = 0;
+  /** The device's clock (ms): options.now, for tests, else performance.now(). */
+  readonly #clock: () => number;
   /** Polling: the longest window (µs, 0 = off); per queue index the current window (µs), the deadline
-   * (performance.now() ms; 0 = not polling) and when the queue last had work (ms; 0 = never). */
+   * (#clock() ms; 0 = not polling) and when the queue last had work (ms; 0 = never). */
   readonly #pollMaxUs: number;
   #pollWindowUs: number[] = [];
   #pollUntil: number[] = [];
@@ -186,6 +193,7 @@ export class VirtioBlkDevice implements VirtioDevice {
     };
     this.#config = encodeBlkConfig(o, this.#limits.capacityBytes);
     this.#pollMaxUs = o.pollUs;
+    this.#clock = options.now ?? performanceNow;
   }
 
   /** Bytes the driver sees (capacity × 512), a multiple of the logical block size. */
@@ -311,14 +319,14 @@ export class VirtioBlkDevice implements VirtioDevice {
     }
     if (this.#pollMaxUs > 0) {
       if (poll && queue.error === null && this.#active) this.#startPolling(queue);
-      else this.#lastWork[queue.index] = performance.now();
+      else this.#lastWork[queue.index] = this.#clock();
     }
   }
 
   /** The queue just had work: poll it for its window from now. */
   #startPolling(queue: Virtqueue): void {
     const index = queue.index;
-    const now = performance.now();
+    const now = this.#clock();
     this.#lastWork[index] = now;
     if (this.#pollUntil[index] === 0) this.#polling.push(queue);
     this.#pollUntil[index] = now + this.#pollWindowUs[index]! / 1000;
@@ -340,7 +348,7 @@ export class VirtioBlkDevice implements VirtioDevice {
     const last = this.#lastWork[index]!;
     if (last === 0) return;
     const max = this.#pollMaxUs;
-    const idleUs = (performance.now() - last) * 1000;
+    const idleUs = (this.#clock() - last) * 1000;
     const window = this.#pollWindowUs[index]!;
     if (idleUs <= max) {
       // A longer poll would have caught this request without the kick.
@@ -368,7 +376,8 @@ export class VirtioBlkDevice implements VirtioDevice {
         return;
       }
     }
-    let now = performance.now();
+    const clock = this.#clock;
+    let now = clock();
     const sliceEnd = now + POLL_SPIN_SLICE_MS;
     for (let pass = 1; ; pass++) {
       for (let i = 0; i < polling.length;) {
@@ -390,8 +399,8 @@ export class VirtioBlkDevice implements VirtioDevice {
       // Requests in the backend: let the event loop deliver their completions between looks.
       if (this.#inFlight !== 0) break;
       if (pass % POLL_SPIN_CHECK_EVERY === 0) {
-        now = performance.now();
-        if (now >= sliceEnd) break;
+        now = clock();
+        if (now >= sliceEnd || pass >= POLL_SPIN_MAX_PASSES) break;
       }
     }
     this.#pollTimer ??= setImmediate(this.#pollTurn);
@@ -514,7 +523,7 @@ export class VirtioBlkDevice implements VirtioDevice {
 
   #now(): number {
     if (!this.#clockFresh) {
-      this.#clockValue = performance.now();
+      this.#clockValue = this.#clock();
       this.#clockFresh = true;
     }
     return this.#clockValue;
@@ -573,6 +582,10 @@ export class VirtioBlkDevice implements VirtioDevice {
       `virtio-blk: ${message}${this.#logged === LOG_LIMIT ? ' (further messages suppressed)' : ''}`,
     );
   }
+}
+
+function performanceNow(): number {
+  return performance.now();
 }
 
 function describe(error: unknown): string {

@@ -67,6 +67,12 @@ export interface VirtioBlkOptions {
    * polling finds nothing and grows again when requests come soon after the last ones).
    */
   pollUs?: number;
+  /**
+   * For tests only: the device's clock in milliseconds (poll windows, adaptive polling, request latency).
+   * Default: performance.now(). A test passes a clock it moves itself, so that windows do not depend on how
+   * fast a loaded machine runs the test.
+   */
+  now?: () => number;
 }
 
 /** The largest single discard / write-zeroes a request may carry by default (as QEMU: just under 2 GiB). */
