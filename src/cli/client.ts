@@ -36,6 +36,7 @@ export function defaultSocketPath(
 export const CLIENT_USAGE = `Usage (talk to a running vduse serve):
   vduse add NAME --backend SPEC [--queues N] [--queue-size N] [--logical-block-size N] [--serial S]
                  [--readonly] [--packed] [--no-attach] [--driver virtio-vdpa|vhost-vdpa]
+                 [--queue-threads N] [--poll-us N]
   vduse del NAME [--force]          safe by default: refuses while mounted, waits for requests in flight
   vduse ls [--json]                 the devices: state, block device, size, queues, backend
   vduse resize NAME SIZE            grow (or shrink) the backend and tell the driver (SIZE like 2G)
