@@ -37,7 +37,8 @@ Options (environment variable in brackets):
                        the same build, to compare daemon options)
   --baseline-daemon-args "ARGS"  extra \`vduse blk\` options for the baseline daemon in A/B mode
   --report FILE        only (re)write the report from a raw results file
-  --update-docs        also put the table and chart into docs/performance.md and docs/performance-vm.svg
+  --update-docs        also put the table into docs/performance.md and README.md, the chart into
+                       docs/performance-vm.svg
   --timeout S          time limit of the VM run (default: estimated from the plan)
   --accel A            QEMU accelerator (default tcg,thread=multi: one host thread per vCPU, as on hardware;
                        tcg,thread=single emulates both vCPUs on one host thread) [VDUSE_BENCH_ACCEL]
@@ -339,17 +340,23 @@ export function svgChart(raw, rows) {
 const DOCS_BEGIN = '<!-- bench:vm table begin -->';
 const DOCS_END = '<!-- bench:vm table end -->';
 
-/** Replace the table between the markers of docs/performance.md and write the chart next to it. */
-function updateDocs(md, svg) {
-  const doc = path.join(ROOT, 'docs/performance.md');
+/** Replace the table between the markers of `file` (relative to the package root) with `body`. */
+function replaceTable(file, body) {
+  const doc = path.join(ROOT, file);
   const text = fs.readFileSync(doc, 'utf8');
   const a = text.indexOf(DOCS_BEGIN);
   const b = text.indexOf(DOCS_END);
-  if (a < 0 || b < a) throw new Error(`docs/performance.md has no ${DOCS_BEGIN} ... ${DOCS_END} markers`);
-  const body = md.replace(/^## .*\n\n/, '');
+  if (a < 0 || b < a) throw new Error(`${file} has no ${DOCS_BEGIN} ... ${DOCS_END} markers`);
   fs.writeFileSync(doc, `${text.slice(0, a + DOCS_BEGIN.length)}\n${body}${text.slice(b)}`);
+}
+
+/** Put the table into docs/performance.md and README.md (between their markers) and write the chart. */
+function updateDocs(md, svg) {
+  const body = md.replace(/^## .*\n\n/, '');
+  replaceTable('docs/performance.md', body);
+  replaceTable('README.md', body);
   fs.writeFileSync(path.join(ROOT, 'docs/performance-vm.svg'), svg);
-  console.log('updated docs/performance.md and docs/performance-vm.svg');
+  console.log('updated docs/performance.md, README.md and docs/performance-vm.svg');
 }
 
 function writeReport(raw, stamp, docs = false) {
