@@ -32,10 +32,13 @@ Options (environment variable in brackets):
   --dist DIR           build directory holding the compiled project (default dist) [VDUSE_BENCH_DIST]
   --profile            run our daemon with node --cpu-prof; profiles land in bench/results/profiles/
   --node-args "ARGS"   extra node options for our daemon
-  --daemon-args "ARGS" extra \`vduse blk\` options for our daemon, e.g. "--poll-us 50"
+  --daemon-args "ARGS" extra \`vduse blk\` options for our daemon (default "--queue-threads 2": one thread per
+                       queue, as recommended for a multi-queue device on a multi-core host; "" for none)
+                       [VDUSE_BENCH_DAEMON_ARGS]
   --baseline-dist DIR  A/B mode: compare the build in --dist with the build in DIR (same backends; DIR may be
                        the same build, to compare daemon options)
-  --baseline-daemon-args "ARGS"  extra \`vduse blk\` options for the baseline daemon in A/B mode
+  --baseline-daemon-args "ARGS"  extra \`vduse blk\` options for the baseline daemon in A/B mode (default:
+                       the same as --daemon-args)
   --report FILE        only (re)write the report from a raw results file
   --update-docs        also put the table into docs/performance.md and README.md, the chart into
                        docs/performance-vm.svg
@@ -63,8 +66,8 @@ function parseArgs(argv) {
     dist: env.VDUSE_BENCH_DIST ?? 'dist',
     profile: false,
     nodeArgs: '',
-    daemonArgs: '',
-    baselineDaemonArgs: '',
+    daemonArgs: env.VDUSE_BENCH_DAEMON_ARGS ?? '--queue-threads 2',
+    baselineDaemonArgs: null,
     baselineDist: null,
     report: null,
     updateDocs: false,
@@ -236,7 +239,7 @@ export function markdown(raw, rows) {
     `Guest: Linux ${c.kernel}, ${c.cpus} vCPUs (QEMU ${c.accel ?? 'tcg,thread=single'}, software emulation), ${c.memMiB} MiB; ${c.node}; ${c.qsd}; ${c.fio}; ${c.nbdkit}.`,
   );
   lines.push(
-    `Devices: ${c.queues} queue(s) of ${c.queueSize}, logical block size ${c.logicalBlockSize}, scheduler none. fio libaio, direct=1, time based ${c.runtimeS} s (+${c.rampS} s ramp), ${c.rounds} round(s), contenders alternating; devices reused within a case after an unrecorded warm-up of ${c.warmupS ?? 0} s x 3 jobs per contender.`,
+    `Devices: ${c.queues} queue(s) of ${c.queueSize}, logical block size ${c.logicalBlockSize}, scheduler none${c.daemonArgs?.length ? `; ours run with \`${c.daemonArgs.join(' ')}\`` : ''}. fio libaio, direct=1, time based ${c.runtimeS} s (+${c.rampS} s ramp), ${c.rounds} round(s), contenders alternating; devices reused within a case after an unrecorded warm-up of ${c.warmupS ?? 0} s x 3 jobs per contender.`,
   );
   lines.push('');
   lines.push(
@@ -436,7 +439,9 @@ async function main() {
     ...(o.profile ? ['--profile'] : []),
     ...(o.nodeArgs ? ['--node-args', o.nodeArgs] : []),
     ...(o.daemonArgs ? ['--daemon-args', o.daemonArgs] : []),
-    ...(o.baselineDaemonArgs ? ['--baseline-daemon-args', o.baselineDaemonArgs] : []),
+    ...((o.baselineDaemonArgs ?? o.daemonArgs)
+      ? ['--baseline-daemon-args', o.baselineDaemonArgs ?? o.daemonArgs]
+      : []),
     ...(o.baselineDist ? ['--baseline-dist', path.resolve(ROOT, o.baselineDist)] : []),
   ];
   const vm = spawn(
