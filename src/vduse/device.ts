@@ -16,9 +16,6 @@ import { closeSync, constants as fsConstants, openSync } from 'node:fs';
 
 import type { DeviceHost, VirtioDevice } from '../devices/device.js';
 import { EFD_CLOEXEC, EFD_NONBLOCK, UV_READABLE, type FdWatcher, type SysBinding } from '../sys/binding.js';
-import { createVirtqueue } from '../virtio/index.js';
-import type { PackedQueue } from '../virtio/packed-queue.js';
-import type { SplitQueue } from '../virtio/split-queue.js';
 import type { PackedQueueState, SplitQueueState, Virtqueue, VirtqueueError } from '../virtio/virtqueue.js';
 import {
   VDUSE_MSG_SIZE,
@@ -42,6 +39,7 @@ import { IotlbMemory } from './iotlb-memory.js';
 import { nullLogger, type Logger } from './logger.js';
 import { VduseProtocol, type ProtocolContext, type ProtocolEffect } from './protocol.js';
 import type { QueueSetup } from './queue-thread-protocol.js';
+import { startQueue } from './queue-start.js';
 import { QueueThreads, type QueueThreadSpec } from './queue-thread.js';
 import type { StateLog } from './state-log.js';
 import {
@@ -533,7 +531,8 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
         continue;
       }
       const queueLog = log?.queue(i);
-      const queue = createVirtqueue(
+      const state = packed ? info.packed : info.split;
+      const started = startQueue(
         {
           index: i,
           size: info.num,
@@ -548,26 +547,15 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
         {
           signal: () => this.#signal(i),
           onError: (error) => this.#queueError(error),
-          // x86 is TSO and the queue's seq_cst Atomics act as the barrier there; elsewhere add a real fence.
-          ...(process.arch === 'x64' ? {} : { fence: () => this.#binding.fence() }),
-          ...(queueLog !== undefined ? { inflight: queueLog } : {}),
+          binding: this.#binding,
+          queueLog,
+          recover,
+          state,
         },
       );
-      if (recover && queueLog !== undefined) {
-        try {
-          resubmitted += (queue as SplitQueue | PackedQueue).recoverInflight(queueLog);
-        } catch (err) {
-          throw new VduseError(
-            'ERR_VDUSE_RECONNECT',
-            `cannot recover queue ${i}: ${(err as Error).message}`,
-            err,
-          );
-        }
-      } else {
-        const state = packed ? info.packed : info.split;
-        queue.setState(state);
-        if (queueLog !== undefined) logQueueStart(queueLog, info, packed, state);
-      }
+      const queue = started.queue;
+      resubmitted += started.resubmitted;
+      if (!recover && queueLog !== undefined) logQueueStart(queueLog, info, packed, state);
       queues.push(queue);
       this.#kicks.push(this.#installKick(i));
     }

@@ -9,9 +9,6 @@ import { closeSync } from 'node:fs';
 
 import type { VirtioDevice } from '../devices/device.js';
 import { EFD_CLOEXEC, EFD_NONBLOCK, UV_READABLE, type FdWatcher, type SysBinding } from '../sys/binding.js';
-import { createVirtqueue } from '../virtio/index.js';
-import type { PackedQueue } from '../virtio/packed-queue.js';
-import type { SplitQueue } from '../virtio/split-queue.js';
 import type { Virtqueue } from '../virtio/virtqueue.js';
 import { vqInjectIrq, vqSetupKickfd } from './ioctls.js';
 import { IotlbMemory } from './iotlb-memory.js';
@@ -24,6 +21,7 @@ import {
   type StartCommand,
   type StoppedQueues,
 } from './queue-thread-protocol.js';
+import { startQueue } from './queue-start.js';
 import { StateLog } from './state-log.js';
 
 /** A device as a queue thread runs it: built in the thread from serializable options (see QueueThreadSpec). */
@@ -154,8 +152,7 @@ export class QueueThreadServer {
     try {
       for (const setup of cmd.queues) {
         const i = setup.index;
-        const queueLog = log?.queue(i);
-        const queue = createVirtqueue(
+        const started = startQueue(
           {
             index: i,
             size: setup.size,
@@ -170,19 +167,14 @@ export class QueueThreadServer {
           {
             signal: () => this.#signal(i),
             onError: (error) => this.#needsReset(error),
-            ...(process.arch === 'x64' ? {} : { fence: () => this.#binding.fence() }),
-            ...(queueLog !== undefined ? { inflight: queueLog } : {}),
+            binding: this.#binding,
+            queueLog: log?.queue(i),
+            recover: cmd.recover,
+            state: setup.state,
           },
         );
-        if (cmd.recover && queueLog !== undefined) {
-          try {
-            resubmitted += (queue as SplitQueue | PackedQueue).recoverInflight(queueLog);
-          } catch (err) {
-            throw new Error(`cannot recover queue ${i}: ${(err as Error).message}`);
-          }
-        } else {
-          queue.setState(setup.state);
-        }
+        const queue = started.queue;
+        resubmitted += started.resubmitted;
         queues[i] = queue;
         this.#kicks.push(this.#installKick(i));
       }
