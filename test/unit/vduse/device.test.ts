@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { afterEach, describe, it } from 'node:test';
 
-import type { DeviceContext, DeviceHost, VirtioDevice } from '../../../src/devices/device.js';
 import { FakeBinding } from '../../../src/testing/fake-binding.js';
 import { MockDriver } from '../../../src/testing/mock-driver.js';
 import {
@@ -26,7 +25,7 @@ import {
   type VduseDevRequest,
 } from '../../../src/uapi/vduse.js';
 import { VduseDevice } from '../../../src/vduse/device.js';
-import { tick, until } from './helpers.js';
+import { EchoDevice, tick, until } from './helpers.js';
 
 const VERSION_1 = 1n << 32n;
 const ACCESS_PLATFORM = 1n << 33n;
@@ -35,56 +34,6 @@ const FEATURES = VERSION_1 | ACCESS_PLATFORM | EVENT_IDX;
 
 /** A request without its id (the fake kernel numbers them). */
 type Req = VduseDevRequest extends infer R ? (R extends unknown ? Omit<R, 'request_id'> : never) : never;
-
-/** A device that records what the transport does and echoes each readable buffer into the writable one. */
-class EchoDevice implements VirtioDevice {
-  readonly deviceId = 2;
-  readonly vendorId = 0;
-  readonly numQueues = 2;
-  readonly maxQueueSize = 64;
-  readonly features = FEATURES;
-  host: DeviceHost | null = null;
-  negotiated: bigint[] = [];
-  accept = true;
-  context: DeviceContext | null = null;
-  notified: number[] = [];
-  resets = 0;
-  configBytes = new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]);
-  config(): Uint8Array {
-    return this.configBytes;
-  }
-  bind(host: DeviceHost): void {
-    this.host = host;
-  }
-  negotiate(features: bigint): boolean {
-    this.negotiated.push(features);
-    return this.accept;
-  }
-  activate(context: DeviceContext): void {
-    this.context = context;
-  }
-  queueNotify(index: number): void {
-    this.notified.push(index);
-    const q = this.context?.queues[index];
-    if (!q) return;
-    for (let chain = q.pop(); chain; chain = q.pop()) {
-      let n = 0;
-      const src = chain.readable[0];
-      const dst = chain.writable[0];
-      if (src && dst) {
-        n = Math.min(src.length, dst.length);
-        dst.set(src.subarray(0, n));
-      }
-      q.addUsed(chain, n);
-    }
-    q.publish();
-  }
-  reset(): Promise<void> {
-    this.resets++;
-    this.context = null;
-    return Promise.resolve();
-  }
-}
 
 const opened: VduseDevice[] = [];
 afterEach(async () => {

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import type { DeviceContext, DeviceHost, VirtioDevice } from '../../../src/devices/device.js';
 import { FakeBinding } from '../../../src/testing/fake-binding.js';
 import { MockDriver } from '../../../src/testing/mock-driver.js';
 import {
@@ -23,52 +22,9 @@ import {
   type StoppedQueues,
 } from '../../../src/vduse/queue-thread-protocol.js';
 import { QueueThreadServer } from '../../../src/vduse/queue-thread-server.js';
-import { until } from './helpers.js';
+import { EchoDevice, until } from './helpers.js';
 
 const FEATURES = (1n << 32n) | (1n << 33n) | (1n << 29n);
-
-/** Echoes each readable buffer into the writable one; records what the server does with it. */
-class EchoDevice implements VirtioDevice {
-  readonly deviceId = 2;
-  readonly vendorId = 0;
-  readonly numQueues = 2;
-  readonly maxQueueSize = 64;
-  readonly features = FEATURES;
-  host: DeviceHost | null = null;
-  context: DeviceContext | null = null;
-  notified: number[] = [];
-  resets = 0;
-  config(): Uint8Array {
-    return new Uint8Array(8);
-  }
-  bind(host: DeviceHost): void {
-    this.host = host;
-  }
-  negotiate(): boolean {
-    return true;
-  }
-  activate(context: DeviceContext): void {
-    this.context = context;
-  }
-  queueNotify(index: number): void {
-    this.notified.push(index);
-    const q = this.context?.queues[index];
-    if (!q) return;
-    for (let chain = q.pop(); chain; chain = q.pop()) {
-      const src = chain.readable[0];
-      const dst = chain.writable[0];
-      const n = src && dst ? Math.min(src.length, dst.length) : 0;
-      if (src && dst) dst.set(src.subarray(0, n));
-      q.addUsed(chain, n);
-    }
-    q.publish();
-  }
-  reset(): Promise<void> {
-    this.resets++;
-    this.context = null;
-    return Promise.resolve();
-  }
-}
 
 /** A server for queue 1 of a 2-queue device (thread 1 of 2), over a fake dev fd whose IOTLB maps the driver heap. */
 function setup() {
