@@ -202,8 +202,13 @@ export function parseCommandLine(argv: readonly string[]): Command {
   return cmd;
 }
 
-/** parseArgs messages carry a "To specify a positional argument..." tail; keep the first sentence. */
-function cleanParseError(message: string): string {
-  const first = message.split('. To specify')[0] ?? message;
-  return first.replace(/\.$/, '');
+/**
+ * A parseArgs error as one line: its first sentence without the "To specify a positional argument..." tail; an
+ * "argument is ambiguous" error (a value that starts with a dash, like --queues -1) says how to pass it.
+ */
+export function cleanParseError(message: string): string {
+  const line = message.split('\n')[0] ?? message;
+  const first = (line.split('. To specify')[0] ?? line).replace(/\.$/, '');
+  const ambiguous = /^Option '(--[^']+)' argument is ambiguous$/.exec(first);
+  return ambiguous ? `${first}: write ${ambiguous[1]}=VALUE for a value that starts with '-'` : first;
 }

@@ -14,7 +14,7 @@ import { formatSize } from '../backends/size.js';
 import { DEVICE_INTEGER_LIMITS } from '../mgmt/device-options.js';
 import type { DeviceInfo, DeviceStats } from '../mgmt/manager.js';
 import { RpcCallError, rpcCall } from '../mgmt/rpc.js';
-import { CliUsageError, DEVICE_FLAGS, deviceOptionsFromFlags } from './args.js';
+import { CliUsageError, DEVICE_FLAGS, cleanParseError, deviceOptionsFromFlags } from './args.js';
 import { formatTable, rates, renderRates, renderTotals } from './stats-watch.js';
 
 export const CLIENT_COMMANDS = ['add', 'del', 'ls', 'resize', 'stats'] as const;
@@ -77,9 +77,7 @@ export function parseClientArgs(
       },
     });
   } catch (err) {
-    throw new CliUsageError(
-      `vduse ${name}: ${(err as Error).message.split('. To specify')[0]!.replace(/\.$/, '')}`,
-    );
+    throw new CliUsageError(`vduse ${name}: ${cleanParseError((err as Error).message)}`);
   }
   const v = parsed.values as Record<string, string | boolean | undefined>;
   const pos = parsed.positionals;

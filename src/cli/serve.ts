@@ -29,7 +29,7 @@ import { HelperTransport } from '../mgmt/vdpa-helper.js';
 import type { SysBinding } from '../sys/binding.js';
 import { VdpaClient } from '../vduse/vdpa-client.js';
 import { UsageError } from '../backends/errors.js';
-import { CliUsageError } from './args.js';
+import { CliUsageError, cleanParseError } from './args.js';
 import {
   CLIENT_COMMANDS,
   CLIENT_USAGE,
@@ -90,7 +90,7 @@ export function parseServeArgs(argv: readonly string[]): ServeCommand | { comman
       },
     });
   } catch (err) {
-    throw new CliUsageError((err as Error).message.split('. To specify')[0]!.replace(/\.$/, ''));
+    throw new CliUsageError(cleanParseError((err as Error).message));
   }
   const v = parsed.values;
   if (v.help) return { command: 'help', text: SERVE_USAGE };

@@ -102,6 +102,11 @@ describe('vduse command line', () => {
     usage([], /missing command/);
     usage(['frob'], /unknown command "frob"/);
     usage(['--frob'], /unknown option "--frob"/);
+    usage(
+      ['blk', '--name', 'x', '--backend', 'null:1G', '--poll-us', '-5'],
+      /^Option '--poll-us' argument is ambiguous: write --poll-us=VALUE for a value that starts with '-'$/,
+    );
+    usage(['blk', '--name', 'x', '--backend', 'null:1G', '--poll-us=-5'], /--poll-us must be a whole number/);
     usage(['list', 'x'], /no arguments/);
     usage(['blk', '--backend', 'memory:1M'], /--name is required/);
     usage(['blk', '--name', 'x'], /--backend is required/);
