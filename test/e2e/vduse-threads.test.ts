@@ -26,15 +26,15 @@ import { CLI, PREREQS, VduseDaemon, lastStats } from './vduse-daemon.js';
 
 const MiB = 1 << 20;
 
-/** fio: 2 jobs, one pinned per CPU (so one per blk-mq queue), random writes verified with crc32c. */
-async function fioVerify(dev: string, sizeMiB: number): Promise<void> {
-  const r = await exec('fio', [
-    '--name=verify',
+/** fio arguments: 2 jobs, one pinned per CPU (so one per blk-mq queue), random writes verified with crc32c. */
+function fioVerifyArgs(name: string, dev: string, sizeMiB: number, bsrange: string): string[] {
+  return [
+    `--name=${name}`,
     `--filename=${dev}`,
     '--direct=1',
     '--ioengine=libaio',
     '--rw=randwrite',
-    '--bsrange=512-64k',
+    `--bsrange=${bsrange}`,
     `--size=${sizeMiB}M`,
     `--offset_increment=${sizeMiB}M`,
     '--iodepth=16',
@@ -46,7 +46,12 @@ async function fioVerify(dev: string, sizeMiB: number): Promise<void> {
     '--verify_state_save=0',
     '--do_verify=1',
     '--group_reporting',
-  ]);
+  ];
+}
+
+/** fioVerifyArgs with requests of 512 bytes to 64 KiB; fails the test unless fio passes. */
+async function fioVerify(dev: string, sizeMiB: number): Promise<void> {
+  const r = await exec('fio', fioVerifyArgs('verify', dev, sizeMiB, '512-64k'));
   assert.equal(r.code, 0, `fio failed:\n${r.stdout}\n${r.stderr}`);
   assert.doesNotMatch(r.stdout + r.stderr, /verify: bad|crc32c: verify failed/);
 }
@@ -278,29 +283,9 @@ test(
     // --persist: a SIGTERM (an upgrade) finishes what is in flight and leaves the device to the next daemon
     let d = await start(['--persist']);
     const dev = d.path;
-    const load = exec(
-      'fio',
-      [
-        '--name=recovery',
-        `--filename=${dev}`,
-        '--direct=1',
-        '--ioengine=libaio',
-        '--rw=randwrite',
-        '--bsrange=4k-128k',
-        '--size=24M',
-        '--offset_increment=24M',
-        '--iodepth=16',
-        '--numjobs=2',
-        '--cpus_allowed=0-1',
-        '--cpus_allowed_policy=split',
-        '--verify=crc32c',
-        '--verify_fatal=1',
-        '--verify_state_save=0',
-        '--do_verify=1',
-        '--group_reporting',
-      ],
-      { timeoutMs: 8 * 60_000 },
-    );
+    const load = exec('fio', fioVerifyArgs('recovery', dev, 24, '4k-128k'), {
+      timeoutMs: 8 * 60_000,
+    });
     let done = false;
     void load.then(() => (done = true));
     let kills = 0;
