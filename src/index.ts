@@ -10,6 +10,6 @@ export * from './memory/index.js';
 export * from './virtio/index.js';
 export * from './devices/index.js';
 export * from './backends/index.js';
-export * from './vduse/index.js';
+export * from './transports/vduse/index.js';
 export * as uapi from './uapi/index.js';
 export * as testing from './testing/index.js';

@@ -39,7 +39,7 @@ import {
 } from '../sys/binding.js';
 import { loadNativeBinding } from '../sys/native.js';
 import { BackendError, type BackendCapabilities, type BlockBackend } from './backend.js';
-import { UsageError } from './errors.js';
+import { UsageError } from '../common/errors.js';
 import { SECTOR_SIZE, checkBackendSize, formatSize } from './size.js';
 
 /** ioctl(BLKGETSIZE64): the size of a block device in bytes (u64). */

@@ -1,5 +1,4 @@
 export { BackendError, type BlockBackend, type BackendCapabilities } from './backend.js';
-export { UsageError } from './errors.js';
 export { NullBackend, type NullBackendOptions } from './null-backend.js';
 export { MemoryBackend, type MemoryBackendOptions, DEFAULT_MEMORY_CHUNK_SIZE } from './memory-backend.js';
 export { FileBackend, type FileBackendOptions } from './file-backend.js';

@@ -13,7 +13,7 @@
  */
 import type { SysBinding } from '../sys/binding.js';
 import type { BlockBackend } from './backend.js';
-import { UsageError } from './errors.js';
+import { UsageError } from '../common/errors.js';
 import { FileBackend } from './file-backend.js';
 import { MemoryBackend } from './memory-backend.js';
 import { NullBackend } from './null-backend.js';

@@ -9,7 +9,7 @@ import {
   type BlkDeviceConfig,
   type BlkDriver,
   type DeviceOptionKey,
-} from '../mgmt/device-options.js';
+} from '../mgmt/blk/options.js';
 
 export class CliUsageError extends Error {
   constructor(message: string) {

@@ -7,11 +7,11 @@
  * there, not here. This file only wires a BlkRunner to the command line: print the device path, wait for
  * SIGINT/SIGTERM, SIGHUP = resize from the backend, SIGUSR1 = print the counters.
  */
-import { BlkRunner, describeSize } from '../mgmt/blk-runner.js';
+import { BlkRunner, describeSize } from '../mgmt/blk/runner.js';
 import type { SysBinding } from '../sys/binding.js';
-import type { Logger } from '../vduse/logger.js';
-import { ControlLatency } from '../vduse/reconnect.js';
-import { VdpaClient } from '../vduse/vdpa-client.js';
+import type { Logger } from '../common/logger.js';
+import { ControlLatency } from '../transports/vduse/recovery/reconnect.js';
+import { VdpaClient } from '../transports/vdpa/client.js';
 import type { BlkCommand } from './args.js';
 
 export interface BlkEnvironment {

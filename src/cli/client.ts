@@ -11,9 +11,9 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { formatSize } from '../backends/size.js';
-import { DEVICE_INTEGER_LIMITS } from '../mgmt/device-options.js';
+import { DEVICE_INTEGER_LIMITS } from '../mgmt/blk/options.js';
 import type { DeviceInfo, DeviceStats } from '../mgmt/manager.js';
-import { RpcCallError, rpcCall } from '../mgmt/rpc.js';
+import { RpcCallError, rpcCall } from '../mgmt/daemon/rpc.js';
 import { CliUsageError, DEVICE_FLAGS, cleanParseError, deviceOptionsFromFlags } from './args.js';
 import { formatTable, rates, renderRates, renderTotals } from './stats-watch.js';
 

@@ -6,12 +6,12 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { UsageError } from '../backends/errors.js';
+import { UsageError } from '../common/errors.js';
 import { backendHelp } from '../backends/spec.js';
 import { findPackageRoot, loadNativeBinding } from '../sys/native.js';
-import { listVduseDevices } from '../vduse/control.js';
-import { createLogger } from '../vduse/logger.js';
-import { boundDriver, findBlockDevice, findVhostDevice } from './sysfs.js';
+import { listVduseDevices } from '../transports/vduse/control.js';
+import { createLogger } from '../common/logger.js';
+import { boundDriver, findBlockDevice, findVhostDevice } from '../transports/vdpa/sysfs.js';
 import { BLK_USAGE, CliUsageError, MAIN_USAGE, parseCommandLine } from './args.js';
 import { runBlk } from './blk.js';
 import { CLIENT_COMMANDS } from './client.js';

@@ -19,16 +19,16 @@ import {
   type LogFormat,
   type ServeConfig,
 } from '../mgmt/config.js';
-import { createStructuredLogger, defaultLogFormat, type FieldLogger } from '../mgmt/log.js';
+import { createStructuredLogger, defaultLogFormat, type FieldLogger } from '../mgmt/daemon/log.js';
 import { BlkDeviceManager } from '../mgmt/manager.js';
-import { createMetricsRegistry, startMetricsServer } from '../mgmt/metrics.js';
-import { removePidFile, sdNotify, writePidFile } from '../mgmt/notify.js';
-import { dropPrivileges, lookupAccount, type Account } from '../mgmt/privileges.js';
-import { RpcServer } from '../mgmt/rpc.js';
+import { createMetricsRegistry, startMetricsServer } from '../mgmt/daemon/metrics.js';
+import { removePidFile, sdNotify, writePidFile } from '../mgmt/daemon/notify.js';
+import { dropPrivileges, lookupAccount, type Account } from '../mgmt/daemon/privileges.js';
+import { RpcServer } from '../mgmt/daemon/rpc.js';
 import { HelperTransport } from '../mgmt/vdpa-helper.js';
 import type { SysBinding } from '../sys/binding.js';
-import { VdpaClient } from '../vduse/vdpa-client.js';
-import { UsageError } from '../backends/errors.js';
+import { VdpaClient } from '../transports/vdpa/client.js';
+import { UsageError } from '../common/errors.js';
 import { CliUsageError, cleanParseError } from './args.js';
 import {
   CLIENT_COMMANDS,

@@ -1,2 +1,3 @@
 export * from './guest-memory.js';
 export { HeapMemory, type AccessRecord, type HeapRegion, type HeapRegionOptions } from './heap-memory.js';
+export { IotlbMemory, type IotlbEntry, type IotlbSource } from './iotlb-memory.js';

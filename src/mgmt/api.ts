@@ -12,7 +12,7 @@
 import { parseSize } from '../backends/size.js';
 import { ConfigError, checkName, parseDeviceOptions } from './config.js';
 import type { DeviceManager } from './manager.js';
-import { INVALID_PARAMS, RpcError, type RpcMethods } from './rpc.js';
+import { INVALID_PARAMS, RpcError, type RpcMethods } from './daemon/rpc.js';
 
 export interface DaemonInfo {
   version: string;

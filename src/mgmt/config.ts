@@ -17,7 +17,7 @@ import {
   validateDeviceOptions,
   type BlkDeviceConfig,
   type DeviceOptionReporter,
-} from './device-options.js';
+} from './blk/options.js';
 
 export class ConfigError extends Error {
   constructor(

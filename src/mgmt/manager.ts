@@ -6,10 +6,10 @@ import { openSync, closeSync, constants as fsConstants } from 'node:fs';
 
 import { BLK_LATENCY_BOUNDS_US } from '../devices/blk/device.js';
 import type { SysBinding } from '../sys/binding.js';
-import type { Logger } from '../vduse/logger.js';
-import type { VdpaClient } from '../vduse/vdpa-client.js';
-import { BlkRunner, type BlkDeviceConfig, type BlkRunnerState } from './blk-runner.js';
-import { DEVICE_BUSY, DEVICE_EXISTS, NOT_PERMITTED, NO_SUCH_DEVICE, RpcError } from './rpc.js';
+import type { Logger } from '../common/logger.js';
+import type { VdpaClient } from '../transports/vdpa/client.js';
+import { BlkRunner, type BlkDeviceConfig, type BlkRunnerState } from './blk/runner.js';
+import { DEVICE_BUSY, DEVICE_EXISTS, NOT_PERMITTED, NO_SUCH_DEVICE, RpcError } from './daemon/rpc.js';
 
 export interface DeviceInfo {
   name: string;

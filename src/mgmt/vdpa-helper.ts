@@ -15,8 +15,8 @@ import {
   type VdpaAnswer,
   type VdpaCall,
   type VdpaTransport,
-} from '../vduse/vdpa-client.js';
-import { VdpaNetlink } from '../vduse/vdpa-netlink.js';
+} from '../transports/vdpa/client.js';
+import { VdpaNetlink } from '../transports/vdpa/netlink.js';
 
 export class HelperTransport implements VdpaTransport {
   readonly #child: ChildProcess;

@@ -7,9 +7,9 @@ import { test } from 'node:test';
 import { MemoryBackend } from '../../src/backends/memory-backend.js';
 import { VirtioBlkDevice } from '../../src/devices/blk/device.js';
 import { loadNativeBinding } from '../../src/sys/native.js';
-import { VduseControl, describeDevice, listVduseDevices } from '../../src/vduse/control.js';
-import { VduseDevice } from '../../src/vduse/device.js';
-import { VdpaClient } from '../../src/vduse/vdpa-client.js';
+import { VduseControl, describeDevice, listVduseDevices } from '../../src/transports/vduse/control.js';
+import { VduseDevice } from '../../src/transports/vduse/device.js';
+import { VdpaClient } from '../../src/transports/vdpa/client.js';
 import {
   TEST_TIMEOUT_MS,
   requirePrereqs,

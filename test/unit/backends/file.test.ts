@@ -5,7 +5,7 @@ import path from 'node:path';
 import { after, before, describe, it, mock } from 'node:test';
 
 import { BackendError } from '../../../src/backends/backend.js';
-import { UsageError } from '../../../src/backends/errors.js';
+import { UsageError } from '../../../src/common/errors.js';
 import { FileBackend, INLINE_MAX } from '../../../src/backends/file-backend.js';
 import { RWF_NOWAIT, type SysBinding } from '../../../src/sys/binding.js';
 import { isSystemError, systemError } from '../../../src/sys/errors.js';

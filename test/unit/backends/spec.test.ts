@@ -5,7 +5,7 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 
 import type { BlockBackend } from '../../../src/backends/backend.js';
-import { UsageError } from '../../../src/backends/errors.js';
+import { UsageError } from '../../../src/common/errors.js';
 import { FileBackend } from '../../../src/backends/file-backend.js';
 import { MemoryBackend } from '../../../src/backends/memory-backend.js';
 import { NullBackend } from '../../../src/backends/null-backend.js';

@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { createApi, type DaemonInfo } from '../../../src/mgmt/api.js';
-import type { BlkDeviceConfig } from '../../../src/mgmt/blk-runner.js';
+import type { BlkDeviceConfig } from '../../../src/mgmt/blk/runner.js';
 import type { DeviceInfo, DeviceManager, DeviceStats, RemoveOptions } from '../../../src/mgmt/manager.js';
-import { DEVICE_EXISTS, NO_SUCH_DEVICE, RpcError, handleRequestLine } from '../../../src/mgmt/rpc.js';
+import { DEVICE_EXISTS, NO_SUCH_DEVICE, RpcError, handleRequestLine } from '../../../src/mgmt/daemon/rpc.js';
 
 /** A device manager without a kernel: records calls. */
 class FakeManager implements DeviceManager {

@@ -3,16 +3,16 @@ import { test } from 'node:test';
 
 import { NullBackend } from '../../../src/backends/null-backend.js';
 import { VirtioBlkDevice } from '../../../src/devices/blk/device.js';
-import { CountingBackend } from '../../../src/cli/stats.js';
+import { CountingBackend } from '../../../src/backends/counting-backend.js';
 import { FakeBinding } from '../../../src/testing/fake-binding.js';
-import { nullLogger } from '../../../src/vduse/logger.js';
+import { nullLogger } from '../../../src/common/logger.js';
 import {
   blkCounters,
   blkDeviceOptions,
   createQueueThreadDevice,
   mergeBlkCounters,
   type BlkThreadOptions,
-} from '../../../src/mgmt/blk-thread-device.js';
+} from '../../../src/mgmt/blk/thread-device.js';
 
 const options: BlkThreadOptions = {
   name: 'd0',

@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
-import { createStructuredLogger, defaultLogFormat } from '../../../src/mgmt/log.js';
-import { removePidFile, sdNotify, writePidFile } from '../../../src/mgmt/notify.js';
+import { createStructuredLogger, defaultLogFormat } from '../../../src/mgmt/daemon/log.js';
+import { removePidFile, sdNotify, writePidFile } from '../../../src/mgmt/daemon/notify.js';
 
 test('JSON lines carry level, time, msg and the fields of child loggers', () => {
   const lines: string[] = [];

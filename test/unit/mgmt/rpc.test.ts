@@ -13,7 +13,7 @@ import {
   handleRequestLine,
   rpcCall,
   type RpcMethods,
-} from '../../../src/mgmt/rpc.js';
+} from '../../../src/mgmt/daemon/rpc.js';
 
 const methods: RpcMethods = {
   echo: (p) => p,

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { UsageError } from '../../../src/backends/errors.js';
+import { UsageError } from '../../../src/common/errors.js';
 import { parseDuration, parseNbdSpec } from '../../../src/backends/nbd/uri.js';
 
 describe('NBD spec parsing', () => {

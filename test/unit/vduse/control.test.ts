@@ -13,8 +13,8 @@ import {
   decodeU64,
   decodeVduseDevConfig,
 } from '../../../src/uapi/vduse.js';
-import { VduseControl, listVduseDevices } from '../../../src/vduse/control.js';
-import { VduseError } from '../../../src/vduse/errors.js';
+import { VduseControl, listVduseDevices } from '../../../src/transports/vduse/control.js';
+import { VduseError } from '../../../src/transports/vduse/errors.js';
 
 const FEATURES = (1n << 32n) | (1n << 33n);
 

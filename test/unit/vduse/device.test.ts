@@ -24,7 +24,7 @@ import {
   encodeVduseVqInfo,
   type VduseDevRequest,
 } from '../../../src/uapi/vduse.js';
-import { VduseDevice } from '../../../src/vduse/device.js';
+import { VduseDevice } from '../../../src/transports/vduse/device.js';
 import { EchoDevice, tick, until } from './helpers.js';
 
 const VERSION_1 = 1n << 32n;

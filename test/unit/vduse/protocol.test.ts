@@ -8,7 +8,7 @@ import {
   decodeVduseResponse,
   encodeVduseResponse,
 } from '../../../src/uapi/vduse.js';
-import { VduseProtocol, type ProtocolContext } from '../../../src/vduse/protocol.js';
+import { VduseProtocol, type ProtocolContext } from '../../../src/transports/vduse/protocol.js';
 import type { PackedQueueState, SplitQueueState } from '../../../src/virtio/virtqueue.js';
 
 /** A 152-byte vduse_dev_request as the kernel lays it out (type @0, request_id @4, union @24). */

@@ -22,9 +22,9 @@ import {
   encodeVduseVqInfo,
   type VduseDevRequest,
 } from '../../../src/uapi/vduse.js';
-import { VduseDevice } from '../../../src/vduse/device.js';
-import { logIdentity } from '../../../src/vduse/reconnect.js';
-import { StateLog, stateLogSize } from '../../../src/vduse/state-log.js';
+import { VduseDevice } from '../../../src/transports/vduse/device.js';
+import { logIdentity } from '../../../src/transports/vduse/recovery/reconnect.js';
+import { StateLog, stateLogSize } from '../../../src/transports/vduse/recovery/state-log.js';
 import type { DescriptorChain } from '../../../src/virtio/virtqueue.js';
 import { until } from './helpers.js';
 

@@ -6,7 +6,12 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 
 import { loadNativeBinding } from '../../../src/sys/native.js';
-import { StateLog, stateLogPath, stateLogSize, type StateLogIdentity } from '../../../src/vduse/state-log.js';
+import {
+  StateLog,
+  stateLogPath,
+  stateLogSize,
+  type StateLogIdentity,
+} from '../../../src/transports/vduse/recovery/state-log.js';
 
 const SIZE = 16;
 const identity: StateLogIdentity = {

@@ -4,7 +4,11 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { MockDriver, type MockChain } from '../../../src/testing/mock-driver.js';
-import { StateLog, stateLogSize, type StateLogIdentity } from '../../../src/vduse/state-log.js';
+import {
+  StateLog,
+  stateLogSize,
+  type StateLogIdentity,
+} from '../../../src/transports/vduse/recovery/state-log.js';
 import { createVirtqueue } from '../../../src/virtio/create-virtqueue.js';
 import type { PackedQueue } from '../../../src/virtio/packed-queue.js';
 import type { InflightRecorder, SplitQueue } from '../../../src/virtio/split-queue.js';

@@ -1,0 +1,241 @@
+/**
+ * Guest memory of a VDUSE device: IOVAs translated through the device's IOTLB.
+ *
+ * Mappings are fetched lazily: a miss asks the kernel for the IOTLB entry covering the address
+ * (VDUSE_IOTLB_GET_FD), mmaps the returned file and caches the region. Regions are dropped on UPDATE_IOTLB
+ * (invalidate) and on reset (invalidateAll); dropping detaches every view of the region before the munmap, so a
+ * stale view reads as empty instead of faulting. Every invalidation bumps `generation`.
+ */
+import { closeSync } from 'node:fs';
+
+import {
+  ACCESS_READ,
+  ACCESS_WRITE,
+  GuestMemoryError,
+  type Access,
+  type GuestMemory,
+} from './guest-memory.js';
+import { MAP_SHARED, PROT_READ, PROT_WRITE, type SysBinding } from '../sys/binding.js';
+
+/** x86_64 / arm64 (4K) page size; mmap offsets must be multiples of it. */
+const PAGE_SIZE = 4096;
+
+interface Region {
+  /** First IOVA of the region. */
+  readonly start: number;
+  /** Last IOVA of the region (inclusive). */
+  readonly last: number;
+  /** VDUSE_ACCESS_* bits: what the device may do (1 read, 2 write). */
+  readonly perm: number;
+  /** The whole mapping (page-aligned); munmap'd on invalidation. */
+  readonly mapping: ArrayBuffer;
+  /** Byte offset in `mapping` of IOVA `start`. */
+  readonly base: number;
+}
+
+/** One IOTLB entry as the kernel reports it (VDUSE_IOTLB_GET_FD): IOVA range, file offset, permission. */
+export interface IotlbEntry {
+  start: number;
+  last: number;
+  offset: number;
+  perm: number;
+}
+
+/** Where IotlbMemory gets its entries from (the VDUSE transport asks its device fd: deviceFdSource). */
+export interface IotlbSource {
+  /** The entry covering `iova` and a fresh fd to mmap it (closed by the caller), or null when unmapped. */
+  lookup(iova: number): { entry: IotlbEntry; fd: number } | null;
+}
+
+export class IotlbMemory implements GuestMemory {
+  #generation = 0;
+  /** Sorted by start, non-overlapping. */
+  #regions: Region[] = [];
+  #lastHit: Region | null = null;
+  readonly #binding: SysBinding;
+  readonly #source: IotlbSource;
+  readonly #closeFd: (fd: number) => void;
+
+  /**
+   * `source` answers IOTLB look-ups (for a VDUSE device: deviceFdSource over its fd). `closeFd` closes the fds
+   * the source returns once they are mapped (default fs.closeSync; fakes pass their own).
+   */
+  constructor(binding: SysBinding, source: IotlbSource, closeFd: (fd: number) => void = closeSync) {
+    this.#binding = binding;
+    this.#source = source;
+    this.#closeFd = closeFd;
+  }
+
+  get generation(): number {
+    return this.#generation;
+  }
+
+  /** How many regions are mapped now. */
+  get mappedRegions(): number {
+    return this.#regions.length;
+  }
+
+  view(addr: number, len: number, access: Access): Uint8Array {
+    checkRange(addr, len);
+    const region = this.#region(addr, len, access);
+    if (len === 0) return new Uint8Array(0);
+    if (addr + len - 1 > region.last) {
+      throw new GuestMemoryError(
+        `range 0x${addr.toString(16)}+${len} crosses the end of an IOTLB region (0x${region.last.toString(16)})`,
+        addr,
+        len,
+      );
+    }
+    return new Uint8Array(region.mapping, region.base + (addr - region.start), len);
+  }
+
+  gather(addr: number, len: number, access: Access, out: Uint8Array[]): void {
+    checkRange(addr, len);
+    if (len === 0) return;
+    const parts: Uint8Array[] = [];
+    let cur = addr;
+    let left = len;
+    while (left > 0) {
+      const region = this.#region(cur, 1, access);
+      const n = Math.min(left, region.last - cur + 1);
+      parts.push(new Uint8Array(region.mapping, region.base + (cur - region.start), n));
+      cur += n;
+      left -= n;
+    }
+    for (const p of parts) out.push(p);
+  }
+
+  /** Drop every region overlapping [start, last] (inclusive), as UPDATE_IOTLB asks. */
+  invalidate(start: number, last: number): void {
+    const keep: Region[] = [];
+    for (const r of this.#regions) {
+      if (r.last < start || r.start > last) keep.push(r);
+      else this.#binding.munmap(r.mapping);
+    }
+    this.#regions = keep;
+    this.#lastHit = null;
+    this.#generation++;
+  }
+
+  /** Drop every region (device reset, close). */
+  invalidateAll(): void {
+    for (const r of this.#regions) this.#binding.munmap(r.mapping);
+    this.#regions = [];
+    this.#lastHit = null;
+    this.#generation++;
+  }
+
+  /** The region holding `addr`, mapping it on a miss; checks `access` against its permission. */
+  #region(addr: number, len: number, access: Access): Region {
+    let region = this.#lastHit;
+    if (region === null || addr < region.start || addr > region.last) {
+      region = this.#find(addr) ?? this.#map(addr, len);
+      this.#lastHit = region;
+    }
+    if ((access & ~region.perm) !== 0) {
+      throw new GuestMemoryError(
+        `IOVA 0x${addr.toString(16)} does not allow ${accessName(access)} (entry permission ${permName(region.perm)})`,
+        addr,
+        len,
+      );
+    }
+    return region;
+  }
+
+  #find(addr: number): Region | undefined {
+    const regions = this.#regions;
+    let lo = 0;
+    let hi = regions.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const r = regions[mid]!;
+      if (addr < r.start) hi = mid - 1;
+      else if (addr > r.last) lo = mid + 1;
+      else return r;
+    }
+    return undefined;
+  }
+
+  #map(addr: number, len: number): Region {
+    let found: { entry: IotlbEntry; fd: number } | null;
+    try {
+      found = this.#source.lookup(addr);
+    } catch (err) {
+      throw new GuestMemoryError(
+        `IOTLB lookup of IOVA 0x${addr.toString(16)} failed: ${(err as Error).message}`,
+        addr,
+        len,
+      );
+    }
+    if (found === null) {
+      throw new GuestMemoryError(`IOVA 0x${addr.toString(16)} is not mapped`, addr, len);
+    }
+    const { entry, fd } = found;
+    try {
+      if (addr < entry.start || addr > entry.last) {
+        throw new GuestMemoryError(
+          `IOTLB entry [0x${entry.start.toString(16)}, 0x${entry.last.toString(16)}] does not cover IOVA 0x${addr.toString(16)}`,
+          addr,
+          len,
+        );
+      }
+      if ((entry.perm & ACCESS_READ) === 0) {
+        // A write-only entry comes with an O_WRONLY fd, which mmap refuses.
+        throw new GuestMemoryError(`IOVA 0x${addr.toString(16)} is write-only (cannot be mapped)`, addr, len);
+      }
+      const size = entry.last - entry.start + 1;
+      const alignedOffset = entry.offset - (entry.offset % PAGE_SIZE);
+      const base = entry.offset - alignedOffset;
+      const prot = (entry.perm & ACCESS_WRITE) !== 0 ? PROT_READ | PROT_WRITE : PROT_READ;
+      let mapping: ArrayBuffer;
+      try {
+        mapping = this.#binding.mmap(fd, base + size, prot, MAP_SHARED, alignedOffset);
+      } catch (err) {
+        throw new GuestMemoryError(
+          `mmap of IOTLB entry [0x${entry.start.toString(16)}, 0x${entry.last.toString(16)}] failed: ${(err as Error).message}`,
+          addr,
+          len,
+        );
+      }
+      const region: Region = { start: entry.start, last: entry.last, perm: entry.perm, mapping, base };
+      this.#insert(region);
+      return region;
+    } finally {
+      try {
+        this.#closeFd(fd);
+      } catch {
+        // the fd is ours; a failed close leaves nothing to do
+      }
+    }
+  }
+
+  #insert(region: Region): void {
+    // Overlapping regions (the kernel's map changed without an UPDATE_IOTLB, e.g. after reset) are stale.
+    const keep: Region[] = [];
+    for (const r of this.#regions) {
+      if (r.last < region.start || r.start > region.last) keep.push(r);
+      else this.#binding.munmap(r.mapping);
+    }
+    let i = keep.length;
+    while (i > 0 && keep[i - 1]!.start > region.start) i--;
+    keep.splice(i, 0, region);
+    this.#regions = keep;
+  }
+}
+
+function checkRange(addr: number, len: number): void {
+  if (!Number.isSafeInteger(addr) || addr < 0 || !Number.isSafeInteger(len) || len < 0) {
+    throw new GuestMemoryError(`invalid guest range ${addr}+${len}`, addr, len);
+  }
+  if (addr + len > Number.MAX_SAFE_INTEGER) {
+    throw new GuestMemoryError(`guest range 0x${addr.toString(16)}+${len} overflows`, addr, len);
+  }
+}
+
+function accessName(access: number): string {
+  return access === 3 ? 'read-write access' : access === 2 ? 'device writes' : 'device reads';
+}
+
+function permName(perm: number): string {
+  return perm === 3 ? 'RW' : perm === 2 ? 'WO' : perm === 1 ? 'RO' : 'none';
+}
