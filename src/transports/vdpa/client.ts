@@ -6,7 +6,7 @@
 import { Worker } from 'node:worker_threads';
 
 import type { SysBinding } from '../../sys/binding.js';
-import { VduseError } from '../vduse/errors.js';
+import { VdpaError, type VdpaErrorCode } from './errors.js';
 import { VdpaNetlink, type VdpaDeviceInfo, type VdpaMgmtdevInfo } from './netlink.js';
 
 /** A call to the worker. */
@@ -54,8 +54,8 @@ export function flattenError(err: unknown): Extract<VdpaAnswer, { ok: false }>['
 }
 
 function restoreError(flat: Extract<VdpaAnswer, { ok: false }>['error']): Error {
-  if (flat.name === 'VduseError' && flat.code) {
-    return new VduseError(flat.code as ConstructorParameters<typeof VduseError>[0], flat.message);
+  if (flat.name === 'VdpaError' && flat.code) {
+    return new VdpaError(flat.code as VdpaErrorCode, flat.message);
   }
   const err = new Error(flat.message) as NodeJS.ErrnoException;
   if (flat.code !== undefined) err.code = flat.code;
@@ -94,9 +94,9 @@ export class WorkerTransport implements VdpaTransport {
       this.#pending.clear();
     };
     this.#worker.on('error', (err) =>
-      fail(new VduseError('ERR_VDPA', `vdpa worker failed: ${err.message}`, err)),
+      fail(new VdpaError('ERR_VDPA', `vdpa worker failed: ${err.message}`, { cause: err })),
     );
-    this.#worker.on('exit', (code) => fail(new VduseError('ERR_VDPA', `vdpa worker exited (code ${code})`)));
+    this.#worker.on('exit', (code) => fail(new VdpaError('ERR_VDPA', `vdpa worker exited (code ${code})`)));
   }
 
   call(call: VdpaCall): Promise<unknown> {
@@ -110,7 +110,7 @@ export class WorkerTransport implements VdpaTransport {
   }
 
   async close(): Promise<void> {
-    this.#failure ??= new VduseError('ERR_VDPA', 'the vdpa client is closed');
+    this.#failure ??= new VdpaError('ERR_VDPA', 'the vdpa client is closed');
     await this.#worker.terminate();
   }
 }

@@ -2,3 +2,4 @@
 export { VdpaNetlink, type VdpaDeviceInfo, type VdpaMgmtdevInfo } from './netlink.js';
 export { VdpaClient, WorkerTransport, InlineTransport, type VdpaTransport, type VdpaCall } from './client.js';
 export { boundDriver, findBlockDevice, findVhostDevice, type SysfsPaths } from './sysfs.js';
+export { VdpaError, type VdpaErrorCode } from './errors.js';

@@ -57,7 +57,7 @@ import {
   VDPA_GENL_VERSION,
 } from '../../uapi/vdpa.js';
 import { systemError } from '../../sys/errors.js';
-import { VduseError } from '../vduse/errors.js';
+import { VdpaError } from './errors.js';
 
 // --------------------------------------------------------------------------------------------------------------
 // Codec
@@ -378,15 +378,15 @@ export class VdpaNetlink {
         (seq) => encodeGetFamily(VDPA_GENL_NAME, seq),
         false,
       );
-      if (!reply) throw new VduseError('ERR_VDPA_PROTOCOL', 'no reply to the vdpa family lookup');
+      if (!reply) throw new VdpaError('ERR_VDPA_PROTOCOL', 'no reply to the vdpa family lookup');
       return new VdpaNetlink(binding, fd, decodeFamilyId(reply));
     } catch (err) {
       probe.close();
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        throw new VduseError(
+        throw new VdpaError(
           'ERR_VDPA_FAMILY',
           'vdpa netlink family not found: load the vdpa and vduse modules (modprobe vduse virtio_vdpa)',
-          err,
+          { cause: err },
         );
       }
       throw err;
@@ -430,17 +430,16 @@ export class VdpaNetlink {
     encode: (seq: number) => Uint8Array,
     dump: boolean,
   ): NetlinkMessage[] {
-    if (this.#closed) throw new VduseError('ERR_VDPA', 'the vdpa netlink socket is closed');
+    if (this.#closed) throw new VdpaError('ERR_VDPA', 'the vdpa netlink socket is closed');
     const seq = (this.#seq = (this.#seq + 1) >>> 0);
     const message = encode(seq);
     const sent = this.binding.send(this.fd, message);
     if (sent !== message.length)
-      throw new VduseError('ERR_VDPA_PROTOCOL', `short netlink send (${sent} bytes)`);
+      throw new VdpaError('ERR_VDPA_PROTOCOL', `short netlink send (${sent} bytes)`);
     const collector = new ReplyCollector(seq, dump);
     for (;;) {
       const n = this.binding.recv(this.fd, this.#buffer);
-      if (n <= 0)
-        throw new VduseError('ERR_VDPA_PROTOCOL', 'netlink socket closed while waiting for a reply');
+      if (n <= 0) throw new VdpaError('ERR_VDPA_PROTOCOL', 'netlink socket closed while waiting for a reply');
       if (collector.feed(this.#buffer.slice(0, n))) break; // a copy: replies outlive the buffer
     }
     if (collector.error) throw vdpaError(op, name, collector.error.errno, collector.error.message);

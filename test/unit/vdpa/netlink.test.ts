@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { nlaPutString, nlaPutU16, nlaPutU32, nlaPutU64, concatBytes } from '../../../src/uapi/netlink.js';
-import { VduseError } from '../../../src/transports/vduse/errors.js';
+import { VdpaError } from '../../../src/transports/vdpa/errors.js';
 import {
   ReplyCollector,
   VdpaNetlink,
@@ -156,7 +156,7 @@ describe('VdpaNetlink', () => {
     assert.throws(
       () => VdpaNetlink.open(binding),
       (e: unknown) =>
-        e instanceof VduseError &&
+        e instanceof VdpaError &&
         e.code === 'ERR_VDPA_FAMILY' &&
         /load the vdpa and vduse modules/.test(e.message),
     );
