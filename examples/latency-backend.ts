@@ -7,7 +7,7 @@
  *   import { VirtioBlkDevice } from 'vduse-ts/dist/src/devices/index.js';
  *   const backend = new LatencyRamBackend({ size: 64 * 1024 * 1024, latencyMs: 1 });
  *   const device = new VirtioBlkDevice({ backend, name: 'demo' });
- *   // then serve `device` through the VDUSE transport (src/vduse), or the mock driver in a test.
+ *   // then serve `device` through the VDUSE transport (src/transports/vduse), or the mock driver in a test.
  *
  * What the device guarantees you: every offset and length is inside [0, size) and a multiple of the logical
  * block size (512 by default); writes never reach a read-only backend; `buffers` are views of guest memory, valid
