@@ -31,6 +31,9 @@ const queues = Number(opt('queues', '2'));
 const queueSize = Number(opt('queue-size', '256'));
 const caseNames = opt('cases', CASES.map((c) => c.id).join(',')).split(',');
 const workloadNames = opt('workloads', WORKLOADS.map((w) => w.id).join(',')).split(',');
+/** Workloads also measured on a freshly started daemon: each round restarts both contenders, no warm-up, no ramp. */
+const freshNames = opt('fresh', '').split(',').filter(Boolean);
+const freshRuntime = Number(opt('fresh-runtime', '10'));
 const profileDir = flag('profile')
   ? path.resolve(opt('profile-dir', path.join(root, 'bench/results/profiles')))
   : null;
@@ -309,7 +312,7 @@ const WARMUP = [
   { rw: 'readwrite', bs: '128k', iodepth: 8, numjobs: 1 },
 ];
 
-async function fio(devPath, w, seconds = runtime) {
+async function fio(devPath, w, seconds = runtime, rampS = ramp) {
   const args = [
     '--name=bench',
     `--filename=${devPath}`,
@@ -322,7 +325,7 @@ async function fio(devPath, w, seconds = runtime) {
     '--group_reporting',
     '--time_based',
     `--runtime=${seconds}`,
-    ...(seconds === runtime && ramp > 0 ? [`--ramp_time=${ramp}`] : []),
+    ...(rampS > 0 ? [`--ramp_time=${rampS}`] : []),
     '--norandommap',
     '--randrepeat=0',
     '--output-format=json',
@@ -364,6 +367,8 @@ const result = {
     fio: (await run('fio', ['--version'])).stdout.trim(),
     nbdkit: (await run('nbdkit', ['--version'])).stdout.trim(),
     runtimeS: runtime,
+    freshRuntimeS: freshRuntime,
+    fresh: freshNames,
     warmupS: warmup,
     rampS: ramp,
     rounds,
@@ -383,6 +388,21 @@ const save = () => {
   fs.mkdirSync(path.dirname(out), { recursive: true });
   fs.writeFileSync(out, JSON.stringify(result, null, 2));
 };
+
+/** One recorded fio run of contender `k`, with the daemon's (and the NBD server's) CPU time and the guest's load. */
+async function measure(entry, setup, k, w, round, phase, seconds, rampS) {
+  const cpu0 = processCpu(k.pid);
+  const srv0 = processCpu(setup.server?.pid);
+  const g0 = guestCpu();
+  const m = await fio(k.path, w, seconds, rampS);
+  const g1 = guestCpu();
+  m.daemonCpuS = processCpu(k.pid) - cpu0 + (processCpu(setup.server?.pid) - srv0);
+  m.guestBusy = (g1.busy - g0.busy) / Math.max(1, g1.total - g0.total);
+  entry.runs.push({ workload: w.id, round, contender: k.id, phase, ...m });
+  log(
+    `  ${w.id}${phase === 'fresh' ? ' (fresh daemon)' : ''} round ${round + 1}/${rounds} ${k.id}: ${Math.round(m.iops)} IOPS, ${(m.bwBytes / 1e6).toFixed(1)} MB/s, lat ${m.latMeanUs.toFixed(0)} us, daemon cpu ${m.daemonCpuS.toFixed(2)} s, guest busy ${(m.guestBusy * 100).toFixed(0)}%`,
+  );
+}
 
 let failed = false;
 for (const c of CASES.filter((x) => caseNames.includes(x.id))) {
@@ -412,29 +432,30 @@ for (const c of CASES.filter((x) => caseNames.includes(x.id))) {
       entry.contenders.push({ id: k.id, label: k.label, device: dev });
       log(`  ${k.label}: ${dev}`);
     }
+    // Fresh daemons first: what a restart after a crash or an upgrade sees in its first seconds. Each round
+    // starts every contender anew and measures at once (no warm-up, no ramp), contenders alternating.
+    for (const w of WORKLOADS.filter((x) => freshNames.includes(x.id))) {
+      for (let r = 0; r < rounds; r++) {
+        for (const k of setup.contenders) {
+          await k.stop();
+          const dev = await k.start();
+          setScheduler(dev);
+          await measure(entry, setup, k, w, r, 'fresh', freshRuntime, 0);
+        }
+      }
+      save();
+    }
     // Warm-up, not recorded: a JIT-compiled daemon reaches its steady state only after its hot path was
     // optimized (a long-running daemon is always warm); the same I/O is given to every contender.
     if (warmup > 0) {
       for (const k of setup.contenders) {
-        for (const w of WARMUP) await fio(k.path, w, warmup);
+        for (const w of WARMUP) await fio(k.path, w, warmup, 0);
       }
       log(`  warmed up (${WARMUP.length} x ${warmup} s per contender)`);
     }
     for (const w of WORKLOADS.filter((x) => workloadNames.includes(x.id))) {
       for (let r = 0; r < rounds; r++) {
-        for (const k of setup.contenders) {
-          const cpu0 = processCpu(k.pid);
-          const srv0 = processCpu(setup.server?.pid);
-          const g0 = guestCpu();
-          const m = await fio(k.path, w);
-          const g1 = guestCpu();
-          m.daemonCpuS = processCpu(k.pid) - cpu0 + (processCpu(setup.server?.pid) - srv0);
-          m.guestBusy = (g1.busy - g0.busy) / Math.max(1, g1.total - g0.total);
-          entry.runs.push({ workload: w.id, round: r, contender: k.id, ...m });
-          log(
-            `  ${w.id} round ${r + 1}/${rounds} ${k.id}: ${Math.round(m.iops)} IOPS, ${(m.bwBytes / 1e6).toFixed(1)} MB/s, lat ${m.latMeanUs.toFixed(0)} us, daemon cpu ${m.daemonCpuS.toFixed(2)} s, guest busy ${(m.guestBusy * 100).toFixed(0)}%`,
-          );
-        }
+        for (const k of setup.contenders) await measure(entry, setup, k, w, r, 'warm', runtime, ramp);
       }
       save();
     }

@@ -33,6 +33,12 @@ export const QUICK_WORKLOADS = [
   'write-128k-qd8',
 ];
 
+/** Workloads also measured on freshly started daemons (rows "fresh daemon"). */
+export const FRESH_WORKLOADS = ['randread-4k-qd1', 'randread-4k-qd32'];
+
+/** What a fresh-daemon row must reach: our IOPS in the first seconds after start, over our warm IOPS. */
+export const FRESH_TARGET = 0.8;
+
 /** The ratio project/peer a row must reach. */
 export function targetOf(caseId, workloadId) {
   if (caseId !== 'nbd' && workloadId === 'randread-4k-qd32-2j') return 1.3;
