@@ -342,7 +342,7 @@ export function markdown(input, rows) {
   );
   lines.push('');
   lines.push(
-    `Commit ${report.commit}. Guest: Linux ${c.kernel}, ${c.cpus} vCPUs, ${c.memMiB} MiB, QEMU software emulation under ${accels.map((a) => `\`${a}\``).join(' and ')} (one boot each); ${c.node}; ${c.qsd}; ${c.fio}; ${c.nbdkit}.`,
+    `Commit ${report.commit}. Guest: Linux ${c.kernel}, ${c.cpus} vCPUs, ${c.memMiB} MiB, QEMU software emulation under ${accels.map((a) => `\`${a}\``).join(' and ')}${accels.length > 1 ? ' (one boot each)' : ''}; ${c.node}; ${c.qsd}; ${c.fio}; ${c.nbdkit}.`,
   );
   const fresh = c.fresh?.length
     ? ` Fresh-daemon rows: both contenders started anew every round, fio for the first ${c.freshRuntimeS} s (no warm-up, no ramp).`
