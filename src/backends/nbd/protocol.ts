@@ -8,6 +8,11 @@
  * Values are from the NBD protocol document (NetworkBlockDevice/nbd, doc/proto.md).
  */
 
+import { messageOf } from '../../common/errors.js';
+import { NBD_ERR, NbdError, NbdProtocolError } from './errors.js';
+
+export { NbdProtocolError };
+
 // ---------------------------------------------------------------------------------------------------------
 // Magics
 
@@ -203,17 +208,6 @@ export interface NbdProtocolSink<R extends NbdRequest = NbdRequest> {
    * (e.g. export unknown, TLS refused); false means a broken stream (reconnecting may help).
    */
   failed(error: NbdProtocolError): void;
-}
-
-export class NbdProtocolError extends Error {
-  constructor(
-    message: string,
-    /** Retrying with a new connection cannot help (configuration or policy problem). */
-    readonly fatal = false,
-  ) {
-    super(message);
-    this.name = 'NbdProtocolError';
-  }
 }
 
 export interface NbdHandshakeOptions {
@@ -435,7 +429,10 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
   ) {
     this.exportName = utf8.encode(options.exportName);
     if (this.exportName.length > NBD_MAX_STRING) {
-      throw new NbdProtocolError(`export name longer than ${NBD_MAX_STRING} bytes`, true);
+      throw new NbdProtocolError(`export name longer than ${NBD_MAX_STRING} bytes`, {
+        fatal: true,
+        code: NBD_ERR.LIMIT,
+      });
     }
     this.wantTls = options.tls ?? false;
     this.wantStructured = options.structuredReplies ?? true;
@@ -521,7 +518,7 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
         pos += used;
       }
     } catch (err) {
-      this.fail(err instanceof NbdProtocolError ? err : new NbdProtocolError(String(err)));
+      this.fail(err instanceof NbdProtocolError ? err : new NbdProtocolError(messageOf(err), { cause: err }));
       return;
     }
     if (pos < end && !this.stopped()) {
@@ -548,7 +545,8 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
 
   /** The I/O layer finished the TLS handshake after `startTls()`. */
   tlsStarted(): void {
-    if (this.phase !== Phase.WaitTls) throw new Error('tlsStarted() without a pending STARTTLS');
+    if (this.phase !== Phase.WaitTls)
+      throw new NbdError(NBD_ERR.BAD_REQUEST, 'tlsStarted() without a pending STARTTLS');
     this.tlsDone = true;
     this.phase = Phase.OptionReply;
     this.afterTls();
@@ -560,26 +558,30 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
    * Throws if the connection is not in the transmission phase or the request is malformed.
    */
   request(req: R, stamp = 0): number {
-    if (this.phase !== Phase.Transmission) throw new Error('NBD connection is not ready');
+    if (this.phase !== Phase.Transmission)
+      throw new NbdError(NBD_ERR.BAD_REQUEST, 'NBD connection is not ready');
     const type = req.type;
     const offset = req.offset;
     const length = req.length;
-    if (type === NBD_CMD_DISC) throw new Error('use disconnect() for NBD_CMD_DISC');
-    if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError('bad offset');
+    if (type === NBD_CMD_DISC) throw new NbdError(NBD_ERR.BAD_REQUEST, 'use disconnect() for NBD_CMD_DISC');
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new NbdError(NBD_ERR.BAD_REQUEST, 'bad offset');
     if (!Number.isInteger(length) || length < 0 || length >= TWO32) {
-      throw new RangeError('bad length');
+      throw new NbdError(NBD_ERR.BAD_REQUEST, 'bad length');
     }
     if (type === NBD_CMD_WRITE) {
-      if (!req.data || totalLength(req.data) !== length) throw new RangeError('write data length mismatch');
+      if (!req.data || totalLength(req.data) !== length)
+        throw new NbdError(NBD_ERR.BAD_REQUEST, 'write data length mismatch');
     } else if (type === NBD_CMD_READ) {
-      if (!req.dest || totalLength(req.dest) !== length) throw new RangeError('read buffer length mismatch');
+      if (!req.dest || totalLength(req.dest) !== length)
+        throw new NbdError(NBD_ERR.BAD_REQUEST, 'read buffer length mismatch');
     }
     let slot: InFlight<R>;
     const index = this.free.pop();
     if (index !== undefined) {
       slot = this.slots[index]!;
     } else {
-      if (this.slots.length >= NBD_MAX_IN_FLIGHT) throw new Error('too many NBD requests in flight');
+      if (this.slots.length >= NBD_MAX_IN_FLIGHT)
+        throw new NbdError(NBD_ERR.LIMIT, 'too many NBD requests in flight');
       slot = new InFlight<R>(this.slots.length);
       this.slots.push(slot);
     }
@@ -664,12 +666,22 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
     if (buf.length - pos < 16) return 0;
     const v = new DataView(buf.buffer, buf.byteOffset + pos);
     if (v.getBigUint64(0) !== NBD_INIT_MAGIC)
-      throw new NbdProtocolError('not an NBD server (bad magic)', true);
+      throw new NbdProtocolError('not an NBD server (bad magic)', {
+        fatal: true,
+        code: NBD_ERR.NOT_SUPPORTED_SERVER,
+      });
     const second = v.getBigUint64(8);
     if (second === NBD_CLISERV_MAGIC) {
-      throw new NbdProtocolError('server uses oldstyle negotiation, which is not supported', true);
+      throw new NbdProtocolError('server uses oldstyle negotiation, which is not supported', {
+        fatal: true,
+        code: NBD_ERR.NOT_SUPPORTED_SERVER,
+      });
     }
-    if (second !== NBD_OPTS_MAGIC) throw new NbdProtocolError('not an NBD server (bad IHAVEOPT magic)', true);
+    if (second !== NBD_OPTS_MAGIC)
+      throw new NbdProtocolError('not an NBD server (bad IHAVEOPT magic)', {
+        fatal: true,
+        code: NBD_ERR.NOT_SUPPORTED_SERVER,
+      });
     if (buf.length - pos < 18) return 0;
     this.serverFlags = v.getUint16(16);
     const fixed = (this.serverFlags & NBD_FLAG_FIXED_NEWSTYLE) !== 0;
@@ -681,7 +693,11 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
     new DataView(out.buffer).setUint32(0, clientFlags);
     this.sink.send([out]);
     if (!fixed) {
-      if (this.wantTls) throw new NbdProtocolError('server does not support fixed newstyle, so no TLS', true);
+      if (this.wantTls)
+        throw new NbdProtocolError('server does not support fixed newstyle, so no TLS', {
+          fatal: true,
+          code: NBD_ERR.TLS,
+        });
       this.sendExportName();
     } else if (this.wantTls) {
       this.sendOption(NBD_OPT_STARTTLS, new Uint8Array(0));
@@ -734,7 +750,8 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
     if (option !== this.currentOption) {
       throw new NbdProtocolError(`option reply for option ${option}, expected ${this.currentOption}`);
     }
-    if (length > MAX_OPTION_REPLY) throw new NbdProtocolError(`option reply too long (${length} bytes)`);
+    if (length > MAX_OPTION_REPLY)
+      throw new NbdProtocolError(`option reply too long (${length} bytes)`, { code: NBD_ERR.LIMIT });
     if (buf.length - pos < 20 + length) return 0;
     const payload = buf.subarray(pos + 20, pos + 20 + length);
     this.handleOptionReply(type, payload);
@@ -756,16 +773,20 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
           this.sink.startTls();
           return;
         }
-        if (isError) throw new NbdProtocolError(`server refused TLS (${detail()})`, true);
+        if (isError)
+          throw new NbdProtocolError(`server refused TLS (${detail()})`, { fatal: true, code: NBD_ERR.TLS });
         throw new NbdProtocolError(`unexpected reply ${type} to NBD_OPT_STARTTLS`);
       case NBD_OPT_STRUCTURED_REPLY:
         if (type === NBD_REP_ACK) {
           if (payload.length !== 0) throw new NbdProtocolError('STRUCTURED_REPLY acknowledgement with data');
           this.structured = true;
         } else if (type === NBD_REP_ERR_TLS_REQD) {
-          throw new NbdProtocolError('server requires TLS (use an nbds:// URI)', true);
+          throw new NbdProtocolError('server requires TLS (use an nbds:// URI)', {
+            fatal: true,
+            code: NBD_ERR.TLS,
+          });
         } else if (type === NBD_REP_ERR_SHUTDOWN) {
-          throw new NbdProtocolError('server is shutting down');
+          throw new NbdProtocolError('server is shutting down', { code: NBD_ERR.SHUTDOWN });
         } else if (isError) {
           this.structured = false;
         } else {
@@ -812,13 +833,24 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
       return;
     }
     if (type === NBD_REP_ERR_TLS_REQD) {
-      throw new NbdProtocolError('server requires TLS (use an nbds:// URI)', true);
+      throw new NbdProtocolError('server requires TLS (use an nbds:// URI)', {
+        fatal: true,
+        code: NBD_ERR.TLS,
+      });
     }
     if (type === NBD_REP_ERR_UNKNOWN) {
-      throw new NbdProtocolError(`export not found on the server (${detail()})`, true);
+      throw new NbdProtocolError(`export not found on the server (${detail()})`, {
+        fatal: true,
+        code: NBD_ERR.EXPORT,
+      });
     }
-    if (type === NBD_REP_ERR_SHUTDOWN) throw new NbdProtocolError('server is shutting down');
-    if (isError) throw new NbdProtocolError(`server refused the export (${detail()})`, true);
+    if (type === NBD_REP_ERR_SHUTDOWN)
+      throw new NbdProtocolError('server is shutting down', { code: NBD_ERR.SHUTDOWN });
+    if (isError)
+      throw new NbdProtocolError(`server refused the export (${detail()})`, {
+        fatal: true,
+        code: NBD_ERR.EXPORT,
+      });
     throw new NbdProtocolError(`unexpected reply ${type} to NBD_OPT_GO`);
   }
 
@@ -838,7 +870,8 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
       throw new NbdProtocolError('transmission flags without NBD_FLAG_HAS_FLAGS');
     }
     const size = this.info.size ?? 0;
-    if (!Number.isSafeInteger(size)) throw new NbdProtocolError('export size too large');
+    if (!Number.isSafeInteger(size))
+      throw new NbdProtocolError('export size too large', { fatal: true, code: NBD_ERR.LIMIT });
     let min = this.info.minBlockSize ?? 1;
     let pref = this.info.preferredBlockSize ?? 4096;
     let max = this.info.maxBlockSize ?? 0xffffffff;
@@ -970,7 +1003,8 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
         if ((type & NBD_REPLY_TYPE_ERROR_BIT) !== 0) {
           const min = type === NBD_REPLY_TYPE_ERROR_OFFSET ? 14 : 6;
           if (length < min) throw new NbdProtocolError(`error chunk too short (${length})`);
-          if (length > MAX_ERROR_CHUNK) throw new NbdProtocolError(`error chunk too long (${length})`);
+          if (length > MAX_ERROR_CHUNK)
+            throw new NbdProtocolError(`error chunk too long (${length})`, { code: NBD_ERR.LIMIT });
           this.rx = Rx.ChunkPayload;
           return;
         }
@@ -1002,7 +1036,8 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
         throw new NbdProtocolError('chunk overlaps an earlier chunk');
       }
     }
-    if (covered.length >= 2 * 4096) throw new NbdProtocolError('too many chunks in one reply');
+    if (covered.length >= 2 * 4096)
+      throw new NbdProtocolError('too many chunks in one reply', { code: NBD_ERR.LIMIT });
     covered.push(rel, rel + len);
     req.coveredBytes += len;
   }

@@ -46,20 +46,24 @@ function pattern(n: number, seed: number): Uint8Array {
   return out;
 }
 
+/** Expects a BackendError with errno `errno` (and a stable code: ERR_BACKEND_* or ERR_NBD_*, or `code`). */
 async function expectBackendError(
   p: Promise<unknown>,
-  code: string,
+  errno: string,
   message?: RegExp,
+  code?: string,
 ): Promise<BackendError> {
   try {
     await p;
   } catch (err) {
     assert.ok(err instanceof BackendError, `expected BackendError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
+    assert.equal(err.errno, errno, err.message);
+    if (code !== undefined) assert.equal(err.code, code, err.message);
+    else assert.match(err.code, /^ERR_(BACKEND|NBD)_[A-Z_]+$/, err.message);
     if (message) assert.match(err.message, message);
     return err;
   }
-  assert.fail(`expected BackendError ${code}`);
+  assert.fail(`expected BackendError ${errno}`);
 }
 
 describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
@@ -314,7 +318,7 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
       'error-pwrite-rate=100%',
     ]);
     const { b } = await open(s.uri);
-    await expectBackendError(b.write(0, [new Uint8Array(512)]), 'ENOSPC');
+    await expectBackendError(b.write(0, [new Uint8Array(512)]), 'ENOSPC', undefined, 'ERR_BACKEND_NO_SPACE');
     await b.read(0, [new Uint8Array(512)]);
   });
 
@@ -323,7 +327,7 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
     const { b } = await open(s.uri);
     assert.equal(b.readOnly, true);
     assert.ok((b.info.flags & NBD_FLAG_READ_ONLY) !== 0);
-    await expectBackendError(b.write(0, [new Uint8Array(512)]), 'EROFS');
+    await expectBackendError(b.write(0, [new Uint8Array(512)]), 'EROFS', undefined, 'ERR_BACKEND_READ_ONLY');
     await b.read(0, [new Uint8Array(512)]);
   });
 
@@ -335,14 +339,18 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
     const deadline = Date.now() + 3000;
     while (!/client sent NBD_CMD_DISC/.test(s.output()) && Date.now() < deadline) await sleep(20);
     assert.match(s.output(), /client sent NBD_CMD_DISC/);
-    await expectBackendError(b.read(0, [new Uint8Array(512)]), 'EIO', /closed/);
+    await expectBackendError(b.read(0, [new Uint8Array(512)]), 'EIO', /closed/, 'ERR_BACKEND_CLOSED');
   });
 
   it('refuses to open with a clear error when nothing listens, the export is unknown, or TLS is required', async () => {
     const port = await freePort();
     await assert.rejects(
       NbdBackend.open({ ...parseNbdSpec(`nbd://127.0.0.1:${port}/x`), log: () => {} }),
-      (err: unknown) => err instanceof BackendError && /cannot connect.*ECONNREFUSED/.test(err.message),
+      (err: unknown) =>
+        err instanceof BackendError &&
+        err.code === 'ERR_NBD_CONNECTION' &&
+        err.errno === 'ECONNREFUSED' &&
+        /cannot connect.*ECONNREFUSED/.test(err.message),
     );
     const s = await server([
       '--filter=exportname',
@@ -354,7 +362,9 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
     await assert.rejects(
       NbdBackend.open({ ...parseNbdSpec(`nbd://127.0.0.1:${s.port}/other`), log: () => {} }),
       (err: unknown) =>
-        err instanceof BackendError && /export not found|refused the export/.test(err.message),
+        err instanceof BackendError &&
+        err.code === 'ERR_NBD_EXPORT' &&
+        /export not found|refused the export/.test(err.message),
     );
   });
 
@@ -401,7 +411,8 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
       const s = await server(['--tls=require', `--tls-certificates=${certs.dir}`, 'memory', '16M']);
       await assert.rejects(
         NbdBackend.open({ ...parseNbdSpec(`nbd://127.0.0.1:${s.port}/`), log: () => {} }),
-        (err: unknown) => err instanceof BackendError && /requires TLS/.test(err.message),
+        (err: unknown) =>
+          err instanceof BackendError && err.code === 'ERR_NBD_TLS' && /requires TLS/.test(err.message),
       );
       await assert.rejects(
         NbdBackend.open({ ...parseNbdSpec(`nbds://127.0.0.1:${s.port}/`), log: () => {} }),
@@ -490,7 +501,12 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
       await sleep(100);
       await server(['file', disk], { port });
       await pending;
-      await expectBackendError(b.read(0, [new Uint8Array(512)]), 'EIO', /size changed/);
+      await expectBackendError(
+        b.read(0, [new Uint8Array(512)]),
+        'EIO',
+        /size changed/,
+        'ERR_NBD_EXPORT_CHANGED',
+      );
       assert.equal(logs.filter((l) => /refusing/.test(l)).length, 1, logs.join('\n'));
     });
 
@@ -515,7 +531,7 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
       const start = Date.now();
       await Promise.all(
         [b.read(0, [new Uint8Array(4096)]), b.read(4096, [new Uint8Array(4096)])].map((r) =>
-          expectBackendError(r, 'EIO', /unreachable/),
+          expectBackendError(r, 'EIO', /unreachable/, 'ERR_NBD_UNREACHABLE'),
         ),
       );
       const elapsed = Date.now() - start;
