@@ -67,6 +67,18 @@ interface IoLimits {
   maxIo: number;
 }
 
+/** Throws (one line) when the backend cannot serve the export as a block device: its limits, or no data at all. */
+function checkExport(info: NbdExportInfo): void {
+  const { minIo } = nbdIoLimits(info);
+  if (info.size < minIo) {
+    const bytes = info.size === 0 ? '0 bytes' : `${info.size} bytes, less than one ${minIo}-byte block`;
+    throw new NbdProtocolError(`the export is empty (${bytes})`, {
+      fatal: true,
+      code: 'ERR_NBD_EMPTY_EXPORT',
+    });
+  }
+}
+
 /** What the backend sends for `info`; throws NbdProtocolError when it cannot serve a block device within them. */
 export function nbdIoLimits(info: NbdExportInfo): IoLimits {
   const align = Math.max(1, info.minBlockSize);
@@ -293,15 +305,22 @@ export class NbdBackend implements BlockBackend {
       timeoutMs: options.timeoutMs || NBD_DEFAULT_TIMEOUT_MS,
       requestTimeoutMs: options.timeoutMs ?? NBD_DEFAULT_TIMEOUT_MS,
     };
-    let first: NbdConnection | undefined;
+    let first: NbdConnection;
     try {
       first = await NbdConnection.connect(target, connectOptions);
-      nbdIoLimits(first.info);
     } catch (err) {
-      first?.destroy(new NbdConnectionError('not used'));
       throw new BackendError(`nbd: cannot connect to ${describeTarget(target)}: ${errorText(err)}`, {
         code: err instanceof VduseTsError ? err.code : 'ERR_NBD_CONNECTION',
         errno: errnoOf(err) ?? 'EIO',
+        cause: err,
+      });
+    }
+    try {
+      checkExport(first.info);
+    } catch (err) {
+      first.destroy(new NbdConnectionError('export refused'));
+      throw new BackendError(`nbd: ${describeTarget(target)}: ${errorText(err)}`, {
+        code: err instanceof VduseTsError ? err.code : 'ERR_NBD_PROTOCOL',
         cause: err,
       });
     }

@@ -321,6 +321,26 @@ function wr32(b: Uint8Array, at: number, value: number): void {
 const utf8 = new TextEncoder();
 const utf8d = new TextDecoder('utf-8', { fatal: false });
 
+/** Longest text from the server (an error message) kept in our messages and log lines. */
+export const NBD_MAX_SERVER_TEXT = 200;
+
+/**
+ * A string from the server made safe for one log line: control characters (newlines, escape sequences) become
+ * spaces, runs of blanks shrink to one, and it is cut at NBD_MAX_SERVER_TEXT characters (with "...").
+ */
+export function serverText(bytes: Uint8Array): string {
+  const head = bytes.length > 4 * NBD_MAX_SERVER_TEXT ? bytes.subarray(0, 4 * NBD_MAX_SERVER_TEXT) : bytes;
+  const text = utf8d
+    .decode(head)
+    // eslint-disable-next-line no-control-regex
+    .replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]+/g, ' ')
+    .replace(/\s+/g, ' ')
+    .trim();
+  const chars = [...text];
+  if (chars.length <= NBD_MAX_SERVER_TEXT && head === bytes) return text;
+  return `${chars.slice(0, NBD_MAX_SERVER_TEXT).join('').trimEnd()}...`;
+}
+
 /** Copies `src` into the concatenation of `views` starting at byte `pos`. Returns false if out of range. */
 export function copyIntoViews(views: readonly Uint8Array[], pos: number, src: Uint8Array): boolean {
   let skip = pos;
@@ -762,7 +782,7 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
     const isError = type >= NBD_REP_FLAG_ERROR;
     const detail = (): string => {
       const name = REP_NAMES.get(type) ?? `error 0x${type.toString(16)}`;
-      const text = payload.length > 0 ? `: ${utf8d.decode(payload)}` : '';
+      const text = payload.length > 0 ? `: ${serverText(payload)}` : '';
       return `${name}${text}`;
     };
     switch (this.currentOption) {
@@ -1081,7 +1101,7 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
         throw new NbdProtocolError('error chunk message length does not fit the chunk');
       }
       if (value === 0) throw new NbdProtocolError('error chunk with error value 0');
-      const message = utf8d.decode(buf.subarray(pos + 6, pos + 6 + msgLen));
+      const message = serverText(buf.subarray(pos + 6, pos + 6 + msgLen));
       const error: NbdReplyError = { value, name: nbdErrorName(value), message };
       if (type === NBD_REPLY_TYPE_ERROR_OFFSET) {
         const at = pos + 6 + msgLen;
