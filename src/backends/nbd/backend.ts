@@ -824,7 +824,7 @@ export class NbdBackend implements BlockBackend {
     const seconds = formatSeconds(Date.now() - slot.suppressedSince);
     this.log(
       `${this.name}: connection${this.which(slot)} lost ${n} more time(s) soon after reconnecting in the last ` +
-        `${seconds} (last error: ${slot.suppressedCause}); next attempt in ${slot.backoff} ms`,
+        `${seconds} (last error: ${slot.suppressedCause}); backoff now ${slot.backoff} ms`,
     );
   }
 
