@@ -274,7 +274,7 @@ class InFlight<R extends NbdRequest> {
   offset = 0;
   length = 0;
   dest: readonly Uint8Array[] | undefined = undefined;
-  /** Byte ranges relative to `offset` already described by content chunks, flat: start, end, start, end... */
+  /** Byte ranges relative to `offset` already described by content chunks, flat and sorted: start, end, ... */
   readonly covered: number[] = [];
   coveredBytes = 0;
   error: NbdReplyError | undefined = undefined;
@@ -1050,15 +1050,24 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
     if (rel < 0 || len <= 0 || rel + len > req.length) {
       throw new NbdProtocolError('chunk outside the range of the request');
     }
+    // `covered` is kept sorted by start (the ranges are disjoint): a binary search finds the neighbours, so a
+    // reply of many chunks in any order costs O(n log n) comparisons, not O(n^2).
     const covered = req.covered;
-    for (let i = 0; i < covered.length; i += 2) {
-      if (rel < covered[i + 1]! && covered[i]! < rel + len) {
-        throw new NbdProtocolError('chunk overlaps an earlier chunk');
-      }
+    const n = covered.length >> 1;
+    let lo = 0;
+    let hi = n;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (covered[2 * mid]! <= rel) lo = mid + 1;
+      else hi = mid;
     }
-    if (covered.length >= 2 * 4096)
-      throw new NbdProtocolError('too many chunks in one reply', { code: NBD_ERR.LIMIT });
-    covered.push(rel, rel + len);
+    // lo: the first range starting after rel. The one before must end by rel, that one start at rel + len or later.
+    if ((lo > 0 && covered[2 * lo - 1]! > rel) || (lo < n && covered[2 * lo]! < rel + len)) {
+      throw new NbdProtocolError('chunk overlaps an earlier chunk');
+    }
+    if (n >= 4096) throw new NbdProtocolError('too many chunks in one reply', { code: NBD_ERR.LIMIT });
+    if (lo === n) covered.push(rel, rel + len);
+    else covered.splice(2 * lo, 0, rel, rel + len);
     req.coveredBytes += len;
   }
 

@@ -15,6 +15,8 @@ import {
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REPLY_FLAG_DONE,
   NBD_REPLY_TYPE_ERROR,
+  NBD_REPLY_TYPE_OFFSET_DATA,
+  NBD_REPLY_TYPE_OFFSET_HOLE,
   NBD_REP_ACK,
   NBD_REP_ERR_UNKNOWN,
   NBD_FLAG_HAS_FLAGS,
@@ -23,7 +25,17 @@ import {
   NBD_FLAG_SEND_WRITE_ZEROES,
 } from '../../../src/backends/nbd/protocol.js';
 import { parseNbdSpec } from '../../../src/backends/nbd/uri.js';
-import { Recorder, chunk, errorPayload, greeting, optionReply, readyProtocol } from './helpers/bytes.js';
+import {
+  Recorder,
+  chunk,
+  concat,
+  dataPayload,
+  errorPayload,
+  greeting,
+  holePayload,
+  optionReply,
+  readyProtocol,
+} from './helpers/bytes.js';
 import {
   startFakeServer,
   type FakeConnection,
@@ -271,5 +283,59 @@ describe('NBD server text in our messages', () => {
     assert.ok(!hasControl(message), JSON.stringify(message));
     assert.ok(message.length < 300, `${message.length} characters`);
     assert.equal(r.failures[0]!.code, 'ERR_NBD_EXPORT');
+  });
+});
+
+describe('many chunks in one reply', () => {
+  it('accepts disjoint chunks in any order and refuses one that overlaps a neighbour (sorted ranges)', () => {
+    const r = readyProtocol(NBD_FLAG_HAS_FLAGS);
+    const n = 256;
+    const out = new Uint8Array(n * 512).fill(0xee);
+    const cookie = r.protocol.request({ type: NBD_CMD_READ, offset: 4096, length: n * 512, dest: [out] });
+    // A fixed shuffle of the blocks: odd ones as data, even ones as holes.
+    const order = Array.from({ length: n }, (_, i) => (i * 97) % n);
+    const parts = order.map((i, k) =>
+      chunk(
+        cookie,
+        k === n - 1 ? NBD_REPLY_FLAG_DONE : 0,
+        i % 2 === 1 ? NBD_REPLY_TYPE_OFFSET_DATA : NBD_REPLY_TYPE_OFFSET_HOLE,
+        i % 2 === 1 ? dataPayload(4096 + i * 512, pattern(512, i)) : holePayload(4096 + i * 512, 512),
+      ),
+    );
+    r.feed(concat(...parts));
+    assert.deepEqual(r.failures, []);
+    assert.equal(r.replies.length, 1);
+    assert.equal(r.replies[0]!.error, undefined);
+    for (let i = 0; i < n; i++) {
+      const block = out.subarray(i * 512, (i + 1) * 512);
+      assert.deepEqual(block, i % 2 === 1 ? pattern(512, i) : new Uint8Array(512), `block ${i}`);
+    }
+
+    // Blocks 0..9 and 20..29 first, then one chunk that reaches from block 9 into block 10: it overlaps the range
+    // before its place in the sorted list.
+    const q = readyProtocol(NBD_FLAG_HAS_FLAGS);
+    const c2 = q.protocol.request({
+      type: NBD_CMD_READ,
+      offset: 0,
+      length: 40 * 512,
+      dest: [new Uint8Array(40 * 512)],
+    });
+    q.feed(chunk(c2, 0, NBD_REPLY_TYPE_OFFSET_HOLE, holePayload(20 * 512, 10 * 512)));
+    q.feed(chunk(c2, 0, NBD_REPLY_TYPE_OFFSET_HOLE, holePayload(0, 10 * 512)));
+    q.feed(chunk(c2, 0, NBD_REPLY_TYPE_OFFSET_HOLE, holePayload(9 * 512, 2 * 512)));
+    assert.match(q.failures[0]?.message ?? '', /chunk overlaps an earlier chunk/);
+
+    // And one that reaches into the range after its place.
+    const s = readyProtocol(NBD_FLAG_HAS_FLAGS);
+    const c3 = s.protocol.request({
+      type: NBD_CMD_READ,
+      offset: 0,
+      length: 40 * 512,
+      dest: [new Uint8Array(40 * 512)],
+    });
+    s.feed(chunk(c3, 0, NBD_REPLY_TYPE_OFFSET_HOLE, holePayload(20 * 512, 10 * 512)));
+    s.feed(chunk(c3, 0, NBD_REPLY_TYPE_OFFSET_HOLE, holePayload(0, 10 * 512)));
+    s.feed(chunk(c3, 0, NBD_REPLY_TYPE_OFFSET_DATA, dataPayload(15 * 512, new Uint8Array(6 * 512))));
+    assert.match(s.failures[0]?.message ?? '', /chunk overlaps an earlier chunk/);
   });
 });
