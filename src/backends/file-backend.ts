@@ -234,6 +234,11 @@ type FileKind = 'file' | 'block-device';
 export class FileBackend implements BlockBackend {
   readonly path: string;
   readonly kind: FileKind;
+  /**
+   * The file did not exist and open() created it (`size`). A caller whose start-up fails after open() should
+   * close the backend and remove the file again (open() itself removes it when it fails).
+   */
+  readonly created: boolean;
   readonly readOnly: boolean;
   readonly direct: boolean;
   /** Offsets, lengths and buffers of O_DIRECT requests are multiples of this (1 without direct). */
@@ -264,6 +269,7 @@ export class FileBackend implements BlockBackend {
   private constructor(init: {
     path: string;
     kind: FileKind;
+    created: boolean;
     fd: number;
     size: number;
     readOnly: boolean;
@@ -277,6 +283,7 @@ export class FileBackend implements BlockBackend {
   }) {
     this.path = init.path;
     this.kind = init.kind;
+    this.created = init.created;
     this.#fd = init.fd;
     this.#size = init.size;
     this.readOnly = init.readOnly;
@@ -437,6 +444,7 @@ export class FileBackend implements BlockBackend {
     return new FileBackend({
       path,
       kind,
+      created,
       fd,
       size,
       readOnly: options.readOnly,

@@ -82,6 +82,7 @@ describe('FileBackend', () => {
     const backend = await FileBackend.open({ path: file, size: 4 * MiB });
     try {
       assert.equal(backend.kind, 'file');
+      assert.equal(backend.created, true);
       assert.equal(backend.size, 4 * MiB);
       assert.equal(fs.statSync(file).size, 4 * MiB);
       const data = bytes(12 * KiB, 1);
@@ -103,6 +104,7 @@ describe('FileBackend', () => {
     const notes: string[] = [];
     const backend = await FileBackend.open({ path: file, log: (m) => notes.push(m) });
     assert.equal(backend.size, MiB, 'the trailing partial sector is not used');
+    assert.equal(backend.created, false);
     assert.match(notes.join('\n'), /not a multiple of 512/);
     await backend.close();
     await assert.rejects(FileBackend.open({ path: file, size: 2 * MiB }), (e: unknown) => {

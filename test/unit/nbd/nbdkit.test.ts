@@ -252,6 +252,19 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
     await b.read(65536, [out]);
     assert.ok(out.every((x) => x === 0));
     await b.discard(0, 4 << 20);
+    // The minimum (4096) is what the device must use as its logical block size; a 512-byte request is refused
+    // here, never sent (nbdkit's error policy would answer EINVAL, and log it).
+    assert.equal(b.capabilities.logicalBlockSize, 4096);
+    assert.equal(b.capabilities.discardAlignment, 4096);
+    await expectBackendError(
+      b.read(512, [new Uint8Array(512)]),
+      'EINVAL',
+      /minimum block size 4096/,
+      'ERR_NBD_UNALIGNED',
+    );
+    await expectBackendError(b.write(4096, [new Uint8Array(512)]), 'EINVAL', undefined, 'ERR_NBD_UNALIGNED');
+    await b.read(4096, [new Uint8Array(4096)]);
+    assert.doesNotMatch(s.output(), /EINVAL|not aligned|blocksize-policy.*error/i);
   });
 
   it('spreads requests over several connections when the server allows multi-conn', async () => {
