@@ -311,6 +311,7 @@ export class FileBackend implements BlockBackend {
     const directFlag = direct ? fs.constants.O_DIRECT : 0;
     let readOnly = options.readOnly ?? false;
     let created = false;
+    let fallbackNote: string | undefined;
     let fd: number;
     try {
       fd = await openFile(path, (readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | directFlag);
@@ -327,13 +328,16 @@ export class FileBackend implements BlockBackend {
           throw openError(path, e, direct);
         });
         readOnly = true;
-        log(`file ${path}: cannot open it for writing (${code}); serving it read-only`);
+        // Noted once the file proved usable (a refused file is one line, not a note and a refusal).
+        fallbackNote = `file ${path}: cannot open it for writing (${code}); serving it read-only`;
       } else {
         throw openError(path, error, direct);
       }
     }
     try {
-      return await FileBackend.#setUp(fd, { ...options, readOnly, direct, log }, created);
+      const backend = await FileBackend.#setUp(fd, { ...options, readOnly, direct, log }, created);
+      if (fallbackNote !== undefined) log(fallbackNote);
+      return backend;
     } catch (error) {
       await new Promise<void>((resolve) => fs.close(fd, () => resolve()));
       if (created) await fs.promises.unlink(path).catch(() => {});
