@@ -22,9 +22,11 @@
  * work either way (awaiting undefined is fine); a caller must not call `.then` on it.
  *
  * Errors: a rejected promise, or a throw from the call, answers the guest VIRTIO_BLK_S_IOERR; a BackendError with
- * code 'ENOTSUP' answers VIRTIO_BLK_S_UNSUPP. Fail rather than crash: guest activity must never take the daemon
+ * code 'ERR_BACKEND_UNSUPPORTED' (`new BackendError(message, 'ENOTSUP')`) answers VIRTIO_BLK_S_UNSUPP. Fail rather than crash: guest activity must never take the daemon
  * down.
  */
+
+import { VduseTsError, errnoOf, type VduseTsErrorOptions } from '../common/errors.js';
 
 /** What a request method returns: a promise, or nothing when it completed synchronously (a throw = failure). */
 export type BackendResult = Promise<void> | void;
@@ -56,6 +58,12 @@ export interface BackendCapabilities {
   optIoSize: number;
   /** Discard granularity in bytes (0: any 512-byte sector); config discard_sector_alignment. */
   discardAlignment: number;
+  /**
+   * Smallest unit the backend can address (a power of two from 512 to 4096; absent: 512): it fails a request
+   * whose offset or length is not a multiple of it. A device should use at least this as its logical block size
+   * (config blk_size), so that the guest never sends such a request. Optional, for backward compatibility.
+   */
+  logicalBlockSize?: number;
 }
 
 export interface BlockBackend {
@@ -82,13 +90,36 @@ export interface BlockBackend {
   close(): Promise<void>;
 }
 
-/** A failed backend request; the device answers VIRTIO_BLK_S_IOERR (or UNSUPP for code 'ENOTSUP'). */
-export class BackendError extends Error {
-  constructor(
-    message: string,
-    readonly code: string = 'EIO',
-  ) {
-    super(message);
-    this.name = 'BackendError';
+/** The stable codes of BackendError for the errno names a backend request usually fails with. */
+const BACKEND_CODES: Readonly<Record<string, string>> = {
+  EIO: 'ERR_BACKEND_IO',
+  ENOTSUP: 'ERR_BACKEND_UNSUPPORTED',
+  EOPNOTSUPP: 'ERR_BACKEND_UNSUPPORTED',
+  EROFS: 'ERR_BACKEND_READ_ONLY',
+  EBADF: 'ERR_BACKEND_CLOSED',
+  ENOSPC: 'ERR_BACKEND_NO_SPACE',
+  EINVAL: 'ERR_BACKEND_INVALID',
+};
+
+/** The code a request failing with system error `errno` gets: ERR_BACKEND_IO, ERR_BACKEND_UNSUPPORTED, ... */
+export function backendCodeFor(errno: string): string {
+  return BACKEND_CODES[errno] ?? 'ERR_BACKEND_IO';
+}
+
+export interface BackendErrorOptions extends VduseTsErrorOptions {
+  /** Stable code (default: from `errno`, see backendCodeFor). */
+  code?: string;
+}
+
+/**
+ * A failed backend request; the device answers VIRTIO_BLK_S_IOERR, or VIRTIO_BLK_S_UNSUPP for code
+ * 'ERR_BACKEND_UNSUPPORTED' (errno 'ENOTSUP'). The second argument is the errno name ('EIO' by default), as in
+ * `new BackendError('cannot', 'ENOTSUP')`, or options with `code`, `errno` and `cause`.
+ */
+export class BackendError extends VduseTsError {
+  constructor(message: string, errnoOrOptions: string | BackendErrorOptions = 'EIO') {
+    const options = typeof errnoOrOptions === 'string' ? { errno: errnoOrOptions } : errnoOrOptions;
+    const errno = options.errno ?? errnoOf(options.cause) ?? 'EIO';
+    super(options.code ?? backendCodeFor(errno), message, { ...options, errno });
   }
 }

@@ -39,7 +39,7 @@ import {
 } from '../sys/binding.js';
 import { loadNativeBinding } from '../sys/native.js';
 import { BackendError, type BackendCapabilities, type BlockBackend } from './backend.js';
-import { UsageError } from '../common/errors.js';
+import { UsageError, messageOf } from '../common/errors.js';
 import { SECTOR_SIZE, checkBackendSize, formatSize } from './size.js';
 
 /** ioctl(BLKGETSIZE64): the size of a block device in bytes (u64). */
@@ -64,6 +64,24 @@ export const INLINE_MAX = 256 * 1024;
 /** statfs f_type of filesystems whose files live in memory (linux/magic.h). */
 const TMPFS_MAGIC = 0x01021994;
 const RAMFS_MAGIC = 0x858458f6;
+/**
+ * statfs f_type of pseudo filesystems whose files are not storage (their size in stat is 0 or made up, their
+ * contents generated): procfs, sysfs, debugfs, tracefs, securityfs, cgroup, cgroup2, configfs, bpf, efivarfs,
+ * pstore. Refused as images.
+ */
+const PSEUDO_FS: ReadonlyMap<number, string> = new Map([
+  [0x9fa0, 'procfs'],
+  [0x62656572, 'sysfs'],
+  [0x64626720, 'debugfs'],
+  [0x74726163, 'tracefs'],
+  [0x73636673, 'securityfs'],
+  [0x27e0eb, 'cgroup'],
+  [0x63677270, 'cgroup2'],
+  [0x62656570, 'configfs'],
+  [0xcafe4a11, 'bpf'],
+  [0xde5e81e4, 'efivarfs'],
+  [0x6165676c, 'pstore'],
+]);
 /** After this many RWF_NOWAIT misses in a row, skip the attempt for a while (16, 32, ... 256 requests). */
 const MISS_LIMIT = 16;
 const MAX_BACKOFF = 256;
@@ -189,6 +207,15 @@ interface Remainder {
   buffers: readonly Uint8Array[];
 }
 
+/** The name of the pseudo filesystem (procfs, sysfs, ...) `fd` is on, or undefined. */
+async function pseudoFilesystem(fd: number): Promise<string | undefined> {
+  try {
+    return PSEUDO_FS.get((await statfs(`/proc/self/fd/${fd}`)).type);
+  } catch {
+    return undefined;
+  }
+}
+
 /** Whether files on the filesystem of `fd` live in memory (tmpfs, ramfs) and no swap could move them to disk. */
 async function memoryBacked(fd: number): Promise<boolean> {
   try {
@@ -207,6 +234,11 @@ type FileKind = 'file' | 'block-device';
 export class FileBackend implements BlockBackend {
   readonly path: string;
   readonly kind: FileKind;
+  /**
+   * The file did not exist and open() created it (`size`). A caller whose start-up fails after open() should
+   * close the backend and remove the file again (open() itself removes it when it fails).
+   */
+  readonly created: boolean;
   readonly readOnly: boolean;
   readonly direct: boolean;
   /** Offsets, lengths and buffers of O_DIRECT requests are multiples of this (1 without direct). */
@@ -237,6 +269,7 @@ export class FileBackend implements BlockBackend {
   private constructor(init: {
     path: string;
     kind: FileKind;
+    created: boolean;
     fd: number;
     size: number;
     readOnly: boolean;
@@ -250,6 +283,7 @@ export class FileBackend implements BlockBackend {
   }) {
     this.path = init.path;
     this.kind = init.kind;
+    this.created = init.created;
     this.#fd = init.fd;
     this.#size = init.size;
     this.readOnly = init.readOnly;
@@ -277,6 +311,7 @@ export class FileBackend implements BlockBackend {
     const directFlag = direct ? fs.constants.O_DIRECT : 0;
     let readOnly = options.readOnly ?? false;
     let created = false;
+    let fallbackNote: string | undefined;
     let fd: number;
     try {
       fd = await openFile(path, (readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | directFlag);
@@ -293,13 +328,16 @@ export class FileBackend implements BlockBackend {
           throw openError(path, e, direct);
         });
         readOnly = true;
-        log(`file ${path}: cannot open it for writing (${code}); serving it read-only`);
+        // Noted once the file proved usable (a refused file is one line, not a note and a refusal).
+        fallbackNote = `file ${path}: cannot open it for writing (${code}); serving it read-only`;
       } else {
         throw openError(path, error, direct);
       }
     }
     try {
-      return await FileBackend.#setUp(fd, { ...options, readOnly, direct, log }, created);
+      const backend = await FileBackend.#setUp(fd, { ...options, readOnly, direct, log }, created);
+      if (fallbackNote !== undefined) log(fallbackNote);
+      return backend;
     } catch (error) {
       await new Promise<void>((resolve) => fs.close(fd, () => resolve()));
       if (created) await fs.promises.unlink(path).catch(() => {});
@@ -327,7 +365,9 @@ export class FileBackend implements BlockBackend {
       try {
         sys().ioctl(fd, BLKGETSIZE64, arg);
       } catch (error) {
-        throw new UsageError(`file ${path}: cannot get the block device size: ${(error as Error).message}`);
+        throw new UsageError(`file ${path}: cannot get the block device size: ${messageOf(error)}`, {
+          cause: error,
+        });
       }
       size = Number(new DataView(arg.buffer).getBigUint64(0, true));
       logicalBlockSize = ioctlU32(sys(), fd, BLKSSZGET) ?? SECTOR_SIZE;
@@ -341,6 +381,15 @@ export class FileBackend implements BlockBackend {
     } else if (stat.isFile()) {
       kind = 'file';
       size = stat.size;
+      const pseudo = await pseudoFilesystem(fd);
+      if (pseudo !== undefined) {
+        throw new UsageError(
+          `file ${path}: is on ${pseudo}, not a disk image (its size and contents are made up)`,
+          {
+            code: 'ERR_BACKEND_NOT_STORAGE',
+          },
+        );
+      }
       if (created) {
         size = options.size ?? 0;
         await ftruncate(fd, size);
@@ -350,7 +399,15 @@ export class FileBackend implements BlockBackend {
         );
       }
     } else {
-      throw new UsageError(`file ${path}: not a regular file or a block device`);
+      throw new UsageError(`file ${path}: not a regular file or a block device`, {
+        code: 'ERR_BACKEND_NOT_STORAGE',
+      });
+    }
+    if (size < SECTOR_SIZE) {
+      // Nothing to serve, like null:0 (a device of 0 sectors).
+      const bytes = size === 0 ? '0 bytes' : `${size} bytes, less than one 512-byte sector`;
+      const hint = kind === 'file' ? `; give it a size first, e.g. truncate -s 1G ${path}` : '';
+      throw new UsageError(`file ${path}: is empty (${bytes})${hint}`, { code: 'ERR_BACKEND_EMPTY' });
     }
     if (size % SECTOR_SIZE !== 0) {
       const used = size - (size % SECTOR_SIZE);
@@ -391,6 +448,7 @@ export class FileBackend implements BlockBackend {
     return new FileBackend({
       path,
       kind,
+      created,
       fd,
       size,
       readOnly: options.readOnly,
@@ -819,23 +877,28 @@ function ioctlU32(binding: SysBinding, fd: number, request: number): number | nu
   return value > 0 ? value : null;
 }
 
-function openError(path: string, error: unknown, direct: boolean): Error {
+function openError(path: string, error: unknown, direct: boolean): UsageError {
+  const options = { code: 'ERR_BACKEND_OPEN', cause: error };
   switch (errorCode(error)) {
     case 'ENOENT':
-      return new UsageError(`file ${path}: no such file (add size=SIZE to create it)`);
+      return new UsageError(`file ${path}: no such file (add size=SIZE to create it)`, options);
     case 'EISDIR':
-      return new UsageError(`file ${path}: is a directory`);
+      return new UsageError(`file ${path}: is a directory`, options);
     case 'EACCES':
     case 'EPERM':
-      return new UsageError(`file ${path}: permission denied`);
+      return new UsageError(`file ${path}: permission denied`, options);
     case 'EINVAL':
-      if (direct)
-        return new UsageError(`file ${path}: the filesystem does not support O_DIRECT (drop direct=on)`);
+      if (direct) {
+        return new UsageError(
+          `file ${path}: the filesystem does not support O_DIRECT (drop direct=on)`,
+          options,
+        );
+      }
       break;
     case 'EBUSY':
-      return new UsageError(`file ${path}: the device is busy (in use or mounted)`);
+      return new UsageError(`file ${path}: the device is busy (in use or mounted)`, options);
   }
-  return new UsageError(`file ${path}: ${(error as Error).message}`);
+  return new UsageError(`file ${path}: ${messageOf(error)}`, options);
 }
 
 /**

@@ -1,4 +1,10 @@
-export { BackendError, type BlockBackend, type BackendCapabilities } from './backend.js';
+export {
+  BackendError,
+  backendCodeFor,
+  type BackendErrorOptions,
+  type BlockBackend,
+  type BackendCapabilities,
+} from './backend.js';
 export { NullBackend, type NullBackendOptions } from './null-backend.js';
 export { MemoryBackend, type MemoryBackendOptions, DEFAULT_MEMORY_CHUNK_SIZE } from './memory-backend.js';
 export { FileBackend, type FileBackendOptions } from './file-backend.js';

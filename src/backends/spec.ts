@@ -94,9 +94,9 @@ export function backendHelp(): string[] {
   return [...registry.values()].map((kind) => kind.help);
 }
 
-/** A UsageError about spec `source`: "backend spec 'SOURCE': PROBLEM". */
+/** A UsageError (code ERR_BACKEND_SPEC) about spec `source`: "backend spec 'SOURCE': PROBLEM". */
 export function specError(source: string, problem: string): UsageError {
-  return new UsageError(`backend spec '${source}': ${problem}`);
+  return new UsageError(`backend spec '${source}': ${problem}`, { code: 'ERR_BACKEND_SPEC' });
 }
 
 export function parseBackendSpec(spec: string): BackendSpec {

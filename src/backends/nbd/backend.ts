@@ -3,25 +3,32 @@
  *
  * - Several connections when the server sets NBD_FLAG_CAN_MULTI_CONN; each request goes to the connection with
  *   the fewest requests in flight, up to `queueDepth` in flight per connection (pipelining).
- * - Reads and writes are split at the server's maximum block size (and at 32 MiB when it sends none).
+ * - Reads and writes are split at the server's maximum block size (and at 32 MiB when it sends none), also when
+ *   that maximum is below 512 bytes. A request not aligned to the server's minimum block size (above 512) fails
+ *   with EINVAL without being sent; `capabilities.logicalBlockSize` says what the device should use.
  * - Nothing is lost when a connection drops: its unanswered requests are sent again once a connection is back
  *   (reconnecting with backoff, 100 ms doubling to 2 s). A request completes only after the server answered it.
+ *   The backoff spans sessions: a connection that dies soon after its handshake (before it served well: up for
+ *   `stableSessionMs` and answered a request, or was never asked anything) counts as a failed attempt, so a
+ *   hostile or flapping server is not reconnected to every 100 ms; a session that served well resets it. While
+ *   sessions keep failing, the lost/reconnected lines are logged for the first two, then summarised once per
+ *   `logSummaryMs` ("N more ... in the last M s").
  *   If no connection comes back within the retry window (default 60 s), waiting requests fail with EIO and the
  *   cause is logged once. A server that comes back with another size, read-only when it was writable, or
  *   tighter block size limits is refused: pending and later requests fail.
  */
 import { readFileSync } from 'node:fs';
 
+import { UsageError, VduseTsError, errnoOf, messageOf } from '../../common/errors.js';
 import { BackendError, type BackendCapabilities, type BlockBackend } from '../backend.js';
 import {
   NbdConnection,
-  NbdConnectionError,
   type NbdConnRequest,
-  NbdServerError,
   describeTarget,
   type NbdTarget,
   type NbdTlsOptions,
 } from './client.js';
+import { NBD_ERR, NbdConnectionError, NbdProtocolError, NbdServerError } from './errors.js';
 import {
   NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE,
@@ -47,6 +54,55 @@ import {
 
 /** Largest read/write sent when the server gives no maximum (the spec's interoperable limit, 2^25). */
 export const NBD_DEFAULT_MAX_IO = 32 * 1024 * 1024;
+/** Largest minimum block size served: the largest logical block size of a virtio-blk device on Linux. */
+export const NBD_MAX_MIN_BLOCK = 4096;
+
+/** The request limits the backend keeps to for an export. */
+interface IoLimits {
+  /** Offsets and lengths of requests are multiples of this (the server's minimum; 1 when it has none). */
+  align: number;
+  /** The unit exposed to the device: max(512, align). */
+  minIo: number;
+  /** Largest length of one request: the server's maximum (or 32 MiB), rounded down to the unit. */
+  maxIo: number;
+}
+
+/** Throws (one line) when the backend cannot serve the export as a block device: its limits, or no data at all. */
+function checkExport(info: NbdExportInfo): void {
+  const { minIo } = nbdIoLimits(info);
+  if (info.size < minIo) {
+    const bytes = info.size === 0 ? '0 bytes' : `${info.size} bytes, less than one ${minIo}-byte block`;
+    throw new NbdProtocolError(`the export is empty (${bytes})`, {
+      fatal: true,
+      code: 'ERR_NBD_EMPTY_EXPORT',
+    });
+  }
+}
+
+/** What the backend sends for `info`; throws NbdProtocolError when it cannot serve a block device within them. */
+export function nbdIoLimits(info: NbdExportInfo): IoLimits {
+  const align = Math.max(1, info.minBlockSize);
+  if (align > NBD_MAX_MIN_BLOCK) {
+    throw new NbdProtocolError(
+      `the server's minimum block size ${align} is more than ${NBD_MAX_MIN_BLOCK} bytes, the largest logical ` +
+        'block size a block device can have',
+      { fatal: true, code: NBD_ERR.BLOCK_SIZE },
+    );
+  }
+  const minIo = Math.max(512, align);
+  const max = Math.min(info.maxBlockSize, NBD_DEFAULT_MAX_IO);
+  // Below 512 (or below the minimum, which the protocol already refuses) the maximum is honoured as it is:
+  // requests are split into pieces of `max` bytes, each a multiple of the server's minimum.
+  const unit = max >= minIo ? minIo : align;
+  const maxIo = max - (max % unit);
+  if (maxIo < align) {
+    throw new NbdProtocolError(`the server's maximum block size ${info.maxBlockSize} is below its minimum`, {
+      fatal: true,
+      code: NBD_ERR.BLOCK_SIZE,
+    });
+  }
+  return { align, minIo, maxIo };
+}
 const ZERO_CHUNK = 1024 * 1024;
 
 export interface NbdBackendOptions extends Partial<Omit<NbdSpecOptions, 'target'>> {
@@ -58,6 +114,13 @@ export interface NbdBackendOptions extends Partial<Omit<NbdSpecOptions, 'target'
   backoffMaxMs?: number;
   /** close(): how long to wait for replies to requests in flight before disconnecting (default 5000 ms). */
   closeTimeoutMs?: number;
+  /**
+   * A session served well (and resets the backoff) once it was up this long and answered a request, or was
+   * never asked anything (default 1000 ms). A session lost earlier counts as a failed attempt.
+   */
+  stableSessionMs?: number;
+  /** While sessions keep failing, repeated lost/reconnected lines are summarised once per this (default 10 s). */
+  logSummaryMs?: number;
 }
 
 /**
@@ -102,6 +165,16 @@ interface Slot {
   requests: number;
   /** When the slot's connection was lost (undefined while connected). */
   lostAt?: number | undefined;
+  /** When the current connection was established, and `requests` then. */
+  attachedAt: number;
+  requestsAtAttach: number;
+  /** Sessions in a row that ended before they served well. */
+  failures: number;
+  /** Lines held back while sessions keep failing: how many, the last cause, since when, the summary timer. */
+  suppressed: number;
+  suppressedCause: string;
+  suppressedSince: number;
+  summaryTimer: NodeJS.Timeout | undefined;
 }
 
 function sliceViews(views: readonly Uint8Array[], start: number, length: number): Uint8Array[] {
@@ -128,9 +201,7 @@ function viewsLength(views: readonly Uint8Array[]): number {
   return n;
 }
 
-function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
+const errorText = messageOf;
 
 export class NbdBackend implements BlockBackend {
   readonly size: number;
@@ -141,6 +212,8 @@ export class NbdBackend implements BlockBackend {
   /** Largest read/write/trim/zero length sent in one request. */
   readonly maxIo: number;
   readonly minIo: number;
+  /** Offsets and lengths sent are multiples of this (the server's minimum block size, 1 when it has none). */
+  readonly align: number;
 
   private readonly slots: Slot[] = [];
   private readonly waiting: Op[] = [];
@@ -162,6 +235,8 @@ export class NbdBackend implements BlockBackend {
   private readonly backoffInitialMs: number;
   private readonly backoffMaxMs: number;
   private readonly closeTimeoutMs: number;
+  private readonly stableSessionMs: number;
+  private readonly logSummaryMs: number;
   private zeroes: Uint8Array | undefined;
 
   private constructor(
@@ -178,13 +253,18 @@ export class NbdBackend implements BlockBackend {
     this.backoffInitialMs = options.backoffInitialMs ?? 100;
     this.backoffMaxMs = options.backoffMaxMs ?? 2000;
     this.closeTimeoutMs = options.closeTimeoutMs ?? 5000;
+    this.stableSessionMs = options.stableSessionMs ?? 1000;
+    this.logSummaryMs = options.logSummaryMs ?? 10_000;
     const info = first.info;
     this.info = info;
     const flags = info.flags;
-    this.minIo = Math.max(512, info.minBlockSize);
-    const max = Math.min(info.maxBlockSize, NBD_DEFAULT_MAX_IO);
-    this.maxIo = Math.max(this.minIo, max - (max % this.minIo));
+    const limits = nbdIoLimits(info);
+    this.align = limits.align;
+    this.minIo = limits.minIo;
+    this.maxIo = limits.maxIo;
     this.size = info.size - (info.size % this.minIo);
+    // The preferred block size is a hint: a multiple of the unit, no larger than one request.
+    const preferred = Math.min(info.preferredBlockSize, this.maxIo);
     this.readOnly = (options.readOnly ?? false) || (flags & NBD_FLAG_READ_ONLY) !== 0;
     const can = (bit: number): boolean => (flags & bit) !== 0;
     this.capabilities = {
@@ -194,8 +274,9 @@ export class NbdBackend implements BlockBackend {
       writeZeroesUnmap: can(NBD_FLAG_SEND_WRITE_ZEROES),
       secureErase: false,
       minIoSize: this.minIo,
-      optIoSize: info.preferredBlockSize > this.minIo ? info.preferredBlockSize : 0,
-      discardAlignment: 0,
+      optIoSize: preferred > this.minIo && preferred % this.minIo === 0 ? preferred : 0,
+      discardAlignment: this.align > 512 ? this.align : 0,
+      logicalBlockSize: this.minIo,
     };
     for (let i = 0; i < connectionCount; i++) {
       this.slots.push({
@@ -205,6 +286,13 @@ export class NbdBackend implements BlockBackend {
         timer: undefined,
         backoff: this.backoffInitialMs,
         requests: 0,
+        attachedAt: 0,
+        requestsAtAttach: 0,
+        failures: 0,
+        suppressed: 0,
+        suppressedCause: '',
+        suppressedSince: 0,
+        summaryTimer: undefined,
       });
     }
     this.attach(this.slots[0]!, first);
@@ -221,7 +309,20 @@ export class NbdBackend implements BlockBackend {
     try {
       first = await NbdConnection.connect(target, connectOptions);
     } catch (err) {
-      throw new BackendError(`nbd: cannot connect to ${describeTarget(target)}: ${errorText(err)}`, 'EIO');
+      throw new BackendError(`nbd: cannot connect to ${describeTarget(target)}: ${errorText(err)}`, {
+        code: err instanceof VduseTsError ? err.code : 'ERR_NBD_CONNECTION',
+        errno: errnoOf(err) ?? 'EIO',
+        cause: err,
+      });
+    }
+    try {
+      checkExport(first.info);
+    } catch (err) {
+      first.destroy(new NbdConnectionError('export refused'));
+      throw new BackendError(`nbd: ${describeTarget(target)}: ${errorText(err)}`, {
+        code: err instanceof VduseTsError ? err.code : 'ERR_NBD_PROTOCOL',
+        cause: err,
+      });
     }
     const log = options.log ?? ((m: string) => process.stderr.write(`nbd: ${m}\n`));
     let count = options.connections ?? 1;
@@ -238,8 +339,9 @@ export class NbdBackend implements BlockBackend {
           const conn = await NbdConnection.connect(target, connectOptions);
           const problem = backend.mismatch(conn.info);
           if (problem) {
-            conn.destroy(new Error(problem));
-            throw new Error(problem);
+            const error = new NbdProtocolError(problem, { fatal: true, code: NBD_ERR.EXPORT_CHANGED });
+            conn.destroy(error);
+            throw error;
           }
           backend.attach(slot, conn);
         }),
@@ -247,9 +349,14 @@ export class NbdBackend implements BlockBackend {
       const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (failed) {
         await backend.close();
+        const reason: unknown = failed.reason;
         throw new BackendError(
-          `nbd: cannot open ${count} connections to ${describeTarget(target)}: ${errorText(failed.reason)}`,
-          'EIO',
+          `nbd: cannot open ${count} connections to ${describeTarget(target)}: ${errorText(reason)}`,
+          {
+            code: reason instanceof VduseTsError ? reason.code : 'ERR_NBD_CONNECTION',
+            errno: errnoOf(reason) ?? 'EIO',
+            cause: reason,
+          },
         );
       }
     }
@@ -265,7 +372,10 @@ export class NbdBackend implements BlockBackend {
       try {
         return readFileSync(path);
       } catch (err) {
-        throw new BackendError(`nbd: cannot read TLS ${what} file ${path}: ${errorText(err)}`, 'EINVAL');
+        throw new UsageError(`nbd: cannot read TLS ${what} file ${path}: ${errorText(err)}`, {
+          code: 'ERR_NBD_TLS_FILE',
+          cause: err,
+        });
       }
     };
     if (files.ca !== undefined) tls.ca = read('CA', files.ca);
@@ -294,6 +404,9 @@ export class NbdBackend implements BlockBackend {
 
   read(offset: number, buffers: readonly Uint8Array[]): Promise<void> {
     const length = buffers.length === 1 ? buffers[0]!.length : viewsLength(buffers);
+    if (this.align > 512 && (offset % this.align !== 0 || length % this.align !== 0)) {
+      return Promise.reject(this.unaligned('read', offset, length));
+    }
     if (length <= this.maxIo) return this.run(NBD_CMD_READ, 0, offset, length, undefined, buffers);
     const parts: Promise<void>[] = [];
     for (let pos = 0; pos < length; pos += this.maxIo) {
@@ -309,6 +422,9 @@ export class NbdBackend implements BlockBackend {
     const flags = nativeFua ? NBD_CMD_FLAG_FUA : 0;
     const length = buffers.length === 1 ? buffers[0]!.length : viewsLength(buffers);
     if (this.readOnly) return Promise.reject(this.notWritable());
+    if (this.align > 512 && (offset % this.align !== 0 || length % this.align !== 0)) {
+      return Promise.reject(this.unaligned('write', offset, length));
+    }
     let done: Promise<void>;
     if (length <= this.maxIo) {
       done = this.run(NBD_CMD_WRITE, flags, offset, length, buffers, undefined);
@@ -334,6 +450,9 @@ export class NbdBackend implements BlockBackend {
   async discard(offset: number, length: number): Promise<void> {
     this.checkWritable();
     if (!this.capabilities.discard) throw new BackendError('nbd: server does not support trim', 'ENOTSUP');
+    if (this.align > 512 && (offset % this.align !== 0 || length % this.align !== 0)) {
+      throw this.unaligned('trim', offset, length);
+    }
     await settleAll(
       this.ranges(offset, length).map(([o, n]) => this.run(NBD_CMD_TRIM, 0, o, n, undefined, undefined)),
     );
@@ -341,6 +460,9 @@ export class NbdBackend implements BlockBackend {
 
   async writeZeroes(offset: number, length: number, options?: { unmap?: boolean }): Promise<void> {
     this.checkWritable();
+    if (this.align > 512 && (offset % this.align !== 0 || length % this.align !== 0)) {
+      throw this.unaligned('write zeroes', offset, length);
+    }
     if (this.capabilities.writeZeroes) {
       const flags = options?.unmap === true ? 0 : NBD_CMD_FLAG_NO_HOLE;
       await settleAll(
@@ -371,8 +493,9 @@ export class NbdBackend implements BlockBackend {
     for (const slot of this.slots) {
       if (slot.timer) clearTimeout(slot.timer);
       slot.timer = undefined;
+      this.flushSummary(slot);
     }
-    this.failWaiting(new BackendError('nbd: backend closed', 'EIO'));
+    this.failWaiting(this.closedError());
     await Promise.all(
       this.slots.map(async (slot) => {
         const conn = slot.conn;
@@ -395,7 +518,28 @@ export class NbdBackend implements BlockBackend {
 
   private checkUsable(): void {
     if (this.broken) throw this.broken;
-    if (this.closed) throw new BackendError('nbd: backend closed', 'EIO');
+    if (this.closed) throw this.closedError();
+  }
+
+  private closedError(detail?: string): BackendError {
+    const text = detail === undefined ? '' : ` (${detail})`;
+    return new BackendError(`nbd: backend closed${text}`, { code: 'ERR_BACKEND_CLOSED', errno: 'EIO' });
+  }
+
+  private unreachableError(): BackendError {
+    return new BackendError(`nbd: ${this.name} unreachable (${this.lastCause})`, {
+      code: 'ERR_NBD_UNREACHABLE',
+      errno: 'EIO',
+    });
+  }
+
+  /** A request the server's minimum block size does not allow: failed here, never sent. */
+  private unaligned(what: string, offset: number, length: number): BackendError {
+    return new BackendError(
+      `nbd: ${what} at ${offset}+${length} is not aligned to the server's minimum block size ${this.align} ` +
+        `(use a logical block size of ${this.minIo})`,
+      { code: 'ERR_NBD_UNALIGNED', errno: 'EINVAL' },
+    );
   }
 
   private checkWritable(): void {
@@ -417,10 +561,8 @@ export class NbdBackend implements BlockBackend {
     dest: readonly Uint8Array[] | undefined,
   ): Promise<void> {
     if (this.broken) return Promise.reject(this.broken);
-    if (this.closed) return Promise.reject(new BackendError('nbd: backend closed', 'EIO'));
-    if (this.givenUp) {
-      return Promise.reject(new BackendError(`nbd: ${this.name} unreachable (${this.lastCause})`, 'EIO'));
-    }
+    if (this.closed) return Promise.reject(this.closedError());
+    if (this.givenUp) return Promise.reject(this.unreachableError());
     const op = this.pool.pop() ?? new Op(this);
     op.type = type;
     op.flags = flags;
@@ -477,7 +619,10 @@ export class NbdBackend implements BlockBackend {
       conn.start(op);
     } catch (err) {
       // A malformed request (a bug, not the server's doing).
-      this.failOp(op, new BackendError(`nbd: ${errorText(err)}`, 'EIO'));
+      this.failOp(
+        op,
+        new BackendError(`nbd: ${errorText(err)}`, { code: 'ERR_NBD_BAD_REQUEST', cause: err }),
+      );
     }
   }
 
@@ -516,28 +661,34 @@ export class NbdBackend implements BlockBackend {
       return;
     }
     if (err instanceof NbdServerError) {
-      if (err.code === 'ESHUTDOWN') {
+      if (err.errno === 'ESHUTDOWN') {
         // The server is going away: drop this connection and send the request again on a new one.
         this.retryOrFail(op, `${this.name}: server is shutting down`);
-        conn?.destroy(new NbdConnectionError(`${this.name}: server is shutting down`));
+        conn?.destroy(
+          new NbdConnectionError(`${this.name}: server is shutting down`, { code: NBD_ERR.SHUTDOWN }),
+        );
         return;
       }
+      // The code follows the server's errno (ENOTSUP: the guest is told "unsupported"; ENOSPC, EIO, ...).
       this.failOp(
         op,
-        new BackendError(`nbd: ${opName(op.type)} at ${op.offset}+${op.length}: ${err.message}`, err.code),
+        new BackendError(`nbd: ${opName(op.type)} at ${op.offset}+${op.length}: ${err.message}`, {
+          errno: err.errno ?? 'EIO',
+          cause: err,
+        }),
       );
       return;
     }
     if (err instanceof NbdConnectionError) {
       if (this.closed) {
-        this.failOp(op, new BackendError(`nbd: backend closed (${err.message})`, 'EIO'));
+        this.failOp(op, this.closedError(err.message));
         return;
       }
       this.lastCause = this.causeText(err);
       this.retryOrFail(op, this.lastCause);
       return;
     }
-    this.failOp(op, new BackendError(`nbd: ${errorText(err)}`, 'EIO'));
+    this.failOp(op, new BackendError(`nbd: ${errorText(err)}`, { errno: 'EIO', cause: err }));
   }
 
   /** Queues a request whose connection failed again, unless it has been failing for the whole retry window. */
@@ -557,12 +708,18 @@ export class NbdBackend implements BlockBackend {
           `connection for ${Math.round(this.retryMs / 1000)} s (last error: ${cause}); failing it with EIO`,
       );
     }
-    this.failOp(op, new BackendError(`nbd: ${this.name}: request failed after retries (${cause})`, 'EIO'));
+    this.failOp(
+      op,
+      new BackendError(`nbd: ${this.name}: request failed after retries (${cause})`, {
+        code: 'ERR_NBD_RETRIES_EXHAUSTED',
+        errno: 'EIO',
+      }),
+    );
   }
 
   private requeue(op: Op): void {
     if (this.givenUp) {
-      this.failOp(op, new BackendError(`nbd: ${this.name} unreachable (${this.lastCause})`, 'EIO'));
+      this.failOp(op, this.unreachableError());
       return;
     }
     // Keep the original order among waiting requests.
@@ -581,23 +738,94 @@ export class NbdBackend implements BlockBackend {
 
   private attach(slot: Slot, conn: NbdConnection): void {
     slot.conn = conn;
-    slot.backoff = this.backoffInitialMs;
+    slot.attachedAt = Date.now();
+    slot.requestsAtAttach = slot.requests;
     conn.onClose = (cause) => this.onConnectionLost(slot, conn, cause);
+  }
+
+  /**
+   * Whether the slot's session, now lost, served well: it was up for `stableSessionMs` and answered a request,
+   * or was never asked anything. One that did not counts as a failed attempt for the backoff.
+   */
+  private servedWell(slot: Slot, conn: NbdConnection, now: number): boolean {
+    if (now - slot.attachedAt < this.stableSessionMs) return false;
+    return conn.answered > 0 || slot.requests === slot.requestsAtAttach;
+  }
+
+  private which(slot: Slot): string {
+    return this.slots.length > 1 ? ` ${slot.index + 1}/${this.slots.length}` : '';
   }
 
   private onConnectionLost(slot: Slot, conn: NbdConnection, cause: Error): void {
     if (slot.conn !== conn) return;
     slot.conn = undefined;
     if (this.closed || this.broken) return;
+    const now = Date.now();
     this.lastCause = this.causeText(cause);
-    slot.lostAt = Date.now();
-    const which = this.slots.length > 1 ? ` ${slot.index + 1}/${this.slots.length}` : '';
-    this.log(`${this.name}: connection${which} lost (${this.lastCause}); reconnecting`);
+    slot.lostAt = now;
+    if (this.servedWell(slot, conn, now)) {
+      this.flushSummary(slot);
+      slot.failures = 0;
+      slot.backoff = this.backoffInitialMs;
+    } else {
+      slot.failures++;
+    }
+    const which = this.which(slot);
+    if (slot.failures <= 1) {
+      this.log(`${this.name}: connection${which} lost (${this.lastCause}); reconnecting`);
+    } else if (slot.failures === 2) {
+      this.log(
+        `${this.name}: connection${which} lost again ${now - slot.attachedAt} ms after it was established ` +
+          `(${this.lastCause}); reconnecting with backoff up to ${this.backoffMaxMs} ms, repeats summarised ` +
+          `every ${formatSeconds(this.logSummaryMs)}`,
+      );
+      this.startSummary(slot, now);
+    } else {
+      this.suppress(slot, this.lastCause, now);
+    }
     if (this.liveConnections === 0 && this.downSince === undefined) {
-      this.downSince = Date.now();
+      this.downSince = now;
       this.giveUpTimer = setTimeout(() => this.giveUp(), this.retryMs);
     }
     this.scheduleReconnect(slot);
+  }
+
+  // Lines held back while a slot's sessions keep failing: one summary per logSummaryMs.
+
+  private startSummary(slot: Slot, now: number): void {
+    slot.suppressed = 0;
+    slot.suppressedSince = now;
+    if (slot.summaryTimer) clearTimeout(slot.summaryTimer);
+    slot.summaryTimer = setTimeout(() => this.onSummaryTimer(slot), this.logSummaryMs);
+    slot.summaryTimer.unref?.();
+  }
+
+  private suppress(slot: Slot, cause: string, now: number): void {
+    if (slot.summaryTimer === undefined) this.startSummary(slot, now);
+    slot.suppressed++;
+    slot.suppressedCause = cause;
+  }
+
+  private onSummaryTimer(slot: Slot): void {
+    slot.summaryTimer = undefined;
+    if (slot.suppressed === 0) return;
+    this.flushSummary(slot);
+    // Sessions are still failing: keep summarising.
+    if (slot.failures > 1 && !this.closed && !this.broken) this.startSummary(slot, Date.now());
+  }
+
+  /** Logs the held-back lines' summary (if any) and ends the summary window. */
+  private flushSummary(slot: Slot): void {
+    if (slot.summaryTimer) clearTimeout(slot.summaryTimer);
+    slot.summaryTimer = undefined;
+    const n = slot.suppressed;
+    slot.suppressed = 0;
+    if (n === 0) return;
+    const seconds = formatSeconds(Date.now() - slot.suppressedSince);
+    this.log(
+      `${this.name}: connection${this.which(slot)} lost ${n} more time(s) soon after reconnecting in the last ` +
+        `${seconds} (last error: ${slot.suppressedCause}); backoff now ${slot.backoff} ms`,
+    );
   }
 
   private scheduleReconnect(slot: Slot): void {
@@ -627,22 +855,28 @@ export class NbdBackend implements BlockBackend {
     }
     slot.connecting = false;
     if (this.closed || this.broken) {
-      conn.destroy(new Error('backend closed'));
+      conn.destroy(this.closedError());
       return;
     }
     const problem = this.mismatch(conn.info);
     if (problem) {
-      conn.destroy(new Error(problem));
-      this.fail(new BackendError(`nbd: ${this.name}: ${problem}; refusing it`, 'EIO'));
+      const error = new NbdProtocolError(`nbd: ${this.name}: ${problem}; refusing it`, {
+        fatal: true,
+        code: NBD_ERR.EXPORT_CHANGED,
+      });
+      conn.destroy(error);
+      this.fail(error, `${this.name}: ${problem}; refusing it`);
       return;
     }
     this.attach(slot, conn);
-    const which = this.slots.length > 1 ? ` ${slot.index + 1}/${this.slots.length}` : '';
     const ms = slot.lostAt === undefined ? 0 : Date.now() - slot.lostAt;
     slot.lostAt = undefined;
-    this.log(
-      `${this.name}: connection${which} reconnected after ${ms} ms; ${this.waiting.length} request(s) to resend`,
-    );
+    if (slot.failures <= 1) {
+      this.log(
+        `${this.name}: connection${this.which(slot)} reconnected after ${ms} ms; ` +
+          `${this.waiting.length} request(s) to resend`,
+      );
+    }
     if (this.downSince !== undefined) {
       this.downSince = undefined;
       this.givenUp = false;
@@ -664,12 +898,13 @@ export class NbdBackend implements BlockBackend {
       return `export size changed from ${this.info.size} to ${info.size} bytes`;
     }
     if (!this.readOnly && (info.flags & NBD_FLAG_READ_ONLY) !== 0) return 'export became read-only';
-    if (
-      Math.max(512, info.minBlockSize) > this.minIo ||
-      Math.min(info.maxBlockSize, NBD_DEFAULT_MAX_IO) < this.maxIo
-    ) {
-      return 'block size limits changed';
+    let limits: IoLimits;
+    try {
+      limits = nbdIoLimits(info);
+    } catch (err) {
+      return errorText(err);
     }
+    if (limits.align > this.align || limits.maxIo < this.maxIo) return 'block size limits changed';
     if (this.slots.length > 1 && (info.flags & NBD_FLAG_CAN_MULTI_CONN) === 0)
       return 'server no longer allows multi-conn';
     return undefined;
@@ -684,19 +919,20 @@ export class NbdBackend implements BlockBackend {
       `${this.name}: no connection for ${Math.round(this.retryMs / 1000)} s (last error: ${this.lastCause}); ` +
         `failing ${n} pending request(s) with EIO, still trying to reconnect`,
     );
-    this.failWaiting(new BackendError(`nbd: ${this.name} unreachable (${this.lastCause})`, 'EIO'));
+    this.failWaiting(this.unreachableError());
   }
 
-  /** The backend cannot go on: fail everything now and later. */
-  private fail(error: BackendError): void {
+  /** The backend cannot go on: fail everything now and later; `line` is logged. */
+  private fail(error: BackendError, line: string): void {
     if (this.broken) return;
     this.broken = error;
-    this.log(error.message.replace(/^nbd: /, ''));
+    this.log(line);
     if (this.giveUpTimer) clearTimeout(this.giveUpTimer);
     this.giveUpTimer = undefined;
     for (const slot of this.slots) {
       if (slot.timer) clearTimeout(slot.timer);
       slot.timer = undefined;
+      this.flushSummary(slot);
       const conn = slot.conn;
       slot.conn = undefined;
       if (conn) {
@@ -706,6 +942,11 @@ export class NbdBackend implements BlockBackend {
     }
     this.failWaiting(error);
   }
+}
+
+/** 10000 -> '10 s', 1500 -> '1.5 s'. */
+function formatSeconds(ms: number): string {
+  return `${Math.round(ms / 100) / 10} s`;
 }
 
 function opName(type: number): string {

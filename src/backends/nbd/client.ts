@@ -7,13 +7,8 @@
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 
-import {
-  NbdClientProtocol,
-  NbdProtocolError,
-  type NbdExportInfo,
-  type NbdReplyError,
-  type NbdRequest,
-} from './protocol.js';
+import { NBD_CONN_ERR, NbdConnectionError, NbdError, NbdProtocolError, NbdServerError } from './errors.js';
+import { NbdClientProtocol, type NbdExportInfo, type NbdRequest } from './protocol.js';
 
 export interface NbdTlsOptions {
   /** PEM CA certificate(s) used to verify the server (default: Node's bundled CAs). */
@@ -45,32 +40,6 @@ export interface NbdConnectOptions {
    * requests fail with NbdConnectionError). 0 disables (default).
    */
   requestTimeoutMs?: number;
-}
-
-/** The server answered a request with an error. */
-export class NbdServerError extends Error {
-  /** NBD error name ('EIO', 'ENOSPC', ...). */
-  readonly code: string;
-  readonly value: number;
-  readonly offset: number | undefined;
-  constructor(error: NbdReplyError) {
-    super(error.message ? `${error.name}: ${error.message}` : error.name);
-    this.name = 'NbdServerError';
-    this.code = error.name;
-    this.value = error.value;
-    this.offset = error.offset;
-  }
-}
-
-/** The connection failed or was closed; `fatal` when reconnecting cannot help (configuration, policy). */
-export class NbdConnectionError extends Error {
-  constructor(
-    message: string,
-    readonly fatal = false,
-  ) {
-    super(message);
-    this.name = 'NbdConnectionError';
-  }
 }
 
 /** A request on a connection; the connection reports its outcome through `settle()` (no promise). */
@@ -133,6 +102,8 @@ export class NbdConnection {
   private handshake:
     | { resolve: (info: NbdExportInfo) => void; reject: (err: Error) => void; timer: NodeJS.Timeout }
     | undefined;
+  /** Requests the server answered successfully on this connection. */
+  answered = 0;
   /** Called once when the connection ends for any reason other than close(). */
   onClose: ((cause: Error) => void) | undefined;
   private closing = false;
@@ -156,8 +127,14 @@ export class NbdConnection {
         sendRequest: (header, data) => this.queueRequest(header, data),
         startTls: () => this.startTls(),
         ready: (info) => this.onReady(info),
-        reply: (_cookie, error, req) => req.settle(error ? new NbdServerError(error) : undefined),
-        failed: (error) => this.destroy(new NbdConnectionError(error.message, error.fatal)),
+        reply: (_cookie, error, req) => {
+          if (error === undefined) this.answered++;
+          req.settle(error ? new NbdServerError(error) : undefined);
+        },
+        failed: (error) =>
+          this.destroy(
+            new NbdConnectionError(error.message, { fatal: error.fatal, code: error.code, cause: error }),
+          ),
       },
       { exportName: target.exportName, tls: target.tls !== undefined },
     );
@@ -185,7 +162,7 @@ export class NbdConnection {
     this.raw.setNoDelay?.(true);
     if (!onread) this.raw.on('data', this.onData);
     this.raw.on('error', (err) =>
-      this.destroy(new NbdConnectionError(`${describeTarget(target)}: ${err.message}`)),
+      this.destroy(new NbdConnectionError(`${describeTarget(target)}: ${err.message}`, { cause: err })),
     );
     this.raw.on('close', () => this.onSocketClose());
   }
@@ -195,7 +172,13 @@ export class NbdConnection {
     const conn = new NbdConnection(target, options);
     return new Promise<NbdConnection>((resolve, reject) => {
       const timer = setTimeout(
-        () => conn.destroy(new NbdConnectionError(`${describeTarget(target)}: handshake timed out`)),
+        () =>
+          conn.destroy(
+            new NbdConnectionError(`${describeTarget(target)}: handshake timed out`, {
+              code: NBD_CONN_ERR.TIMEOUT,
+              errno: 'ETIMEDOUT',
+            }),
+          ),
         options.timeoutMs ?? 30000,
       );
       conn.handshake = { resolve: () => resolve(conn), reject, timer };
@@ -203,7 +186,7 @@ export class NbdConnection {
   }
 
   get info(): NbdExportInfo {
-    if (!this.exportInfo) throw new Error('NBD connection not ready');
+    if (!this.exportInfo) throw new NbdError('ERR_NBD_BAD_REQUEST', 'NBD connection not ready');
     return this.exportInfo;
   }
 
@@ -234,7 +217,11 @@ export class NbdConnection {
   /** Sends a request; resolves on a successful reply. */
   submit(req: NbdRequest): Promise<void> {
     if (this.closedWith) return Promise.reject(this.closedWith);
-    if (!this.usable) return Promise.reject(new NbdConnectionError('NBD connection is closing'));
+    if (!this.usable) {
+      return Promise.reject(
+        new NbdConnectionError('NBD connection is closing', { code: NBD_CONN_ERR.CLOSED }),
+      );
+    }
     return new Promise<void>((resolve, reject) => {
       this.start(new PromisedRequest(req, resolve, reject));
     });
@@ -254,7 +241,10 @@ export class NbdConnection {
     this.protocol.disconnect();
     const done = new Promise<void>((resolve) => this.closeWaiters.push(resolve));
     this.stream.end();
-    const t = setTimeout(() => this.destroy(new NbdConnectionError('closed')), waitMs);
+    const t = setTimeout(
+      () => this.destroy(new NbdConnectionError('closed', { code: NBD_CONN_ERR.CLOSED })),
+      waitMs,
+    );
     await done;
     clearTimeout(t);
   }
@@ -262,7 +252,13 @@ export class NbdConnection {
   /** Drops the connection at once; pending requests fail with `cause`. */
   destroy(cause: Error): void {
     if (this.closedWith) return;
-    this.closedWith = cause instanceof NbdConnectionError ? cause : new NbdConnectionError(cause.message);
+    this.closedWith =
+      cause instanceof NbdConnectionError
+        ? cause
+        : new NbdConnectionError(cause.message, {
+            ...(cause instanceof NbdError ? { code: cause.code, fatal: cause.fatal } : {}),
+            cause,
+          });
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     this.stream.destroy();
@@ -271,7 +267,7 @@ export class NbdConnection {
   }
 
   private failAll(): void {
-    const err = this.closedWith ?? new NbdConnectionError('connection closed');
+    const err = this.closedWith ?? new NbdConnectionError('connection closed', { code: NBD_CONN_ERR.CLOSED });
     if (this.handshake) {
       clearTimeout(this.handshake.timer);
       const { reject } = this.handshake;
@@ -300,6 +296,7 @@ export class NbdConnection {
           this.closing
             ? 'connection closed'
             : `${describeTarget(this.target)}: connection closed by the server`,
+          { code: NBD_CONN_ERR.CLOSED },
         );
       }
     }
@@ -406,7 +403,11 @@ export class NbdConnection {
     secure.on('data', this.onData);
     secure.on('error', (err) =>
       this.destroy(
-        new NbdConnectionError(`${describeTarget(this.target)}: TLS: ${err.message}`, !this.protocol.isReady),
+        new NbdConnectionError(`${describeTarget(this.target)}: TLS: ${err.message}`, {
+          fatal: !this.protocol.isReady,
+          code: 'ERR_NBD_TLS',
+          cause: err,
+        }),
       ),
     );
     secure.on('close', () => this.onSocketClose());
@@ -415,7 +416,7 @@ export class NbdConnection {
       try {
         this.protocol.tlsStarted();
       } catch (err) {
-        this.destroy(err instanceof Error ? err : new Error(String(err)));
+        this.destroy(err instanceof Error ? err : new NbdConnectionError(String(err)));
       }
     });
   }
@@ -448,11 +449,16 @@ export class NbdConnection {
         return;
       }
       if (this.tick - oldest > ticks) {
-        this.destroy(new NbdConnectionError(`${describeTarget(this.target)}: no reply for ${limit} ms`));
+        this.destroy(
+          new NbdConnectionError(`${describeTarget(this.target)}: no reply for ${limit} ms`, {
+            code: NBD_CONN_ERR.TIMEOUT,
+            errno: 'ETIMEDOUT',
+          }),
+        );
       }
     }, this.tickMs);
     this.timer.unref();
   }
 }
 
-export { NbdProtocolError };
+export { NbdConnectionError, NbdProtocolError, NbdServerError };

@@ -7,17 +7,30 @@ import { registerBackend, type BackendSpec } from '../spec.js';
 import { NbdBackend } from './backend.js';
 import { NBD_SPEC_HELP, nbdSpecFromText, parseNbdSpec, type NbdSpecOptions } from './uri.js';
 
-export { NbdBackend, NBD_DEFAULT_MAX_IO, type NbdBackendOptions } from './backend.js';
+export {
+  NbdBackend,
+  NBD_DEFAULT_MAX_IO,
+  NBD_MAX_MIN_BLOCK,
+  nbdIoLimits,
+  type NbdBackendOptions,
+} from './backend.js';
+export {
+  NBD_CONN_ERR,
+  NBD_ERR,
+  NbdConnectionError,
+  NbdError,
+  NbdProtocolError,
+  NbdServerError,
+  type NbdErrorOptions,
+} from './errors.js';
 export {
   NbdConnection,
-  NbdConnectionError,
-  NbdServerError,
   describeTarget,
   type NbdConnectOptions,
   type NbdTarget,
   type NbdTlsOptions,
 } from './client.js';
-export { NbdClientProtocol, NbdProtocolError, type NbdExportInfo, type NbdRequest } from './protocol.js';
+export { NbdClientProtocol, type NbdExportInfo, type NbdRequest } from './protocol.js';
 export { NBD_SPEC_HELP, nbdSpecFromText, parseDuration, parseNbdSpec, type NbdSpecOptions } from './uri.js';
 
 /** A parsed NBD backend spec, as the registry keeps it. */

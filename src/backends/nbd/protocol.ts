@@ -8,6 +8,11 @@
  * Values are from the NBD protocol document (NetworkBlockDevice/nbd, doc/proto.md).
  */
 
+import { messageOf } from '../../common/errors.js';
+import { NBD_ERR, NbdError, NbdProtocolError } from './errors.js';
+
+export { NbdProtocolError };
+
 // ---------------------------------------------------------------------------------------------------------
 // Magics
 
@@ -205,17 +210,6 @@ export interface NbdProtocolSink<R extends NbdRequest = NbdRequest> {
   failed(error: NbdProtocolError): void;
 }
 
-export class NbdProtocolError extends Error {
-  constructor(
-    message: string,
-    /** Retrying with a new connection cannot help (configuration or policy problem). */
-    readonly fatal = false,
-  ) {
-    super(message);
-    this.name = 'NbdProtocolError';
-  }
-}
-
 export interface NbdHandshakeOptions {
   /** Export name (empty: the default export). */
   exportName: string;
@@ -280,7 +274,7 @@ class InFlight<R extends NbdRequest> {
   offset = 0;
   length = 0;
   dest: readonly Uint8Array[] | undefined = undefined;
-  /** Byte ranges relative to `offset` already described by content chunks, flat: start, end, start, end... */
+  /** Byte ranges relative to `offset` already described by content chunks, flat and sorted: start, end, ... */
   readonly covered: number[] = [];
   coveredBytes = 0;
   error: NbdReplyError | undefined = undefined;
@@ -326,6 +320,26 @@ function wr32(b: Uint8Array, at: number, value: number): void {
 
 const utf8 = new TextEncoder();
 const utf8d = new TextDecoder('utf-8', { fatal: false });
+
+/** Longest text from the server (an error message) kept in our messages and log lines. */
+export const NBD_MAX_SERVER_TEXT = 200;
+
+/**
+ * A string from the server made safe for one log line: control characters (newlines, escape sequences) become
+ * spaces, runs of blanks shrink to one, and it is cut at NBD_MAX_SERVER_TEXT characters (with "...").
+ */
+export function serverText(bytes: Uint8Array): string {
+  const head = bytes.length > 4 * NBD_MAX_SERVER_TEXT ? bytes.subarray(0, 4 * NBD_MAX_SERVER_TEXT) : bytes;
+  const text = utf8d
+    .decode(head)
+    // eslint-disable-next-line no-control-regex
+    .replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]+/g, ' ')
+    .replace(/\s+/g, ' ')
+    .trim();
+  const chars = [...text];
+  if (chars.length <= NBD_MAX_SERVER_TEXT && head === bytes) return text;
+  return `${chars.slice(0, NBD_MAX_SERVER_TEXT).join('').trimEnd()}...`;
+}
 
 /** Copies `src` into the concatenation of `views` starting at byte `pos`. Returns false if out of range. */
 export function copyIntoViews(views: readonly Uint8Array[], pos: number, src: Uint8Array): boolean {
@@ -435,7 +449,10 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
   ) {
     this.exportName = utf8.encode(options.exportName);
     if (this.exportName.length > NBD_MAX_STRING) {
-      throw new NbdProtocolError(`export name longer than ${NBD_MAX_STRING} bytes`, true);
+      throw new NbdProtocolError(`export name longer than ${NBD_MAX_STRING} bytes`, {
+        fatal: true,
+        code: NBD_ERR.LIMIT,
+      });
     }
     this.wantTls = options.tls ?? false;
     this.wantStructured = options.structuredReplies ?? true;
@@ -521,7 +538,7 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
         pos += used;
       }
     } catch (err) {
-      this.fail(err instanceof NbdProtocolError ? err : new NbdProtocolError(String(err)));
+      this.fail(err instanceof NbdProtocolError ? err : new NbdProtocolError(messageOf(err), { cause: err }));
       return;
     }
     if (pos < end && !this.stopped()) {
@@ -548,7 +565,8 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
 
   /** The I/O layer finished the TLS handshake after `startTls()`. */
   tlsStarted(): void {
-    if (this.phase !== Phase.WaitTls) throw new Error('tlsStarted() without a pending STARTTLS');
+    if (this.phase !== Phase.WaitTls)
+      throw new NbdError(NBD_ERR.BAD_REQUEST, 'tlsStarted() without a pending STARTTLS');
     this.tlsDone = true;
     this.phase = Phase.OptionReply;
     this.afterTls();
@@ -560,26 +578,30 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
    * Throws if the connection is not in the transmission phase or the request is malformed.
    */
   request(req: R, stamp = 0): number {
-    if (this.phase !== Phase.Transmission) throw new Error('NBD connection is not ready');
+    if (this.phase !== Phase.Transmission)
+      throw new NbdError(NBD_ERR.BAD_REQUEST, 'NBD connection is not ready');
     const type = req.type;
     const offset = req.offset;
     const length = req.length;
-    if (type === NBD_CMD_DISC) throw new Error('use disconnect() for NBD_CMD_DISC');
-    if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError('bad offset');
+    if (type === NBD_CMD_DISC) throw new NbdError(NBD_ERR.BAD_REQUEST, 'use disconnect() for NBD_CMD_DISC');
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new NbdError(NBD_ERR.BAD_REQUEST, 'bad offset');
     if (!Number.isInteger(length) || length < 0 || length >= TWO32) {
-      throw new RangeError('bad length');
+      throw new NbdError(NBD_ERR.BAD_REQUEST, 'bad length');
     }
     if (type === NBD_CMD_WRITE) {
-      if (!req.data || totalLength(req.data) !== length) throw new RangeError('write data length mismatch');
+      if (!req.data || totalLength(req.data) !== length)
+        throw new NbdError(NBD_ERR.BAD_REQUEST, 'write data length mismatch');
     } else if (type === NBD_CMD_READ) {
-      if (!req.dest || totalLength(req.dest) !== length) throw new RangeError('read buffer length mismatch');
+      if (!req.dest || totalLength(req.dest) !== length)
+        throw new NbdError(NBD_ERR.BAD_REQUEST, 'read buffer length mismatch');
     }
     let slot: InFlight<R>;
     const index = this.free.pop();
     if (index !== undefined) {
       slot = this.slots[index]!;
     } else {
-      if (this.slots.length >= NBD_MAX_IN_FLIGHT) throw new Error('too many NBD requests in flight');
+      if (this.slots.length >= NBD_MAX_IN_FLIGHT)
+        throw new NbdError(NBD_ERR.LIMIT, 'too many NBD requests in flight');
       slot = new InFlight<R>(this.slots.length);
       this.slots.push(slot);
     }
@@ -664,12 +686,22 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
     if (buf.length - pos < 16) return 0;
     const v = new DataView(buf.buffer, buf.byteOffset + pos);
     if (v.getBigUint64(0) !== NBD_INIT_MAGIC)
-      throw new NbdProtocolError('not an NBD server (bad magic)', true);
+      throw new NbdProtocolError('not an NBD server (bad magic)', {
+        fatal: true,
+        code: NBD_ERR.NOT_SUPPORTED_SERVER,
+      });
     const second = v.getBigUint64(8);
     if (second === NBD_CLISERV_MAGIC) {
-      throw new NbdProtocolError('server uses oldstyle negotiation, which is not supported', true);
+      throw new NbdProtocolError('server uses oldstyle negotiation, which is not supported', {
+        fatal: true,
+        code: NBD_ERR.NOT_SUPPORTED_SERVER,
+      });
     }
-    if (second !== NBD_OPTS_MAGIC) throw new NbdProtocolError('not an NBD server (bad IHAVEOPT magic)', true);
+    if (second !== NBD_OPTS_MAGIC)
+      throw new NbdProtocolError('not an NBD server (bad IHAVEOPT magic)', {
+        fatal: true,
+        code: NBD_ERR.NOT_SUPPORTED_SERVER,
+      });
     if (buf.length - pos < 18) return 0;
     this.serverFlags = v.getUint16(16);
     const fixed = (this.serverFlags & NBD_FLAG_FIXED_NEWSTYLE) !== 0;
@@ -681,7 +713,11 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
     new DataView(out.buffer).setUint32(0, clientFlags);
     this.sink.send([out]);
     if (!fixed) {
-      if (this.wantTls) throw new NbdProtocolError('server does not support fixed newstyle, so no TLS', true);
+      if (this.wantTls)
+        throw new NbdProtocolError('server does not support fixed newstyle, so no TLS', {
+          fatal: true,
+          code: NBD_ERR.TLS,
+        });
       this.sendExportName();
     } else if (this.wantTls) {
       this.sendOption(NBD_OPT_STARTTLS, new Uint8Array(0));
@@ -734,7 +770,8 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
     if (option !== this.currentOption) {
       throw new NbdProtocolError(`option reply for option ${option}, expected ${this.currentOption}`);
     }
-    if (length > MAX_OPTION_REPLY) throw new NbdProtocolError(`option reply too long (${length} bytes)`);
+    if (length > MAX_OPTION_REPLY)
+      throw new NbdProtocolError(`option reply too long (${length} bytes)`, { code: NBD_ERR.LIMIT });
     if (buf.length - pos < 20 + length) return 0;
     const payload = buf.subarray(pos + 20, pos + 20 + length);
     this.handleOptionReply(type, payload);
@@ -745,7 +782,7 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
     const isError = type >= NBD_REP_FLAG_ERROR;
     const detail = (): string => {
       const name = REP_NAMES.get(type) ?? `error 0x${type.toString(16)}`;
-      const text = payload.length > 0 ? `: ${utf8d.decode(payload)}` : '';
+      const text = payload.length > 0 ? `: ${serverText(payload)}` : '';
       return `${name}${text}`;
     };
     switch (this.currentOption) {
@@ -756,16 +793,20 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
           this.sink.startTls();
           return;
         }
-        if (isError) throw new NbdProtocolError(`server refused TLS (${detail()})`, true);
+        if (isError)
+          throw new NbdProtocolError(`server refused TLS (${detail()})`, { fatal: true, code: NBD_ERR.TLS });
         throw new NbdProtocolError(`unexpected reply ${type} to NBD_OPT_STARTTLS`);
       case NBD_OPT_STRUCTURED_REPLY:
         if (type === NBD_REP_ACK) {
           if (payload.length !== 0) throw new NbdProtocolError('STRUCTURED_REPLY acknowledgement with data');
           this.structured = true;
         } else if (type === NBD_REP_ERR_TLS_REQD) {
-          throw new NbdProtocolError('server requires TLS (use an nbds:// URI)', true);
+          throw new NbdProtocolError('server requires TLS (use an nbds:// URI)', {
+            fatal: true,
+            code: NBD_ERR.TLS,
+          });
         } else if (type === NBD_REP_ERR_SHUTDOWN) {
-          throw new NbdProtocolError('server is shutting down');
+          throw new NbdProtocolError('server is shutting down', { code: NBD_ERR.SHUTDOWN });
         } else if (isError) {
           this.structured = false;
         } else {
@@ -812,13 +853,24 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
       return;
     }
     if (type === NBD_REP_ERR_TLS_REQD) {
-      throw new NbdProtocolError('server requires TLS (use an nbds:// URI)', true);
+      throw new NbdProtocolError('server requires TLS (use an nbds:// URI)', {
+        fatal: true,
+        code: NBD_ERR.TLS,
+      });
     }
     if (type === NBD_REP_ERR_UNKNOWN) {
-      throw new NbdProtocolError(`export not found on the server (${detail()})`, true);
+      throw new NbdProtocolError(`export not found on the server (${detail()})`, {
+        fatal: true,
+        code: NBD_ERR.EXPORT,
+      });
     }
-    if (type === NBD_REP_ERR_SHUTDOWN) throw new NbdProtocolError('server is shutting down');
-    if (isError) throw new NbdProtocolError(`server refused the export (${detail()})`, true);
+    if (type === NBD_REP_ERR_SHUTDOWN)
+      throw new NbdProtocolError('server is shutting down', { code: NBD_ERR.SHUTDOWN });
+    if (isError)
+      throw new NbdProtocolError(`server refused the export (${detail()})`, {
+        fatal: true,
+        code: NBD_ERR.EXPORT,
+      });
     throw new NbdProtocolError(`unexpected reply ${type} to NBD_OPT_GO`);
   }
 
@@ -838,7 +890,8 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
       throw new NbdProtocolError('transmission flags without NBD_FLAG_HAS_FLAGS');
     }
     const size = this.info.size ?? 0;
-    if (!Number.isSafeInteger(size)) throw new NbdProtocolError('export size too large');
+    if (!Number.isSafeInteger(size))
+      throw new NbdProtocolError('export size too large', { fatal: true, code: NBD_ERR.LIMIT });
     let min = this.info.minBlockSize ?? 1;
     let pref = this.info.preferredBlockSize ?? 4096;
     let max = this.info.maxBlockSize ?? 0xffffffff;
@@ -970,7 +1023,8 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
         if ((type & NBD_REPLY_TYPE_ERROR_BIT) !== 0) {
           const min = type === NBD_REPLY_TYPE_ERROR_OFFSET ? 14 : 6;
           if (length < min) throw new NbdProtocolError(`error chunk too short (${length})`);
-          if (length > MAX_ERROR_CHUNK) throw new NbdProtocolError(`error chunk too long (${length})`);
+          if (length > MAX_ERROR_CHUNK)
+            throw new NbdProtocolError(`error chunk too long (${length})`, { code: NBD_ERR.LIMIT });
           this.rx = Rx.ChunkPayload;
           return;
         }
@@ -996,14 +1050,24 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
     if (rel < 0 || len <= 0 || rel + len > req.length) {
       throw new NbdProtocolError('chunk outside the range of the request');
     }
+    // `covered` is kept sorted by start (the ranges are disjoint): a binary search finds the neighbours, so a
+    // reply of many chunks in any order costs O(n log n) comparisons, not O(n^2).
     const covered = req.covered;
-    for (let i = 0; i < covered.length; i += 2) {
-      if (rel < covered[i + 1]! && covered[i]! < rel + len) {
-        throw new NbdProtocolError('chunk overlaps an earlier chunk');
-      }
+    const n = covered.length >> 1;
+    let lo = 0;
+    let hi = n;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (covered[2 * mid]! <= rel) lo = mid + 1;
+      else hi = mid;
     }
-    if (covered.length >= 2 * 4096) throw new NbdProtocolError('too many chunks in one reply');
-    covered.push(rel, rel + len);
+    // lo: the first range starting after rel. The one before must end by rel, that one start at rel + len or later.
+    if ((lo > 0 && covered[2 * lo - 1]! > rel) || (lo < n && covered[2 * lo]! < rel + len)) {
+      throw new NbdProtocolError('chunk overlaps an earlier chunk');
+    }
+    if (n >= 4096) throw new NbdProtocolError('too many chunks in one reply', { code: NBD_ERR.LIMIT });
+    if (lo === n) covered.push(rel, rel + len);
+    else covered.splice(2 * lo, 0, rel, rel + len);
     req.coveredBytes += len;
   }
 
@@ -1046,7 +1110,7 @@ export class NbdClientProtocol<R extends NbdRequest = NbdRequest> {
         throw new NbdProtocolError('error chunk message length does not fit the chunk');
       }
       if (value === 0) throw new NbdProtocolError('error chunk with error value 0');
-      const message = utf8d.decode(buf.subarray(pos + 6, pos + 6 + msgLen));
+      const message = serverText(buf.subarray(pos + 6, pos + 6 + msgLen));
       const error: NbdReplyError = { value, name: nbdErrorName(value), message };
       if (type === NBD_REPLY_TYPE_ERROR_OFFSET) {
         const at = pos + 6 + msgLen;

@@ -481,7 +481,7 @@ export class VirtioBlkDevice implements VirtioDevice {
       if (error !== null) {
         this.stats.backendErrors++;
         status =
-          error instanceof BackendError && error.code === 'ENOTSUP'
+          error instanceof BackendError && error.code === 'ERR_BACKEND_UNSUPPORTED'
             ? VIRTIO_BLK_S_UNSUPP
             : VIRTIO_BLK_S_IOERR;
         this.#log(`queue ${request.queue!.index}: request type ${request.type} failed: ${describe(error)}`);

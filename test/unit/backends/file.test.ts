@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -7,6 +8,7 @@ import { after, before, describe, it, mock } from 'node:test';
 import { BackendError } from '../../../src/backends/backend.js';
 import { UsageError } from '../../../src/common/errors.js';
 import { FileBackend, INLINE_MAX } from '../../../src/backends/file-backend.js';
+import { openBackend } from '../../../src/backends/spec.js';
 import { RWF_NOWAIT, type SysBinding } from '../../../src/sys/binding.js';
 import { isSystemError, systemError } from '../../../src/sys/errors.js';
 import { loadNativeBinding } from '../../../src/sys/native.js';
@@ -44,20 +46,29 @@ function overriding(overrides: Partial<SysBinding>): SysBinding {
   });
 }
 
-const NOTES = '/sys/kernel/notes';
-
-/** Whether `file` opens for reading but not for writing (EACCES). */
-function readableOnly(file: string): boolean {
-  try {
-    fs.closeSync(fs.openSync(file, 'r'));
-  } catch {
-    return false;
+/**
+ * A 64 KiB file that opens for reading but not for writing (EACCES or EPERM): mode 0444 for a user, immutable
+ * (chattr +i) for root. `undo()` makes it removable again. Null where neither can be had.
+ */
+function readOnlyFile(): { path: string; undo: () => void } | null {
+  const file = temp('ro');
+  fs.writeFileSync(file, Buffer.alloc(64 * KiB, 7));
+  let undo = (): void => {};
+  if (process.getuid?.() === 0) {
+    if (spawnSync('chattr', ['+i', file]).status !== 0) return null;
+    undo = () => void spawnSync('chattr', ['-i', file]);
+  } else {
+    fs.chmodSync(file, 0o444);
   }
   try {
     fs.closeSync(fs.openSync(file, 'r+'));
-    return false;
+    undo();
+    return null;
   } catch (error) {
-    return (error as { code?: string }).code === 'EACCES';
+    const code = (error as { code?: string }).code;
+    if (code === 'EACCES' || code === 'EPERM') return { path: file, undo };
+    undo();
+    return null;
   }
 }
 
@@ -71,6 +82,7 @@ describe('FileBackend', () => {
     const backend = await FileBackend.open({ path: file, size: 4 * MiB });
     try {
       assert.equal(backend.kind, 'file');
+      assert.equal(backend.created, true);
       assert.equal(backend.size, 4 * MiB);
       assert.equal(fs.statSync(file).size, 4 * MiB);
       const data = bytes(12 * KiB, 1);
@@ -92,6 +104,7 @@ describe('FileBackend', () => {
     const notes: string[] = [];
     const backend = await FileBackend.open({ path: file, log: (m) => notes.push(m) });
     assert.equal(backend.size, MiB, 'the trailing partial sector is not used');
+    assert.equal(backend.created, false);
     assert.match(notes.join('\n'), /not a multiple of 512/);
     await backend.close();
     await assert.rejects(FileBackend.open({ path: file, size: 2 * MiB }), (e: unknown) => {
@@ -110,21 +123,62 @@ describe('FileBackend', () => {
     await assert.rejects(FileBackend.open({ path: '/dev/null' }), /not a regular file or a block device/);
   });
 
-  it(
-    'falls back to read-only when the file cannot be opened for writing',
-    { skip: !readableOnly(NOTES) },
-    async () => {
-      // /sys/kernel/notes can be read but not opened for writing, even by root.
+  it('falls back to read-only when the file cannot be opened for writing', async (t) => {
+    const file = readOnlyFile();
+    if (file === null) {
+      t.skip('no file that opens for reading only (chattr +i or mode 0444)');
+      return;
+    }
+    try {
       const notes: string[] = [];
-      const backend = await FileBackend.open({ path: NOTES, log: (m) => notes.push(m) });
+      const backend = await FileBackend.open({ path: file.path, log: (m) => notes.push(m) });
       assert.equal(backend.readOnly, true);
-      assert.match(notes.join('\n'), /cannot open it for writing \(EACCES\); serving it read-only/);
+      assert.equal(backend.size, 64 * KiB);
+      assert.match(notes.join('\n'), /cannot open it for writing \((EACCES|EPERM)\); serving it read-only/);
       await assert.rejects(backend.write(0, [new Uint8Array(512)]), (e: unknown) => {
-        return e instanceof BackendError && e.code === 'EROFS';
+        return e instanceof BackendError && e.code === 'ERR_BACKEND_READ_ONLY' && e.errno === 'EROFS';
       });
       await backend.close();
-    },
-  );
+    } finally {
+      file.undo();
+    }
+  });
+
+  it('refuses an empty file, one shorter than a sector, and procfs/sysfs files, with one line like null:0', async () => {
+    const empty = temp('empty');
+    fs.writeFileSync(empty, '');
+    const short = temp('short');
+    fs.writeFileSync(short, Buffer.alloc(100, 1));
+    const notes: string[] = [];
+    const refused = async (file: string, code: string, message: RegExp): Promise<void> => {
+      await assert.rejects(FileBackend.open({ path: file, log: (m) => notes.push(m) }), (e: unknown) => {
+        assert.ok(e instanceof UsageError, String(e));
+        assert.equal(e.code, code);
+        assert.match(e.message, message);
+        assert.doesNotMatch(e.message, /\n/);
+        return true;
+      });
+    };
+    await refused(empty, 'ERR_BACKEND_EMPTY', /is empty \(0 bytes\); give it a size first/);
+    await refused(short, 'ERR_BACKEND_EMPTY', /is empty \(100 bytes, less than one 512-byte sector\)/);
+    // stat says 0 bytes, reads give data: not storage.
+    await refused(
+      '/proc/version',
+      'ERR_BACKEND_NOT_STORAGE',
+      /\/proc\/version: is on procfs, not a disk image/,
+    );
+    if (fs.existsSync('/sys/kernel/notes')) {
+      await refused('/sys/kernel/notes', 'ERR_BACKEND_NOT_STORAGE', /is on sysfs/);
+    }
+    // Only the refusals: no "serving it read-only" note for a file that is refused anyway.
+    assert.deepEqual(notes, []);
+    // The file descriptors were closed and the files left as they were.
+    assert.equal(fs.statSync(empty).size, 0);
+    assert.equal(fs.statSync(short).size, 100);
+    // The same through a spec string, as the CLI opens it.
+    await assert.rejects(openBackend('file:/proc/version'), UsageError);
+    await assert.rejects(openBackend(`file:${empty}`), /is empty/);
+  });
 
   it('opens read-only when asked', async () => {
     const file = temp();
@@ -325,7 +379,7 @@ describe('FileBackend', () => {
 
   it(
     'gets the size of a block device with BLKGETSIZE64',
-    { skip: !fs.existsSync('/dev/loop0') },
+    { skip: !fs.existsSync('/dev/loop0') || !fs.existsSync('/sys/block/loop0/size') },
     async () => {
       let asked = 0;
       const binding = overriding({
@@ -334,6 +388,22 @@ describe('FileBackend', () => {
           return loadNativeBinding().ioctl(fd, request, arg);
         },
       });
+      const sectors = Number(fs.readFileSync('/sys/block/loop0/size', 'utf8').trim());
+      if (sectors === 0) {
+        // A loop device with nothing attached holds 0 bytes: refused like an empty file.
+        await assert.rejects(
+          FileBackend.open({ path: '/dev/loop0', readOnly: true, binding }),
+          (e: unknown) => {
+            return (
+              e instanceof UsageError &&
+              e.code === 'ERR_BACKEND_EMPTY' &&
+              /block device|0 bytes/.test(e.message)
+            );
+          },
+        );
+        assert.equal(asked, 1);
+        return;
+      }
       const backend = await FileBackend.open({ path: '/dev/loop0', readOnly: true, binding });
       assert.equal(backend.kind, 'block-device');
       assert.equal(asked, 1);

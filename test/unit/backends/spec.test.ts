@@ -26,6 +26,7 @@ function usage(spec: string, message: string): void {
     () => parseBackendSpec(spec),
     (e: unknown) => {
       assert.ok(e instanceof UsageError, `a UsageError for '${spec}'`);
+      assert.equal(e.code, 'ERR_BACKEND_SPEC');
       assert.equal(e.message, message);
       assert.ok(!e.message.includes('\n'));
       return true;

@@ -137,7 +137,10 @@ describe('NbdBackend with a scripted server', { timeout: 60_000 }, () => {
         assert.rejects(
           b.read(i * 512, [new Uint8Array(512)]),
           (err: unknown) =>
-            err instanceof BackendError && err.code === 'EIO' && /no reply for 150 ms/.test(err.message),
+            err instanceof BackendError &&
+            err.errno === 'EIO' &&
+            err.code === 'ERR_NBD_RETRIES_EXHAUSTED' &&
+            /no reply for 150 ms/.test(err.message),
         ),
       ),
     );
@@ -154,7 +157,11 @@ describe('NbdBackend with a scripted server', { timeout: 60_000 }, () => {
     const b = await NbdBackend.open({ ...parseNbdSpec(s.uri), log: () => {}, closeTimeoutMs: 200, ...fast });
     const r = b.read(0, [new Uint8Array(512)]);
     const closing = b.close();
-    await assert.rejects(r, (err: unknown) => err instanceof BackendError && err.code === 'EIO');
+    await assert.rejects(
+      r,
+      (err: unknown) =>
+        err instanceof BackendError && err.errno === 'EIO' && err.code === 'ERR_BACKEND_CLOSED',
+    );
     await closing;
   });
 });

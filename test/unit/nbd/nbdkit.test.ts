@@ -46,20 +46,24 @@ function pattern(n: number, seed: number): Uint8Array {
   return out;
 }
 
+/** Expects a BackendError with errno `errno` (and a stable code: ERR_BACKEND_* or ERR_NBD_*, or `code`). */
 async function expectBackendError(
   p: Promise<unknown>,
-  code: string,
+  errno: string,
   message?: RegExp,
+  code?: string,
 ): Promise<BackendError> {
   try {
     await p;
   } catch (err) {
     assert.ok(err instanceof BackendError, `expected BackendError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
+    assert.equal(err.errno, errno, err.message);
+    if (code !== undefined) assert.equal(err.code, code, err.message);
+    else assert.match(err.code, /^ERR_(BACKEND|NBD)_[A-Z_]+$/, err.message);
     if (message) assert.match(err.message, message);
     return err;
   }
-  assert.fail(`expected BackendError ${code}`);
+  assert.fail(`expected BackendError ${errno}`);
 }
 
 describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
@@ -248,6 +252,19 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
     await b.read(65536, [out]);
     assert.ok(out.every((x) => x === 0));
     await b.discard(0, 4 << 20);
+    // The minimum (4096) is what the device must use as its logical block size; a 512-byte request is refused
+    // here, never sent (nbdkit's error policy would answer EINVAL, and log it).
+    assert.equal(b.capabilities.logicalBlockSize, 4096);
+    assert.equal(b.capabilities.discardAlignment, 4096);
+    await expectBackendError(
+      b.read(512, [new Uint8Array(512)]),
+      'EINVAL',
+      /minimum block size 4096/,
+      'ERR_NBD_UNALIGNED',
+    );
+    await expectBackendError(b.write(4096, [new Uint8Array(512)]), 'EINVAL', undefined, 'ERR_NBD_UNALIGNED');
+    await b.read(4096, [new Uint8Array(4096)]);
+    assert.doesNotMatch(s.output(), /EINVAL|not aligned|blocksize-policy.*error/i);
   });
 
   it('spreads requests over several connections when the server allows multi-conn', async () => {
@@ -314,7 +331,7 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
       'error-pwrite-rate=100%',
     ]);
     const { b } = await open(s.uri);
-    await expectBackendError(b.write(0, [new Uint8Array(512)]), 'ENOSPC');
+    await expectBackendError(b.write(0, [new Uint8Array(512)]), 'ENOSPC', undefined, 'ERR_BACKEND_NO_SPACE');
     await b.read(0, [new Uint8Array(512)]);
   });
 
@@ -323,7 +340,7 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
     const { b } = await open(s.uri);
     assert.equal(b.readOnly, true);
     assert.ok((b.info.flags & NBD_FLAG_READ_ONLY) !== 0);
-    await expectBackendError(b.write(0, [new Uint8Array(512)]), 'EROFS');
+    await expectBackendError(b.write(0, [new Uint8Array(512)]), 'EROFS', undefined, 'ERR_BACKEND_READ_ONLY');
     await b.read(0, [new Uint8Array(512)]);
   });
 
@@ -335,14 +352,18 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
     const deadline = Date.now() + 3000;
     while (!/client sent NBD_CMD_DISC/.test(s.output()) && Date.now() < deadline) await sleep(20);
     assert.match(s.output(), /client sent NBD_CMD_DISC/);
-    await expectBackendError(b.read(0, [new Uint8Array(512)]), 'EIO', /closed/);
+    await expectBackendError(b.read(0, [new Uint8Array(512)]), 'EIO', /closed/, 'ERR_BACKEND_CLOSED');
   });
 
   it('refuses to open with a clear error when nothing listens, the export is unknown, or TLS is required', async () => {
     const port = await freePort();
     await assert.rejects(
       NbdBackend.open({ ...parseNbdSpec(`nbd://127.0.0.1:${port}/x`), log: () => {} }),
-      (err: unknown) => err instanceof BackendError && /cannot connect.*ECONNREFUSED/.test(err.message),
+      (err: unknown) =>
+        err instanceof BackendError &&
+        err.code === 'ERR_NBD_CONNECTION' &&
+        err.errno === 'ECONNREFUSED' &&
+        /cannot connect.*ECONNREFUSED/.test(err.message),
     );
     const s = await server([
       '--filter=exportname',
@@ -354,7 +375,9 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
     await assert.rejects(
       NbdBackend.open({ ...parseNbdSpec(`nbd://127.0.0.1:${s.port}/other`), log: () => {} }),
       (err: unknown) =>
-        err instanceof BackendError && /export not found|refused the export/.test(err.message),
+        err instanceof BackendError &&
+        err.code === 'ERR_NBD_EXPORT' &&
+        /export not found|refused the export/.test(err.message),
     );
   });
 
@@ -401,7 +424,8 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
       const s = await server(['--tls=require', `--tls-certificates=${certs.dir}`, 'memory', '16M']);
       await assert.rejects(
         NbdBackend.open({ ...parseNbdSpec(`nbd://127.0.0.1:${s.port}/`), log: () => {} }),
-        (err: unknown) => err instanceof BackendError && /requires TLS/.test(err.message),
+        (err: unknown) =>
+          err instanceof BackendError && err.code === 'ERR_NBD_TLS' && /requires TLS/.test(err.message),
       );
       await assert.rejects(
         NbdBackend.open({ ...parseNbdSpec(`nbds://127.0.0.1:${s.port}/`), log: () => {} }),
@@ -490,7 +514,12 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
       await sleep(100);
       await server(['file', disk], { port });
       await pending;
-      await expectBackendError(b.read(0, [new Uint8Array(512)]), 'EIO', /size changed/);
+      await expectBackendError(
+        b.read(0, [new Uint8Array(512)]),
+        'EIO',
+        /size changed/,
+        'ERR_NBD_EXPORT_CHANGED',
+      );
       assert.equal(logs.filter((l) => /refusing/.test(l)).length, 1, logs.join('\n'));
     });
 
@@ -515,7 +544,7 @@ describe('NBD backend against nbdkit', { skip, timeout: 120_000 }, () => {
       const start = Date.now();
       await Promise.all(
         [b.read(0, [new Uint8Array(4096)]), b.read(4096, [new Uint8Array(4096)])].map((r) =>
-          expectBackendError(r, 'EIO', /unreachable/),
+          expectBackendError(r, 'EIO', /unreachable/, 'ERR_NBD_UNREACHABLE'),
         ),
       );
       const elapsed = Date.now() - start;

@@ -20,7 +20,16 @@ import {
   NBD_REP_ERR_UNSUP,
   NBD_REQUEST_MAGIC,
 } from '../../../../src/backends/nbd/protocol.js';
-import { chunk, concat, dataPayload, greeting, infoExport, optionReply, simpleReply } from './bytes.js';
+import {
+  chunk,
+  concat,
+  dataPayload,
+  greeting,
+  infoBlockSize,
+  infoExport,
+  optionReply,
+  simpleReply,
+} from './bytes.js';
 
 export interface FakeRequest {
   type: number;
@@ -49,10 +58,18 @@ export interface FakeServer {
   close(): Promise<void>;
 }
 
+export interface FakeServerOptions {
+  /** Send NBD_INFO_BLOCK_SIZE with these (minimum, preferred, maximum) in reply to NBD_OPT_GO. */
+  blockSize?: readonly [number, number, number];
+  /** Called when a connection enters the transmission phase (e.g. to send garbage at once). */
+  onReady?: (conn: FakeConnection) => void;
+}
+
 export async function startFakeServer(
   size: number,
   transmissionFlags: number,
   onRequest: (conn: FakeConnection, req: FakeRequest) => void,
+  options: FakeServerOptions = {},
 ): Promise<FakeServer> {
   const disk = new Uint8Array(size);
   const sockets = new Set<net.Socket>();
@@ -103,8 +120,16 @@ export async function startFakeServer(
           buf = buf.slice(16 + len);
           if (option === NBD_OPT_STRUCTURED_REPLY) socket.write(optionReply(option, NBD_REP_ACK));
           else if (option === NBD_OPT_GO) {
-            socket.write(concat(infoExport(size, transmissionFlags), optionReply(NBD_OPT_GO, NBD_REP_ACK)));
+            const block = options.blockSize;
+            socket.write(
+              concat(
+                infoExport(size, transmissionFlags),
+                ...(block ? [infoBlockSize(block[0], block[1], block[2])] : []),
+                optionReply(NBD_OPT_GO, NBD_REP_ACK),
+              ),
+            );
             phase = 'transmission';
+            options.onReady?.(conn);
           } else socket.write(optionReply(option, NBD_REP_ERR_UNSUP));
         } else {
           if (buf.length < 28) return;
