@@ -13,7 +13,7 @@
  * block size (512 by default); writes never reach a read-only backend; `buffers` are views of guest memory, valid
  * until your promise settles (read into them / write from them directly, and keep no reference afterwards).
  * Many requests are in flight at once and may finish in any order. A rejected promise answers the guest with an
- * I/O error (VIRTIO_BLK_S_IOERR), or "unsupported" for a BackendError with code 'ENOTSUP'.
+ * I/O error (VIRTIO_BLK_S_IOERR), or "unsupported" for a BackendError with code 'ERR_BACKEND_UNSUPPORTED' (errno 'ENOTSUP').
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 
