@@ -38,8 +38,7 @@ import {
   vringUsedEventOffset,
 } from '../uapi/virtio-ring.js';
 import { createVirtqueue } from '../virtio/create-virtqueue.js';
-import type { QueueOptions } from '../virtio/split-queue.js';
-import type { Virtqueue, VirtqueueConfig, VirtqueueError } from '../virtio/virtqueue.js';
+import type { QueueOptions, Virtqueue, VirtqueueConfig, VirtqueueError } from '../virtio/virtqueue.js';
 
 const F_AVAIL = 1 << VRING_PACKED_DESC_F_AVAIL;
 const F_USED = 1 << VRING_PACKED_DESC_F_USED;
@@ -291,7 +290,7 @@ export class MockDriver {
    * `signals` and `errors` count them; the user's callbacks still run.
    */
   createDeviceQueue(options: Partial<QueueOptions> = {}): Virtqueue {
-    const { signal, onError, fence } = options;
+    const { signal, onError, fence, inflight } = options;
     return createVirtqueue(this.config, this.packed, this.memory, {
       signal: () => {
         this.signals++;
@@ -302,6 +301,7 @@ export class MockDriver {
         if (onError !== undefined) onError(e);
       },
       ...(fence !== undefined ? { fence } : {}),
+      ...(inflight !== undefined ? { inflight } : {}),
     });
   }
 
