@@ -14,7 +14,7 @@ import {
   encodeVirtioBlkOuthdr,
 } from '../../../src/uapi/virtio-blk.js';
 import { VIRTIO_F_RING_PACKED, bit } from '../../../src/uapi/virtio-config.js';
-import type { Virtqueue } from '../../../src/virtio/virtqueue.js';
+import type { InflightRecorder, Virtqueue } from '../../../src/virtio/virtqueue.js';
 
 /** How a request is laid out over descriptors. */
 export type Layout =
@@ -47,6 +47,10 @@ export interface HarnessOptions extends Partial<VirtioBlkOptions> {
   /** Features the driver accepts (default: all offered). */
   accept?: (offered: bigint) => bigint;
   memorySize?: number;
+  /** Ring size the driver sets up (default: the device's maximum, at most 256). */
+  ringSize?: number;
+  /** An in-flight recorder per queue (the transport passes the queue's state log). */
+  inflight?: (queue: number) => InflightRecorder;
 }
 
 export class BlkHarness {
@@ -55,13 +59,14 @@ export class BlkHarness {
   readonly queues: Virtqueue[];
   readonly features: bigint;
   configChanges = 0;
+  /** Why the device needs a reset: host.needsReset() calls and ring errors (onError), as the transport sees them. */
   readonly resetReasons: Error[] = [];
   /** Chains in the order their used entries were read. */
   readonly completionOrder: MockChain[] = [];
   readonly #results = new Map<MockChain, Completion>();
 
   constructor(options: HarnessOptions) {
-    const { accept, memorySize, ...deviceOptions } = options;
+    const { accept, memorySize, ringSize, inflight, ...deviceOptions } = options;
     this.device = new VirtioBlkDevice(deviceOptions as VirtioBlkOptions);
     const host: DeviceHost = {
       configChanged: () => void this.configChanges++,
@@ -72,13 +77,19 @@ export class BlkHarness {
     if (!this.device.negotiate(this.features)) throw new Error('features refused');
     const packed = (this.features & bit(VIRTIO_F_RING_PACKED)) !== 0n;
     this.drivers = MockDriver.createQueues(this.device.numQueues, {
-      size: Math.min(this.device.maxQueueSize, 256),
+      size: ringSize ?? Math.min(this.device.maxQueueSize, 256),
       packed,
       eventIdx: (this.features & bit(29)) !== 0n,
       indirect: (this.features & bit(28)) !== 0n,
       memorySize: memorySize ?? 8 * 1024 * 1024,
     });
-    this.queues = this.drivers.map((d) => d.createDeviceQueue());
+    // Like the transport: a ring error sets DEVICE_NEEDS_RESET.
+    this.queues = this.drivers.map((d, i) =>
+      d.createDeviceQueue({
+        onError: (error) => void this.resetReasons.push(error),
+        ...(inflight !== undefined ? { inflight: inflight(i) } : {}),
+      }),
+    );
     this.device.activate({ features: this.features, memory: this.drivers[0]!.memory, queues: this.queues });
   }
 
