@@ -7,6 +7,7 @@
  * Imports go one way: split-queue.ts and packed-queue.ts import this file and ./virtqueue.ts; this file imports
  * ./virtqueue.ts and ./chain.ts, neither of which imports a queue engine.
  */
+import { VduseTsError } from '../common/errors.js';
 import { GuestMemoryError } from '../memory/guest-memory.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { VIRTQUEUE_MAX_SIZE } from '../uapi/virtio-ring.js';
@@ -48,7 +49,9 @@ export abstract class QueueBase {
 
   constructor(config: VirtqueueConfig, memory: GuestMemory, options: QueueOptions) {
     // The ring views are host-endian typed arrays; virtio 1.x rings are little-endian.
-    if (!LITTLE_ENDIAN) throw new Error('vduse-ts virtqueues need a little-endian CPU');
+    if (!LITTLE_ENDIAN) {
+      throw new VduseTsError('ERR_VIRTQUEUE_BIG_ENDIAN', 'vduse-ts virtqueues need a little-endian CPU');
+    }
     const size = config.size;
     if (!Number.isInteger(size) || size < 1 || size > VIRTQUEUE_MAX_SIZE) {
       throw new RangeError(`queue ${config.index}: size must be 1..${VIRTQUEUE_MAX_SIZE}, got ${size}`);

@@ -8,12 +8,19 @@ import type { VirtioBlkOptions } from '../../../src/devices/blk/options.js';
 import type { DeviceHost } from '../../../src/devices/device.js';
 import { MockDriver, type MockChain } from '../../../src/testing/mock-driver.js';
 import {
+  StateLog,
+  stateLogSize,
+  type QueueLog,
+  type StateLogIdentity,
+} from '../../../src/transports/vduse/recovery/state-log.js';
+import {
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
   encodeVirtioBlkDiscardWriteZeroes,
   encodeVirtioBlkOuthdr,
 } from '../../../src/uapi/virtio-blk.js';
 import { VIRTIO_F_RING_PACKED, bit } from '../../../src/uapi/virtio-config.js';
+import { VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../../../src/uapi/virtio-ring.js';
 import type { InflightRecorder, Virtqueue } from '../../../src/virtio/virtqueue.js';
 
 /** How a request is laid out over descriptors. */
@@ -198,6 +205,32 @@ export class BlkHarness {
   static async idle(turns = 3): Promise<void> {
     for (let i = 0; i < turns; i++) await new Promise((resolve) => setImmediate(resolve));
   }
+}
+
+/** The state log of one queue, sized like the transport sizes it: by the device's maximum queue size. */
+export function queueLog(maxQueueSize: number): QueueLog {
+  const identity: StateLogIdentity = {
+    name: 'blk-test',
+    deviceId: 2,
+    features: 0x3_0000_0000n,
+    numQueues: 1,
+    maxQueueSize,
+    config: new Uint8Array(0),
+  };
+  const buffer = new ArrayBuffer(stateLogSize(1, maxQueueSize));
+  StateLog.format(buffer, identity);
+  return new StateLog(buffer).queue(0);
+}
+
+/** Packed: put a 512-byte read (header, data, status) in the ring with buffer id `id`, as a driver could. */
+export function pushPackedRequest(drv: MockDriver, id: number, sector = 0): void {
+  const header = drv.alloc(16);
+  drv.write(header, encodeVirtioBlkOuthdr({ type: VIRTIO_BLK_T_IN, ioprio: 0, sector: BigInt(sector) }));
+  drv.pushRaw([
+    { addr: header, len: 16, flags: VRING_DESC_F_NEXT, id },
+    { addr: drv.alloc(512), len: 512, flags: VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, id },
+    { addr: drv.alloc(1), len: 1, flags: VRING_DESC_F_WRITE, id },
+  ]);
 }
 
 /** A discard / write-zeroes / secure-erase segment list. */

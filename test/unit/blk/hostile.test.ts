@@ -8,34 +8,19 @@ import { describe, it } from 'node:test';
 import { MemoryBackend } from '../../../src/backends/memory-backend.js';
 import { VduseTsError } from '../../../src/common/errors.js';
 import { BlkError } from '../../../src/devices/blk/errors.js';
-import type { MockDriver } from '../../../src/testing/mock-driver.js';
-import {
-  StateLog,
-  stateLogSize,
-  type QueueLog,
-  type StateLogIdentity,
-} from '../../../src/transports/vduse/recovery/state-log.js';
-import { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, encodeVirtioBlkOuthdr } from '../../../src/uapi/virtio-blk.js';
-import { VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../../../src/uapi/virtio-ring.js';
+import type { QueueLog } from '../../../src/transports/vduse/recovery/state-log.js';
+import { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../../src/uapi/virtio-blk.js';
 import { VirtqueueError, type InflightRecorder } from '../../../src/virtio/virtqueue.js';
-import { BlkHarness, TestBackend, pattern, type HarnessOptions } from './harness.js';
+import {
+  BlkHarness,
+  TestBackend,
+  pattern,
+  pushPackedRequest,
+  queueLog,
+  type HarnessOptions,
+} from './harness.js';
 
 const MiB = 1024 * 1024;
-
-/** The state log of one queue, sized like the transport sizes it: by the device's maximum queue size. */
-function queueLog(maxQueueSize: number): QueueLog {
-  const identity: StateLogIdentity = {
-    name: 'hostile',
-    deviceId: 2,
-    features: 0x3_0000_0000n,
-    numQueues: 1,
-    maxQueueSize,
-    config: new Uint8Array(0),
-  };
-  const buffer = new ArrayBuffer(stateLogSize(1, maxQueueSize));
-  StateLog.format(buffer, identity);
-  return new StateLog(buffer).queue(0);
-}
 
 /** A recorder over a QueueLog that throws (a bug somewhere below the device) when `explode` names the call. */
 function faultyRecorder(log: QueueLog): InflightRecorder & { explode: string | null } {
@@ -87,17 +72,6 @@ async function until(done: () => boolean, what: string): Promise<void> {
     if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
     await BlkHarness.idle(1);
   }
-}
-
-/** Packed: put a 512-byte read (header, data, status) in the ring with buffer id `id`, as a driver could. */
-function pushPackedRequest(drv: MockDriver, id: number): void {
-  const header = drv.alloc(16);
-  drv.write(header, encodeVirtioBlkOuthdr({ type: VIRTIO_BLK_T_IN, ioprio: 0, sector: 0n }));
-  drv.pushRaw([
-    { addr: header, len: 16, flags: VRING_DESC_F_NEXT, id },
-    { addr: drv.alloc(512), len: 512, flags: VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, id },
-    { addr: drv.alloc(1), len: 1, flags: VRING_DESC_F_WRITE, id },
-  ]);
 }
 
 describe('virtio-blk, hostile driver: ids and ring sizes', () => {
