@@ -287,7 +287,8 @@ export class MockDriver {
 
   /**
    * Build the device side over this driver's rings (createVirtqueue). `signal` and `onError` are wrapped so that
-   * `signals` and `errors` count them; the user's callbacks still run.
+   * `signals` and `errors` count them; the user's callbacks still run. `fence` and `inflight` (an in-flight
+   * recorder such as a state log's QueueLog) are passed on.
    */
   createDeviceQueue(options: Partial<QueueOptions> = {}): Virtqueue {
     const { signal, onError, fence, inflight } = options;

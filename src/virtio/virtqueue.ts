@@ -88,9 +88,16 @@ export interface Virtqueue {
   readonly packed: boolean;
   /** The first error met, or null. Once set, pop() returns null for ever (until the queue is recreated). */
   readonly error: VirtqueueError | null;
-  /** Chains popped and not yet returned with addUsed(). */
+  /**
+   * Chains popped and not yet returned with addUsed(). Never more than `size`: an id (split: head; packed: buffer
+   * id) counts as in flight from pop() until its used entry is published, and a driver that offers it again
+   * before that breaks the ring ('inflight-id'), so the work a queue holds is bounded whatever the driver does.
+   */
   readonly inFlight: number;
-  /** The next available chain, or null when there is none or the ring is broken (see `error`). Never throws. */
+  /**
+   * The next available chain, or null when there is none or the ring is broken (see `error`). A bad ring never
+   * throws; only an exception of `options.inflight` itself would come through.
+   */
   pop(): DescriptorChain | null;
   /** Give a chain back with the number of bytes written into its writable part. Visible to the driver at publish(). */
   addUsed(chain: DescriptorChain, len: number): void;
