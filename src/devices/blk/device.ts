@@ -144,6 +144,7 @@ export class VirtioBlkDevice implements VirtioDevice {
       this.#onSettled(request, error);
     } catch (e) {
       this.#fault('backend completion', e);
+      this.#wakeIdle(); // the request is settled all the same: reset() must not wait for it
     }
   };
   /** Queues with used entries not yet published, and the pending publish. */
@@ -533,6 +534,11 @@ export class VirtioBlkDevice implements VirtioDevice {
       this.#release(request);
       this.#clockFresh = false;
     }
+    this.#wakeIdle();
+  }
+
+  /** Resolve reset()'s promises once nothing is left in the backend. */
+  #wakeIdle(): void {
     if (this.#inFlight === 0 && this.#idleWaiters.length > 0) {
       const waiters = this.#idleWaiters;
       this.#idleWaiters = [];
