@@ -4,6 +4,7 @@
  * Addresses are JavaScript numbers. A 64-bit address read from a ring is decoded as two u32 halves; an
  * address at or above 2^53 cannot be represented and is rejected by the decoder, so it never reaches here.
  */
+import { VduseTsError, type VduseTsErrorOptions } from '../common/errors.js';
 
 export const ACCESS_READ = 1;
 export const ACCESS_WRITE = 2;
@@ -11,15 +12,20 @@ export const ACCESS_RW = 3;
 /** ACCESS_READ: the device reads (the driver wrote); ACCESS_WRITE: the device writes. */
 export type Access = 1 | 2 | 3;
 
-export class GuestMemoryError extends Error {
-  readonly code = 'ERR_GUEST_MEMORY';
+/**
+ * A guest address range that cannot be used as asked: not mapped, not permitted, across a region boundary, or
+ * its mapping failed (`cause` then holds the system error and `errno` its name). Queues turn it into a
+ * VirtqueueError of kind 'memory' or 'ring-layout'.
+ */
+export class GuestMemoryError extends VduseTsError {
+  declare readonly code: 'ERR_GUEST_MEMORY';
   constructor(
     message: string,
     readonly addr: number,
     readonly len: number,
+    options: VduseTsErrorOptions = {},
   ) {
-    super(message);
-    this.name = 'GuestMemoryError';
+    super('ERR_GUEST_MEMORY', message, options);
   }
 }
 

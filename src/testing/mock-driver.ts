@@ -38,8 +38,7 @@ import {
   vringUsedEventOffset,
 } from '../uapi/virtio-ring.js';
 import { createVirtqueue } from '../virtio/create-virtqueue.js';
-import type { QueueOptions } from '../virtio/split-queue.js';
-import type { Virtqueue, VirtqueueConfig, VirtqueueError } from '../virtio/virtqueue.js';
+import type { QueueOptions, Virtqueue, VirtqueueConfig, VirtqueueError } from '../virtio/virtqueue.js';
 
 const F_AVAIL = 1 << VRING_PACKED_DESC_F_AVAIL;
 const F_USED = 1 << VRING_PACKED_DESC_F_USED;
@@ -288,10 +287,11 @@ export class MockDriver {
 
   /**
    * Build the device side over this driver's rings (createVirtqueue). `signal` and `onError` are wrapped so that
-   * `signals` and `errors` count them; the user's callbacks still run.
+   * `signals` and `errors` count them; the user's callbacks still run. `fence` and `inflight` (an in-flight
+   * recorder such as a state log's QueueLog) are passed on.
    */
   createDeviceQueue(options: Partial<QueueOptions> = {}): Virtqueue {
-    const { signal, onError, fence } = options;
+    const { signal, onError, fence, inflight } = options;
     return createVirtqueue(this.config, this.packed, this.memory, {
       signal: () => {
         this.signals++;
@@ -302,6 +302,7 @@ export class MockDriver {
         if (onError !== undefined) onError(e);
       },
       ...(fence !== undefined ? { fence } : {}),
+      ...(inflight !== undefined ? { inflight } : {}),
     });
   }
 

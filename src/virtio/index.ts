@@ -1,5 +1,5 @@
 export * from './virtqueue.js';
-export { SplitQueue, type QueueOptions } from './split-queue.js';
+export { SplitQueue } from './split-queue.js';
 export { PackedQueue } from './packed-queue.js';
 export { createVirtqueue } from './create-virtqueue.js';
 export {

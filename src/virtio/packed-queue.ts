@@ -26,11 +26,12 @@ import {
 } from '../uapi/virtio-ring.js';
 import { QueueChain, addDescriptor, indirectTable, ringError } from './chain.js';
 import { QueueBase } from './queue-base.js';
-import type { InflightSource, QueueOptions } from './split-queue.js';
 import { VirtqueueError } from './virtqueue.js';
 import type {
   DescriptorChain,
+  InflightSource,
   PackedQueueState,
+  QueueOptions,
   SplitQueueState,
   Virtqueue,
   VirtqueueConfig,
@@ -48,6 +49,7 @@ function isAvailable(flags: number, wrap: number): boolean {
 
 export class PackedQueue extends QueueBase implements Virtqueue {
   readonly packed = true;
+  protected readonly idName = 'buffer';
 
   private ring32: Uint32Array = new Uint32Array(0);
   private ring16: Uint16Array = new Uint16Array(0);
@@ -95,14 +97,12 @@ export class PackedQueue extends QueueBase implements Virtqueue {
     const first = this.availIdx;
     try {
       this.walk(chain, word);
+      this.admit(chain);
     } catch (e) {
       this.fail(e);
       return null;
     }
-    chain.owner = this;
-    chain.epoch = this.epoch;
-    chain.live = true;
-    this.inFlightCount++;
+    // The id is checked (below the size, hence the log's capacity, and not in flight): the log may index by it.
     if (this.log !== undefined) {
       this.log.poppedPacked(
         chain.id,
@@ -116,19 +116,12 @@ export class PackedQueue extends QueueBase implements Virtqueue {
   }
 
   addUsed(chain: DescriptorChain, len: number): void {
-    const c = chain as QueueChain;
-    if (!(c instanceof QueueChain) || c.owner !== this || c.epoch !== this.epoch || !c.live) {
-      this.fail(
-        new VirtqueueError('used-id', this.index, `buffer ${chain.id} is not in flight on this queue`),
-      );
-      return;
-    }
-    c.live = false;
-    this.inFlightCount--;
+    const c = this.retire(chain);
+    if (c === null) return;
     if (this.pending === this.size) this.publish();
     const n = this.pending++;
     this.pendingId[n] = c.id;
-    this.pendingLen[n] = len > c.writableBytes ? c.writableBytes : len >= 0 ? len : 0;
+    this.pendingLen[n] = QueueBase.usedLength(c, len);
     this.pendingSlots[n] = c.slots;
   }
 
@@ -145,10 +138,14 @@ export class PackedQueue extends QueueBase implements Virtqueue {
     let slots = 0;
     let headAt = 0;
     let headFlags = 0;
+    const busy = this.busy;
     for (let k = 0; k < count; k++) {
       const len = this.pendingLen[k] as number;
+      const id = this.pendingId[k] as number;
       r32[(s << 2) + 2] = len;
-      r16[(s << 3) + 6] = this.pendingId[k] as number;
+      r16[(s << 3) + 6] = id;
+      // The driver may offer the id again once it has it back: from the flags store below.
+      busy[id] = 0;
       const flags = (wrap === 1 ? F_AVAIL | F_USED : 0) | (len > 0 ? VRING_DESC_F_WRITE : 0);
       if (k === 0) {
         headAt = (s << 3) + 7;
@@ -243,10 +240,8 @@ export class PackedQueue extends QueueBase implements Virtqueue {
     this.usedWrap = lastUsedCounter;
     this.usedIdx = lastUsedIdx;
     this.pending = 0;
-    this.inFlightCount = 0;
     this.eventWritten = -1;
-    this.replay = [];
-    this.epoch++;
+    this.forgetInflight();
   }
 
   /**
@@ -284,6 +279,8 @@ export class PackedQueue extends QueueBase implements Virtqueue {
     let total = 0;
     const chains: QueueChain[] = [];
     for (const id of ids) {
+      if (id >= size)
+        throw new VirtqueueError('buffer-id', q, `logged buffer id ${id} is outside 0..${size - 1}`);
       const slots = log.slotsOf(id);
       const descs = log.descriptorsOf(id);
       if (descs === null) {
@@ -300,7 +297,9 @@ export class PackedQueue extends QueueBase implements Virtqueue {
       try {
         this.walkCopy(chain, descs, slots);
       } catch (e) {
-        throw e instanceof VirtqueueError ? e : new VirtqueueError('memory', q, (e as Error).message);
+        throw e instanceof VirtqueueError
+          ? e
+          : new VirtqueueError('memory', q, (e as Error).message, { cause: e });
       }
       chain.id = id;
       chains.push(chain);
@@ -319,14 +318,7 @@ export class PackedQueue extends QueueBase implements Virtqueue {
       lastUsedCounter: usedWrap,
       lastUsedIdx: usedIdx,
     });
-    for (const chain of chains) {
-      chain.owner = this;
-      chain.epoch = this.epoch;
-      chain.live = true;
-    }
-    this.inFlightCount = chains.length;
-    this.replay = chains;
-    return chains.length;
+    return this.adopt(chains);
   }
 
   /** Rebuild a chain from `slots` logged descriptors (ring format). */
@@ -426,6 +418,7 @@ export class PackedQueue extends QueueBase implements Virtqueue {
     const q = this.index;
     const { descAddr, driverAddr, deviceAddr } = this.config;
     try {
+      this.checkSize();
       if (descAddr % 16 !== 0 || driverAddr % 4 !== 0 || deviceAddr % 4 !== 0) {
         ringError('ring-layout', q, 'ring areas are not aligned as §2.8.10 requires (16, 4, 4)');
       }
@@ -445,7 +438,9 @@ export class PackedQueue extends QueueBase implements Virtqueue {
       return true;
     } catch (e) {
       this.fail(
-        e instanceof GuestMemoryError ? new VirtqueueError('ring-layout', q, `ring area: ${e.message}`) : e,
+        e instanceof GuestMemoryError
+          ? new VirtqueueError('ring-layout', q, `ring area: ${e.message}`, { cause: e })
+          : e,
       );
       return false;
     }

@@ -29,59 +29,17 @@ import { QueueBase } from './queue-base.js';
 import { VirtqueueError } from './virtqueue.js';
 import type {
   DescriptorChain,
+  InflightSource,
   PackedQueueState,
+  QueueOptions,
   SplitQueueState,
   Virtqueue,
   VirtqueueConfig,
-  VirtqueueOptions,
 } from './virtqueue.js';
-
-/** VirtqueueOptions plus what the queue engines accept on top. */
-export interface QueueOptions extends VirtqueueOptions {
-  /**
-   * A full memory fence (e.g. the native addon's `fence()`), called once per publish() and per notification
-   * re-enable, after the seq_cst Atomics store. Not needed on x86; recommended on arm64.
-   */
-  fence?: () => void;
-  /**
-   * Crash-recovery log (src/vduse/state-log.ts): told of every pop and every published batch, in an order that
-   * lets a restarted process tell what completed (see recoverInflight()). None by default.
-   */
-  inflight?: InflightRecorder;
-}
-
-/**
- * What the queue engines tell a crash-recovery log. Positions: split: the free-running u16 index; packed: ring
- * index | wrap counter << 15.
- */
-export interface InflightRecorder {
-  /** Split: chain `id` (head) was popped; `availPosition` is the next avail index. */
-  popped(id: number, availPosition: number): void;
-  /** Packed: chain `id` was popped from ring slots first..first+slots-1 (copy them now: the ring gets reused). */
-  poppedPacked(id: number, ring: Uint32Array, first: number, slots: number, availPosition: number): void;
-  /** Split: the batch `ids[0..count)` was published (used->idx stored); `usedPosition` is the new used idx. */
-  completed(ids: ArrayLike<number>, count: number, usedPosition: number): void;
-  /** Packed: the batch is about to be made visible (before the first used descriptor's flags are stored). */
-  publishingPacked(ids: ArrayLike<number>, count: number, from: number, to: number): void;
-  /** Packed: the batch is visible. */
-  completedPacked(ids: ArrayLike<number>, count: number, usedPosition: number): void;
-}
-
-/** What a queue needs from a log to recover after a crash (QueueLog in src/vduse/state-log.ts). */
-export interface InflightSource {
-  readonly usedPosition: number;
-  readonly pendingBatch: { count: number; from: number; to: number; ids: number[] };
-  /** Ids in flight, oldest first. */
-  inflightIds(): number[];
-  /** Packed: ring slots chain `id` took, and its logged descriptors (null when it was too long to log). */
-  slotsOf(id: number): number;
-  descriptorsOf(id: number): Uint32Array | null;
-  clear(id: number): void;
-  settle(usedPosition: number): void;
-}
 
 export class SplitQueue extends QueueBase implements Virtqueue {
   readonly packed = false;
+  protected readonly idName = 'head';
 
   private readonly mask: number;
   /** u16 index of used_event in the avail ring, and of avail_event in the used ring. */
@@ -146,32 +104,23 @@ export class SplitQueue extends QueueBase implements Virtqueue {
     const chain = new QueueChain();
     try {
       this.walk(chain, head);
+      this.admit(chain);
     } catch (e) {
       this.fail(e);
       return null;
     }
-    chain.owner = this;
-    chain.epoch = this.epoch;
-    chain.live = true;
-    this.inFlightCount++;
+    // The head is checked (below the size, hence the log's capacity, and not in flight): the log may index by it.
     if (this.log !== undefined) this.log.popped(head, this.nextAvail);
     return chain;
   }
 
   addUsed(chain: DescriptorChain, len: number): void {
-    const c = chain as QueueChain;
-    if (!(c instanceof QueueChain) || c.owner !== this || c.epoch !== this.epoch || !c.live) {
-      this.fail(
-        new VirtqueueError('used-id', this.index, `chain ${chain.id} is not in flight on this queue`),
-      );
-      return;
-    }
-    c.live = false;
-    this.inFlightCount--;
+    const c = this.retire(chain);
+    if (c === null) return;
     if (this.pending === this.size) this.publish();
     const n = this.pending++;
     this.pendingId[n] = c.id;
-    this.pendingLen[n] = len > c.writableBytes ? c.writableBytes : len >= 0 ? len : 0;
+    this.pendingLen[n] = QueueBase.usedLength(c, len);
   }
 
   publish(): boolean {
@@ -180,12 +129,16 @@ export class SplitQueue extends QueueBase implements Virtqueue {
     if (this.mappedGeneration !== this.memory.generation && !this.map()) return false;
     this.pending = 0;
     const used32 = this.used32;
+    const busy = this.busy;
     const old = this.usedPublished;
     const mask = this.mask;
     for (let k = 0; k < count; k++) {
       const at = 1 + (((old + k) & mask) << 1);
-      used32[at] = this.pendingId[k] as number;
+      const id = this.pendingId[k] as number;
+      used32[at] = id;
       used32[at + 1] = this.pendingLen[k] as number;
+      // The driver may offer the head again once it has it back: from the used.idx store below.
+      busy[id] = 0;
     }
     const idx = (old + count) & 0xffff;
     Atomics.store(this.used16, 1, idx);
@@ -237,10 +190,8 @@ export class SplitQueue extends QueueBase implements Virtqueue {
     this.availSeen = nextAvail;
     this.usedPublished = nextUsed;
     this.pending = 0;
-    this.inFlightCount = 0;
     this.availEventWritten = -1;
-    this.replay = [];
-    this.epoch++;
+    this.forgetInflight();
   }
 
   /**
@@ -274,7 +225,9 @@ export class SplitQueue extends QueueBase implements Virtqueue {
       try {
         this.walk(chain, head);
       } catch (e) {
-        throw e instanceof VirtqueueError ? e : new VirtqueueError('memory', q, (e as Error).message);
+        throw e instanceof VirtqueueError
+          ? e
+          : new VirtqueueError('memory', q, (e as Error).message, { cause: e });
       }
       chains.push(chain);
     }
@@ -282,14 +235,7 @@ export class SplitQueue extends QueueBase implements Virtqueue {
     for (const id of completed) log.clear(id);
     log.settle(ringUsed);
     this.setState({ nextAvail: (ringUsed + heads.length) & 0xffff, nextUsed: ringUsed });
-    for (const chain of chains) {
-      chain.owner = this;
-      chain.epoch = this.epoch;
-      chain.live = true;
-    }
-    this.inFlightCount = chains.length;
-    this.replay = chains;
-    return chains.length;
+    return this.adopt(chains);
   }
 
   private writeAvailEvent(value: number): void {
@@ -375,6 +321,7 @@ export class SplitQueue extends QueueBase implements Virtqueue {
     const { descAddr, driverAddr, deviceAddr } = this.config;
     const tail = this.eventIdx ? 2 : 0;
     try {
+      this.checkSize();
       if ((size & (size - 1)) !== 0)
         ringError('ring-layout', q, `split queue size ${size} is not a power of 2`);
       if (
@@ -401,7 +348,9 @@ export class SplitQueue extends QueueBase implements Virtqueue {
       return true;
     } catch (e) {
       this.fail(
-        e instanceof GuestMemoryError ? new VirtqueueError('ring-layout', q, `ring area: ${e.message}`) : e,
+        e instanceof GuestMemoryError
+          ? new VirtqueueError('ring-layout', q, `ring area: ${e.message}`, { cause: e })
+          : e,
       );
       return false;
     }

@@ -18,9 +18,15 @@
  * that comes within pollUs of the queue's last work doubles it (a longer poll would have caught it), a later
  * kick halves it (down to off, from where the first kind of kick starts it again). A broken ring, or reset(),
  * stops all polling.
+ *
+ * Nothing the driver does makes a callback of the data path (kick, poll turn, publish turn, backend completion)
+ * throw out to the event loop: a bad ring is the queue's error (the transport sets DEVICE_NEEDS_RESET), and
+ * should anything else fail inside those callbacks, the device stops serving and asks for a reset itself
+ * (host.needsReset with a BlkError 'ERR_BLK_DATA_PATH').
  */
 import type { BackendResult, BlockBackend } from '../../backends/backend.js';
 import { BackendError } from '../../backends/backend.js';
+import { errnoOf, messageOf } from '../../common/errors.js';
 import {
   VIRTIO_BLK_S_IOERR,
   VIRTIO_BLK_S_OK,
@@ -37,6 +43,7 @@ import { writeStatus } from '../../virtio/chain.js';
 import type { DescriptorChain, Virtqueue } from '../../virtio/virtqueue.js';
 import type { DeviceContext, DeviceHost, VirtioDevice } from '../device.js';
 import { encodeBlkConfig } from './config.js';
+import { BlkError, blkResizeError } from './errors.js';
 import { blkFeatureProblem, negotiatedBlkFeatures, offeredBlkFeatures } from './features.js';
 import { resolveBlkOptions, type ResolvedBlkOptions, type VirtioBlkOptions } from './options.js';
 import { BLK_NO_STATUS, BLK_RUN, BlkRequest, parseBlkRequest, type BlkRequestLimits } from './request.js';
@@ -132,13 +139,26 @@ export class VirtioBlkDevice implements VirtioDevice {
   #inFlight = 0;
   #idleWaiters: (() => void)[] = [];
   readonly #pool: BlkRequest[] = [];
-  readonly #complete = (request: BlkRequest, error: unknown): void => this.#onSettled(request, error);
+  readonly #complete = (request: BlkRequest, error: unknown): void => {
+    try {
+      this.#onSettled(request, error);
+    } catch (e) {
+      this.#fault('backend completion', e);
+      this.#wakeIdle(); // the request is settled all the same: reset() must not wait for it
+    }
+  };
   /** Queues with used entries not yet published, and the pending publish. */
   readonly #dirty: Virtqueue[] = [];
   #publishPending: NodeJS.Immediate | null = null;
   /** Inside #drain: completions wait for the end of the drain (one publish per batch). */
   #draining = false;
-  readonly #publish = (): void => this.#publishDirty();
+  readonly #publish = (): void => {
+    try {
+      this.#publishDirty();
+    } catch (e) {
+      this.#fault('publish', e);
+    }
+  };
   #logged = 0;
   /** The device's clock (ms): options.now, for tests, else performance.now(). */
   readonly #clock: () => number;
@@ -151,7 +171,13 @@ export class VirtioBlkDevice implements VirtioDevice {
   /** Queues polling now, and the pending poll turn. */
   readonly #polling: Virtqueue[] = [];
   #pollTimer: NodeJS.Immediate | null = null;
-  readonly #pollTurn = (): void => this.#poll();
+  readonly #pollTurn = (): void => {
+    try {
+      this.#poll();
+    } catch (e) {
+      this.#fault('poll', e);
+    }
+  };
   /**
    * The latency clock, read once per batch: the requests a drain starts share one reading, and so do the
    * completions settled before the next publish (the histogram's buckets are powers of two; a clock read per
@@ -238,15 +264,23 @@ export class VirtioBlkDevice implements VirtioDevice {
     this.#pollUntil = new Array<number>(n).fill(0);
     this.#lastWork = new Array<number>(n).fill(0);
     // Buffers made available before DRIVER_OK (or before a daemon restart) get no kick of their own.
-    for (const queue of this.#queues) if (queue !== null) this.#drain(queue, null);
+    try {
+      for (const queue of this.#queues) if (queue !== null && this.#active) this.#drain(queue, null);
+    } catch (e) {
+      this.#fault('activation', e);
+    }
   }
 
   queueNotify(index: number): void {
     if (!this.#active) return;
     const queue = this.#queues[index];
     if (queue == null) return;
-    if (this.#pollMaxUs > 0 && this.#pollUntil[index] === 0) this.#adaptPollWindow(index);
-    this.#drain(queue, null);
+    try {
+      if (this.#pollMaxUs > 0 && this.#pollUntil[index] === 0) this.#adaptPollWindow(index);
+      this.#drain(queue, null);
+    } catch (e) {
+      this.#fault(`kick of queue ${index}`, e);
+    }
   }
 
   /** Is queue `index` being polled now (its notifications off)? */
@@ -280,12 +314,12 @@ export class VirtioBlkDevice implements VirtioDevice {
   async resize(bytes: number): Promise<void> {
     const lbs = this.options.logicalBlockSize;
     if (!Number.isSafeInteger(bytes) || bytes < 0 || bytes % lbs !== 0) {
-      throw new RangeError(`virtio-blk: new size ${bytes} is not a non-negative multiple of ${lbs} bytes`);
+      throw blkResizeError(`new size ${bytes} is not a non-negative multiple of ${lbs} bytes`);
     }
     const backend = this.backend;
     if (backend.resize !== undefined) await backend.resize(bytes);
     if (bytes > backend.size) {
-      throw new RangeError(`virtio-blk: the backend holds ${backend.size} bytes and cannot grow to ${bytes}`);
+      throw blkResizeError(`the backend holds ${backend.size} bytes and cannot grow to ${bytes}`);
     }
     this.#limits.capacityBytes = bytes;
     this.#config = encodeBlkConfig(this.options, bytes);
@@ -433,7 +467,10 @@ export class VirtioBlkDevice implements VirtioDevice {
     try {
       result = this.#submit(request);
     } catch (error) {
-      this.#onSettled(request, error ?? new Error('backend failed'));
+      this.#onSettled(
+        request,
+        error ?? new BlkError('ERR_BLK_BACKEND', 'the backend failed without saying why'),
+      );
       return;
     }
     if (result === undefined) this.#onSettled(request, null);
@@ -484,7 +521,7 @@ export class VirtioBlkDevice implements VirtioDevice {
           error instanceof BackendError && error.code === 'ERR_BACKEND_UNSUPPORTED'
             ? VIRTIO_BLK_S_UNSUPP
             : VIRTIO_BLK_S_IOERR;
-        this.#log(`queue ${request.queue!.index}: request type ${request.type} failed: ${describe(error)}`);
+        this.#log(`queue ${request.queue!.index}: request type ${request.type} failed: ${messageOf(error)}`);
       } else if (request.type === VIRTIO_BLK_T_IN) {
         this.stats.bytesRead += request.length;
         qs.bytesRead += request.length;
@@ -497,6 +534,11 @@ export class VirtioBlkDevice implements VirtioDevice {
       this.#release(request);
       this.#clockFresh = false;
     }
+    this.#wakeIdle();
+  }
+
+  /** Resolve reset()'s promises once nothing is left in the backend. */
+  #wakeIdle(): void {
     if (this.#inFlight === 0 && this.#idleWaiters.length > 0) {
       const waiters = this.#idleWaiters;
       this.#idleWaiters = [];
@@ -574,20 +616,42 @@ export class VirtioBlkDevice implements VirtioDevice {
     this.#clockFresh = false;
   }
 
+  /**
+   * A callback of the data path threw: not the driver's doing (a bad ring is the queue's error, a bad request a
+   * status), so a bug or a misbehaving backend or queue. Stop serving this activation (its state is not to be
+   * trusted), and ask the transport for DEVICE_NEEDS_RESET; the driver's reset starts afresh. Never throws.
+   */
+  #fault(where: string, error: unknown): void {
+    const first = this.#active;
+    this.#active = false;
+    this.#draining = false;
+    this.#stopPolling();
+    if (!first) return;
+    const reason = new BlkError('ERR_BLK_DATA_PATH', `virtio-blk: ${where} failed: ${messageOf(error)}`, {
+      cause: error,
+    });
+    this.#log(reason.message);
+    try {
+      this.#host?.needsReset(reason);
+    } catch {
+      // The transport could not take it: nothing more to do from inside an event-loop callback.
+    }
+  }
+
   #log(message: string): void {
     const logger = this.options.logger;
     if (logger === null || this.#logged >= LOG_LIMIT) return;
     this.#logged++;
-    logger.warn(
-      `virtio-blk: ${message}${this.#logged === LOG_LIMIT ? ' (further messages suppressed)' : ''}`,
-    );
+    try {
+      logger.warn(
+        `virtio-blk: ${message}${this.#logged === LOG_LIMIT ? ' (further messages suppressed)' : ''}`,
+      );
+    } catch {
+      // A logger that fails must not fail the request being logged.
+    }
   }
 }
 
 function performanceNow(): number {
   return performance.now();
-}
-
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

@@ -1,4 +1,5 @@
 export { VirtioBlkDevice, type BlkStats } from './device.js';
+export { BlkError } from './errors.js';
 export {
   resolveBlkOptions,
   encodeSerial,

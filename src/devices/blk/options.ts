@@ -5,6 +5,7 @@
 import type { BlockBackend } from '../../backends/backend.js';
 import { VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_SECTOR_SIZE } from '../../uapi/virtio-blk.js';
 import { VIRTQUEUE_MAX_SIZE } from '../../uapi/virtio-ring.js';
+import { blkOptionError } from './errors.js';
 
 /** Disk geometry (legacy CHS), offered with VIRTIO_BLK_F_GEOMETRY only when given. */
 export interface BlkGeometry {
@@ -128,7 +129,7 @@ function integerIn(
 ): number {
   if (value === undefined) return fallback;
   if (!Number.isInteger(value) || value < min || value > max) {
-    throw new RangeError(`virtio-blk: ${name} must be an integer from ${min} to ${max}, got ${value}`);
+    throw blkOptionError(`${name} must be an integer from ${min} to ${max}, got ${value}`);
   }
   return value;
 }
@@ -136,8 +137,8 @@ function integerIn(
 /** The GET_ID bytes for `serial`: at most 20 printable ASCII characters, NUL-padded to 20. */
 export function encodeSerial(serial: string): Uint8Array {
   if (serial.length > VIRTIO_BLK_ID_BYTES || !/^[\x20-\x7e]*$/.test(serial)) {
-    throw new RangeError(
-      `virtio-blk: serial '${serial}' must be at most ${VIRTIO_BLK_ID_BYTES} printable ASCII characters`,
+    throw blkOptionError(
+      `serial '${serial}' must be at most ${VIRTIO_BLK_ID_BYTES} printable ASCII characters`,
     );
   }
   const bytes = new Uint8Array(VIRTIO_BLK_ID_BYTES);
@@ -156,23 +157,20 @@ export function resolveBlkOptions(options: VirtioBlkOptions): ResolvedBlkOptions
   const numQueues = integerIn('numQueues', options.numQueues, 1, 1, 0xffff);
   const queueSize = options.queueSize ?? DEFAULT_QUEUE_SIZE;
   if (!isPowerOfTwo(queueSize) || queueSize < 2 || queueSize > VIRTQUEUE_MAX_SIZE) {
-    throw new RangeError(
-      `virtio-blk: queueSize must be a power of two from 2 to ${VIRTQUEUE_MAX_SIZE}, got ${queueSize}`,
+    throw blkOptionError(
+      `queueSize must be a power of two from 2 to ${VIRTQUEUE_MAX_SIZE}, got ${queueSize}`,
     );
   }
   const logicalBlockSize = options.logicalBlockSize ?? VIRTIO_BLK_SECTOR_SIZE;
   if (!isPowerOfTwo(logicalBlockSize) || logicalBlockSize < 512 || logicalBlockSize > 4096) {
-    throw new RangeError(
-      `virtio-blk: logicalBlockSize must be 512, 1024, 2048 or 4096, got ${logicalBlockSize}`,
-    );
+    throw blkOptionError(`logicalBlockSize must be 512, 1024, 2048 or 4096, got ${logicalBlockSize}`);
   }
   const serial = encodeSerial(
     options.serial ?? (options.name !== undefined ? serialFromName(options.name) : ''),
   );
   const secureErase = caps.secureErase && typeof backend.secureErase === 'function';
   const discard = options.discard ?? caps.discard;
-  if (discard && !caps.discard)
-    throw new RangeError('virtio-blk: discard asked for, but the backend cannot discard');
+  if (discard && !caps.discard) throw blkOptionError('discard asked for, but the backend cannot discard');
   const geometry = options.geometry ?? null;
   if (geometry !== null) {
     integerIn('geometry.cylinders', geometry.cylinders, 0, 0, 0xffff);

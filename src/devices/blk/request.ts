@@ -31,6 +31,7 @@ import {
 } from '../../uapi/virtio-blk.js';
 import { copyFromParts, copyToParts, sliceParts } from '../../virtio/chain.js';
 import type { DescriptorChain, Virtqueue } from '../../virtio/virtqueue.js';
+import { BlkError } from './errors.js';
 import type { NegotiatedBlkFeatures } from './features.js';
 
 /** parseBlkRequest's answer when the request needs the backend (else it returns a VIRTIO_BLK_S_* status). */
@@ -97,7 +98,8 @@ export class BlkRequest {
 
   constructor(complete: (request: BlkRequest, error: unknown) => void) {
     this.onFulfilled = () => complete(this, null);
-    this.onRejected = (error: unknown) => complete(this, error ?? new Error('backend failed'));
+    this.onRejected = (error: unknown) =>
+      complete(this, error ?? new BlkError('ERR_BLK_BACKEND', 'the backend failed without saying why'));
   }
 
   /** Drop every reference into guest memory (before the object goes back to the pool). */

@@ -4,6 +4,7 @@ import { describe, it } from 'node:test';
 import type { BackendCapabilities } from '../../../src/backends/backend.js';
 import { MemoryBackend } from '../../../src/backends/memory-backend.js';
 import { NullBackend } from '../../../src/backends/null-backend.js';
+import { UsageError } from '../../../src/common/errors.js';
 import { VirtioBlkDevice } from '../../../src/devices/blk/device.js';
 import {
   VIRTIO_BLK_F_BLK_SIZE,
@@ -116,16 +117,22 @@ describe('virtio-blk config space', () => {
     assert.equal(device.capacityBytes, 3 * 4096);
   });
 
-  it('rejects bad options with a RangeError', () => {
+  it('rejects bad options with a one-line UsageError (ERR_BLK_OPTION)', () => {
     const backend = new NullBackend({ size: MiB });
-    assert.throws(() => new VirtioBlkDevice({ backend, logicalBlockSize: 1000 }), RangeError);
-    assert.throws(() => new VirtioBlkDevice({ backend, logicalBlockSize: 8192 }), RangeError);
-    assert.throws(() => new VirtioBlkDevice({ backend, queueSize: 100 }), RangeError);
-    assert.throws(() => new VirtioBlkDevice({ backend, queueSize: 65536 }), RangeError);
-    assert.throws(() => new VirtioBlkDevice({ backend, numQueues: 0 }), RangeError);
+    const optionError = (e: unknown): boolean =>
+      e instanceof UsageError &&
+      e.code === 'ERR_BLK_OPTION' &&
+      e.message.startsWith('virtio-blk: ') &&
+      !e.message.includes('\n');
+    assert.throws(() => new VirtioBlkDevice({ backend, logicalBlockSize: 1000 }), optionError);
+    assert.throws(() => new VirtioBlkDevice({ backend, logicalBlockSize: 8192 }), optionError);
+    assert.throws(() => new VirtioBlkDevice({ backend, queueSize: 100 }), optionError);
+    assert.throws(() => new VirtioBlkDevice({ backend, queueSize: 65536 }), optionError);
+    assert.throws(() => new VirtioBlkDevice({ backend, numQueues: 0 }), optionError);
     assert.throws(() => new VirtioBlkDevice({ backend, serial: 'x'.repeat(21) }), /serial/);
     assert.throws(() => new VirtioBlkDevice({ backend, serial: 'd\u00e9j\u00e0' }), /serial/);
-    assert.throws(() => new VirtioBlkDevice({ backend, segMax: 0 }), RangeError);
+    assert.throws(() => new VirtioBlkDevice({ backend, serial: 'x'.repeat(21) }), optionError);
+    assert.throws(() => new VirtioBlkDevice({ backend, segMax: 0 }), optionError);
   });
 
   it('derives the serial from the name', async () => {
@@ -238,7 +245,11 @@ describe('virtio-blk online resize', () => {
       (await harness.run(0, { type: VIRTIO_BLK_T_IN, sector: capacity / 2, inLength: 512 })).status,
       1,
     );
-    await assert.rejects(device.resize(1000), RangeError);
+    await assert.rejects(
+      device.resize(1000),
+      (e: unknown) =>
+        e instanceof UsageError && e.code === 'ERR_BLK_RESIZE' && /multiple of 512/.test(e.message),
+    );
   });
 
   it('without backend.resize it can only shrink the visible capacity', async () => {
@@ -247,7 +258,10 @@ describe('virtio-blk online resize', () => {
     device.bind({ configChanged: () => changes++, needsReset: () => {} });
     await device.resize(MiB / 2);
     assert.equal(device.capacityBytes, MiB / 2);
-    await assert.rejects(device.resize(2 * MiB), /cannot grow/);
+    await assert.rejects(
+      device.resize(2 * MiB),
+      (e: unknown) => e instanceof UsageError && e.code === 'ERR_BLK_RESIZE' && /cannot grow/.test(e.message),
+    );
     assert.equal(changes, 1);
   });
 });

@@ -8,13 +8,20 @@ import type { VirtioBlkOptions } from '../../../src/devices/blk/options.js';
 import type { DeviceHost } from '../../../src/devices/device.js';
 import { MockDriver, type MockChain } from '../../../src/testing/mock-driver.js';
 import {
+  StateLog,
+  stateLogSize,
+  type QueueLog,
+  type StateLogIdentity,
+} from '../../../src/transports/vduse/recovery/state-log.js';
+import {
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
   encodeVirtioBlkDiscardWriteZeroes,
   encodeVirtioBlkOuthdr,
 } from '../../../src/uapi/virtio-blk.js';
 import { VIRTIO_F_RING_PACKED, bit } from '../../../src/uapi/virtio-config.js';
-import type { Virtqueue } from '../../../src/virtio/virtqueue.js';
+import { VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../../../src/uapi/virtio-ring.js';
+import type { InflightRecorder, Virtqueue } from '../../../src/virtio/virtqueue.js';
 
 /** How a request is laid out over descriptors. */
 export type Layout =
@@ -47,6 +54,10 @@ export interface HarnessOptions extends Partial<VirtioBlkOptions> {
   /** Features the driver accepts (default: all offered). */
   accept?: (offered: bigint) => bigint;
   memorySize?: number;
+  /** Ring size the driver sets up (default: the device's maximum, at most 256). */
+  ringSize?: number;
+  /** An in-flight recorder per queue (the transport passes the queue's state log). */
+  inflight?: (queue: number) => InflightRecorder;
 }
 
 export class BlkHarness {
@@ -55,13 +66,14 @@ export class BlkHarness {
   readonly queues: Virtqueue[];
   readonly features: bigint;
   configChanges = 0;
+  /** Why the device needs a reset: host.needsReset() calls and ring errors (onError), as the transport sees them. */
   readonly resetReasons: Error[] = [];
   /** Chains in the order their used entries were read. */
   readonly completionOrder: MockChain[] = [];
   readonly #results = new Map<MockChain, Completion>();
 
   constructor(options: HarnessOptions) {
-    const { accept, memorySize, ...deviceOptions } = options;
+    const { accept, memorySize, ringSize, inflight, ...deviceOptions } = options;
     this.device = new VirtioBlkDevice(deviceOptions as VirtioBlkOptions);
     const host: DeviceHost = {
       configChanged: () => void this.configChanges++,
@@ -72,13 +84,19 @@ export class BlkHarness {
     if (!this.device.negotiate(this.features)) throw new Error('features refused');
     const packed = (this.features & bit(VIRTIO_F_RING_PACKED)) !== 0n;
     this.drivers = MockDriver.createQueues(this.device.numQueues, {
-      size: Math.min(this.device.maxQueueSize, 256),
+      size: ringSize ?? Math.min(this.device.maxQueueSize, 256),
       packed,
       eventIdx: (this.features & bit(29)) !== 0n,
       indirect: (this.features & bit(28)) !== 0n,
       memorySize: memorySize ?? 8 * 1024 * 1024,
     });
-    this.queues = this.drivers.map((d) => d.createDeviceQueue());
+    // Like the transport: a ring error sets DEVICE_NEEDS_RESET.
+    this.queues = this.drivers.map((d, i) =>
+      d.createDeviceQueue({
+        onError: (error) => void this.resetReasons.push(error),
+        ...(inflight !== undefined ? { inflight: inflight(i) } : {}),
+      }),
+    );
     this.device.activate({ features: this.features, memory: this.drivers[0]!.memory, queues: this.queues });
   }
 
@@ -187,6 +205,32 @@ export class BlkHarness {
   static async idle(turns = 3): Promise<void> {
     for (let i = 0; i < turns; i++) await new Promise((resolve) => setImmediate(resolve));
   }
+}
+
+/** The state log of one queue, sized like the transport sizes it: by the device's maximum queue size. */
+export function queueLog(maxQueueSize: number): QueueLog {
+  const identity: StateLogIdentity = {
+    name: 'blk-test',
+    deviceId: 2,
+    features: 0x3_0000_0000n,
+    numQueues: 1,
+    maxQueueSize,
+    config: new Uint8Array(0),
+  };
+  const buffer = new ArrayBuffer(stateLogSize(1, maxQueueSize));
+  StateLog.format(buffer, identity);
+  return new StateLog(buffer).queue(0);
+}
+
+/** Packed: put a 512-byte read (header, data, status) in the ring with buffer id `id`, as a driver could. */
+export function pushPackedRequest(drv: MockDriver, id: number, sector = 0): void {
+  const header = drv.alloc(16);
+  drv.write(header, encodeVirtioBlkOuthdr({ type: VIRTIO_BLK_T_IN, ioprio: 0, sector: BigInt(sector) }));
+  drv.pushRaw([
+    { addr: header, len: 16, flags: VRING_DESC_F_NEXT, id },
+    { addr: drv.alloc(512), len: 512, flags: VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, id },
+    { addr: drv.alloc(1), len: 1, flags: VRING_DESC_F_WRITE, id },
+  ]);
 }
 
 /** A discard / write-zeroes / secure-erase segment list. */

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { MemoryBackend } from '../../../src/backends/memory-backend.js';
+import { UsageError } from '../../../src/common/errors.js';
 import { NullBackend } from '../../../src/backends/null-backend.js';
 import { VirtioBlkDevice } from '../../../src/devices/blk/device.js';
 import { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../../src/uapi/virtio-blk.js';
@@ -59,7 +60,8 @@ describe('virtio-blk polling option', () => {
       assert.throws(
         () => new VirtioBlkDevice({ backend, pollUs: bad }),
         (e: unknown) =>
-          e instanceof RangeError &&
+          e instanceof UsageError &&
+          e.code === 'ERR_BLK_OPTION' &&
           /^virtio-blk: pollUs must be an integer from 0 to 10000/.test(e.message) &&
           !e.message.includes('\n'),
       );

@@ -346,19 +346,19 @@ describe('packed chains: ring structure', () => {
     const drv = new MockDriver({ size: 8, packed: true, indirect: true });
     const a = drv.alloc(16);
     drv.pushRaw([
-      { addr: a, len: 4, flags: NEXT, id: 111 },
-      { addr: a, len: 4, flags: WRITE, id: 222 },
+      { addr: a, len: 4, flags: NEXT, id: 1 },
+      { addr: a, len: 4, flags: WRITE, id: 6 },
     ]);
     drv.kick();
     const q = drv.createDeviceQueue();
     const c = q.pop();
-    assert.equal(c?.id, 222);
+    assert.equal(c?.id, 6);
     q.addUsed(c!, 4);
     q.publish();
     const used = drv.usedEntries();
     assert.deepEqual(
       used.map((u) => [u.id, u.len]),
-      [[222, 4]],
+      [[6, 4]],
     );
     assert.deepEqual(drv.usedPosition(), { idx: 2, wrap: 1 });
   });
@@ -370,11 +370,11 @@ describe('packed chains: ring structure', () => {
       { addr: drv.alloc(8), len: 8, flags: NEXT, next: 0 },
       { addr: drv.alloc(8), len: 8, flags: WRITE, next: 0 },
     ]);
-    rawChain(drv, [{ addr: t.addr, len: t.len, flags: INDIRECT, id: 5 }]);
+    rawChain(drv, [{ addr: t.addr, len: t.len, flags: INDIRECT, id: 3 }]);
     const q = drv.createDeviceQueue();
     const c = q.pop();
     assert.equal(q.error, null);
-    assert.equal(c?.id, 5);
+    assert.equal(c?.id, 3);
     assert.equal(c?.readable.length, 2);
     assert.equal(c?.writable.length, 1);
   });

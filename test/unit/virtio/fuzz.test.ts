@@ -6,6 +6,8 @@
  * - no exception escapes the device side (pop/addUsed/publish/enable/disable/getState/setState);
  * - every device access lies inside mapped memory with the right permission (HeapMemory access log);
  * - no hang: at most 2·size + 1 chains per round without new driver activity;
+ * - bounded work: never more than `size` chains in flight, however often the driver re-offers heads / buffer ids
+ *   that are still in flight or offers ids outside the ring;
  * - at most one onError call, and pop() returns null once an error is recorded;
  * - cases with only well-formed chains end without error and every chain comes back.
  *
@@ -62,6 +64,13 @@ function fuzzCase(seed: number): CaseStats {
   const log = drv.memory.trackAccesses(true);
   let errors = 0;
   const q = drv.createDeviceQueue({ onError: () => errors++ });
+  const inFlight: DescriptorChain[] = [];
+  /** An id the driver may offer: mostly inside the ring, sometimes one in flight, sometimes anything. */
+  const id = (): number => {
+    const x = r.next();
+    if (x < 0.2 && inFlight.length > 0) return r.pick(inFlight).id;
+    return x < 0.9 ? r.int(size) : r.int(0x10000);
+  };
 
   const addr = (): number => {
     switch (r.int(10)) {
@@ -108,15 +117,21 @@ function fuzzCase(seed: number): CaseStats {
   const addRaw = (): void => {
     const n = 1 + r.int(4);
     if (packed) {
-      drv.pushRaw(
-        Array.from({ length: n }, () => ({ addr: addr(), len: len(), flags: flags(), id: r.int(0x10000) })),
-      );
+      drv.pushRaw(Array.from({ length: n }, () => ({ addr: addr(), len: len(), flags: flags(), id: id() })));
     } else {
       for (let k = 0; k < n; k++) {
         drv.writeDescriptor(r.int(size), { addr: addr(), len: len(), flags: flags(), next: r.int(size + 2) });
       }
-      drv.pushAvail(r.next() < 0.9 ? r.int(size) : r.int(0x10000));
+      drv.pushAvail(id());
     }
+  };
+
+  /** Offer a chain that is in flight again, unchanged (split: its head; packed: a copy of it with its id). */
+  const reoffer = (): void => {
+    const c = inFlight.length > 0 ? r.pick(inFlight) : null;
+    if (c === null) return;
+    if (packed) drv.pushRaw([{ addr: main.addr + r.int(main.size - 64), len: 16, flags: 0, id: c.id }]);
+    else drv.pushAvail(c.id);
   };
 
   const addIndirect = (): void => {
@@ -126,7 +141,7 @@ function fuzzCase(seed: number): CaseStats {
     );
     const tableLen = r.next() < 0.8 ? t.len : len();
     const f = VRING_DESC_F_INDIRECT | (r.next() < 0.1 ? VRING_DESC_F_NEXT : 0);
-    if (packed) drv.pushRaw([{ addr: t.addr, len: tableLen, flags: f, id: r.int(size) }]);
+    if (packed) drv.pushRaw([{ addr: t.addr, len: tableLen, flags: f, id: id() }]);
     else {
       const head = r.int(size);
       drv.writeDescriptor(head, { addr: t.addr, len: tableLen, flags: f, next: 0 });
@@ -153,7 +168,6 @@ function fuzzCase(seed: number): CaseStats {
     if (!packed && r.next() < 0.3) drv.setAvailIdx(r.int(0x10000));
   };
 
-  const inFlight: DescriptorChain[] = [];
   let pops = 0;
   const rounds = 1 + r.int(6);
   for (let round = 0; round < rounds; round++) {
@@ -161,8 +175,8 @@ function fuzzCase(seed: number): CaseStats {
     const adds = 1 + r.int(Math.min(size, 8));
     for (let k = 0; k < adds; k++) {
       // Mostly valid chains even in hostile cases, so that damage hits a queue with history.
-      const mode = wellFormed || r.next() < 0.7 ? 0 : 1 + r.int(3);
-      driver(() => [addValid, addRaw, addIndirect, scribble][mode]!());
+      const mode = wellFormed || r.next() < 0.7 ? 0 : 1 + r.int(4);
+      driver(() => [addValid, addRaw, addIndirect, scribble, reoffer][mode]!());
     }
     driver(() => drv.kick());
     if (r.next() < 0.1) drv.memory.remapRegion(main.addr);
@@ -172,6 +186,7 @@ function fuzzCase(seed: number): CaseStats {
     for (let c = q.pop(); c !== null; c = q.pop()) {
       popped++;
       assert.ok(popped <= 2 * size + 1, `seed ${seed}: more than 2·size+1 chains without driver activity`);
+      assert.ok(q.inFlight <= size, `seed ${seed}: ${q.inFlight} chains in flight on a ring of ${size}`);
       assert.ok(c.readableBytes + c.writableBytes <= 2 ** 32);
       for (const v of c.readable) assert.ok(v.length > 0);
       for (const v of c.writable) assert.ok(v.length > 0);
@@ -242,8 +257,11 @@ describe('virtqueue fuzz', () => {
     assert.ok(failed > ITERATIONS / 10, `too few broken rings (${failed})`);
     assert.ok(pops > ITERATIONS, `too few chains popped (${pops})`);
     assert.ok(wellFormed > 0);
-    if (ITERATIONS >= 1000)
+    if (ITERATIONS >= 1000) {
       assert.ok(kinds.size >= 8, `error kinds reached: ${[...kinds.keys()].join(', ')}`);
+      for (const kind of ['inflight-id', 'buffer-id', 'descriptor-index'])
+        assert.ok(kinds.has(kind), `no '${kind}' error among: ${[...kinds.keys()].join(', ')}`);
+    }
     if (process.env.VDUSE_FUZZ_VERBOSE) console.log(Object.fromEntries(kinds), { failed, pops, wellFormed });
   });
 });

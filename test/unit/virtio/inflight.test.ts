@@ -10,9 +10,7 @@ import {
   type StateLogIdentity,
 } from '../../../src/transports/vduse/recovery/state-log.js';
 import { createVirtqueue } from '../../../src/virtio/create-virtqueue.js';
-import type { PackedQueue } from '../../../src/virtio/packed-queue.js';
-import type { InflightRecorder, SplitQueue } from '../../../src/virtio/split-queue.js';
-import type { DescriptorChain, Virtqueue } from '../../../src/virtio/virtqueue.js';
+import type { DescriptorChain, InflightRecorder, Virtqueue } from '../../../src/virtio/virtqueue.js';
 
 /** Split: a power of two; packed: 10 slots, so that the 6 chains (9 slots) make the driver wrap around. */
 const SIZE = 16;
@@ -93,6 +91,7 @@ function run(packed: boolean, crashAt: number, onPoint?: (point: number, drv: Mo
   };
   // Every store the log makes on the hot path, with a crash point between each two.
   const recorder: InflightRecorder = {
+    capacity: ql.capacity,
     popped(id, pos) {
       point();
       ql.popped(id, pos);
@@ -173,8 +172,7 @@ function recoverAndFinish(r: Run, packed: boolean): { resubmitted: number[] } {
   memoryBytes(r.drv).set(r.memory);
   const log = new StateLog(r.log);
   const ql = log.queue(0);
-  const q = createVirtqueue(r.drv.config, packed, r.drv.memory, { signal: () => {}, inflight: ql }) as
-    SplitQueue | PackedQueue;
+  const q = createVirtqueue(r.drv.config, packed, r.drv.memory, { signal: () => {}, inflight: ql });
   const n = q.recoverInflight(ql);
   const resubmitted: number[] = [];
   for (let chain = q.pop(); chain; chain = q.pop()) {

@@ -51,7 +51,7 @@ import {
 import { dirname } from 'node:path';
 
 import { MAP_SHARED, PROT_READ, PROT_WRITE, type SysBinding } from '../../../sys/binding.js';
-import type { InflightRecorder } from '../../../virtio/split-queue.js';
+import type { InflightRecorder } from '../../../virtio/index.js';
 import { VduseError } from '../errors.js';
 
 export const STATE_LOG_MAGIC = 0x4c535456;
@@ -395,6 +395,11 @@ export class QueueLog implements InflightRecorder {
     at += 4 * n;
     this.#descs = new Uint32Array(buffer, at, n * STATE_LOG_PACKED_DESCS * 4);
     this.#seq = this.#w[Q_SEQ]!;
+  }
+
+  /** Ids the log holds (the device's maximum queue size): InflightRecorder.capacity. */
+  get capacity(): number {
+    return this.#n;
   }
 
   /** Whether the queue was live when the log was last written. */
