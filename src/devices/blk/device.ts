@@ -26,7 +26,7 @@
  */
 import type { BackendResult, BlockBackend } from '../../backends/backend.js';
 import { BackendError } from '../../backends/backend.js';
-import { errnoOf, messageOf } from '../../common/errors.js';
+import { messageOf } from '../../common/errors.js';
 import {
   VIRTIO_BLK_S_IOERR,
   VIRTIO_BLK_S_OK,
