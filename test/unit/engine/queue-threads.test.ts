@@ -80,7 +80,7 @@ describe('QueueThreads (worker threads)', () => {
         [1, 1],
       );
       assert.equal(threads.invalidate(0, 0xffff), true);
-      assert.equal(threads.queueState(1), null);
+      assert.equal(threads.state(1), null);
       assert.deepEqual(await threads.call('echo', 42), [42, 42]);
       await assert.rejects(threads.call('fail', 'x'), /refused x/);
       assert.equal(threads.kicks.length, 3);

@@ -197,11 +197,6 @@ export class QueueThreads<T extends QueueThreadTypes = QueueThreadTypes> impleme
     }
   }
 
-  /** @deprecated the DataPath name is state(). */
-  queueState(index: number): QueueState | null {
-    return this.state(index);
-  }
-
   /** Stop taking requests on every thread (one of them needs a reset). Not waited for. */
   halt(): void {
     for (const t of this.#threads) if (!t.dead) t.worker.postMessage({ op: 'halt', id: 0, sync: false });
