@@ -380,7 +380,15 @@ export class VduseDevice<
     const { response, effects } = this.#protocol.handle(request, ctx);
     let answer: VduseDevResponse = response;
     for (const effect of effects) {
-      if (!this.#apply(effect)) answer = { request_id: response.request_id, result: VDUSE_REQ_RESULT_FAILED };
+      let ok: boolean;
+      try {
+        ok = this.#apply(effect);
+      } catch (err) {
+        // Nothing the kernel asks may end the process (nor leave the request unanswered).
+        this.#log.error(`request ${describeRequest(request)}: ${messageOf(err)}`);
+        ok = false;
+      }
+      if (!ok) answer = { request_id: response.request_id, result: VDUSE_REQ_RESULT_FAILED };
     }
     // Log first, answer second: a process that dies in between leaves a request the kernel re-sends.
     if (
