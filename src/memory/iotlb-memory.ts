@@ -5,6 +5,15 @@
  * (VDUSE_IOTLB_GET_FD), mmaps the returned file and caches the region. Regions are dropped on UPDATE_IOTLB
  * (invalidate) and on reset (invalidateAll); dropping detaches every view of the region before the munmap, so a
  * stale view reads as empty instead of faulting. Every invalidation bumps `generation`.
+ *
+ * A mapping outlives every request that may hold a view of it. A backend read running in the thread pool (or in
+ * the kernel) writes through a raw pointer that detaching cannot take back: were the region unmapped under it,
+ * the read would land in whatever is mapped at that address next (another region, another device, the heap).
+ * So whoever hands views of guest memory to work that outlives the current turn pins the generation it took
+ * them in (pin() / unpin(generation); the queue engine does it per popped chain). A dropped region leaves the
+ * look-up table at once (no new views), but is munmap'd only when no pin of a generation in which it was
+ * mapped is left: a region mapped at generation m and dropped at generation r (before the bump) waits for the
+ * pins of m..r. Until then it is listed in `retiredRegions`; `drained()` resolves when that list is empty.
  */
 import { closeSync } from 'node:fs';
 
@@ -31,6 +40,16 @@ interface Region {
   readonly mapping: ArrayBuffer;
   /** Byte offset in `mapping` of IOVA `start`. */
   readonly base: number;
+  /** The generation it was mapped in: requests pinned at an older one cannot hold a view of it. */
+  readonly mappedAt: number;
+}
+
+/** A dropped region whose munmap waits for the requests that may hold views of it. */
+interface Retired {
+  readonly mapping: ArrayBuffer;
+  readonly mappedAt: number;
+  /** The generation it was dropped in (views can have been taken up to this one). */
+  readonly retiredAt: number;
 }
 
 /** One IOTLB entry as the kernel reports it (VDUSE_IOTLB_GET_FD): IOVA range, file offset, permission. */
@@ -47,11 +66,28 @@ export interface IotlbSource {
   lookup(iova: number): { entry: IotlbEntry; fd: number } | null;
 }
 
-export class IotlbMemory implements GuestMemory {
+/**
+ * Pinning of guest memory by work in progress (IotlbMemory implements it; memory that never unmaps need not).
+ * pin() returns the generation to give back to unpin() once the work holds no view any more.
+ */
+export interface MemoryPins {
+  pin(): number;
+  unpin(generation: number): void;
+  /** Dropped regions still mapped because pinned work may hold views of them. */
+  readonly retiredRegions: number;
+}
+
+export class IotlbMemory implements GuestMemory, MemoryPins {
   #generation = 0;
   /** Sorted by start, non-overlapping. */
   #regions: Region[] = [];
   #lastHit: Region | null = null;
+  /** Pins taken in the current generation. */
+  #pinsNow = 0;
+  /** Pins still held of older generations (generation -> count, no zero counts). */
+  readonly #pinsOld = new Map<number, number>();
+  #retired: Retired[] = [];
+  #drainWaiters: (() => void)[] = [];
   readonly #binding: SysBinding;
   readonly #source: IotlbSource;
   readonly #closeFd: (fd: number) => void;
@@ -70,9 +106,50 @@ export class IotlbMemory implements GuestMemory {
     return this.#generation;
   }
 
-  /** How many regions are mapped now. */
+  /** How many regions are mapped now (and can be looked up). */
   get mappedRegions(): number {
     return this.#regions.length;
+  }
+
+  /** Dropped regions whose munmap waits for pinned work (see the top of the file). */
+  get retiredRegions(): number {
+    return this.#retired.length;
+  }
+
+  /** Pins held now, of every generation. */
+  get pins(): number {
+    let n = this.#pinsNow;
+    for (const c of this.#pinsOld.values()) n += c;
+    return n;
+  }
+
+  /** Work that will hold views of guest memory beyond this turn starts: returns the generation to unpin. */
+  pin(): number {
+    this.#pinsNow++;
+    return this.#generation;
+  }
+
+  /** That work holds no view any more. Unmaps the dropped regions nothing can reference now. */
+  unpin(generation: number): void {
+    if (generation === this.#generation) {
+      // A region found stale by a look-up (#insert) is dropped without a new generation.
+      if (this.#pinsNow > 0 && --this.#pinsNow === 0 && this.#retired.length > 0) this.#sweep();
+      return;
+    }
+    const n = this.#pinsOld.get(generation);
+    if (n === undefined) return;
+    if (n > 1) {
+      this.#pinsOld.set(generation, n - 1);
+      return;
+    }
+    this.#pinsOld.delete(generation);
+    this.#sweep();
+  }
+
+  /** Resolves when every dropped region is unmapped (no pinned work is left that could reference one). */
+  drained(): Promise<void> {
+    if (this.#retired.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#drainWaiters.push(resolve));
   }
 
   view(addr: number, len: number, access: Access): Uint8Array {
@@ -110,19 +187,61 @@ export class IotlbMemory implements GuestMemory {
     const keep: Region[] = [];
     for (const r of this.#regions) {
       if (r.last < start || r.start > last) keep.push(r);
-      else this.#binding.munmap(r.mapping);
+      else this.#retire(r);
     }
     this.#regions = keep;
     this.#lastHit = null;
-    this.#generation++;
+    this.#bump();
   }
 
   /** Drop every region (device reset, close). */
   invalidateAll(): void {
-    for (const r of this.#regions) this.#binding.munmap(r.mapping);
+    for (const r of this.#regions) this.#retire(r);
     this.#regions = [];
     this.#lastHit = null;
+    this.#bump();
+  }
+
+  /** A new generation: the pins of the old one keep their number. */
+  #bump(): void {
+    if (this.#pinsNow > 0) this.#pinsOld.set(this.#generation, this.#pinsNow);
+    this.#pinsNow = 0;
     this.#generation++;
+  }
+
+  /** Take `region` out of use: munmap it now unless pinned work may hold a view of it. */
+  #retire(region: Region): void {
+    const retired: Retired = {
+      mapping: region.mapping,
+      mappedAt: region.mappedAt,
+      retiredAt: this.#generation,
+    };
+    if (this.#pinnedWithin(retired)) this.#retired.push(retired);
+    else this.#binding.munmap(region.mapping);
+  }
+
+  /** Is there a pin of a generation in which `r` was mapped? */
+  #pinnedWithin(r: Retired): boolean {
+    const now = this.#generation;
+    if (this.#pinsNow > 0 && now >= r.mappedAt && now <= r.retiredAt) return true;
+    for (const g of this.#pinsOld.keys()) if (g >= r.mappedAt && g <= r.retiredAt) return true;
+    return false;
+  }
+
+  /** Unmap the dropped regions no pin covers any more. */
+  #sweep(): void {
+    if (this.#retired.length === 0) return;
+    const keep: Retired[] = [];
+    for (const r of this.#retired) {
+      if (this.#pinnedWithin(r)) keep.push(r);
+      else this.#binding.munmap(r.mapping);
+    }
+    this.#retired = keep;
+    if (keep.length === 0 && this.#drainWaiters.length > 0) {
+      const waiters = this.#drainWaiters;
+      this.#drainWaiters = [];
+      for (const resolve of waiters) resolve();
+    }
   }
 
   /** The region holding `addr`, mapping it on a miss; checks `access` against its permission. */
@@ -197,7 +316,14 @@ export class IotlbMemory implements GuestMemory {
           len,
         );
       }
-      const region: Region = { start: entry.start, last: entry.last, perm: entry.perm, mapping, base };
+      const region: Region = {
+        start: entry.start,
+        last: entry.last,
+        perm: entry.perm,
+        mapping,
+        base,
+        mappedAt: this.#generation,
+      };
       this.#insert(region);
       return region;
     } finally {
@@ -214,7 +340,7 @@ export class IotlbMemory implements GuestMemory {
     const keep: Region[] = [];
     for (const r of this.#regions) {
       if (r.last < region.start || r.start > region.last) keep.push(r);
-      else this.#binding.munmap(r.mapping);
+      else this.#retire(r);
     }
     let i = keep.length;
     while (i > 0 && keep[i - 1]!.start > region.start) i--;

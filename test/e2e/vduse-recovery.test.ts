@@ -246,6 +246,11 @@ test(
     assert.ok(vduseDevExists(r.name), 'the refused daemon left the device alone');
     const again = await start(r);
     assert.match(again.stderr, /reconnected to e2e-rec-policy: status 0x0/);
+    // While it serves, a second daemon finds the dev fd busy (EBUSY -> ERR_VDUSE_BUSY): one line, nothing touched.
+    const busy = await VduseDaemon.spawn(['blk', ...r.args]).exited;
+    assert.equal(busy.code, 1);
+    assert.match(busy.stderr, /already exists and another process is serving it/);
+    assert.equal(busy.stderr.trim().split('\n').length, 1, busy.stderr);
     await stopClean(r, again);
   },
 );

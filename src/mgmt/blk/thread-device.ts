@@ -1,5 +1,6 @@
 /**
- * The virtio-blk device of one queue thread (`vduse blk --queue-threads N`, see src/vduse/queue-thread.ts):
+ * The virtio-blk device of one queue thread (`vduse blk --queue-threads N`, see
+ * src/transports/engine/threads/):
  * built in the thread from the same serializable options as the main thread's device, with its own backend
  * handle opened from the backend spec (a file: its own fd; nbd: its own connections; null: nothing to share).
  * Also the one place that turns a device's options into VirtioBlkOptions, so both threads' devices agree on
@@ -18,7 +19,8 @@ import type { VirtioBlkOptions } from '../../devices/blk/options.js';
 import { CountingBackend, type BackendCounters } from '../../backends/counting-backend.js';
 import type { SysBinding } from '../../sys/binding.js';
 import type { Logger } from '../../common/logger.js';
-import type { QueueThreadDevice } from '../../transports/engine/threads/server.js';
+import { EngineError } from '../../transports/engine/errors.js';
+import type { CreateQueueThreadDevice, QueueThreadSpec } from '../../transports/engine/threads/protocol.js';
 import type { BlkDeviceConfig } from './options.js';
 import { ResizableNull } from '../../backends/resizable-null.js';
 
@@ -38,6 +40,21 @@ export type BlkThreadOptions = Pick<
 
 /** The module a queue thread imports (its URL, for QueueThreadSpec.module). */
 export const BLK_THREAD_MODULE = new URL('./thread-device.js', import.meta.url).href;
+
+/** What a blk queue thread exchanges with the main thread (checked on both sides at compile time). */
+export interface BlkThreadTypes {
+  options: BlkThreadOptions;
+  snapshot: BlkCounters;
+  calls: {
+    /** Online resize to `bytes`; answers the new capacity in bytes. */
+    resize: [bytes: number, capacity: number];
+  };
+}
+
+/** The QueueThreadSpec of a blk device. */
+export function blkThreadSpec(options: BlkThreadOptions): QueueThreadSpec<BlkThreadTypes> {
+  return { module: BLK_THREAD_MODULE, options };
+}
 
 /** The counters of a blk device (one thread's, or merged). */
 export interface BlkCounters {
@@ -125,11 +142,7 @@ export function mergeBlkCounters(parts: readonly BlkCounters[]): BlkCounters {
 }
 
 /** QueueThreadSpec entry point: build this thread's device and backend handle. */
-export async function createQueueThreadDevice(
-  options: unknown,
-  env: { binding: SysBinding; logger: Logger },
-): Promise<QueueThreadDevice> {
-  const config = options as BlkThreadOptions;
+export const createQueueThreadDevice: CreateQueueThreadDevice<BlkThreadTypes> = async (config, env) => {
   const { backend } = await openBlkBackend(config, env);
   let device: VirtioBlkDevice;
   try {
@@ -138,20 +151,29 @@ export async function createQueueThreadDevice(
     await backend.close();
     throw err;
   }
+  const calls: {
+    [K in keyof BlkThreadTypes['calls']]: (
+      arg: BlkThreadTypes['calls'][K][0],
+    ) => Promise<BlkThreadTypes['calls'][K][1]>;
+  } = {
+    resize: async (bytes) => {
+      await device.resize(bytes);
+      return device.capacityBytes;
+    },
+  };
   return {
     device,
-    get inFlight() {
-      return device.inFlight;
-    },
     snapshot: () => blkCounters(device, backend),
-    call: async (name, arg) => {
-      if (name !== 'resize') throw new Error(`unknown call "${name}"`);
-      await device.resize(arg as number);
-      return device.capacityBytes;
+    call: (name, arg) => {
+      const call = calls[name] as ((a: typeof arg) => Promise<number>) | undefined;
+      if (call === undefined) {
+        return Promise.reject(new EngineError('ERR_ENGINE_CALL', `unknown call "${name}"`));
+      }
+      return call(arg);
     },
     close: async () => {
       await device.reset();
       await backend.close();
     },
   };
-}
+};

@@ -1,23 +1,20 @@
 /**
- * Starting one queue of the data path at DRIVER_OK, the same on the main thread (./device.ts) and on a queue
- * thread (./queue-thread-server.ts): build the ring engine with the transport's hooks and the queue's state-log
- * recorder, then either rebuild its in-flight requests from the log (a restarted daemon taking over) or start
- * it where the kernel says.
+ * Starting one queue of the data path at DRIVER_OK (./queue-set.ts, on whichever thread serves it): build the
+ * ring engine with the transport's hooks and the queue's in-flight log, then either rebuild its in-flight
+ * requests from the log (a restarted daemon taking over) or start it where the transport says.
  */
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { SysBinding } from '../../sys/binding.js';
 import { createVirtqueue } from '../../virtio/index.js';
-import type { PackedQueue } from '../../virtio/packed-queue.js';
-import type { SplitQueue } from '../../virtio/split-queue.js';
 import type {
   PackedQueueState,
   SplitQueueState,
   Virtqueue,
   VirtqueueConfig,
   VirtqueueError,
-} from '../../virtio/virtqueue.js';
-import { VduseError } from '../vduse/errors.js';
-import type { QueueLog } from '../vduse/recovery/state-log.js';
+} from '../../virtio/index.js';
+import type { InflightLog, RecoverableLog } from './data-path.js';
+import { EngineError } from './errors.js';
 
 export interface QueueStart {
   /** Interrupt the driver for this queue. */
@@ -26,17 +23,17 @@ export interface QueueStart {
   onError(error: VirtqueueError): void;
   /** Supplies the memory fence on architectures that are not TSO. */
   binding: SysBinding;
-  /** The queue's part of the state log, if the device keeps one. */
-  queueLog: QueueLog | undefined;
+  /** The queue's in-flight log (crash recovery), if the device keeps one. */
+  queueLog: (InflightLog & RecoverableLog) | undefined;
   /** Rebuild the in-flight requests from `queueLog` instead of starting at `state`. */
   recover: boolean;
-  /** Where the kernel says the ring stands (used when not recovering). */
+  /** Where the transport says the ring stands (used when not recovering). */
   state: SplitQueueState | PackedQueueState;
 }
 
 /**
  * Build and position queue `config.index`. Returns the queue and how many requests recovery handed out again.
- * Throws VduseError ERR_VDUSE_RECONNECT when the log cannot be replayed onto the ring.
+ * Throws EngineError ERR_ENGINE_RECOVER when the log cannot be replayed onto the ring.
  */
 export function startQueue(
   config: VirtqueueConfig,
@@ -54,12 +51,12 @@ export function startQueue(
   });
   if (start.recover && queueLog !== undefined) {
     try {
-      return { queue, resubmitted: (queue as SplitQueue | PackedQueue).recoverInflight(queueLog) };
+      return { queue, resubmitted: queue.recoverInflight(queueLog) };
     } catch (err) {
-      throw new VduseError(
-        'ERR_VDUSE_RECONNECT',
+      throw new EngineError(
+        'ERR_ENGINE_RECOVER',
         `cannot recover queue ${config.index}: ${(err as Error).message}`,
-        err,
+        { cause: err },
       );
     }
   }

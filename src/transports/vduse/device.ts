@@ -1,28 +1,25 @@
 /**
- * The VDUSE transport at run time: serves one /dev/vduse/NAME for one VirtioDevice.
+ * The VDUSE transport at run time: the control loop of one /dev/vduse/NAME for one VirtioDevice.
  *
  * The dev fd is non-blocking and watched on the event loop; every readable event drains all queued requests and
  * answers each at once, so the thread never blocks and the kernel (which may be inside a netlink DEV_NEW, a probe
- * or a reset) never waits on us. At DRIVER_OK the rings are mapped through the IOTLB, one kick eventfd per ready
- * queue is installed and watched, and the device is activated; at status 0 all of that is torn down again.
+ * or a reset) never waits on us. The protocol (./protocol.ts) turns each request into an answer and effects;
+ * the effects go to the data path (../engine/data-path.ts): at DRIVER_OK it starts serving the ready queues, at
+ * status 0 it stops, UPDATE_IOTLB drops mappings, GET_VQ_STATE asks it where a queue stands. The data path runs
+ * on this thread (a QueueSet over ./queue-transport.ts) or on queue threads (QueueThreads); this file does not
+ * know which. Crash recovery (take-over of a device a dead process served) checks against the state log in
+ * ./recovery/.
  *
  * DEVICE_NEEDS_RESET: VDUSE gives a userspace device no way to set a status bit itself (the status byte is
  * owned by the driver and only mirrored to us). When a ring turns out malformed or the device calls
- * host.needsReset(), the transport stops serving the queues (kicks are ignored) and logs once; the driver sees
- * its I/O stall until it resets the device, which brings everything back.
+ * host.needsReset(), the data path stops taking requests and logs once; the driver sees its I/O stall until it
+ * resets the device, which brings everything back.
  */
 import { EventEmitter } from 'node:events';
 import { closeSync, constants as fsConstants, openSync } from 'node:fs';
 
 import type { DeviceHost, VirtioDevice } from '../../devices/device.js';
-import {
-  EFD_CLOEXEC,
-  EFD_NONBLOCK,
-  UV_READABLE,
-  type FdWatcher,
-  type SysBinding,
-} from '../../sys/binding.js';
-import type { PackedQueueState, SplitQueueState, Virtqueue, VirtqueueError } from '../../virtio/virtqueue.js';
+import { UV_READABLE, type FdWatcher, type SysBinding } from '../../sys/binding.js';
 import {
   VDUSE_MSG_SIZE,
   VDUSE_REQ_RESULT_FAILED,
@@ -31,23 +28,21 @@ import {
   type VduseDevRequest,
   type VduseDevResponse,
 } from '../../uapi/vduse.js';
-import {
-  devGetFeatures,
-  devInjectConfigIrq,
-  devSetConfig,
-  vqGetInfo,
-  vqInjectIrq,
-  vqSetup,
-  vqSetupKickfd,
-} from './ioctls.js';
+import { devGetFeatures, devInjectConfigIrq, devSetConfig, vqGetInfo, vqSetup } from './ioctls.js';
 import { VduseError, systemErrorMessage } from './errors.js';
 import { IotlbMemory } from '../../memory/iotlb-memory.js';
 import { deviceFdSource } from './iotlb-source.js';
+import { messageOf } from '../../common/errors.js';
 import { nullLogger, type Logger } from '../../common/logger.js';
 import { VduseProtocol, type ProtocolContext, type ProtocolEffect } from './protocol.js';
-import type { QueueSetup } from '../engine/threads/protocol.js';
-import { startQueue } from '../engine/queue-start.js';
-import { QueueThreads, type QueueThreadSpec } from '../engine/threads/queue-threads.js';
+import type { DataPath, QueueSetup, QueueState } from '../engine/data-path.js';
+import { QueueSet } from '../engine/queue-set.js';
+import { QueueThreadError } from '../engine/errors.js';
+import { QueueThreads } from '../engine/threads/queue-threads.js';
+import type { QueueThreadSpec, QueueThreadTypes } from '../engine/threads/protocol.js';
+import type { Virtqueue } from '../../virtio/index.js';
+import { vduseQueueTransport, vduseThreadTransport } from './queue-transport.js';
+import { checkLoggedFeatures, checkLoggedQueues, isReady, recordQueueStart } from './recovery/checks.js';
 import type { StateLog } from './recovery/state-log.js';
 import {
   VIRTIO_CONFIG_S_DRIVER_OK,
@@ -57,7 +52,7 @@ import {
 } from '../../uapi/virtio-config.js';
 import { VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../uapi/virtio-ring.js';
 
-export interface VduseDeviceOptions {
+export interface VduseDeviceOptions<T extends QueueThreadTypes = QueueThreadTypes> {
   binding: SysBinding;
   /** The VDUSE device name (the char device is /dev/vduse/NAME). */
   name: string;
@@ -70,8 +65,8 @@ export interface VduseDeviceOptions {
   /** Closes fds (the dev fd, kick eventfds, IOTLB fds). Default fs.closeSync; tests with a fake binding pass its own. */
   closeFd?: (fd: number) => void;
   /**
-   * Crash-recovery log (./state-log.ts): the status, features, ring positions and in-flight chains are kept
-   * there as they change, so that a restarted daemon can take over (`reconnect`).
+   * Crash-recovery log (./recovery/state-log.ts): the status, features, ring positions and in-flight chains are
+   * kept there as they change, so that a restarted daemon can take over (`reconnect`).
    */
   stateLog?: StateLog;
   /**
@@ -81,24 +76,19 @@ export interface VduseDeviceOptions {
    */
   reconnect?: boolean;
   /**
-   * Serve the queues on `threads` worker threads (queue i on thread i % threads; ./queue-thread.ts), each
+   * Serve the queues on `threads` worker threads (queue i on thread i % threads; ../engine/threads/), each
    * building its own device from `spec`. This thread then keeps only the control path; `device` is used for
    * the features, negotiation and config space and is never activated.
    */
-  queueThreads?: { threads: number; spec: QueueThreadSpec; debug?: boolean; timeoutMs?: number };
+  queueThreads?: { threads: number; spec: QueueThreadSpec<T>; debug?: boolean; timeoutMs?: number };
 }
 
-/** How fast control messages were answered. */
+/** How fast control messages were answered (a view of VduseDeviceStats.messages and .messageMaxMs). */
 export interface ControlStats {
   /** Messages answered. */
   messages: number;
   /** Longest time from the dev fd's readable event to a message's answer, in ms. */
   worstAnswerMs: number;
-}
-
-interface KickSource {
-  fd: number;
-  watcher: FdWatcher;
 }
 
 export interface VduseDeviceEvents {
@@ -115,19 +105,25 @@ export interface VduseDeviceEvents {
 /** Transport counters (plain numbers, cheap to bump; metrics read them at scrape time). */
 export interface VduseDeviceStats {
   /** Kicks (eventfd wake-ups) per queue index (shared with the queue threads when there are some). */
-  kicks: number[] | Float64Array;
+  kicks: Float64Array;
   /** Interrupts injected per queue index. */
-  interrupts: number[] | Float64Array;
+  interrupts: Float64Array;
   configInterrupts: number;
-  /** Control messages (VDUSE requests) answered, and the slowest answer (read to write) in milliseconds. */
+  /**
+   * Control messages (VDUSE requests) answered, and the slowest answer in milliseconds, counted from the dev
+   * fd's readable event (so a message that waited behind others in the same batch counts its wait).
+   */
   messages: number;
   messageMaxMs: number;
 }
 
-export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
+export class VduseDevice<
+  T extends QueueThreadTypes = QueueThreadTypes,
+> extends EventEmitter<VduseDeviceEvents> {
   readonly name: string;
   readonly fd: number;
   readonly device: VirtioDevice;
+  /** Guest memory as this thread maps it (the inline data path's; unused with queue threads). */
   readonly memory: IotlbMemory;
   readonly #binding: SysBinding;
   readonly #closeFd: (fd: number) => void;
@@ -135,50 +131,49 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
   readonly #protocol: VduseProtocol;
   readonly #watcher: FdWatcher;
   readonly #request = new Uint8Array(VDUSE_MSG_SIZE);
+  readonly #stateLog: StateLog | null;
+  /** Where the queues are served: #inline (this thread) or #threads. */
+  readonly #dataPath: DataPath;
+  readonly #inline: QueueSet | null = null;
+  readonly #threads: QueueThreads<T> | null = null;
   #features = 0n;
-  #queues: (Virtqueue | null)[] = [];
-  #kicks: (KickSource | null)[] = [];
-  #saved: (SplitQueueState | PackedQueueState | null)[] = [];
+  /** Queue states saved at the last stop (GET_VQ_STATE after a stop). */
+  #saved: (QueueState | null)[] = [];
+  /** needs-reset was reported (or a drain for a successor began): no further report until the next start. */
   #halted = false;
   #closed = false;
-  #resetting: Promise<void> = Promise.resolve();
-  readonly #stateLog: StateLog | null;
-  /** The queue threads, when the data path runs there (null: on this thread). */
-  #threads: QueueThreads | null = null;
-  /** The queue threads serve a started data path. */
-  #threadsRunning = false;
-  readonly controlStats: ControlStats = { messages: 0, worstAnswerMs: 0 };
   /** Requests resubmitted by the last reconnect. */
   resubmitted = 0;
   readonly stats: VduseDeviceStats;
 
   /** Open /dev/vduse/NAME, set up every queue and start answering requests. */
-  static open(options: VduseDeviceOptions): VduseDevice {
+  static open<T extends QueueThreadTypes = QueueThreadTypes>(options: VduseDeviceOptions<T>): VduseDevice<T> {
     const path = `${options.devDir ?? '/dev/vduse'}/${options.name}`;
     let fd: number;
     try {
       fd = options.fd ?? openSync(path, fsConstants.O_RDWR | fsConstants.O_NONBLOCK);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EBUSY') {
+        throw new VduseError('ERR_VDUSE_BUSY', `cannot open ${path}: another process is serving it`, err);
+      }
       const why =
-        code === 'EBUSY'
-          ? 'another process is serving it'
-          : code === 'ENOENT' || code === 'ENODEV'
-            ? 'no such VDUSE device'
-            : code === 'EACCES' || code === 'EPERM'
-              ? 'permission denied'
-              : systemErrorMessage(err);
+        code === 'ENOENT' || code === 'ENODEV'
+          ? 'no such VDUSE device'
+          : code === 'EACCES' || code === 'EPERM'
+            ? 'permission denied'
+            : systemErrorMessage(err);
       throw new VduseError('ERR_VDUSE_OPEN', `cannot open ${path}: ${why}`, err);
     }
     try {
-      return new VduseDevice(options, fd);
+      return new VduseDevice<T>(options, fd);
     } catch (err) {
       if (options.fd === undefined) (options.closeFd ?? closeSync)(fd);
       throw err;
     }
   }
 
-  private constructor(options: VduseDeviceOptions, fd: number) {
+  private constructor(options: VduseDeviceOptions<T>, fd: number) {
     super();
     this.name = options.name;
     this.fd = fd;
@@ -186,22 +181,15 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     this.#binding = options.binding;
     this.#closeFd = options.closeFd ?? closeSync;
     this.#log = options.logger ?? nullLogger;
-    this.#protocol = new VduseProtocol(this.device.numQueues);
     const n = this.device.numQueues;
-    this.stats = {
-      kicks: new Array<number>(n).fill(0),
-      interrupts: new Array<number>(n).fill(0),
-      configInterrupts: 0,
-      messages: 0,
-      messageMaxMs: 0,
-    };
+    this.#protocol = new VduseProtocol(n);
     this.memory = new IotlbMemory(this.#binding, deviceFdSource(this.#binding, fd), this.#closeFd);
     this.#stateLog = options.stateLog ?? null;
     const reconnect = options.reconnect ?? false;
     if (reconnect && this.#stateLog === null) {
       throw new VduseError('ERR_VDUSE_RECONNECT', 'reconnecting needs a state log');
     }
-    for (let i = 0; i < this.device.numQueues; i++) {
+    for (let i = 0; i < n; i++) {
       // A running device keeps each queue's max size (and on API 1 refuses VQ_SETUP after DRIVER_OK); one whose
       // daemon died right after creating it may not have it yet.
       if (!reconnect || (this.#stateLog!.status & VIRTIO_CONFIG_S_DRIVER_OK) === 0) {
@@ -217,9 +205,9 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     if (options.queueThreads !== undefined) {
       const t = options.queueThreads;
       try {
-        this.#threads = new QueueThreads({
+        this.#threads = new QueueThreads<T>({
           spec: t.spec,
-          devFd: fd,
+          transport: vduseThreadTransport({ devFd: fd, stateLog: this.#stateLog?.path ?? null }),
           numQueues: n,
           threads: t.threads,
           logger: this.#log,
@@ -228,24 +216,42 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
           onNeedsReset: (reason, failed) => this.#threadNeedsReset(reason, failed),
         });
       } catch (err) {
-        throw new VduseError('ERR_VDUSE_THREADS', (err as Error).message, err);
+        throw new VduseError('ERR_VDUSE_THREADS', messageOf(err), err);
       }
-      this.stats.kicks = this.#threads.kicks;
-      this.stats.interrupts = this.#threads.interrupts;
+      this.#dataPath = this.#threads;
+    } else {
+      this.#inline = new QueueSet({
+        binding: this.#binding,
+        device: this.device,
+        transport: vduseQueueTransport(this.#binding, fd, this.memory, this.#stateLog, this.#closeFd),
+        numQueues: n,
+        logger: this.#log,
+        closeFd: this.#closeFd,
+        onNeedsReset: (reason) => this.#needsReset(reason),
+      });
+      this.#dataPath = this.#inline;
     }
+    const counters = this.#dataPath.counters;
+    this.stats = {
+      kicks: counters.subarray(0, n),
+      interrupts: counters.subarray(n, 2 * n),
+      configInterrupts: 0,
+      messages: 0,
+      messageMaxMs: 0,
+    };
     // Recover before serving: messages the kernel re-queued (read but not answered by the dead process) are
     // then answered against the recovered state.
     if (reconnect) {
       try {
         this.#recover();
       } catch (err) {
-        if (this.#queues.length > 0 || this.#threadsRunning) this.#stopDataPath(false);
+        if (this.#dataPath.running) this.#stopDataPath(false);
         this.memory.invalidateAll();
         this.#threads?.terminate();
         throw err;
       }
     }
-    this.#watcher = this.#binding.createFdWatcher(fd, (status, events) => this.#onReadable(status, events));
+    this.#watcher = this.#binding.createFdWatcher(fd, (status) => this.#onReadable(status));
     this.#watcher.start(UV_READABLE);
   }
 
@@ -264,75 +270,80 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     return this.#features;
   }
 
-  /** The live queues (null for not-ready ones); empty while stopped. */
+  /** The live queues served on this thread (null for not-ready ones); empty while stopped or with threads. */
   get queues(): readonly (Virtqueue | null)[] {
-    return this.#queues;
+    return this.#inline?.queues ?? [];
   }
 
   /** The queue threads serving the data path, or null when it runs on this thread. */
-  get queueThreads(): QueueThreads | null {
+  get queueThreads(): QueueThreads<T> | null {
     return this.#threads;
+  }
+
+  /** The data path, whichever thread serves it. */
+  get dataPath(): DataPath {
+    return this.#dataPath;
+  }
+
+  /** How fast control messages were answered (the same counters as stats.messages / stats.messageMaxMs). */
+  get controlStats(): ControlStats {
+    return { messages: this.stats.messages, worstAnswerMs: this.stats.messageMaxMs };
   }
 
   /** Resolves when the last device reset has finished (requests in the backend drained). */
   get settled(): Promise<void> {
-    return this.#resetting;
+    return this.#inline?.settled ?? Promise.resolve();
   }
 
   /**
    * Stop serving: tear the data path down, close the dev fd. Call it after the device was detached (DEV_DEL), so
-   * the kernel has already reset it. Resolves when the device's last requests are done.
+   * the kernel has already reset it. Resolves when the device's last requests are done and no guest memory is
+   * mapped any more.
    */
   async close(): Promise<void> {
-    if (this.#closed) return this.#resetting;
+    if (this.#closed) return this.settled;
     this.#closed = true;
     this.#watcher.close();
-    if (this.#protocol.running || this.#queues.length > 0 || this.#threadsRunning) this.#stopDataPath(true);
-    this.memory.invalidateAll();
-    await this.#threads?.close();
-    this.#closeFd(this.fd);
-    await this.#resetting;
+    if (this.#dataPath.running) this.#stopDataPath(true);
+    await this.#shutDown();
   }
 
   /**
-   * Stop serving but leave the device running for a successor (an upgrade): no more kicks are taken, requests
-   * in flight get up to `drainMs` to complete and be published, then the dev fd is closed. The state log is not
-   * reset: whatever did not complete is resubmitted by the next process (VduseDevice.open with reconnect).
+   * Stop serving but leave the device running for a successor (an upgrade): no more requests are taken,
+   * requests in flight get up to `drainMs` to complete and be published, then the dev fd is closed. The state
+   * log is not reset: whatever did not complete is resubmitted by the next process (VduseDevice.open with
+   * reconnect).
    */
   async closeForRestart(drainMs = 5000): Promise<void> {
-    if (this.#closed) return this.#resetting;
+    if (this.#closed) return this.settled;
     this.#halted = true;
-    for (const kick of this.#kicks) kick?.watcher.stop();
-    const deadline = Date.now() + drainMs;
-    const busy = (): boolean => this.#queues.some((q) => q !== null && q.inFlight > 0);
-    while (busy() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
-    if (this.#threads !== null) {
-      await this.#threads.drain(drainMs).catch((err: unknown) => {
-        this.#log.warn(`draining the queue threads: ${(err as Error).message}`);
-      });
-    }
-    // completions are published on the next turn of the loop
-    await new Promise((r) => setImmediate(r));
-    await new Promise((r) => setImmediate(r));
-    if (this.#closed) return this.#resetting;
+    await this.#dataPath.drain(drainMs).catch((err: unknown) => {
+      this.#log.warn(`draining the data path: ${messageOf(err)}`);
+    });
+    if (this.#closed) return this.settled;
     this.#closed = true;
     this.#watcher.close();
-    if (this.#protocol.running || this.#queues.length > 0 || this.#threadsRunning) this.#stopDataPath(true);
+    if (this.#dataPath.running) this.#stopDataPath(true);
+    await this.#shutDown();
+  }
+
+  /** After the watcher is closed: the data path's last requests, the mappings, the dev fd. */
+  async #shutDown(): Promise<void> {
+    const closing = this.#dataPath.close();
     this.memory.invalidateAll();
-    await this.#threads?.close();
+    await closing;
+    await this.memory.drained();
     this.#closeFd(this.fd);
-    await this.#resetting;
   }
 
   /** Drain and answer every queued request. */
-  #onReadable(status: number, events: number): void {
+  #onReadable(status: number): void {
     if (this.#closed) return;
     const t0 = performance.now();
     if (status < 0) {
       this.#broken(new Error(`poll on /dev/vduse/${this.name} failed (errno ${-status})`));
       return;
     }
-    void events;
     for (;;) {
       let n: number;
       try {
@@ -352,14 +363,13 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
       }
       this.#serve(this.#request);
       const took = performance.now() - t0;
-      this.controlStats.messages++;
-      if (took > this.controlStats.worstAnswerMs) this.controlStats.worstAnswerMs = took;
+      this.stats.messages++;
+      if (took > this.stats.messageMaxMs) this.stats.messageMaxMs = took;
       if (this.#closed) return;
     }
   }
 
   #serve(bytes: Uint8Array): void {
-    const started = performance.now();
     const request = decodeVduseRequest(bytes);
     const ctx: ProtocolContext = {
       acceptFeatures: () => this.#acceptFeatures(),
@@ -370,7 +380,15 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     const { response, effects } = this.#protocol.handle(request, ctx);
     let answer: VduseDevResponse = response;
     for (const effect of effects) {
-      if (!this.#apply(effect)) answer = { request_id: response.request_id, result: VDUSE_REQ_RESULT_FAILED };
+      let ok: boolean;
+      try {
+        ok = this.#apply(effect);
+      } catch (err) {
+        // Nothing the kernel asks may end the process (nor leave the request unanswered).
+        this.#log.error(`request ${describeRequest(request)}: ${messageOf(err)}`);
+        ok = false;
+      }
+      if (!ok) answer = { request_id: response.request_id, result: VDUSE_REQ_RESULT_FAILED };
     }
     // Log first, answer second: a process that dies in between leaves a request the kernel re-sends.
     if (
@@ -389,9 +407,6 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
         this.#log.warn(`request ${request.request_id} was no longer awaited by the kernel`);
       else this.#broken(err as Error);
     }
-    const took = performance.now() - started;
-    this.stats.messages++;
-    if (took > this.stats.messageMaxMs) this.stats.messageMaxMs = took;
   }
 
   /** Carry out one effect; false when the request must be answered FAILED. */
@@ -399,10 +414,10 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     switch (effect.kind) {
       case 'start':
         try {
-          this.#startDataPath();
+          this.#startDataPath(false);
           return true;
         } catch (err) {
-          this.#log.error(`cannot start the data path: ${(err as Error).message}`);
+          this.#log.error(`cannot start the data path: ${messageOf(err)}`);
           this.#stopDataPath(false);
           this.#protocol.startFailed();
           return false;
@@ -419,8 +434,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
         this.emit('reset');
         return true;
       case 'invalidate':
-        this.memory.invalidate(effect.start, effect.last);
-        return this.#threads === null || this.#threads.invalidate(effect.start, effect.last);
+        return this.#dataPath.invalidate(effect.start, effect.last);
     }
   }
 
@@ -440,13 +454,9 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     return true;
   }
 
-  #queueState(index: number): SplitQueueState | PackedQueueState {
-    const live = this.#queues[index];
-    if (live) return live.getState();
-    if (this.#threadsRunning) {
-      const state = this.#threads!.queueState(index);
-      if (state !== null) return state;
-    }
+  #queueState(index: number): QueueState {
+    const live = this.#dataPath.running ? this.#dataPath.state(index) : null;
+    if (live !== null) return live;
     const saved = this.#saved[index];
     if (saved) return saved;
     return hasFeature(this.#features, VIRTIO_F_RING_PACKED)
@@ -459,23 +469,8 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     const log = this.#stateLog!;
     const status = log.status;
     if ((status & (VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)) !== 0) {
-      const features = devGetFeatures(this.#binding, this.fd);
-      const logged = log.features;
-      if (logged !== 0n && features !== logged) {
-        throw new VduseError(
-          'ERR_VDUSE_RECONNECT',
-          `the driver's features 0x${features.toString(16)} are not the logged 0x${logged.toString(16)}`,
-        );
-      }
-      const unknown = features & ~this.device.features;
-      if (unknown !== 0n || !this.device.negotiate(features)) {
-        throw new VduseError(
-          'ERR_VDUSE_RECONNECT',
-          `the driver's features 0x${features.toString(16)} are not acceptable to this device`,
-        );
-      }
-      this.#features = features;
-      log.setFeatures(features);
+      this.#features = checkLoggedFeatures(log, devGetFeatures(this.#binding, this.fd), this.device);
+      log.setFeatures(this.#features);
     }
     this.#protocol.restore(status);
     if (this.#protocol.running) this.#startDataPath(true);
@@ -484,228 +479,56 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     );
   }
 
-  #startDataPath(recover = false): void {
+  #startDataPath(recover: boolean): void {
     if (this.#features === 0n) this.#features = devGetFeatures(this.#binding, this.fd);
     const features = this.#features;
     const packed = hasFeature(features, VIRTIO_F_RING_PACKED);
-    const eventIdx = hasFeature(features, VIRTIO_RING_F_EVENT_IDX);
-    const indirect = hasFeature(features, VIRTIO_RING_F_INDIRECT_DESC);
     const log = this.#stateLog;
-    // First every check, then the changes: a reconnect that does not fit is refused, never half-applied.
     const infos = [];
-    for (let i = 0; i < this.device.numQueues; i++) {
-      const info = vqGetInfo(this.#binding, this.fd, i);
-      const ready = info.ready && info.num !== 0;
-      if (recover && log !== null) {
-        const q = log.queue(i);
-        const ring = q.ring;
-        if (q.valid !== ready) {
-          throw new VduseError(
-            'ERR_VDUSE_RECONNECT',
-            `queue ${i} is ${ready ? '' : 'not '}ready but the state log says otherwise`,
-          );
-        }
-        if (
-          ready &&
-          (ring.size !== info.num ||
-            ring.packed !== packed ||
-            ring.descAddr !== info.descAddr ||
-            ring.driverAddr !== info.driverAddr ||
-            ring.deviceAddr !== info.deviceAddr)
-        ) {
-          throw new VduseError(
-            'ERR_VDUSE_RECONNECT',
-            `queue ${i}: the rings are not where the state log has them`,
-          );
-        }
-      }
-      infos.push({ info, ready });
+    for (let i = 0; i < this.device.numQueues; i++) infos.push(vqGetInfo(this.#binding, this.fd, i));
+    // First every check, then the changes: a reconnect that does not fit is refused, never half-applied.
+    if (recover && log !== null) checkLoggedQueues(log, infos, packed);
+    const queues: QueueSetup[] = infos.filter(isReady).map((info) => ({
+      index: info.index,
+      size: info.num,
+      descAddr: info.descAddr,
+      driverAddr: info.driverAddr,
+      deviceAddr: info.deviceAddr,
+      state: packed ? info.packed : info.split,
+    }));
+    if (log !== null && !recover) {
+      for (const q of queues) recordQueueStart(log.queue(q.index), infos[q.index]!, packed, q.state);
     }
     this.#halted = false;
-    if (this.#threads !== null) {
-      this.#startThreads(infos, { packed, eventIdx, indirect, recover });
-      return;
-    }
-    const queues: (Virtqueue | null)[] = [];
-    this.#queues = queues;
-    this.#kicks = [];
-    let resubmitted = 0;
-    for (let i = 0; i < this.device.numQueues; i++) {
-      const { info, ready } = infos[i]!;
-      if (!ready) {
-        queues.push(null);
-        this.#kicks.push(null);
-        continue;
-      }
-      const queueLog = log?.queue(i);
-      const state = packed ? info.packed : info.split;
-      const started = startQueue(
-        {
-          index: i,
-          size: info.num,
-          descAddr: info.descAddr,
-          driverAddr: info.driverAddr,
-          deviceAddr: info.deviceAddr,
-          eventIdx,
-          indirect,
-        },
+    try {
+      this.resubmitted = this.#dataPath.start({
+        features,
         packed,
-        this.memory,
-        {
-          signal: () => this.#signal(i),
-          onError: (error) => this.#queueError(error),
-          binding: this.#binding,
-          queueLog,
-          recover,
-          state,
-        },
-      );
-      const queue = started.queue;
-      resubmitted += started.resubmitted;
-      if (!recover && queueLog !== undefined) logQueueStart(queueLog, info, packed, state);
-      queues.push(queue);
-      this.#kicks.push(this.#installKick(i));
+        eventIdx: hasFeature(features, VIRTIO_RING_F_EVENT_IDX),
+        indirect: hasFeature(features, VIRTIO_RING_F_INDIRECT_DESC),
+        recover,
+        queues,
+      });
+    } catch (err) {
+      const code = err instanceof QueueThreadError ? err.remoteCode : (err as { code?: unknown }).code;
+      if (code === 'ERR_ENGINE_RECOVER') throw new VduseError('ERR_VDUSE_RECONNECT', messageOf(err), err);
+      throw err;
     }
-    this.resubmitted = resubmitted;
     this.#saved = this.#saved.map(() => null);
     if (log !== null && !recover) {
       log.activated();
       log.setStatus(this.#protocol.status);
     }
-    const ready = queues.filter((q) => q !== null).length;
+    const where = this.#threads !== null ? ` on ${this.#threads.threadCount} threads` : '';
     this.#log.info(
-      `driver ready: ${ready}/${this.device.numQueues} queue(s), ${packed ? 'packed' : 'split'} ring, features 0x${features.toString(16)}`,
-    );
-    this.device.activate({ features, memory: this.memory, queues });
-    if (recover) {
-      // The driver may have missed completions published just before the crash: tell it to look.
-      for (let i = 0; i < queues.length; i++) if (queues[i] !== null) this.#signal(i);
-    }
-    this.emit('driver-ok', features);
-  }
-
-  /** The data path on the queue threads: each starts its ready queues and acknowledges before we answer. */
-  #startThreads(
-    infos: { info: VduseVqInfoLike; ready: boolean }[],
-    ring: { packed: boolean; eventIdx: boolean; indirect: boolean; recover: boolean },
-  ): void {
-    const log = this.#stateLog;
-    const features = this.#features;
-    const setups: QueueSetup[] = [];
-    infos.forEach(({ info, ready }, i) => {
-      if (!ready) return;
-      const state = ring.packed ? info.packed : info.split;
-      if (log !== null && !ring.recover) logQueueStart(log.queue(i), info, ring.packed, state);
-      setups.push({
-        index: i,
-        size: info.num,
-        descAddr: info.descAddr,
-        driverAddr: info.driverAddr,
-        deviceAddr: info.deviceAddr,
-        state,
-      });
-    });
-    this.resubmitted = this.#threads!.start(
-      {
-        features,
-        packed: ring.packed,
-        eventIdx: ring.eventIdx,
-        indirect: ring.indirect,
-        recover: ring.recover,
-        stateLog: log?.path ?? null,
-      },
-      setups,
-    );
-    this.#threadsRunning = true;
-    this.#saved = this.#saved.map(() => null);
-    if (log !== null && !ring.recover) {
-      log.activated();
-      log.setStatus(this.#protocol.status);
-    }
-    this.#log.info(
-      `driver ready: ${setups.length}/${this.device.numQueues} queue(s) on ${this.#threads!.threadCount} threads, ${ring.packed ? 'packed' : 'split'} ring, features 0x${features.toString(16)}`,
+      `driver ready: ${queues.length}/${this.device.numQueues} queue(s)${where}, ${packed ? 'packed' : 'split'} ring, features 0x${features.toString(16)}`,
     );
     this.emit('driver-ok', features);
-  }
-
-  #installKick(index: number): KickSource {
-    const fd = this.#binding.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    try {
-      vqSetupKickfd(this.#binding, this.fd, index, fd);
-      const watcher = this.#binding.createFdWatcher(fd, (status) => this.#onKick(index, fd, status));
-      watcher.start(UV_READABLE);
-      return { fd, watcher };
-    } catch (err) {
-      this.#closeFd(fd);
-      throw err;
-    }
-  }
-
-  #onKick(index: number, fd: number, status: number): void {
-    if (status < 0) {
-      this.#log.warn(`kick eventfd of queue ${index} failed (errno ${-status})`);
-      return;
-    }
-    try {
-      this.#binding.eventfdRead(fd);
-    } catch (err) {
-      this.#log.warn(`reading the kick of queue ${index}: ${(err as Error).message}`);
-    }
-    this.stats.kicks[index]!++;
-    if (this.#halted || this.#queues[index] == null) return;
-    try {
-      this.device.queueNotify(index);
-    } catch (err) {
-      this.#needsReset(err as Error);
-    }
-  }
-
-  #signal(index: number): void {
-    try {
-      vqInjectIrq(this.#binding, this.fd, index);
-      this.stats.interrupts[index]!++;
-    } catch (err) {
-      // EINVAL before DRIVER_OK or after a reset raced with a late completion: nothing to tell.
-      this.#log.debug(`interrupt for queue ${index} not injected: ${(err as Error).message}`);
-    }
   }
 
   #stopDataPath(reset: boolean): void {
-    if (this.#threads !== null) {
-      const wasRunning = this.#threadsRunning;
-      this.#threadsRunning = false;
-      if (wasRunning || reset) {
-        const states = this.#threads.stop(reset);
-        for (const [i, state] of states) this.#saved[i] = state;
-      }
-    }
-    for (const kick of this.#kicks) {
-      if (kick === null) continue;
-      kick.watcher.close();
-      try {
-        this.#closeFd(kick.fd);
-      } catch {
-        // already gone
-      }
-    }
-    this.#kicks = [];
-    if (this.#queues.length > 0) {
-      this.#saved = this.#queues.map((q, i) => (q ? q.getState() : (this.#saved[i] ?? null)));
-    }
-    const hadQueues = this.#queues.length > 0;
-    this.#queues = [];
+    for (const [i, state] of this.#dataPath.stop(reset)) this.#saved[i] = state;
     this.#halted = false;
-    if (hadQueues || reset) {
-      const done = this.device.reset().catch((err: unknown) => {
-        this.#log.warn(`device reset: ${(err as Error).message}`);
-      });
-      this.#resetting = Promise.all([this.#resetting, done]).then(() => undefined);
-    }
-    if (reset) this.memory.invalidateAll();
-  }
-
-  #queueError(error: VirtqueueError): void {
-    this.#needsReset(error);
   }
 
   /** A queue thread asked for a reset, or failed (then it is logged even when the device was halted already). */
@@ -721,8 +544,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
   #needsReset(reason: Error): void {
     if (this.#halted) return;
     this.#halted = true;
-    for (const kick of this.#kicks) kick?.watcher.stop();
-    this.#threads?.halt();
+    this.#dataPath.halt();
     this.#log.error(
       `device needs reset: ${reason.message}; the data path is stopped until the driver resets the device`,
     );
@@ -739,7 +561,7 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
       }
       this.#log.debug('config space updated');
     } catch (err) {
-      this.#log.warn(`config update failed: ${(err as Error).message}`);
+      this.#log.warn(`config update failed: ${messageOf(err)}`);
     }
   }
 
@@ -749,33 +571,6 @@ export class VduseDevice extends EventEmitter<VduseDeviceEvents> {
     this.#watcher.stop();
     this.emit('broken', reason);
   }
-}
-
-type VduseVqInfoLike = ReturnType<typeof vqGetInfo>;
-
-/** Record in the state log where a queue starts (its rings and positions). */
-function logQueueStart(
-  queueLog: ReturnType<StateLog['queue']>,
-  info: VduseVqInfoLike,
-  packed: boolean,
-  state: SplitQueueState | PackedQueueState,
-): void {
-  const pos = 'nextAvail' in state ? state.nextAvail : state.lastAvailIdx | (state.lastAvailCounter << 15);
-  const used =
-    'nextAvail' in state
-      ? (state.nextUsed ?? state.nextAvail)
-      : state.lastUsedIdx | (state.lastUsedCounter << 15);
-  queueLog.start(
-    {
-      size: info.num,
-      packed,
-      descAddr: info.descAddr,
-      driverAddr: info.driverAddr,
-      deviceAddr: info.deviceAddr,
-    },
-    pos,
-    used,
-  );
 }
 
 function describeRequest(request: VduseDevRequest): string {

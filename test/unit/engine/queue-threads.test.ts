@@ -9,17 +9,14 @@ import {
   threadExecArgv,
   type QueueThreadsOptions,
 } from '../../../src/transports/engine/threads/queue-threads.js';
+import { QueueThreadError } from '../../../src/transports/engine/errors.js';
+import { VduseTsError } from '../../../src/common/errors.js';
+import { vduseThreadTransport } from '../../../src/transports/vduse/queue-transport.js';
+import type { TestThreadTypes } from '../vduse/fixtures/thread-device.js';
 
 const MODULE = new URL('../vduse/fixtures/thread-device.js', import.meta.url).href;
 
-interface Snap {
-  threadId: number;
-  activations: number;
-  resets: number;
-  features: bigint;
-}
-
-function pool(extra: Partial<QueueThreadsOptions> = {}) {
+function pool(extra: Partial<QueueThreadsOptions<TestThreadTypes>> = {}) {
   const needs: { reason: Error; failed: boolean }[] = [];
   /** Resolves once `n` reports have come in (the threads report on their own time). */
   const waiters: { n: number; resolve: () => void }[] = [];
@@ -30,10 +27,10 @@ function pool(extra: Partial<QueueThreadsOptions> = {}) {
     });
   const lines: string[] = [];
   const logger: Logger = { ...nullLogger, error: (m) => lines.push(m), warn: (m) => lines.push(m) };
-  const threads = new QueueThreads({
+  const threads = new QueueThreads<TestThreadTypes>({
     spec: { module: MODULE, options: {} },
     // no queue is started here, so no ioctl reaches this fd
-    devFd: -1,
+    transport: vduseThreadTransport({ devFd: -1, stateLog: null }),
     numQueues: 3,
     threads: 2,
     logger,
@@ -55,7 +52,7 @@ const common = {
   eventIdx: false,
   indirect: false,
   recover: false,
-  stateLog: null,
+  queues: [],
 };
 
 describe('QueueThreads (worker threads)', () => {
@@ -67,8 +64,8 @@ describe('QueueThreads (worker threads)', () => {
         [0, 1, 2].map((i) => threads.ownerOf(i)),
         [0, 1, 0],
       );
-      assert.equal(threads.start(common, []), 0);
-      const snaps = threads.snapshot() as Snap[];
+      assert.equal(threads.start(common), 0);
+      const snaps = threads.snapshot().map((s) => s!);
       assert.equal(snaps.length, 2);
       const ids = new Set(snaps.map((s) => s.threadId));
       assert.equal(ids.size, 2, 'two threads');
@@ -79,11 +76,11 @@ describe('QueueThreads (worker threads)', () => {
       }
       assert.deepEqual(threads.stop(true), [], 'no live queue');
       assert.deepEqual(
-        (threads.snapshot() as Snap[]).map((s) => s.resets),
+        threads.snapshot().map((s) => s?.resets),
         [1, 1],
       );
       assert.equal(threads.invalidate(0, 0xffff), true);
-      assert.equal(threads.queueState(1), null);
+      assert.equal(threads.state(1), null);
       assert.deepEqual(await threads.call('echo', 42), [42, 42]);
       await assert.rejects(threads.call('fail', 'x'), /refused x/);
       assert.equal(threads.kicks.length, 3);
@@ -100,6 +97,29 @@ describe('QueueThreads (worker threads)', () => {
       () => pool({ spec: { module: MODULE, options: { fail: true } } }),
       /^QueueThreadError: queue thread 0 could not start: the backend cannot be opened here$/,
     );
+    assert.throws(
+      () => pool({ spec: { module: MODULE, options: { fail: true } } }),
+      (err: unknown) =>
+        err instanceof QueueThreadError && err instanceof VduseTsError && err.code === 'ERR_QUEUE_THREAD',
+    );
+  });
+
+  it('the spec, the calls and the snapshots are typed by the device module (compile-time checks)', () => {
+    // Nothing runs: these lines only have to compile, and the marked ones must not.
+    const check = (threads: QueueThreads<TestThreadTypes>): void => {
+      const echoed: Promise<number[]> = threads.call('echo', 1);
+      // @ts-expect-error echo takes a number
+      void threads.call('echo', 'x');
+      // @ts-expect-error no such call
+      void threads.call('resize', 1);
+      const snap = threads.snapshot()[0];
+      const resets: number | undefined = snap?.resets;
+      // @ts-expect-error no such counter
+      void snap?.missing;
+      void echoed;
+      void resets;
+    };
+    assert.equal(typeof check, 'function');
   });
 
   it('a thread count that does not fit the queues is refused', () => {
@@ -113,7 +133,7 @@ describe('QueueThreads (worker threads)', () => {
     async () => {
       const { threads, needs, reported } = pool();
       try {
-        threads.start(common, []);
+        threads.start(common);
         await threads.call('crash', null).catch(() => undefined);
         // Each thread crashes on its own time (one report may come long after the other on a loaded machine):
         // wait for both reports, however long they take (the test's timeout guards against a hang).
@@ -127,8 +147,8 @@ describe('QueueThreads (worker threads)', () => {
         assert.deepEqual(threads.snapshot(), [null, null]);
         // The dead threads' exits come after their errors: they must not be reported again.
         await new Promise((r) => setTimeout(r, 20));
-        threads.start(common, []);
-        const snaps = threads.snapshot() as Snap[];
+        threads.start(common);
+        const snaps = threads.snapshot().map((s) => s!);
         assert.deepEqual(
           snaps.map((s) => s.activations),
           [1, 1],

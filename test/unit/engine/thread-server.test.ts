@@ -17,11 +17,14 @@ import {
   kickSlot,
   queueOwner,
   queuesOf,
+  type QueueThreadCommand,
   type QueueThreadEvent,
-  type StartCommand,
   type StoppedQueues,
 } from '../../../src/transports/engine/threads/protocol.js';
 import { QueueThreadServer } from '../../../src/transports/engine/threads/server.js';
+import { IotlbMemory } from '../../../src/memory/iotlb-memory.js';
+import { deviceFdSource } from '../../../src/transports/vduse/iotlb-source.js';
+import { vduseQueueTransport } from '../../../src/transports/vduse/queue-transport.js';
 import { EchoDevice, until } from '../vduse/helpers.js';
 
 const FEATURES = (1n << 32n) | (1n << 33n) | (1n << 29n);
@@ -65,13 +68,18 @@ function setup() {
   const events: QueueThreadEvent[] = [];
   const counters = new Float64Array(4);
   let closed = false;
-  const server = new QueueThreadServer({
+  const closeFd = (x: number): void => binding.close(x);
+  const memory = new IotlbMemory(binding, deviceFdSource(binding, fd), closeFd);
+  const server = new QueueThreadServer<{
+    options: object;
+    snapshot: { notified: number };
+    calls: { resize: [number, { name: string; arg: number }] };
+  }>({
     binding,
-    devFd: fd,
+    transport: vduseQueueTransport(binding, fd, memory, null, closeFd),
     numQueues: 2,
     device: {
       device,
-      inFlight: 0,
       snapshot: () => ({ notified: device.notified.length }),
       call: (name, arg) => Promise.resolve({ name, arg }),
       close: () => {
@@ -82,26 +90,27 @@ function setup() {
     counters,
     emit: (e) => events.push(e),
     logger: nullLogger,
-    closeFd: (x) => binding.close(x),
+    closeFd,
   });
-  const start: StartCommand = {
+  const start: Extract<QueueThreadCommand, { op: 'start' }> = {
     op: 'start',
-    features: FEATURES,
-    packed: false,
-    eventIdx: true,
-    indirect: true,
-    queues: [
-      {
-        index: 1,
-        size: 16,
-        descAddr: drv.config.descAddr,
-        driverAddr: drv.config.driverAddr,
-        deviceAddr: drv.config.deviceAddr,
-        state: { nextAvail: 0 },
-      },
-    ],
-    recover: false,
-    stateLog: null,
+    start: {
+      features: FEATURES,
+      packed: false,
+      eventIdx: true,
+      indirect: true,
+      queues: [
+        {
+          index: 1,
+          size: 16,
+          descAddr: drv.config.descAddr,
+          driverAddr: drv.config.driverAddr,
+          deviceAddr: drv.config.deviceAddr,
+          state: { nextAvail: 0 },
+        },
+      ],
+      recover: false,
+    },
     generation: 1,
   };
   return {
@@ -109,6 +118,7 @@ function setup() {
     drv,
     device,
     server,
+    memory,
     kickfds,
     irqs,
     events,
@@ -138,6 +148,7 @@ describe('QueueThreadServer (over FakeBinding)', () => {
     assert.equal(t.device.context?.queues[0], null, "queue 0 is another thread's");
     assert.ok(t.device.context?.queues[1]);
     assert.equal(t.device.context?.memory, t.server.memory, 'the thread maps guest memory itself');
+    assert.equal(t.server.memory, t.memory);
     t.drv.addChain({ readable: [new Uint8Array([1, 2, 3])], writable: [3] });
     t.drv.kick();
     t.binding.eventfdWrite(t.kickfds.get(1)!, 1);
@@ -159,12 +170,12 @@ describe('QueueThreadServer (over FakeBinding)', () => {
     await until('served', () => t.drv.usedEntries().length === 1);
     assert.deepEqual(t.server.handle({ op: 'state', index: 1 }), { nextAvail: 1, nextUsed: 1 });
     assert.equal(t.server.handle({ op: 'state', index: 0 }), null, 'not served here');
-    assert.equal(t.server.memory.mappedRegions, 1);
+    assert.equal(t.memory.mappedRegions, 1);
     t.server.handle({ op: 'invalidate', start: 0, last: 0xfffff });
-    assert.equal(t.server.memory.mappedRegions, 1, 'outside the range: kept');
+    assert.equal(t.memory.mappedRegions, 1, 'outside the range: kept');
     t.server.handle({ op: 'invalidate', start: 0x180000, last: 0x180000 });
-    assert.equal(t.server.memory.mappedRegions, 0, 'overlapping: dropped');
-    const stopped = t.server.handle({ op: 'stop', reset: true }) as StoppedQueues;
+    assert.equal(t.memory.mappedRegions, 0, 'overlapping: dropped');
+    const stopped: StoppedQueues = t.server.handle({ op: 'stop', reset: true }) as StoppedQueues;
     assert.deepEqual(stopped, [[1, { nextAvail: 1, nextUsed: 1 }]]);
     assert.equal(t.device.resets, 1);
     assert.equal(t.binding.activeWatchers(), 0, 'kick watcher closed');
@@ -180,7 +191,7 @@ describe('QueueThreadServer (over FakeBinding)', () => {
     t.server.handle({ ...t.start, generation: 7 });
     t.device.host!.needsReset(new Error('bad ring'));
     t.device.host!.needsReset(new Error('again'));
-    assert.deepEqual(t.events, [{ event: 'needs-reset', message: 'bad ring', generation: 7 }]);
+    assert.deepEqual(t.events, [{ event: 'needs-reset', error: { message: 'bad ring' }, generation: 7 }]);
     t.drv.addChain({ readable: [new Uint8Array(2)], writable: [2] });
     t.drv.kick();
     t.binding.eventfdWrite(t.kickfds.get(1)!, 1);
@@ -200,7 +211,7 @@ describe('QueueThreadServer (over FakeBinding)', () => {
 
   it('device calls go to the device; an unknown op has no call', async () => {
     const t = setup();
-    assert.deepEqual(await (t.server.handle({ op: 'call', name: 'resize', arg: 4096 }) as Promise<unknown>), {
+    assert.deepEqual(await t.server.handle({ op: 'call', name: 'resize', arg: 4096 }), {
       name: 'resize',
       arg: 4096,
     });

@@ -152,3 +152,73 @@ describe('IotlbMemory', () => {
     assert.equal(calls.lookups.length, 4);
   });
 });
+
+describe('IotlbMemory pins (a dropped region outlives the requests that may hold views of it)', () => {
+  const two = (): IotlbEntry[] => [
+    { start: 0x1000, last: 0x1fff, offset: 0x1000, perm: 3 },
+    { start: 0x8000, last: 0x8fff, offset: 0x8000, perm: 3 },
+  ];
+
+  it('a region dropped while pinned stays mapped until the pin of its generation goes', async () => {
+    const { memory, calls } = setup(two());
+    const v = memory.view(0x1000, 16, ACCESS_WRITE);
+    const g = memory.pin();
+    memory.invalidate(0x1000, 0x1fff);
+    assert.equal(memory.mappedRegions, 0, 'no new view of it');
+    assert.equal(memory.retiredRegions, 1);
+    assert.equal(calls.unmaps, 0, 'not unmapped under the request');
+    assert.equal(v.length, 16, 'the view still works');
+    let drained = false;
+    void memory.drained().then(() => (drained = true));
+    memory.unpin(g);
+    assert.equal(calls.unmaps, 1);
+    assert.equal(memory.retiredRegions, 0);
+    assert.equal(v.length, 0, 'detached by the munmap');
+    await new Promise((r) => setImmediate(r));
+    assert.ok(drained, 'drained() resolves once nothing is retired');
+    assert.equal(memory.pins, 0);
+  });
+
+  it('a pin taken after a region was dropped, or before it was mapped, does not hold it', () => {
+    const { memory, calls } = setup(two());
+    const early = memory.pin(); // generation 0, nothing mapped yet
+    memory.invalidateAll(); // generation 1
+    memory.view(0x1000, 1, ACCESS_READ); // mapped in generation 1
+    memory.invalidate(0x1000, 0x1fff);
+    assert.equal(calls.unmaps, 1, 'the early pin cannot hold a view of a region mapped after it');
+    memory.view(0x8000, 1, ACCESS_READ); // generation 2
+    const held = memory.pin();
+    memory.invalidate(0x8000, 0x8fff); // generation 3
+    const late = memory.pin();
+    assert.equal(memory.retiredRegions, 1);
+    memory.unpin(late);
+    memory.unpin(early);
+    assert.equal(memory.retiredRegions, 1, 'only the pin of its own generation holds it');
+    memory.unpin(held);
+    assert.equal(memory.retiredRegions, 0);
+    assert.equal(calls.unmaps, 2);
+  });
+
+  it('a region found stale by a look-up waits for the pins of the current generation too', () => {
+    const entries = [{ start: 0x1000, last: 0x1fff, offset: 0x1000, perm: 3 }];
+    const { memory, calls } = setup(entries);
+    memory.view(0x1000, 1, ACCESS_READ);
+    const g = memory.pin();
+    // The kernel's map changed without an UPDATE_IOTLB: the next miss brings an overlapping entry.
+    entries[0] = { start: 0x0, last: 0x2fff, offset: 0, perm: 3 };
+    memory.view(0x2800, 1, ACCESS_READ);
+    assert.equal(memory.mappedRegions, 1);
+    assert.equal(memory.retiredRegions, 1);
+    assert.equal(calls.unmaps, 0);
+    memory.unpin(g);
+    assert.equal(memory.retiredRegions, 0, 'swept when the last pin of the generation goes');
+    assert.equal(calls.unmaps, 1);
+  });
+
+  it('unpin of a generation that holds nothing is a no-op', () => {
+    const { memory } = setup(two());
+    memory.unpin(5);
+    memory.unpin(memory.generation);
+    assert.equal(memory.pins, 0);
+  });
+});

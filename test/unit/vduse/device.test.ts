@@ -172,6 +172,9 @@ describe('VduseDevice (over FakeBinding)', () => {
     assert.equal(t.device.context.queues[1], null, 'queue 1 not ready');
     assert.deepEqual([...t.kickfds.keys()], [0], 'a kick eventfd for the ready queue only');
     assert.equal(t.dev.running, true);
+    assert.equal(t.dev.dataPath.running, true);
+    assert.equal(t.dev.stats.messages, 5, 'one counter per control message');
+    assert.deepEqual(t.dev.controlStats, { messages: 5, worstAnswerMs: t.dev.stats.messageMaxMs });
     await t.dev.close();
   });
 
@@ -262,6 +265,26 @@ describe('VduseDevice (over FakeBinding)', () => {
     assert.equal(t.responses.at(-1)!.result, VDUSE_REQ_RESULT_OK);
     assert.equal(t.dev.memory.mappedRegions, 0);
     assert.ok(t.dev.memory.generation > g);
+    await t.dev.close();
+  });
+
+  it('an effect that throws is answered FAILED; the process and the device carry on', async () => {
+    const t = setup();
+    await t.send(t.status(0xb), t.status(0xf));
+    t.drv.addChain({ readable: [new Uint8Array(1)], writable: [1] });
+    t.drv.kick();
+    t.binding.eventfdWrite(t.kickfds.get(0)!, 1);
+    await until('the kick', () => t.device.notified.length === 1);
+    assert.ok(t.dev.memory.mappedRegions > 0, 'rings mapped');
+    const munmap = t.binding.munmap;
+    t.binding.munmap = () => {
+      throw new Error('munmap failed');
+    };
+    await t.send({ kind: 'update_iotlb', type: 2, start: 0n, last: (1n << 64n) - 1n, asid: 0 });
+    assert.equal(t.responses.at(-1)!.result, VDUSE_REQ_RESULT_FAILED);
+    t.binding.munmap = munmap;
+    await t.send({ kind: 'get_vq_state', type: 0, index: 0 });
+    assert.equal(t.responses.at(-1)!.result, VDUSE_REQ_RESULT_OK, 'still answering');
     await t.dev.close();
   });
 

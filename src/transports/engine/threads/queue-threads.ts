@@ -1,10 +1,11 @@
 /**
  * Queue threads (`--queue-threads N`): the data path of a multi-queue device spread over N worker threads,
- * queue i on thread i % N, so that the queues use several cores. Each thread maps guest memory itself, watches
- * its own kick eventfds, injects its own interrupts and has its own device instance and backend handle
- * (./queue-thread-server.ts). The main thread keeps the control path (./device.ts): it tells the threads about
- * DRIVER_OK, resets, IOTLB invalidations and queue-state requests and waits for each to be carried out before
- * it answers the kernel (./queue-thread-protocol.ts).
+ * queue i on thread i % N, so that the queues use several cores. Each thread runs the same engine as the inline
+ * data path (../queue-set.ts, wrapped by ./server.ts): it maps guest memory itself, watches its own kick fds,
+ * injects its own interrupts and has its own device instance and backend handle. The transport's control loop
+ * keeps the control path and sees this as a DataPath (../data-path.ts): it tells the threads about DRIVER_OK,
+ * resets, IOTLB invalidations and queue-state requests and waits for each to be carried out before it answers
+ * the kernel (./protocol.ts).
  *
  * A thread that fails (an uncaught error, an exit, no answer in time) is reported once through onNeedsReset:
  * the device stops serving until the driver resets it, and the next DRIVER_OK starts a fresh thread.
@@ -12,41 +13,33 @@
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 
 import type { Logger } from '../../../common/logger.js';
+import type { DataPath, DataPathStart, QueueState, StoppedQueues } from '../data-path.js';
+import { QueueThreadError } from '../errors.js';
 import {
   queuesOf,
   queueOwner,
-  type QueueSetup,
-  type QueueState,
+  type CallArg,
+  type CallName,
+  type CallResult,
+  type QueueThreadAnswers,
   type QueueThreadCommand,
+  type QueueThreadData,
   type QueueThreadEvent,
+  type QueueThreadOp,
   type QueueThreadReply,
-  type StartCommand,
-  type StoppedQueues,
+  type QueueThreadSpec,
+  type QueueThreadTypes,
+  type RemoteError,
+  type ThreadTransportSpec,
 } from './protocol.js';
 
-/** How a thread builds its device: a module exporting createQueueThreadDevice, and its (cloneable) options. */
-export interface QueueThreadSpec {
-  /** URL (file:) of the module. */
-  module: string;
-  options: unknown;
-}
+export { QueueThreadError };
+export type { QueueThreadSpec, QueueThreadData };
 
-/** workerData of a queue thread. */
-export interface QueueThreadData {
-  devFd: number;
-  numQueues: number;
-  spec: QueueThreadSpec;
-  /** Int32 ack word, bumped after every synchronous reply. */
-  ack: SharedArrayBuffer;
-  /** Float64 counters: kicks per queue, then interrupts per queue. */
-  counters: SharedArrayBuffer;
-  syncPort: MessagePort;
-  debug: boolean;
-}
-
-export interface QueueThreadsOptions {
-  spec: QueueThreadSpec;
-  devFd: number;
+export interface QueueThreadsOptions<T extends QueueThreadTypes = QueueThreadTypes> {
+  spec: QueueThreadSpec<T>;
+  /** The transport's side in each thread (VDUSE: ../../vduse/queue-transport.ts). */
+  transport: ThreadTransportSpec;
   numQueues: number;
   threads: number;
   logger: Logger;
@@ -56,11 +49,16 @@ export interface QueueThreadsOptions {
   timeoutMs?: number;
   /** A thread asked for a device reset (`failed` false), or failed (true). Called on the main thread. */
   onNeedsReset(reason: Error, failed: boolean): void;
-  /** The worker entry; default ./queue-thread-worker.js. */
+  /** The worker entry; default ./worker.js. */
   entry?: URL;
 }
 
-interface Thread {
+interface Pending {
+  resolve: (v: QueueThreadAnswers[QueueThreadOp]) => void;
+  reject: (e: Error) => void;
+}
+
+interface Thread<T extends QueueThreadTypes> {
   readonly index: number;
   readonly worker: Worker;
   readonly ack: Int32Array;
@@ -69,33 +67,37 @@ interface Thread {
   dead: boolean;
   /** Still starting: a failure is thrown to the caller, not reported. */
   starting: boolean;
-  readonly pending: Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>;
+  readonly pending: Map<number, Pending>;
   /** The device's counters when the thread was closed (they outlive it). */
-  last: unknown;
+  last: T['snapshot'] | null;
 }
 
-export class QueueThreadError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'QueueThreadError';
-  }
+/** The error a thread sent back, as thrown on this side. */
+function fromRemote(error: RemoteError, prefix = ''): QueueThreadError {
+  return new QueueThreadError(
+    `${prefix}${error.message}`,
+    error.code !== undefined ? { remoteCode: error.code } : {},
+  );
 }
 
-export class QueueThreads {
-  /** Kicks per queue index (shared with the threads). */
+export class QueueThreads<T extends QueueThreadTypes = QueueThreadTypes> implements DataPath {
+  /** Kicks per queue, then interrupts per queue (shared with the threads). */
+  readonly counters: Float64Array;
+  /** Kicks per queue index (a view of `counters`). */
   readonly kicks: Float64Array;
-  /** Interrupts per queue index (shared with the threads). */
+  /** Interrupts per queue index (a view of `counters`). */
   readonly interrupts: Float64Array;
-  readonly #o: QueueThreadsOptions;
+  readonly #o: QueueThreadsOptions<T>;
   readonly #counters: SharedArrayBuffer;
-  readonly #threads: Thread[] = [];
+  readonly #threads: Thread<T>[] = [];
   readonly #timeoutMs: number;
   #nextId = 1;
   #generation = 0;
   #closing = false;
+  #running = false;
 
   /** Start the threads and wait until each has built its device (or throw, with none left running). */
-  constructor(options: QueueThreadsOptions) {
+  constructor(options: QueueThreadsOptions<T>) {
     const { threads, numQueues } = options;
     if (!Number.isInteger(threads) || threads < 2 || threads > numQueues) {
       throw new RangeError(`queue threads: ${threads} thread(s) for ${numQueues} queue(s)`);
@@ -103,6 +105,7 @@ export class QueueThreads {
     this.#o = options;
     this.#timeoutMs = options.timeoutMs ?? 10_000;
     this.#counters = new SharedArrayBuffer(Float64Array.BYTES_PER_ELEMENT * numQueues * 2);
+    this.counters = new Float64Array(this.#counters);
     this.kicks = new Float64Array(this.#counters, 0, numQueues);
     this.interrupts = new Float64Array(this.#counters, Float64Array.BYTES_PER_ELEMENT * numQueues, numQueues);
     try {
@@ -117,6 +120,10 @@ export class QueueThreads {
     return this.#threads.length;
   }
 
+  get running(): boolean {
+    return this.#running;
+  }
+
   /** The thread serving queue `index`. */
   ownerOf(index: number): number {
     return queueOwner(index, this.#threads.length);
@@ -126,32 +133,36 @@ export class QueueThreads {
    * DRIVER_OK: each thread starts serving its ready queues. Throws when one cannot (the others are stopped
    * again). Returns the number of requests resubmitted (recover).
    */
-  start(common: Omit<StartCommand, 'op' | 'queues' | 'generation'>, queues: readonly QueueSetup[]): number {
+  start(start: DataPathStart): number {
+    if (this.#running) this.stop(false);
     const generation = ++this.#generation;
     for (const t of this.#threads) if (t.dead) this.#threads[t.index] = this.#spawn(t.index);
     let resubmitted = 0;
-    const started: Thread[] = [];
+    const started: Thread<T>[] = [];
     try {
       for (const t of this.#threads) {
-        const mine = queues.filter((q) => this.ownerOf(q.index) === t.index);
-        const n = this.#callSync(t, { op: 'start', ...common, queues: mine, generation });
+        const mine = start.queues.filter((q) => this.ownerOf(q.index) === t.index);
+        resubmitted += this.#callSync(t, { op: 'start', start: { ...start, queues: mine }, generation });
         started.push(t);
-        resubmitted += typeof n === 'number' ? n : 0;
       }
     } catch (err) {
       for (const t of started) this.#tryStop(t);
       throw err;
     }
+    this.#running = true;
     return resubmitted;
   }
 
   /** Stop every thread's queues (and with reset drop every mapping); the states of the queues that were live. */
   stop(reset: boolean): StoppedQueues {
+    const wasRunning = this.#running;
+    this.#running = false;
     const states: StoppedQueues = [];
+    if (!wasRunning && !reset) return states;
     for (const t of this.#threads) {
       if (t.dead) continue;
       try {
-        states.push(...(this.#callSync(t, { op: 'stop', reset }) as StoppedQueues));
+        states.push(...this.#callSync(t, { op: 'stop', reset }));
       } catch (err) {
         this.#o.logger.debug(`queue thread ${t.index}: ${(err as Error).message}`);
       }
@@ -175,17 +186,18 @@ export class QueueThreads {
   }
 
   /** GET_VQ_STATE: the live state of queue `index`, or null when it is not live (or its thread is gone). */
-  queueState(index: number): QueueState | null {
+  state(index: number): QueueState | null {
+    if (!this.#running) return null;
     const t = this.#threads[this.ownerOf(index)];
     if (t === undefined || t.dead) return null;
     try {
-      return this.#callSync(t, { op: 'state', index }) as QueueState | null;
+      return this.#callSync(t, { op: 'state', index });
     } catch {
       return null;
     }
   }
 
-  /** Stop taking kicks on every thread (one of them needs a reset). Not waited for. */
+  /** Stop taking requests on every thread (one of them needs a reset). Not waited for. */
   halt(): void {
     for (const t of this.#threads) if (!t.dead) t.worker.postMessage({ op: 'halt', id: 0, sync: false });
   }
@@ -194,7 +206,7 @@ export class QueueThreads {
    * Each thread's device counters (QueueThreadDevice.snapshot()); after close() the ones the threads had at
    * the end; null for a thread that failed.
    */
-  snapshot(): unknown[] {
+  snapshot(): (T['snapshot'] | null)[] {
     return this.#threads.map((t) => {
       if (t.dead || this.#closing) return t.last;
       try {
@@ -205,22 +217,25 @@ export class QueueThreads {
     });
   }
 
-  /** A device call on every thread (e.g. resize), in parallel. */
-  async call(name: string, arg: unknown): Promise<unknown[]> {
-    return Promise.all(this.#threads.map((t) => this.#callAsync(t, { op: 'call', name, arg })));
+  /** A device call on every thread (e.g. resize), in parallel; the results in thread order. */
+  async call<K extends CallName<T>>(name: K, arg: CallArg<T, K>): Promise<CallResult<T, K>[]> {
+    const cmd = { op: 'call', name, arg } as Extract<QueueThreadCommand<T>, { op: 'call' }>;
+    const results = await Promise.all(this.#threads.map((t) => this.#callAsync(t, cmd)));
+    return results as CallResult<T, K>[];
   }
 
-  /** closeForRestart: stop taking kicks and let requests in flight finish (up to `ms`). */
+  /** closeForRestart: stop taking requests and let requests in flight finish (up to `ms`). */
   async drain(ms: number): Promise<void> {
     await Promise.all(
       this.#threads.filter((t) => !t.dead).map((t) => this.#callAsync(t, { op: 'drain', ms })),
     );
   }
 
-  /** Stop every thread: each waits for its device's requests, closes its backend and exits. */
+  /** Stop every thread: each waits for its device's requests and mappings, closes its backend and exits. */
   async close(): Promise<void> {
     if (this.#closing) return;
     this.#closing = true;
+    this.#running = false;
     await Promise.all(
       this.#threads.map(async (t) => {
         if (!t.dead) {
@@ -239,19 +254,20 @@ export class QueueThreads {
   /** Stop the threads at once (start-up failed). */
   terminate(): void {
     this.#closing = true;
+    this.#running = false;
     for (const t of this.#threads) {
       void t.worker.terminate();
       t.port.close();
     }
   }
 
-  #spawn(index: number): Thread {
+  #spawn(index: number): Thread<T> {
     const { port1, port2 } = new MessageChannel();
     const ack = new Int32Array(new SharedArrayBuffer(4));
-    const data: QueueThreadData = {
-      devFd: this.#o.devFd,
+    const data: QueueThreadData<T> = {
       numQueues: this.#o.numQueues,
       spec: this.#o.spec,
+      transport: this.#o.transport,
       ack: ack.buffer as SharedArrayBuffer,
       counters: this.#counters,
       syncPort: port2,
@@ -266,7 +282,7 @@ export class QueueThreads {
       trackUnmanagedFds: false,
       ...(profile !== undefined ? { execArgv: profile } : {}),
     });
-    const t: Thread = {
+    const t: Thread<T> = {
       index,
       worker,
       ack,
@@ -277,7 +293,7 @@ export class QueueThreads {
       pending: new Map(),
       last: null,
     };
-    worker.on('message', (m: QueueThreadEvent | QueueThreadReply) => this.#onMessage(t, m));
+    worker.on('message', (m: QueueThreadEvent | QueueThreadReply<T>) => this.#onMessage(t, m));
     worker.on('error', (err) => this.#failed(t, err.message));
     worker.on('exit', (code) => {
       if (!this.#closing) this.#failed(t, `exited (code ${code})`);
@@ -286,34 +302,42 @@ export class QueueThreads {
     });
     try {
       const reply = this.#wait(t, 0, 'start');
-      if (!reply.ok) throw new QueueThreadError(reply.error);
+      if (!reply.ok) throw fromRemote(reply.error);
       t.starting = false;
     } catch (err) {
       t.dead = true;
       void worker.terminate();
       port1.close();
-      throw new QueueThreadError(`queue thread ${index} could not start: ${(err as Error).message}`);
+      const remoteCode = err instanceof QueueThreadError ? err.remoteCode : undefined;
+      throw new QueueThreadError(`queue thread ${index} could not start: ${(err as Error).message}`, {
+        cause: err,
+        ...(remoteCode !== undefined ? { remoteCode } : {}),
+      });
     }
     return t;
   }
 
-  #callSync(t: Thread, cmd: QueueThreadCommand): unknown {
+  #callSync<K extends QueueThreadOp>(
+    t: Thread<T>,
+    cmd: Extract<QueueThreadCommand<T>, { op: K }>,
+  ): QueueThreadAnswers<T>[K] {
     if (t.dead) throw new QueueThreadError(`queue thread ${t.index} is gone`);
     const id = this.#nextId++;
     t.worker.postMessage({ ...cmd, id, sync: true });
     const reply = this.#wait(t, id, cmd.op);
-    if (!reply.ok) throw new QueueThreadError(reply.error);
-    return reply.value;
+    if (!reply.ok) throw fromRemote(reply.error);
+    // The thread answers command K with QueueThreadAnswers<T>[K] (./server.ts is typed per command).
+    return reply.value as QueueThreadAnswers<T>[K];
   }
 
   /** Block until reply `id` is on the sync port (the thread bumps the ack word after posting it). */
-  #wait(t: Thread, id: number, what: string): QueueThreadReply {
+  #wait(t: Thread<T>, id: number, what: string): QueueThreadReply<T> {
     const deadline = Date.now() + this.#timeoutMs;
     for (;;) {
       const seen = Atomics.load(t.ack, 0);
       let m: { message: unknown } | undefined;
       while ((m = receiveMessageOnPort(t.port)) !== undefined) {
-        const reply = m.message as QueueThreadReply;
+        const reply = m.message as QueueThreadReply<T>;
         if (reply.id === id) return reply;
       }
       const left = deadline - Date.now();
@@ -326,16 +350,19 @@ export class QueueThreads {
     }
   }
 
-  #callAsync(t: Thread, cmd: QueueThreadCommand): Promise<unknown> {
+  #callAsync<K extends QueueThreadOp>(
+    t: Thread<T>,
+    cmd: Extract<QueueThreadCommand<T>, { op: K }>,
+  ): Promise<QueueThreadAnswers<T>[K]> {
     if (t.dead) return Promise.reject(new QueueThreadError(`queue thread ${t.index} is gone`));
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
-      t.pending.set(id, { resolve, reject });
+      t.pending.set(id, { resolve: resolve as Pending['resolve'], reject });
       t.worker.postMessage({ ...cmd, id, sync: false });
     });
   }
 
-  #tryStop(t: Thread): void {
+  #tryStop(t: Thread<T>): void {
     try {
       this.#callSync(t, { op: 'stop', reset: false });
     } catch {
@@ -343,12 +370,12 @@ export class QueueThreads {
     }
   }
 
-  #onMessage(t: Thread, m: QueueThreadEvent | QueueThreadReply): void {
+  #onMessage(t: Thread<T>, m: QueueThreadEvent | QueueThreadReply<T>): void {
     if ('event' in m) {
       if (m.event === 'log') {
         this.#o.logger[m.level](m.message);
       } else if (m.generation === this.#generation && !t.dead) {
-        this.#o.onNeedsReset(new Error(m.message), false);
+        this.#o.onNeedsReset(fromRemote(m.error), false);
       }
       return;
     }
@@ -356,10 +383,10 @@ export class QueueThreads {
     if (p === undefined) return;
     t.pending.delete(m.id);
     if (m.ok) p.resolve(m.value);
-    else p.reject(new QueueThreadError(m.error));
+    else p.reject(fromRemote(m.error));
   }
 
-  #failed(t: Thread, why: string): void {
+  #failed(t: Thread<T>, why: string): void {
     if (t.dead || this.#closing) return;
     t.dead = true;
     void t.worker.terminate();

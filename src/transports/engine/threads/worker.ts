@@ -1,16 +1,25 @@
 /**
- * Entry of a queue thread (a worker_threads Worker started by ./queue-thread.ts): loads the native binding on
- * this thread, builds the device from its spec (the module exports createQueueThreadDevice), and carries out
- * the main thread's commands with a QueueThreadServer. Synchronous commands are answered on the sync port and
- * acknowledged by bumping the shared ack word (the main thread waits on it with Atomics.wait).
+ * Entry of a queue thread (a worker_threads Worker started by ./queue-threads.ts): loads the native binding on
+ * this thread, builds the transport's side (the transport module exports createThreadTransport) and the device
+ * (the device module exports createQueueThreadDevice), and carries out the main thread's commands with a
+ * QueueThreadServer. Transport-neutral: both modules come from workerData. Synchronous commands are answered on
+ * the sync port and acknowledged by bumping the shared ack word (the main thread waits on it with Atomics.wait).
  */
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 
 import { loadNativeBinding } from '../../../sys/native.js';
 import type { Logger } from '../../../common/logger.js';
-import type { QueueThreadEvent, QueueThreadReply, QueueThreadRequest } from './protocol.js';
-import { QueueThreadServer, type CreateQueueThreadDevice } from './server.js';
-import type { QueueThreadData } from './queue-threads.js';
+import type { QueueTransport } from '../data-path.js';
+import {
+  remoteError,
+  type CreateQueueThreadDevice,
+  type CreateThreadTransport,
+  type QueueThreadData,
+  type QueueThreadEvent,
+  type QueueThreadReply,
+  type QueueThreadRequest,
+} from './protocol.js';
+import { QueueThreadServer } from './server.js';
 
 const data = workerData as QueueThreadData;
 const port = parentPort!;
@@ -31,19 +40,25 @@ const logger: Logger = {
   debug: data.debug ? (message) => emit({ event: 'log', level: 'debug', message }) : () => undefined,
 };
 
-const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+async function load<F>(url: string, name: string): Promise<F> {
+  const mod = (await import(url)) as Record<string, unknown>;
+  const f = mod[name];
+  if (typeof f !== 'function') throw new Error(`${url} does not export ${name}`);
+  return f as F;
+}
 
 async function init(): Promise<QueueThreadServer | null> {
+  let transport: QueueTransport | null = null;
   try {
     const binding = loadNativeBinding();
-    const mod = (await import(data.spec.module)) as { createQueueThreadDevice?: CreateQueueThreadDevice };
-    if (typeof mod.createQueueThreadDevice !== 'function') {
-      throw new Error(`${data.spec.module} does not export createQueueThreadDevice`);
-    }
-    const device = await mod.createQueueThreadDevice(data.spec.options, { binding, logger });
+    const env = { binding, logger };
+    const createTransport = await load<CreateThreadTransport>(data.transport.module, 'createThreadTransport');
+    const createDevice = await load<CreateQueueThreadDevice>(data.spec.module, 'createQueueThreadDevice');
+    transport = createTransport(data.transport.options, env);
+    const device = await createDevice(data.spec.options, env);
     const server = new QueueThreadServer({
       binding,
-      devFd: data.devFd,
+      transport,
       numQueues: data.numQueues,
       device,
       counters: new Float64Array(data.counters),
@@ -54,7 +69,8 @@ async function init(): Promise<QueueThreadServer | null> {
     return server;
   } catch (err) {
     // The main thread reports it (the thread cannot serve); nothing is left running here.
-    answerSync({ id: 0, ok: false, error: message(err) });
+    transport?.close?.();
+    answerSync({ id: 0, ok: false, error: remoteError(err) });
     port.close();
     syncPort.close();
     return null;
@@ -65,26 +81,26 @@ const server = await init();
 if (server !== null) {
   port.on('message', (req: QueueThreadRequest) => {
     const answer = req.sync ? answerSync : (reply: QueueThreadReply) => port.postMessage(reply);
-    let value: unknown;
+    let value: ReturnType<QueueThreadServer['handle']>;
     try {
       value = server.handle(req);
     } catch (err) {
-      answer({ id: req.id, ok: false, error: message(err) });
+      answer({ id: req.id, ok: false, error: remoteError(err) });
       return;
     }
     if (!(value instanceof Promise)) {
-      answer({ id: req.id, ok: true, value: value ?? null });
+      answer({ id: req.id, ok: true, value });
       return;
     }
     value.then(
-      (v: unknown) => {
-        answer({ id: req.id, ok: true, value: v ?? null });
+      (v) => {
+        answer({ id: req.id, ok: true, value: v });
         if (req.op === 'close') {
           port.close();
           syncPort.close();
         }
       },
-      (err: unknown) => answer({ id: req.id, ok: false, error: message(err) }),
+      (err: unknown) => answer({ id: req.id, ok: false, error: remoteError(err) }),
     );
   });
 }

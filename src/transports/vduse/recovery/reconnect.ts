@@ -101,7 +101,7 @@ export async function createOrReconnect(options: CreateOrReconnectOptions): Prom
           ...(options.queueThreads !== undefined ? { queueThreads: options.queueThreads } : {}),
         });
       } catch (err) {
-        if ((err as VduseError).code === 'ERR_VDUSE_OPEN' && /another process/.test((err as Error).message)) {
+        if (err instanceof VduseError && err.code === 'ERR_VDUSE_BUSY') {
           throw new VduseError(
             'ERR_VDUSE_EXISTS',
             `a VDUSE device named "${name}" already exists and another process is serving it`,

@@ -51,7 +51,7 @@ import {
 import { dirname } from 'node:path';
 
 import { MAP_SHARED, PROT_READ, PROT_WRITE, type SysBinding } from '../../../sys/binding.js';
-import type { InflightRecorder } from '../../../virtio/index.js';
+import { VirtqueueError, type InflightRecorder } from '../../../virtio/index.js';
 import { VduseError } from '../errors.js';
 
 export const STATE_LOG_MAGIC = 0x4c535456;
@@ -446,12 +446,12 @@ export class QueueLog implements InflightRecorder {
 
   /** Ring slots chain `id` took (packed). */
   slotsOf(id: number): number {
-    return this.#slots[id]!;
+    return this.#slots[id] ?? 0;
   }
 
   /** The logged descriptors of packed chain `id` (16 bytes each, ring format), or null if it was too long. */
   descriptorsOf(id: number): Uint32Array | null {
-    const slots = this.#slots[id]!;
+    const slots = this.#slots[id] ?? 0;
     if (slots > STATE_LOG_PACKED_DESCS || slots === 0) return null;
     const at = id * STATE_LOG_PACKED_DESCS * 4;
     return this.#descs.slice(at, at + slots * 4);
@@ -482,6 +482,8 @@ export class QueueLog implements InflightRecorder {
   // ---- InflightRecorder (the hot path) ----
 
   popped(id: number, availPosition: number): void {
+    // A buffer id comes from the guest: one the log has no slot for is the ring's error, not an exception of ours.
+    if (!(id >= 0 && id < this.#n)) throw this.#badId(id);
     const seq = (this.#seq = (this.#seq + 1) >>> 0 || 1);
     this.#w[Q_SEQ] = seq;
     Atomics.store(this.#inflight, id, seq);
@@ -489,6 +491,7 @@ export class QueueLog implements InflightRecorder {
   }
 
   poppedPacked(id: number, ring: Uint32Array, first: number, slots: number, availPosition: number): void {
+    if (!(id >= 0 && id < this.#n)) throw this.#badId(id);
     this.#slots[id] = slots;
     if (slots <= STATE_LOG_PACKED_DESCS) {
       const size = ring.length >>> 2;
@@ -510,6 +513,7 @@ export class QueueLog implements InflightRecorder {
 
   completed(ids: ArrayLike<number>, count: number, usedPosition: number): void {
     const f = this.#inflight;
+    // (an id without a slot was refused at its pop; a typed-array store out of range is ignored)
     for (let k = 0; k < count; k++) f[ids[k]!] = 0;
     Atomics.store(this.#w, Q_USED, usedPosition);
   }
@@ -525,6 +529,15 @@ export class QueueLog implements InflightRecorder {
   completedPacked(ids: ArrayLike<number>, count: number, usedPosition: number): void {
     this.completed(ids, count, usedPosition);
     Atomics.store(this.#w, Q_BATCH_COUNT, 0);
+  }
+
+  /** The error for a guest-chosen buffer id the log has no slot for (the queue stops: needs reset). */
+  #badId(id: number): VirtqueueError {
+    return new VirtqueueError(
+      'descriptor-index',
+      this.index,
+      `buffer id ${id} is not below the device's maximum queue size ${this.#n}`,
+    );
   }
 
   /** Recovery: forget chain `id` (it was completed). */

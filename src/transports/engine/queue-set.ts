@@ -1,0 +1,293 @@
+/**
+ * The queue-serving engine: the queues of one device (or of one queue thread's share of them) between
+ * DRIVER_OK and reset. It builds the ring engines, watches one kick fd per ready queue, hands kicks to the
+ * device, injects interrupts, reports progress (GET_VQ_STATE), halts on an error, drains for a successor and
+ * keeps counters where other threads can read them. The same code runs on the transport's thread (inline) and
+ * inside each queue thread (./threads/server.ts); what differs between transports comes in through a
+ * QueueTransport (./data-path.ts).
+ *
+ * Guest memory: every chain handed to the device pins the memory generation it was popped in
+ * (./served-queue.ts) until it is given back or the device's reset has settled, so that a dropped mapping is
+ * unmapped only when no request can write into it (../../memory/iotlb-memory.ts). A guest that keeps dropping
+ * mappings while requests hang cannot make the retired list grow past RETIRED_MAX: the device is then halted
+ * (needs reset), no new request starts and the list only shrinks.
+ *
+ * Nothing in a data-path callback (a kick, the device's poll or publish through the queues) throws out of
+ * here: a throw becomes needs-reset for this device only.
+ */
+import { closeSync } from 'node:fs';
+
+import type { VirtioDevice } from '../../devices/device.js';
+import { UV_READABLE, type FdWatcher, type SysBinding } from '../../sys/binding.js';
+import type { Virtqueue, VirtqueueError } from '../../virtio/index.js';
+import { messageOf } from '../../common/errors.js';
+import type { Logger } from '../../common/logger.js';
+import {
+  interruptSlot,
+  kickSlot,
+  type DataPath,
+  type DataPathStart,
+  type QueueState,
+  type QueueTransport,
+  type StoppedQueues,
+  type TransportMemory,
+} from './data-path.js';
+import { EngineError } from './errors.js';
+import { startQueue } from './queue-start.js';
+import { ServedQueue } from './served-queue.js';
+
+/** Dropped regions allowed to wait for pinned requests before the device is halted (see the top). */
+export const RETIRED_MAX = 256;
+
+export interface QueueSetOptions {
+  binding: SysBinding;
+  device: VirtioDevice;
+  transport: QueueTransport;
+  /** The device's queue count (counters and indexes are per device queue). */
+  numQueues: number;
+  logger: Logger;
+  /** Kicks at [i], interrupts at [numQueues + i]; default a fresh array (pass a shared one across threads). */
+  counters?: Float64Array;
+  /** Closes kick fds; default fs.closeSync. */
+  closeFd?: (fd: number) => void;
+  /**
+   * The device needs a reset: a ring error, a throw in the data path, too many retired regions. Called once
+   * until the next start (and not for a halt the owner asked for).
+   */
+  onNeedsReset(reason: Error): void;
+}
+
+interface Kick {
+  fd: number;
+  watcher: FdWatcher;
+}
+
+export class QueueSet implements DataPath {
+  readonly counters: Float64Array;
+  readonly device: VirtioDevice;
+  readonly #o: QueueSetOptions;
+  readonly #binding: SysBinding;
+  readonly #memory: TransportMemory;
+  readonly #closeFd: (fd: number) => void;
+  #queues: (ServedQueue | null)[] = [];
+  #kicks: Kick[] = [];
+  #running = false;
+  #halted = false;
+  #closed = false;
+  #resetting: Promise<void> = Promise.resolve();
+
+  constructor(options: QueueSetOptions) {
+    this.#o = options;
+    this.device = options.device;
+    this.#binding = options.binding;
+    this.#memory = options.transport.memory;
+    this.#closeFd = options.closeFd ?? closeSync;
+    this.counters = options.counters ?? new Float64Array(2 * options.numQueues);
+  }
+
+  get running(): boolean {
+    return this.#running;
+  }
+
+  /** The live queues as the device sees them (null for ones not ready or not served here); empty while stopped. */
+  get queues(): readonly (Virtqueue | null)[] {
+    return this.#queues;
+  }
+
+  /** Chains handed to the device and not given back yet, over every live queue. */
+  get inFlight(): number {
+    let n = 0;
+    for (const q of this.#queues) if (q !== null) n += q.inFlight;
+    return n;
+  }
+
+  /** Resolves when the last stop's device reset has settled (its requests done, their pins given back). */
+  get settled(): Promise<void> {
+    return this.#resetting;
+  }
+
+  start(start: DataPathStart): number {
+    if (this.#running) this.stop(false);
+    this.#halted = false;
+    const { transport, numQueues } = this.#o;
+    const queues = new Array<ServedQueue | null>(numQueues).fill(null);
+    const onError = (error: VirtqueueError): void => this.fail(error);
+    let resubmitted = 0;
+    try {
+      for (const setup of start.queues) {
+        const i = setup.index;
+        const started = startQueue(
+          {
+            index: i,
+            size: setup.size,
+            descAddr: setup.descAddr,
+            driverAddr: setup.driverAddr,
+            deviceAddr: setup.deviceAddr,
+            eventIdx: start.eventIdx,
+            indirect: start.indirect,
+          },
+          start.packed,
+          this.#memory,
+          {
+            signal: () => this.#signal(i),
+            onError,
+            binding: this.#binding,
+            queueLog: transport.inflightLog(i),
+            recover: start.recover,
+            state: setup.state,
+          },
+        );
+        resubmitted += started.resubmitted;
+        queues[i] = new ServedQueue(started.queue, this.#memory, onError);
+        this.#kicks.push(this.#openKick(i));
+      }
+    } catch (err) {
+      this.#closeKicks();
+      throw err;
+    }
+    this.#queues = queues;
+    this.#running = true;
+    try {
+      this.device.activate({ features: start.features, memory: this.#memory, queues });
+    } catch (err) {
+      this.stop(false);
+      throw err;
+    }
+    // The driver may have missed completions published just before a crash: tell it to look.
+    if (start.recover) for (const setup of start.queues) this.#signal(setup.index);
+    return resubmitted;
+  }
+
+  stop(reset: boolean): StoppedQueues {
+    this.#closeKicks();
+    const states: StoppedQueues = [];
+    const served: ServedQueue[] = [];
+    this.#queues.forEach((q, i) => {
+      if (q === null) return;
+      states.push([i, q.getState()]);
+      q.retire();
+      served.push(q);
+    });
+    const wasRunning = this.#running;
+    this.#queues = [];
+    this.#running = false;
+    this.#halted = false;
+    if (wasRunning || reset) {
+      const done = this.device
+        .reset()
+        .catch((err: unknown) => this.#o.logger.warn(`device reset: ${messageOf(err)}`))
+        // The device holds no view of guest memory any more: the chains it dropped give back their pins.
+        .then(() => {
+          for (const q of served) q.release();
+        });
+      this.#resetting = Promise.all([this.#resetting, done]).then(() => undefined);
+    }
+    if (reset) this.#memory.invalidateAll?.();
+    return states;
+  }
+
+  invalidate(start: number, last: number): boolean {
+    this.#memory.invalidate?.(start, last);
+    const retired = this.#memory.retiredRegions ?? 0;
+    if (retired > RETIRED_MAX && this.#running) {
+      this.fail(
+        new EngineError(
+          'ERR_ENGINE_RETIRED',
+          `${retired} dropped guest-memory regions wait for requests still in the backend`,
+        ),
+      );
+    }
+    return true;
+  }
+
+  state(index: number): QueueState | null {
+    const q = this.#queues[index];
+    return q ? q.getState() : null;
+  }
+
+  halt(): void {
+    this.#halted = true;
+    for (const kick of this.#kicks) kick.watcher.stop();
+    for (const q of this.#queues) q?.halt();
+  }
+
+  /** The device needs a reset: stop taking requests and report it (once until the next start). */
+  fail(reason: Error): void {
+    if (this.#halted || this.#closed) return;
+    this.halt();
+    this.#o.onNeedsReset(reason);
+  }
+
+  async drain(ms: number): Promise<void> {
+    this.halt();
+    const deadline = Date.now() + ms;
+    while (this.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    // completions are published on the next turn of the loop
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+  }
+
+  async close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      if (this.#running) this.stop(true);
+      else this.#memory.invalidateAll?.();
+    }
+    await this.#resetting;
+    await this.#memory.drained?.();
+    this.#o.transport.close?.();
+  }
+
+  #openKick(index: number): Kick {
+    const fd = this.#o.transport.openKick(index);
+    try {
+      const watcher = this.#binding.createFdWatcher(fd, (status) => this.#onKick(index, fd, status));
+      watcher.start(UV_READABLE);
+      return { fd, watcher };
+    } catch (err) {
+      this.#closeFd(fd);
+      throw err;
+    }
+  }
+
+  #closeKicks(): void {
+    for (const kick of this.#kicks) {
+      kick.watcher.close();
+      try {
+        this.#closeFd(kick.fd);
+      } catch {
+        // already gone
+      }
+    }
+    this.#kicks = [];
+  }
+
+  #onKick(index: number, fd: number, status: number): void {
+    if (status < 0) {
+      this.#o.logger.warn(`kick eventfd of queue ${index} failed (errno ${-status})`);
+      return;
+    }
+    try {
+      this.#binding.eventfdRead(fd);
+    } catch (err) {
+      this.#o.logger.warn(`reading the kick of queue ${index}: ${messageOf(err)}`);
+    }
+    this.counters[kickSlot(index)]!++;
+    if (this.#halted || this.#queues[index] == null) return;
+    try {
+      this.device.queueNotify(index);
+    } catch (err) {
+      this.fail(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  #signal(index: number): void {
+    try {
+      this.#o.transport.signal(index);
+      this.counters[interruptSlot(index, this.#o.numQueues)]!++;
+    } catch (err) {
+      // EINVAL before DRIVER_OK or after a reset raced with a late completion: nothing to tell.
+      this.#o.logger.debug(`interrupt for queue ${index} not injected: ${messageOf(err)}`);
+    }
+  }
+}
