@@ -28,6 +28,4 @@ export type {
 export type { DataPath } from '../engine/data-path.js';
 export { QueueThreadError, EngineError, type EngineErrorCode } from '../engine/errors.js';
 export { deviceFdSource } from './iotlb-source.js';
-export type { VqInfo } from './ioctls.js';
-export { VduseProtocol, type ProtocolContext, type ProtocolEffect, type ProtocolResult } from './protocol.js';
 export { VduseError, type VduseErrorCode } from './errors.js';
