@@ -24,7 +24,7 @@ import { createMetricsRegistry, startMetricsServer } from '../mgmt/daemon/metric
 import { removePidFile, sdNotify, writePidFile } from '../mgmt/daemon/notify.js';
 import { dropPrivileges, lookupAccount, type Account } from '../mgmt/daemon/privileges.js';
 import { checkDaemonPath } from '../mgmt/daemon/paths.js';
-import { RpcServer } from '../mgmt/daemon/rpc.js';
+import { RpcThreadServer } from '../mgmt/daemon/rpc-thread.js';
 import { MgmtError } from '../mgmt/errors.js';
 import { HelperTransport } from '../mgmt/vdpa-helper.js';
 import type { SysBinding } from '../sys/binding.js';
@@ -182,6 +182,7 @@ export async function runServe(cmd: ServeCommand, env: ServeEnvironment): Promis
     deviceLogger: (name) => log.child({ device: name }),
     vdpa,
     ...(settings.stateDir !== undefined ? { stateDir: settings.stateDir } : {}),
+    onChange: () => rpc.publish('device.list', manager.list()),
   });
   const startedAt = Date.now();
   let privileged = true;
@@ -195,7 +196,10 @@ export async function runServe(cmd: ServeCommand, env: ServeEnvironment): Promis
     privileged,
     devices: manager.list().length,
   });
-  const rpc = new RpcServer(createApi(manager, info), { onProblem: (m) => log.warn(m) });
+  // The management socket has a thread of its own: device.list is answered there from the list published
+  // at each change, whatever the data path on this thread is doing; other calls run here.
+  const rpc = new RpcThreadServer(createApi(manager, info), { onProblem: (m) => log.warn(m) });
+  rpc.publish('device.list', []);
   let metricsServer: Server | null = null;
   let pidWritten = false;
   const shutdown = async (): Promise<void> => {

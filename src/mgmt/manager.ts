@@ -89,6 +89,11 @@ export interface BlkManagerOptions {
   drainTimeoutMs?: number;
   /** The state-dir of devices that do not set their own (vduse serve --state-dir). */
   stateDir?: string;
+  /**
+   * Called whenever what list() returns may have changed (a device added, removed, resized, broken, its
+   * features negotiated or reset): vduse serve publishes the list to its RPC thread then.
+   */
+  onChange?: () => void;
   /** Starts a device (default BlkRunner.start; tests pass a fake). */
   start?: (config: BlkDeviceConfig, deps: BlkRunnerDeps) => Promise<BlkRunner>;
 }
@@ -142,7 +147,12 @@ export class BlkDeviceManager implements DeviceManager {
         log.error(
           `device ${config.name} is broken (${reason.message}); remove it with vduse del ${config.name}`,
         );
+        this.#changed();
       });
+      // the features in the list follow the driver
+      runner.vduse.on?.('driver-ok', () => this.#changed());
+      runner.vduse.on?.('reset', () => this.#changed());
+      this.#changed();
       log.info(`device ${config.name} ready at ${runner.path}`);
       return infoOf(runner);
     } finally {
@@ -188,8 +198,14 @@ export class BlkDeviceManager implements DeviceManager {
       }
     }
     // the daemon's shutdown may have started this teardown meanwhile: stop() then waits for it
-    await runner.stop('destroy');
-    if (this.#runners.get(name) === runner) this.#runners.delete(name);
+    const stopped = runner.stop('destroy');
+    this.#changed();
+    try {
+      await stopped;
+    } finally {
+      if (this.#runners.get(name) === runner) this.#runners.delete(name);
+      this.#changed();
+    }
     (this.#o.deviceLogger?.(name) ?? this.#o.logger).info(`device ${name} removed`);
   }
 
@@ -205,6 +221,7 @@ export class BlkDeviceManager implements DeviceManager {
   async resize(name: string, bytes: number): Promise<DeviceInfo> {
     const runner = this.#get(name);
     await runner.resize(bytes);
+    this.#changed();
     return infoOf(runner);
   }
 
@@ -227,8 +244,17 @@ export class BlkDeviceManager implements DeviceManager {
         this.#o.logger.error(`stopping ${runner.name}: ${messageOf(err)}`);
       }
       if (this.#runners.get(runner.name) === runner) this.#runners.delete(runner.name);
+      this.#changed();
     }
     await Promise.allSettled([...this.#removing.values()]);
+  }
+
+  #changed(): void {
+    try {
+      this.#o.onChange?.();
+    } catch (err) {
+      this.#o.logger.warn(`publishing the device list: ${messageOf(err)}`);
+    }
   }
 
   #get(name: string): BlkRunner {

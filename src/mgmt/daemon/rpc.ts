@@ -216,6 +216,11 @@ export interface RpcServerOptions {
   maxPending?: number;
   /** Called on connection-level problems (over-long line, too many connections); not for method errors. */
   onProblem?: (message: string) => void;
+  /**
+   * Set the umask to 0177 while the socket is created (default true). A worker thread cannot (process.umask
+   * is the main thread's): the RPC thread's owner sets it there (./rpc-thread.ts).
+   */
+  setUmask?: boolean;
 }
 
 export class RpcServer {
@@ -227,6 +232,7 @@ export class RpcServer {
   readonly #idleMs: number;
   readonly #maxPending: number;
   readonly #problem: (message: string) => void;
+  readonly #setUmask: boolean;
   #path: string | null = null;
 
   constructor(
@@ -239,6 +245,7 @@ export class RpcServer {
     this.#idleMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
     this.#maxPending = Math.max(1, options.maxPending ?? DEFAULT_MAX_PENDING);
     this.#problem = options.onProblem ?? (() => undefined);
+    this.#setUmask = options.setUmask ?? true;
     this.#server = createServer({ allowHalfOpen: true }, (socket) => this.#accept(socket));
   }
 
@@ -261,7 +268,7 @@ export class RpcServer {
         throw new MgmtError('ERR_MGMT_PATH', `${label} ${path}: another daemon is listening there`);
       unlinkSync(path);
     }
-    const old = process.umask(0o177);
+    const old = this.#setUmask ? process.umask(0o177) : null;
     try {
       await new Promise<void>((resolve, reject) => {
         this.#server.once('error', reject);
@@ -275,7 +282,7 @@ export class RpcServer {
         cause: err,
       });
     } finally {
-      process.umask(old);
+      if (old !== null) process.umask(old);
     }
     chmodSync(path, 0o600);
     this.#path = path;
