@@ -9,7 +9,7 @@ import { Worker } from 'node:worker_threads';
 
 import { UsageError, VduseTsError, messageOf } from '../../common/errors.js';
 import { MgmtError } from '../errors.js';
-import type { RpcMethods, RpcServerOptions } from './rpc.js';
+import { RpcError, type RpcMethods, type RpcServerOptions } from './rpc.js';
 
 /** workerData of the RPC thread. */
 export interface RpcThreadData {
@@ -132,7 +132,7 @@ export class RpcThreadServer {
   async #call(id: number, method: string, params: unknown): Promise<void> {
     const fn = Object.hasOwn(this.#methods, method) ? this.#methods[method] : undefined;
     try {
-      if (fn === undefined) throw new Error(`method not found: ${method}`);
+      if (fn === undefined) throw new RpcError('ERR_RPC_METHOD_NOT_FOUND', `method not found: ${method}`);
       const result = await fn(params);
       this.#post({ type: 'answer', id, result: result === undefined ? null : result });
     } catch (err) {
