@@ -331,7 +331,13 @@ export async function runOpsCommand(
   if (first !== 'serve' && !isClient) return null;
   try {
     if (isClient) {
-      const cmd = parseClientArgs(first as ClientCommandName, rest);
+      let cmd;
+      try {
+        cmd = parseClientArgs(first as ClientCommandName, rest);
+      } catch (err) {
+        // its message starts with "vduse add: " already
+        return reportError(err, null);
+      }
       if (cmd.command === 'help') {
         process.stdout.write(CLIENT_USAGE);
         return 0;

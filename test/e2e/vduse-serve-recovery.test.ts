@@ -27,7 +27,7 @@ import { ServeDaemon } from './serve-daemon.js';
 const NAME = 'e2e-srec';
 
 test(
-  'serve: SIGKILL and restart 4 times under fio verify, then a persist stop and take-over: no I/O error, no hung task',
+  'serve: SIGKILL and restart 3 times under fio verify, then a persist stop and take-over: no I/O error, no hung task',
   { timeout: TEST_TIMEOUT_MS },
   async (t) => {
     if (!requirePrereqs(t, { ...PREREQS, commands: ['fio', 'dmesg'] })) return;
@@ -43,7 +43,7 @@ test(
         `state-dir: ${stateDir}`,
         'devices:',
         `  - name: ${NAME}`,
-        `    backend: file:${path.join(dir, 'disk.raw')},size=64M`,
+        `    backend: file:${path.join(dir, 'disk.raw')},size=128M`,
         '    queues: 2',
         '    reconnect: auto',
         '    persist: true',
@@ -81,10 +81,10 @@ test(
         '--ioengine=libaio',
         '--rw=randwrite',
         '--bsrange=4k-128k',
-        '--size=24M',
+        '--size=48M',
         '--iodepth=16',
         '--numjobs=2',
-        '--offset_increment=24M',
+        '--offset_increment=48M',
         '--verify=crc32c',
         '--verify_fatal=1',
         '--verify_state_save=0',
@@ -96,7 +96,7 @@ test(
     let done = false;
     void load.then(() => (done = true));
     let kills = 0;
-    while (kills < 4 && !done) {
+    while (kills < 3 && !done) {
       await sleep(300 + kills * 200);
       if (done) break;
       d.child.kill('SIGKILL');
@@ -126,7 +126,7 @@ test(
       r.stdout + r.stderr,
       /verify: bad|crc32c: verify failed|Input\/output error|err=\s*[1-9]/,
     );
-    assert.equal(kills, 4, `fio ended after ${kills} kills: make it longer`);
+    assert.equal(kills, 3, `fio ended after ${kills} kills: make it longer`);
     assert.ok(persisted, 'fio ended before the persist stop: make it longer');
     const dmesg = await exec('dmesg');
     assert.doesNotMatch(dmesg.stdout, /blocked for more than/, 'a task was reported hung');

@@ -38,6 +38,16 @@ test('the CLI prints a VduseTsError as one line (UsageError exit 2, others 1), a
     'vduse del: no such device\n',
   ]);
   out.length = 0;
+  assert.equal(
+    reportError(new CliUsageError('vduse add: --queues must be a whole number, got "x"'), null, { write }),
+    2,
+  );
+  assert.deepEqual(
+    out,
+    ['vduse add: --queues must be a whole number, got "x"\n'],
+    'the message names its command',
+  );
+  out.length = 0;
   assert.equal(reportError(new TypeError('oops'), 'vduse', { write }), 1);
   assert.match(out[0]!, /^vduse: internal error: TypeError: oops\n\s+at /);
 });
