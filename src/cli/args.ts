@@ -2,8 +2,9 @@
  * Command-line parsing for `vduse` (node:util parseArgs). Pure: argv in, a command description or a UsageError
  * out, so every bad argument is unit-tested.
  */
-import { parseArgs } from 'node:util';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 
+import { UsageError, messageOf, type VduseTsErrorOptions } from '../common/errors.js';
 import {
   validateDeviceOptions,
   type BlkDeviceConfig,
@@ -11,25 +12,21 @@ import {
   type DeviceOptionKey,
 } from '../mgmt/blk/options.js';
 
-export class CliUsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'CliUsageError';
+/** A bad command line: one line, exit 2. */
+export class CliUsageError extends UsageError {
+  constructor(message: string, options: VduseTsErrorOptions = {}) {
+    super(message, { ...options, code: 'ERR_CLI_USAGE' });
   }
 }
 
 export type Driver = BlkDriver;
 
-/** `vduse blk`: the device's options plus what only the foreground command has. */
+/** `vduse blk`: the device's options (crash recovery included) plus what only the foreground command has. */
 export interface BlkCommand extends BlkDeviceConfig {
   command: 'blk';
   verbose: boolean;
   /** Print request counters at exit and on SIGUSR1. */
   stats: boolean;
-  /** Crash recovery: where state logs live (default /run/vduse-ts), when to take over, keep the device at stop. */
-  stateDir?: string;
-  reconnect: 'auto' | 'never' | 'always';
-  persist: boolean;
 }
 
 export type Command =
@@ -112,6 +109,9 @@ export const DEVICE_FLAGS = {
   driver: { type: 'string' },
   'queue-threads': { type: 'string' },
   'poll-us': { type: 'string' },
+  'state-dir': { type: 'string' },
+  reconnect: { type: 'string' },
+  persist: { type: 'boolean' },
 } as const;
 
 type DeviceFlagValues = { [K in keyof typeof DEVICE_FLAGS]?: string | boolean | undefined };
@@ -133,7 +133,7 @@ export function deviceOptionsFromFlags(
 }
 
 /** The flag a device option comes from (attach: --no-attach). */
-const flagOf = (key: DeviceOptionKey): string => (key === 'attach' ? '--no-attach' : `--${key}`);
+export const flagOf = (key: DeviceOptionKey): string => (key === 'attach' ? '--no-attach' : `--${key}`);
 
 /** Parse `argv` (without node and the script). */
 export function parseCommandLine(argv: readonly string[]): Command {
@@ -155,26 +155,13 @@ export function parseCommandLine(argv: readonly string[]): Command {
         : `unknown command "${first}" (try vduse --help)`,
     );
   }
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: [...rest],
-      strict: true,
-      allowPositionals: false,
-      options: {
-        name: { type: 'string' },
-        ...DEVICE_FLAGS,
-        stats: { type: 'boolean' },
-        'state-dir': { type: 'string' },
-        reconnect: { type: 'string' },
-        persist: { type: 'boolean' },
-        verbose: { type: 'boolean', short: 'v' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
-  } catch (err) {
-    throw new CliUsageError(cleanParseError((err as Error).message));
-  }
+  const parsed = parseFlags(rest, {
+    name: { type: 'string' },
+    ...DEVICE_FLAGS,
+    stats: { type: 'boolean' },
+    verbose: { type: 'boolean', short: 'v' },
+    help: { type: 'boolean', short: 'h' },
+  });
   const v = parsed.values;
   if (v.help) return { command: 'help', topic: 'blk' };
   if (v.name === undefined) throw new CliUsageError('--name is required (try vduse blk --help)');
@@ -183,23 +170,42 @@ export function parseCommandLine(argv: readonly string[]): Command {
     { name: v.name, ...deviceOptionsFromFlags(v) },
     { style: 'flag', label: flagOf, error: (message) => new CliUsageError(message) },
   );
-  const reconnect = v.reconnect ?? 'auto';
-  if (reconnect !== 'auto' && reconnect !== 'never' && reconnect !== 'always') {
-    throw new CliUsageError(`--reconnect must be auto, never or always, got "${reconnect}"`);
-  }
-  if (v['state-dir'] !== undefined && v['state-dir'] === '') {
-    throw new CliUsageError('--state-dir must not be empty');
-  }
-  const cmd: BlkCommand = {
+  return {
     command: 'blk',
     ...device,
     verbose: v.verbose ?? false,
     stats: v.stats ?? false,
-    reconnect,
-    persist: v.persist ?? false,
   };
-  if (v['state-dir'] !== undefined) cmd.stateDir = v['state-dir'];
-  return cmd;
+}
+
+type FlagSpec = ParseArgsConfig['options'] & object;
+type FlagValues<T extends FlagSpec> = ReturnType<typeof parseArgs<{ options: T; strict: true }>>['values'];
+
+/**
+ * parseArgs (strict) that also refuses an option given twice ("--name a --name b" would otherwise silently be
+ * b). A parse error is a CliUsageError of one line, prefixed with `prefix` ("vduse add: ") when given.
+ */
+export function parseFlags<T extends FlagSpec>(
+  args: readonly string[],
+  options: T,
+  allowPositionals = false,
+  prefix = '',
+): { values: FlagValues<T>; positionals: string[] } {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: [...args], strict: true, allowPositionals, options, tokens: true });
+  } catch (err) {
+    throw new CliUsageError(`${prefix}${cleanParseError(messageOf(err))}`, { cause: err });
+  }
+  const seen = new Set<string>();
+  for (const token of parsed.tokens) {
+    if (token.kind !== 'option') continue;
+    if (seen.has(token.name)) {
+      throw new CliUsageError(`${prefix}--${token.name} is given twice (give it once)`);
+    }
+    seen.add(token.name);
+  }
+  return { values: parsed.values as FlagValues<T>, positionals: parsed.positionals };
 }
 
 /**

@@ -3,12 +3,13 @@
  *
  * NOTE: the device lifecycle (open backend -> VDUSE_CREATE_DEV -> open /dev/vduse/NAME + serve -> vdpa DEV_NEW
  * -> wait for the block device; and the ordered teardown DEV_DEL -> close the dev fd -> VDUSE_DESTROY_DEV ->
- * close the backend; resize) lives in src/mgmt/blk-runner.ts (BlkRunner), shared with `vduse serve`. Change it
+ * close the backend; resize) lives in src/mgmt/blk/runner.ts (BlkRunner), shared with `vduse serve`. Change it
  * there, not here. This file only wires a BlkRunner to the command line: print the device path, wait for
  * SIGINT/SIGTERM, SIGHUP = resize from the backend, SIGUSR1 = print the counters.
  */
 import { BlkRunner, describeSize } from '../mgmt/blk/runner.js';
 import type { SysBinding } from '../sys/binding.js';
+import { isVduseTsError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { ControlLatency } from '../transports/vduse/recovery/reconnect.js';
 import { VdpaClient } from '../transports/vdpa/client.js';
@@ -36,21 +37,12 @@ export async function runBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<void
       log.debug('teardown: stop the vdpa worker');
       await vdpa.close();
     } catch (err) {
-      log.error(`stop the vdpa worker: ${(err as Error).message}`);
+      log.error(`stop the vdpa worker: ${messageOf(err)}`);
     }
   };
   let runner: BlkRunner;
   try {
-    runner = await BlkRunner.start(cmd, {
-      binding,
-      logger: log,
-      vdpa,
-      recovery: {
-        reconnect: cmd.reconnect,
-        persist: cmd.persist,
-        ...(cmd.stateDir !== undefined ? { stateDir: cmd.stateDir } : {}),
-      },
-    });
+    runner = await BlkRunner.start(cmd, { binding, logger: log, vdpa });
   } catch (err) {
     await closeVdpa();
     throw err;
@@ -95,9 +87,8 @@ async function resizeFromBackend(runner: BlkRunner, log: Logger): Promise<void> 
     if (bytes === before) log.info(`SIGHUP: size unchanged (${describeSize(bytes)})`);
     else log.info(`resized to ${describeSize(bytes)}`);
   } catch (err) {
-    const message = (err as Error).message;
-    if (message.includes('only a file backend')) {
+    if (isVduseTsError(err, 'ERR_MGMT_RESIZE_NO_FILE')) {
       log.warn('SIGHUP: only a file backend (a regular file) can be resized; ignored');
-    } else log.error(`resize failed: ${message}`);
+    } else log.error(`resize failed: ${messageOf(err)}`);
   }
 }

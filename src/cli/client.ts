@@ -5,16 +5,17 @@
  *   vduse ls [--json]                              device.list
  *   vduse resize NAME SIZE                         device.resize
  *   vduse stats [NAME] [--watch] [--json]          device.stats
- * Each takes --socket PATH. Errors from the daemon are printed as one line (exit 1); usage errors exit 2.
+ * Each takes --socket PATH. Errors from the daemon are printed as one line (exit 1); usage errors (and the
+ * daemon's invalid-params answers) exit 2.
  */
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 
 import { formatSize } from '../backends/size.js';
-import { DEVICE_INTEGER_LIMITS } from '../mgmt/blk/options.js';
+import { DEVICE_INTEGER_LIMITS, validateDeviceOptions } from '../mgmt/blk/options.js';
 import type { DeviceInfo, DeviceStats } from '../mgmt/manager.js';
-import { RpcCallError, rpcCall } from '../mgmt/daemon/rpc.js';
-import { CliUsageError, DEVICE_FLAGS, cleanParseError, deviceOptionsFromFlags } from './args.js';
+import { rpcCall } from '../mgmt/daemon/rpc.js';
+import { CliUsageError, DEVICE_FLAGS, deviceOptionsFromFlags, flagOf, parseFlags } from './args.js';
+import { reportError } from './report.js';
 import { formatTable, rates, renderRates, renderTotals } from './stats-watch.js';
 
 export const CLIENT_COMMANDS = ['add', 'del', 'ls', 'resize', 'stats'] as const;
@@ -36,7 +37,8 @@ export function defaultSocketPath(
 export const CLIENT_USAGE = `Usage (talk to a running vduse serve):
   vduse add NAME --backend SPEC [--queues N] [--queue-size N] [--logical-block-size N] [--serial S]
                  [--readonly] [--packed] [--no-attach] [--driver virtio-vdpa|vhost-vdpa]
-                 [--queue-threads N] [--poll-us N]
+                 [--queue-threads N] [--poll-us N] [--state-dir DIR] [--reconnect auto|never|always]
+                 [--persist]        (the options of vduse blk; vduse blk --help)
   vduse del NAME [--force]          safe by default: refuses while mounted, waits for requests in flight
   vduse ls [--json]                 the devices: state, block device, size, queues, backend
   vduse resize NAME SIZE            grow (or shrink) the backend and tell the driver (SIZE like 2G)
@@ -59,26 +61,21 @@ export function parseClientArgs(
   name: ClientCommandName,
   argv: readonly string[],
 ): ClientCommand | { command: 'help' } {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: [...argv],
-      strict: true,
-      allowPositionals: true,
-      options: {
-        socket: { type: 'string' },
-        json: { type: 'boolean' },
-        force: { type: 'boolean' },
-        watch: { type: 'boolean' },
-        interval: { type: 'string' },
-        count: { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-        ...(name === 'add' ? DEVICE_FLAGS : {}),
-      },
-    });
-  } catch (err) {
-    throw new CliUsageError(`vduse ${name}: ${cleanParseError((err as Error).message)}`);
-  }
+  const parsed = parseFlags(
+    argv,
+    {
+      socket: { type: 'string' },
+      json: { type: 'boolean' },
+      force: { type: 'boolean' },
+      watch: { type: 'boolean' },
+      interval: { type: 'string' },
+      count: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+      ...(name === 'add' ? DEVICE_FLAGS : {}),
+    },
+    true,
+    `vduse ${name}: `,
+  );
   const v = parsed.values as Record<string, string | boolean | undefined>;
   const pos = parsed.positionals;
   if (v.help) return { command: 'help' };
@@ -108,11 +105,18 @@ export function parseClientArgs(
       only(['json']);
       positionals(1, 1, 'NAME');
       if (typeof v.backend !== 'string') throw new CliUsageError('vduse add: --backend is required');
-      // Numbers go as numbers, anything else as text: the daemon validates and names the bad key.
-      const p: Record<string, unknown> = { name: pos[0], ...deviceOptionsFromFlags(v) };
+      // Checked here like vduse blk checks it (same words, exit 2), then sent as given: the daemon checks
+      // again (another client may send anything) and fills in its defaults for what was left out.
+      const flags = { name: pos[0], ...deviceOptionsFromFlags(v) };
+      validateDeviceOptions(flags, {
+        style: 'flag',
+        label: flagOf,
+        error: (message) => new CliUsageError(`vduse add: ${message}`),
+      });
+      const p: Record<string, unknown> = { ...flags };
       for (const key of Object.keys(DEVICE_INTEGER_LIMITS)) {
         const text = p[key];
-        if (typeof text === 'string' && /^\d+$/.test(text)) p[key] = Number(text);
+        if (typeof text === 'string') p[key] = Number(text);
       }
       cmd.method = 'device.add';
       cmd.params = p;
@@ -212,9 +216,8 @@ export async function runClient(
     }
     return 0;
   } catch (err) {
-    const prefix = err instanceof RpcCallError ? '' : '';
-    process.stderr.write(`vduse ${cmd.command}: ${prefix}${(err as Error).message}\n`);
-    return 1;
+    // a daemon error is one line, exit 1; invalid params (a UsageError) exit 2
+    return reportError(err, `vduse ${cmd.command}`);
   }
 }
 

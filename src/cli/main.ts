@@ -1,20 +1,19 @@
 #!/usr/bin/env node
 /**
  * The `vduse` command. Exit codes: 0 done, 1 runtime failure (missing kernel support, name taken, not permitted,
- * ...), 2 usage error. Every failure is one line on stderr.
+ * ...), 2 usage error. Every failure a user can cause is one line on stderr (./report.ts).
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { UsageError } from '../common/errors.js';
 import { backendHelp } from '../backends/spec.js';
 import { findPackageRoot, loadNativeBinding } from '../sys/native.js';
-import { listVduseDevices } from '../transports/vduse/control.js';
 import { createLogger } from '../common/logger.js';
-import { boundDriver, findBlockDevice, findVhostDevice } from '../transports/vdpa/sysfs.js';
-import { BLK_USAGE, CliUsageError, MAIN_USAGE, parseCommandLine } from './args.js';
+import { BLK_USAGE, MAIN_USAGE, parseCommandLine } from './args.js';
 import { runBlk } from './blk.js';
 import { CLIENT_COMMANDS } from './client.js';
+import { listDevices } from './list.js';
+import { reportError } from './report.js';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(join(findPackageRoot(), 'package.json'), 'utf8')) as {
@@ -49,11 +48,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   try {
     command = parseCommandLine(argv);
   } catch (err) {
-    if (err instanceof CliUsageError) {
-      process.stderr.write(`vduse: ${err.message}\n`);
-      return 2;
-    }
-    throw err;
+    return reportError(err);
   }
   switch (command.command) {
     case 'help':
@@ -69,10 +64,10 @@ export async function main(argv: readonly string[]): Promise<number> {
       process.stdout.write(`${version()}\n`);
       return 0;
     case 'list': {
-      for (const name of listVduseDevices()) {
-        const driver = boundDriver(name);
-        const node = findBlockDevice(name) ?? findVhostDevice(name);
-        process.stdout.write(`${name}${driver ? ` ${driver}` : ' detached'}${node ? ` /dev/${node}` : ''}\n`);
+      try {
+        for (const line of listDevices()) process.stdout.write(`${line}\n`);
+      } catch (err) {
+        return reportError(err);
       }
       return 0;
     }
@@ -89,13 +84,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         });
         return 0;
       } catch (err) {
-        if (err instanceof UsageError) {
-          process.stderr.write(`vduse: ${err.message}\n`);
-          return 2;
-        }
-        process.stderr.write(`vduse: ${(err as Error).message}\n`);
-        if (command.verbose && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
-        return 1;
+        return reportError(err, 'vduse', { verbose: command.verbose });
       }
     }
   }

@@ -8,7 +8,6 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
-import { parseArgs } from 'node:util';
 
 import { createApi, type DaemonInfo } from '../mgmt/api.js';
 import {
@@ -24,12 +23,15 @@ import { BlkDeviceManager } from '../mgmt/manager.js';
 import { createMetricsRegistry, startMetricsServer } from '../mgmt/daemon/metrics.js';
 import { removePidFile, sdNotify, writePidFile } from '../mgmt/daemon/notify.js';
 import { dropPrivileges, lookupAccount, type Account } from '../mgmt/daemon/privileges.js';
-import { RpcServer } from '../mgmt/daemon/rpc.js';
+import { checkDaemonPath } from '../mgmt/daemon/paths.js';
+import { RpcThreadServer } from '../mgmt/daemon/rpc-thread.js';
+import { MgmtError } from '../mgmt/errors.js';
 import { HelperTransport } from '../mgmt/vdpa-helper.js';
 import type { SysBinding } from '../sys/binding.js';
 import { VdpaClient } from '../transports/vdpa/client.js';
-import { UsageError } from '../common/errors.js';
-import { CliUsageError, cleanParseError } from './args.js';
+import { messageOf, systemErrorMessage } from '../common/errors.js';
+import { CliUsageError, parseFlags } from './args.js';
+import { reportError } from './report.js';
 import {
   CLIENT_COMMANDS,
   CLIENT_USAGE,
@@ -47,11 +49,12 @@ export interface ServeCommand {
   pidfile?: string;
   user?: string;
   logFormat?: LogFormat;
+  stateDir?: string;
   verbose: boolean;
 }
 
 export const SERVE_USAGE = `Usage: vduse serve [--config FILE] [--socket PATH] [--metrics ADDR:PORT] [--pidfile FILE]
-                   [--user USER] [--log-format json|text] [-v]
+                   [--user USER] [--log-format json|text] [--state-dir DIR] [-v]
 
 Run a daemon that serves any number of virtio-blk devices: the ones declared in the config file (YAML or JSON)
 at start, plus those added at run time with vduse add (JSON-RPC on the management socket).
@@ -65,45 +68,45 @@ Options:
   --user USER            drop to USER after the devices are up (then vduse add/del are refused)
   --log-format FORMAT    json (JSON lines) or text; default json under systemd (JOURNAL_STREAM) when stderr is
                          not a terminal, else text
+  --state-dir DIR        crash-recovery state logs of the devices that set no state-dir of their own (default
+                         /run/vduse-ts, or $XDG_RUNTIME_DIR/vduse-ts when not root)
   -v, --verbose          debug logs
   -h, --help             this help
 
-Signals: SIGINT/SIGTERM stop (devices detached and destroyed), SIGHUP reloads the config file.
+Each device also takes the crash-recovery keys of vduse blk (state-dir, reconnect, persist): after a crash
+(SIGKILL, OOM), starting vduse serve again with the same config takes its devices over under running I/O.
+
+Signals: SIGINT/SIGTERM stop (devices detached and destroyed, or kept for the next daemon with persist: true),
+SIGHUP reloads the config file.
 `;
 
 export function parseServeArgs(argv: readonly string[]): ServeCommand | { command: 'help'; text: string } {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: [...argv],
-      strict: true,
-      allowPositionals: false,
-      options: {
-        config: { type: 'string' },
-        socket: { type: 'string' },
-        metrics: { type: 'string' },
-        pidfile: { type: 'string' },
-        user: { type: 'string' },
-        'log-format': { type: 'string' },
-        verbose: { type: 'boolean', short: 'v' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
-  } catch (err) {
-    throw new CliUsageError(cleanParseError((err as Error).message));
-  }
+  const parsed = parseFlags(argv, {
+    config: { type: 'string' },
+    socket: { type: 'string' },
+    metrics: { type: 'string' },
+    pidfile: { type: 'string' },
+    user: { type: 'string' },
+    'log-format': { type: 'string' },
+    'state-dir': { type: 'string' },
+    verbose: { type: 'boolean', short: 'v' },
+    help: { type: 'boolean', short: 'h' },
+  });
   const v = parsed.values;
   if (v.help) return { command: 'help', text: SERVE_USAGE };
   const cmd: ServeCommand = { command: 'serve', verbose: v.verbose ?? false };
   if (v.config !== undefined) cmd.config = v.config;
-  if (v.socket !== undefined) cmd.socket = v.socket;
+  if (v.socket !== undefined) {
+    if (v.socket === '') throw new CliUsageError('--socket must not be empty');
+    cmd.socket = v.socket;
+  }
   if (v.metrics !== undefined) {
-    try {
-      parseListenAddress(v.metrics, '--metrics');
-    } catch (err) {
-      throw new CliUsageError((err as Error).message);
-    }
+    parseListenAddress(v.metrics, '--metrics');
     cmd.metrics = v.metrics;
+  }
+  if (v['state-dir'] !== undefined) {
+    if (v['state-dir'] === '') throw new CliUsageError('--state-dir must not be empty');
+    cmd.stateDir = v['state-dir'];
   }
   if (v.pidfile !== undefined) cmd.pidfile = v.pidfile;
   if (v.user !== undefined) cmd.user = v.user;
@@ -121,10 +124,7 @@ function readConfig(path: string): ServeConfig {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new ConfigError(
-      `cannot read config ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
-      '',
-    );
+    throw new ConfigError(`cannot read config ${path}: ${systemErrorMessage(err)}`, '', { cause: err });
   }
   const config = parseConfigText(text, path);
   return config;
@@ -138,7 +138,7 @@ export interface ServeEnvironment {
   version: string;
 }
 
-/** Runs the daemon until the stop signal. Throws ConfigError / CliUsageError for the user's mistakes. */
+/** Runs the daemon until the stop signal. Throws UsageErrors (ConfigError, CliUsageError) for the user's mistakes. */
 export async function runServe(cmd: ServeCommand, env: ServeEnvironment): Promise<void> {
   const fileConfig: ServeConfig = cmd.config !== undefined ? readConfig(cmd.config) : { devices: [] };
   const settings = {
@@ -147,7 +147,19 @@ export async function runServe(cmd: ServeCommand, env: ServeEnvironment): Promis
     pidfile: cmd.pidfile ?? fileConfig.pidfile,
     user: cmd.user ?? fileConfig.user,
     logFormat: cmd.logFormat ?? fileConfig.logFormat ?? defaultLogFormat(),
+    stateDir: cmd.stateDir ?? fileConfig.stateDir,
   };
+  // Paths first: one under /proc would make a recursive mkdir loop for ever.
+  checkDaemonPath(settings.socket, cmd.socket !== undefined ? '--socket' : 'config socket');
+  if (settings.stateDir !== undefined) {
+    checkDaemonPath(settings.stateDir, cmd.stateDir !== undefined ? '--state-dir' : 'config state-dir');
+  }
+  for (const [i, d] of fileConfig.devices.entries()) {
+    if (d.stateDir !== undefined) checkDaemonPath(d.stateDir, `config devices[${i}].state-dir`);
+  }
+  if (settings.pidfile !== undefined) {
+    checkDaemonPath(settings.pidfile, cmd.pidfile !== undefined ? '--pidfile' : 'config pidfile');
+  }
   const log: FieldLogger = createStructuredLogger({
     format: settings.logFormat,
     level: cmd.verbose ? 'debug' : 'info',
@@ -155,7 +167,9 @@ export async function runServe(cmd: ServeCommand, env: ServeEnvironment): Promis
   let account: Account | null = null;
   if (settings.user !== undefined) {
     account = lookupAccount(settings.user);
-    if (process.getuid?.() !== 0) throw new Error(`--user ${settings.user}: only root can change user`);
+    if (process.getuid?.() !== 0) {
+      throw new MgmtError('ERR_MGMT_PRIVILEGES', `--user ${settings.user}: only root can change user`);
+    }
   }
   const metricsAddr = settings.metrics !== undefined ? parseListenAddress(settings.metrics, 'metrics') : null;
 
@@ -167,6 +181,8 @@ export async function runServe(cmd: ServeCommand, env: ServeEnvironment): Promis
     logger: log,
     deviceLogger: (name) => log.child({ device: name }),
     vdpa,
+    ...(settings.stateDir !== undefined ? { stateDir: settings.stateDir } : {}),
+    onChange: () => rpc.publish('device.list', manager.list()),
   });
   const startedAt = Date.now();
   let privileged = true;
@@ -180,7 +196,10 @@ export async function runServe(cmd: ServeCommand, env: ServeEnvironment): Promis
     privileged,
     devices: manager.list().length,
   });
-  const rpc = new RpcServer(createApi(manager, info), { onProblem: (m) => log.warn(m) });
+  // The management socket has a thread of its own: device.list is answered there from the list published
+  // at each change, whatever the data path on this thread is doing; other calls run here.
+  const rpc = new RpcThreadServer(createApi(manager, info), { onProblem: (m) => log.warn(m) });
+  rpc.publish('device.list', []);
   let metricsServer: Server | null = null;
   let pidWritten = false;
   const shutdown = async (): Promise<void> => {
@@ -188,13 +207,13 @@ export async function runServe(cmd: ServeCommand, env: ServeEnvironment): Promis
     if (metricsServer !== null) await new Promise((r) => metricsServer!.close(r));
     metricsServer?.closeAllConnections();
     await manager.removeAll();
-    await vdpa.close().catch((err: unknown) => log.error(`stop the vdpa client: ${(err as Error).message}`));
+    await vdpa.close().catch((err: unknown) => log.error(`stop the vdpa client: ${messageOf(err)}`));
     if (pidWritten && settings.pidfile !== undefined) removePidFile(settings.pidfile);
   };
 
   try {
     for (const device of fileConfig.devices) await manager.add(device);
-    await rpc.listen(settings.socket);
+    await rpc.listen(settings.socket, cmd.socket !== undefined ? '--socket' : 'config socket');
     log.info(`management socket ${settings.socket}`);
     if (metricsAddr !== null) {
       metricsServer = await startMetricsServer(
@@ -262,7 +281,7 @@ function reload(
     try {
       next = readConfig(path);
     } catch (err) {
-      log.error(`reload: ${(err as Error).message}; nothing changed`);
+      log.error(`reload: ${messageOf(err)}; nothing changed`);
       return;
     }
     for (const key of ['socket', 'metrics', 'pidfile', 'user', 'logFormat'] as const) {
@@ -274,7 +293,7 @@ function reload(
     for (const device of next.devices) {
       const running = manager.configOf(device.name);
       if (running !== undefined) {
-        const changed = changedDeviceKeys(running, device);
+        const changed = changedDeviceKeys(running, manager.resolve(device));
         if (changed.length > 0) {
           log.warn(
             `reload: device ${device.name}: ${changed.join(', ')} changed: needs the device re-created (vduse del ${device.name}, then reload); kept as it is`,
@@ -286,7 +305,7 @@ function reload(
         await manager.add(device);
         added.push(device.name);
       } catch (err) {
-        log.error(`reload: ${(err as Error).message}`);
+        log.error(`reload: ${messageOf(err)}`);
       }
     }
     const declared = new Set(next.devices.map((d) => d.name));
@@ -312,7 +331,13 @@ export async function runOpsCommand(
   if (first !== 'serve' && !isClient) return null;
   try {
     if (isClient) {
-      const cmd = parseClientArgs(first as ClientCommandName, rest);
+      let cmd;
+      try {
+        cmd = parseClientArgs(first as ClientCommandName, rest);
+      } catch (err) {
+        // its message starts with "vduse add: " already
+        return reportError(err, null);
+      }
       if (cmd.command === 'help') {
         process.stdout.write(CLIENT_USAGE);
         return 0;
@@ -332,15 +357,7 @@ export async function runOpsCommand(
     });
     return 0;
   } catch (err) {
-    if (err instanceof CliUsageError || err instanceof UsageError) {
-      process.stderr.write(`vduse: ${err.message}\n`);
-      return 2;
-    }
-    if (err instanceof ConfigError) {
-      process.stderr.write(`vduse: ${err.message}\n`);
-      return 2;
-    }
-    process.stderr.write(`vduse: ${(err as Error).message}\n`);
-    return 1;
+    // a bad command line or config file: exit 2; anything else thrown on purpose: exit 1; one line each
+    return reportError(err);
   }
 }

@@ -7,12 +7,13 @@
  *   device.stats   { name? }                                             -> DeviceStats[]
  *   device.resize  { name, size: bytes or "2G" }                         -> DeviceInfo
  *   daemon.info    {}                                                    -> DaemonInfo
- * Bad params are -32602 errors naming the field ("params.size: ...").
+ * Bad params are UsageErrors (ConfigError, or RpcError ERR_RPC_INVALID_PARAMS) naming the field
+ * ("params.size: ..."): JSON-RPC -32602 at the edge.
  */
 import { parseSize } from '../backends/size.js';
-import { ConfigError, checkName, parseDeviceOptions } from './config.js';
+import { checkName, parseDeviceOptions } from './config.js';
 import type { DeviceManager } from './manager.js';
-import { INVALID_PARAMS, RpcError, type RpcMethods } from './daemon/rpc.js';
+import { RpcError, type RpcMethods } from './daemon/rpc.js';
 
 export interface DaemonInfo {
   version: string;
@@ -28,12 +29,12 @@ export interface DaemonInfo {
 
 function params(value: unknown, allowed: readonly string[]): Record<string, unknown> {
   if (Array.isArray(value))
-    throw new RpcError(INVALID_PARAMS, 'invalid params: expected an object, got a list');
+    throw new RpcError('ERR_RPC_INVALID_PARAMS', 'invalid params: expected an object, got a list');
   const o = (value ?? {}) as Record<string, unknown>;
   for (const key of Object.keys(o)) {
     if (!allowed.includes(key)) {
       throw new RpcError(
-        INVALID_PARAMS,
+        'ERR_RPC_INVALID_PARAMS',
         `params.${key}: unknown parameter${allowed.length > 0 ? ` (known: ${allowed.join(', ')})` : ' (none taken)'}`,
       );
     }
@@ -41,24 +42,15 @@ function params(value: unknown, allowed: readonly string[]): Record<string, unkn
   return o;
 }
 
+/** A bad name is a ConfigError (a UsageError): answered as invalid params, naming the field. */
 function name(o: Record<string, unknown>): string {
-  try {
-    return checkName(o.name, 'params.name');
-  } catch (err) {
-    throw new RpcError(INVALID_PARAMS, (err as Error).message);
-  }
+  return checkName(o.name, 'params.name');
 }
 
 export function createApi(manager: DeviceManager, info: () => DaemonInfo): RpcMethods {
   return {
     'device.add': (p: unknown) => {
-      let config;
-      try {
-        config = parseDeviceOptions(Array.isArray(p) ? p[0] : p, 'params');
-      } catch (err) {
-        if (err instanceof ConfigError) throw new RpcError(INVALID_PARAMS, err.message);
-        throw err;
-      }
+      const config = parseDeviceOptions(Array.isArray(p) ? p[0] : p, 'params');
       return manager.add(config);
     },
     'device.remove': async (p: unknown) => {
@@ -66,7 +58,7 @@ export function createApi(manager: DeviceManager, info: () => DaemonInfo): RpcMe
       const n = name(o);
       if (o.force !== undefined && typeof o.force !== 'boolean') {
         throw new RpcError(
-          INVALID_PARAMS,
+          'ERR_RPC_INVALID_PARAMS',
           `params.force: expected true or false, got ${JSON.stringify(o.force)}`,
         );
       }
@@ -88,7 +80,7 @@ export function createApi(manager: DeviceManager, info: () => DaemonInfo): RpcMe
         typeof o.size === 'number' ? o.size : typeof o.size === 'string' ? parseSize(o.size) : null;
       if (size === null || !Number.isSafeInteger(size) || size <= 0) {
         throw new RpcError(
-          INVALID_PARAMS,
+          'ERR_RPC_INVALID_PARAMS',
           `params.size: expected a size in bytes or like "2G", got ${o.size === undefined ? 'nothing' : JSON.stringify(o.size)}`,
         );
       }

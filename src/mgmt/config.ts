@@ -4,7 +4,8 @@
  * ("config devices[1].queues: expected an integer 1..64, got \"x\"").
  *
  * Keys are the command-line option names of `vduse blk`: name, backend, queues, queue-size,
- * logical-block-size, serial, readonly, packed, attach (false = --no-attach), driver, queue-threads, poll-us.
+ * logical-block-size, serial, readonly, packed, attach (false = --no-attach), driver, queue-threads, poll-us,
+ * state-dir, reconnect, persist.
  */
 import { parse as parseYaml } from 'yaml';
 
@@ -18,17 +19,9 @@ import {
   type BlkDeviceConfig,
   type DeviceOptionReporter,
 } from './blk/options.js';
+import { ConfigError } from './errors.js';
 
-export class ConfigError extends Error {
-  constructor(
-    message: string,
-    /** The path of the bad key ("devices[1].queues"), without the "config " prefix. */
-    readonly path: string,
-  ) {
-    super(message);
-    this.name = 'ConfigError';
-  }
-}
+export { ConfigError };
 
 export type LogFormat = 'json' | 'text';
 
@@ -40,13 +33,15 @@ export interface ServeSettings {
   pidfile?: string;
   user?: string;
   logFormat?: LogFormat;
+  /** The state-dir of devices that do not set their own. */
+  stateDir?: string;
 }
 
 export interface ServeConfig extends ServeSettings {
   devices: BlkDeviceConfig[];
 }
 
-const TOP_KEYS = ['socket', 'metrics', 'pidfile', 'user', 'log-format', 'devices'] as const;
+const TOP_KEYS = ['socket', 'metrics', 'pidfile', 'user', 'log-format', 'state-dir', 'devices'] as const;
 
 /** A likely intended key for a misspelled one (queueSize -> queue-size). */
 function suggest(key: string, known: readonly string[]): string {
@@ -132,6 +127,7 @@ export function validateConfig(doc: unknown): ServeConfig {
   }
   if (o.pidfile !== undefined) config.pidfile = string(o.pidfile, `${at} pidfile`);
   if (o.user !== undefined) config.user = string(o.user, `${at} user`);
+  if (o['state-dir'] !== undefined) config.stateDir = string(o['state-dir'], `${at} state-dir`);
   if (o['log-format'] !== undefined) {
     if (o['log-format'] !== 'json' && o['log-format'] !== 'text') {
       throw new ConfigError(
@@ -190,6 +186,9 @@ export function changedDeviceKeys(a: BlkDeviceConfig, b: BlkDeviceConfig): strin
     driver: 'driver',
     queueThreads: 'queue-threads',
     pollUs: 'poll-us',
+    stateDir: 'state-dir',
+    reconnect: 'reconnect',
+    persist: 'persist',
   };
   return (Object.keys(names) as (keyof BlkDeviceConfig)[]).filter((k) => a[k] !== b[k]).map((k) => names[k]);
 }

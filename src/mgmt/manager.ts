@@ -6,10 +6,11 @@ import { openSync, closeSync, constants as fsConstants } from 'node:fs';
 
 import { BLK_LATENCY_BOUNDS_US } from '../devices/blk/device.js';
 import type { SysBinding } from '../sys/binding.js';
+import { messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { VdpaClient } from '../transports/vdpa/client.js';
-import { BlkRunner, type BlkDeviceConfig, type BlkRunnerState } from './blk/runner.js';
-import { DEVICE_BUSY, DEVICE_EXISTS, NOT_PERMITTED, NO_SUCH_DEVICE, RpcError } from './daemon/rpc.js';
+import { BlkRunner, type BlkDeviceConfig, type BlkRunnerDeps, type BlkRunnerState } from './blk/runner.js';
+import { MgmtError } from './errors.js';
 
 export interface DeviceInfo {
   name: string;
@@ -86,12 +87,23 @@ export interface BlkManagerOptions {
   vdpa: VdpaClient;
   /** How long a safe remove waits for requests in flight to finish. */
   drainTimeoutMs?: number;
+  /** The state-dir of devices that do not set their own (vduse serve --state-dir). */
+  stateDir?: string;
+  /**
+   * Called whenever what list() returns may have changed (a device added, removed, resized, broken, its
+   * features negotiated or reset): vduse serve publishes the list to its RPC thread then.
+   */
+  onChange?: () => void;
+  /** Starts a device (default BlkRunner.start; tests pass a fake). */
+  start?: (config: BlkDeviceConfig, deps: BlkRunnerDeps) => Promise<BlkRunner>;
 }
 
 export class BlkDeviceManager implements DeviceManager {
   readonly #runners = new Map<string, BlkRunner>();
   /** Names being added (so two adds of one name cannot race). */
   readonly #adding = new Set<string>();
+  /** Removals under way by name: a second remove of the same device waits for the first and gets its result. */
+  readonly #removing = new Map<string, Promise<void>>();
   #frozen: string | null = null;
   readonly #o: BlkManagerOptions;
 
@@ -108,16 +120,24 @@ export class BlkDeviceManager implements DeviceManager {
     return [...this.#runners.values()];
   }
 
-  async add(config: BlkDeviceConfig): Promise<DeviceInfo> {
+  /** A device's config with the daemon's defaults filled in (what add() starts, what configOf() returns). */
+  resolve(config: BlkDeviceConfig): BlkDeviceConfig {
+    if (config.stateDir !== undefined || this.#o.stateDir === undefined) return config;
+    return { ...config, stateDir: this.#o.stateDir };
+  }
+
+  async add(given: BlkDeviceConfig): Promise<DeviceInfo> {
+    const config = this.resolve(given);
     if (this.#frozen !== null)
-      throw new RpcError(NOT_PERMITTED, `cannot add ${config.name}: ${this.#frozen}`);
+      throw new MgmtError('ERR_MGMT_NOT_PERMITTED', `cannot add ${config.name}: ${this.#frozen}`);
     if (this.#runners.has(config.name) || this.#adding.has(config.name)) {
-      throw new RpcError(DEVICE_EXISTS, `device ${config.name} exists already`);
+      throw new MgmtError('ERR_MGMT_DEVICE_EXISTS', `device ${config.name} exists already`);
     }
     this.#adding.add(config.name);
     try {
       const log = this.#o.deviceLogger?.(config.name) ?? this.#o.logger;
-      const runner = await BlkRunner.start(config, {
+      const start = this.#o.start ?? ((c, d) => BlkRunner.start(c, d));
+      const runner = await start(config, {
         binding: this.#o.binding,
         logger: log,
         vdpa: this.#o.vdpa,
@@ -127,7 +147,12 @@ export class BlkDeviceManager implements DeviceManager {
         log.error(
           `device ${config.name} is broken (${reason.message}); remove it with vduse del ${config.name}`,
         );
+        this.#changed();
       });
+      // the features in the list follow the driver
+      runner.vduse.on?.('driver-ok', () => this.#changed());
+      runner.vduse.on?.('reset', () => this.#changed());
+      this.#changed();
       log.info(`device ${config.name} ready at ${runner.path}`);
       return infoOf(runner);
     } finally {
@@ -135,29 +160,52 @@ export class BlkDeviceManager implements DeviceManager {
     }
   }
 
-  async remove(name: string, options: RemoveOptions = {}): Promise<void> {
+  /**
+   * Remove a device: the safety checks (unless force), then the ordered teardown, destroying the device even
+   * when it is set to persist. One removal per device: a second call while one runs (two removes in one batch)
+   * waits for it and gets its result.
+   */
+  remove(name: string, options: RemoveOptions = {}): Promise<void> {
+    const running = this.#removing.get(name);
+    if (running !== undefined) return running;
     const runner = this.#get(name);
-    if (this.#frozen !== null) throw new RpcError(NOT_PERMITTED, `cannot remove ${name}: ${this.#frozen}`);
-    if (runner.state === 'stopping')
-      throw new RpcError(DEVICE_BUSY, `device ${name} is being removed already`);
+    if (this.#frozen !== null) {
+      return Promise.reject(
+        new MgmtError('ERR_MGMT_NOT_PERMITTED', `cannot remove ${name}: ${this.#frozen}`),
+      );
+    }
+    const removal = this.#remove(runner, options).finally(() => this.#removing.delete(name));
+    this.#removing.set(name, removal);
+    return removal;
+  }
+
+  async #remove(runner: BlkRunner, options: RemoveOptions): Promise<void> {
+    const name = runner.name;
     if (!options.force && runner.state === 'running') {
       const path = runner.currentPath();
       if (path.startsWith('/dev/vd') && blockDeviceInUse(path)) {
-        throw new RpcError(
-          DEVICE_BUSY,
+        throw new MgmtError(
+          'ERR_MGMT_DEVICE_BUSY',
           `device ${name} (${path}) is in use (mounted or held open exclusively); unmount it first or use force`,
         );
       }
       const drained = await waitIdle(runner, this.#o.drainTimeoutMs ?? 10_000);
       if (!drained) {
-        throw new RpcError(
-          DEVICE_BUSY,
+        throw new MgmtError(
+          'ERR_MGMT_DEVICE_BUSY',
           `device ${name} still has ${runner.inFlight} request(s) in flight; retry or use force`,
         );
       }
     }
-    await runner.stop();
-    this.#runners.delete(name);
+    // the daemon's shutdown may have started this teardown meanwhile: stop() then waits for it
+    const stopped = runner.stop('destroy');
+    this.#changed();
+    try {
+      await stopped;
+    } finally {
+      if (this.#runners.get(name) === runner) this.#runners.delete(name);
+      this.#changed();
+    }
     (this.#o.deviceLogger?.(name) ?? this.#o.logger).info(`device ${name} removed`);
   }
 
@@ -173,6 +221,7 @@ export class BlkDeviceManager implements DeviceManager {
   async resize(name: string, bytes: number): Promise<DeviceInfo> {
     const runner = this.#get(name);
     await runner.resize(bytes);
+    this.#changed();
     return infoOf(runner);
   }
 
@@ -181,21 +230,36 @@ export class BlkDeviceManager implements DeviceManager {
     return r === undefined ? undefined : { ...r.config };
   }
 
-  /** Remove every device, newest first (daemon shutdown). Failures are logged, not thrown. */
+  /**
+   * Stop every device, newest first (daemon shutdown): each is detached and destroyed, or kept for the next
+   * daemon when it is set to persist. A device being removed meanwhile is not torn down twice: its teardown is
+   * waited for. Failures are logged, not thrown.
+   */
   async removeAll(): Promise<void> {
     for (const runner of [...this.runners].reverse()) {
       try {
-        await runner.stop();
+        // a device whose removal is under way goes (persist or not): that was asked for
+        await runner.stop(this.#removing.has(runner.name) ? 'destroy' : 'auto');
       } catch (err) {
-        this.#o.logger.error(`stopping ${runner.name}: ${(err as Error).message}`);
+        this.#o.logger.error(`stopping ${runner.name}: ${messageOf(err)}`);
       }
-      this.#runners.delete(runner.name);
+      if (this.#runners.get(runner.name) === runner) this.#runners.delete(runner.name);
+      this.#changed();
+    }
+    await Promise.allSettled([...this.#removing.values()]);
+  }
+
+  #changed(): void {
+    try {
+      this.#o.onChange?.();
+    } catch (err) {
+      this.#o.logger.warn(`publishing the device list: ${messageOf(err)}`);
     }
   }
 
   #get(name: string): BlkRunner {
     const r = this.#runners.get(name);
-    if (r === undefined) throw new RpcError(NO_SUCH_DEVICE, `no device named ${name}`);
+    if (r === undefined) throw new MgmtError('ERR_MGMT_NO_SUCH_DEVICE', `no device named ${name}`);
     return r;
   }
 }

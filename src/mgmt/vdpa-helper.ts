@@ -17,6 +17,18 @@ import {
   type VdpaTransport,
 } from '../transports/vdpa/client.js';
 import { VdpaNetlink } from '../transports/vdpa/netlink.js';
+import { VduseError, type VduseErrorCode } from '../transports/vduse/errors.js';
+import { MgmtError } from './errors.js';
+
+/** A VduseError from the helper is one again here (its code decides what happens); anything else keeps its errno. */
+function restore(flat: Extract<VdpaAnswer, { ok: false }>['error']): Error {
+  if (flat.name === 'VduseError' && flat.code !== undefined) {
+    return new VduseError(flat.code as VduseErrorCode, flat.message);
+  }
+  const err = new Error(flat.message) as NodeJS.ErrnoException;
+  if (flat.code !== undefined) err.code = flat.code;
+  return err;
+}
 
 export class HelperTransport implements VdpaTransport {
   readonly #child: ChildProcess;
@@ -33,16 +45,12 @@ export class HelperTransport implements VdpaTransport {
       if (!p) return;
       this.#pending.delete(answer.id);
       if (answer.ok) p.resolve(answer.result);
-      else {
-        const err = new Error(answer.error.message) as NodeJS.ErrnoException;
-        if (answer.error.code !== undefined) err.code = answer.error.code;
-        p.reject(err);
-      }
+      else p.reject(restore(answer.error));
       if (this.#pending.size === 0) this.#child.channel?.unref();
     });
     this.#child.channel?.unref();
     this.#child.on('exit', (code) => {
-      this.#failure ??= new Error(`vdpa helper exited (code ${code})`);
+      this.#failure ??= new MgmtError('ERR_MGMT_HELPER', `vdpa helper exited (code ${code})`);
       for (const p of this.#pending.values()) p.reject(this.#failure);
       this.#pending.clear();
     });
@@ -59,7 +67,7 @@ export class HelperTransport implements VdpaTransport {
   }
 
   close(): Promise<void> {
-    this.#failure ??= new Error('the vdpa helper is closed');
+    this.#failure ??= new MgmtError('ERR_MGMT_HELPER', 'the vdpa helper is closed');
     if (this.#child.exitCode !== null || this.#child.signalCode !== null) return Promise.resolve();
     return new Promise((resolve) => {
       this.#child.once('exit', () => resolve());

@@ -1,7 +1,6 @@
 // Scenarios of `vduse serve` on the real kernel: devices from a config file, the management socket and its
 // client commands, metrics against fio's own totals, resize seen by the guest, SIGHUP reload, readiness.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
@@ -16,90 +15,10 @@ import {
   waitForBlockDevice,
   waitForVduseDevGone,
   writeReadVerify,
-  type Cleanup,
   tempDir,
 } from './lib/index.js';
 import { CLI, PREREQS } from './vduse-daemon.js';
-
-class ServeDaemon {
-  stderr = '';
-  stdout = '';
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  constructor(
-    readonly child: ChildProcess,
-    readonly socket: string,
-  ) {
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => (this.stdout += d));
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => (this.stderr += d));
-    this.exited = new Promise((resolve) =>
-      child.on('exit', (code, signal) => setImmediate(() => resolve({ code, signal }))),
-    );
-  }
-
-  static spawn(
-    args: string[],
-    socket: string,
-    cleanup: Cleanup,
-    env: NodeJS.ProcessEnv = process.env,
-  ): ServeDaemon {
-    const d = new ServeDaemon(
-      spawn(process.execPath, [CLI, 'serve', '--socket', socket, ...args], {
-        stdio: ['ignore', 'pipe', 'pipe'],
-        env,
-      }),
-      socket,
-    );
-    cleanup.add('stop vduse serve', async () => {
-      if (d.child.exitCode === null && d.child.signalCode === null) await d.stop();
-    });
-    return d;
-  }
-
-  get alive(): boolean {
-    return this.child.exitCode === null && this.child.signalCode === null;
-  }
-
-  async stop(
-    sig: NodeJS.Signals = 'SIGTERM',
-  ): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-    this.child.kill(sig);
-    const timer = setTimeout(() => this.child.kill('SIGKILL'), 60_000);
-    try {
-      return await this.exited;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  /** Log lines (JSON) as objects. */
-  logs(): Record<string, unknown>[] {
-    return this.stderr
-      .split('\n')
-      .filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l) as Record<string, unknown>);
-  }
-
-  async waitLog(re: RegExp, timeoutMs = 60_000): Promise<void> {
-    await waitFor(`daemon log matching ${re}`, () => re.test(this.stderr) || (!this.alive && this.fail()), {
-      timeoutMs,
-    });
-  }
-
-  fail(): never {
-    throw new Error(`vduse serve exited: ${this.stderr}`);
-  }
-
-  async cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-    const r = await exec(process.execPath, [CLI, ...args, '--socket', this.socket], { timeoutMs: 120_000 });
-    return r;
-  }
-
-  async cliOk(args: string[]): Promise<string> {
-    const r = await this.cli(args);
-    assert.equal(r.code, 0, `vduse ${args.join(' ')} failed: ${r.stderr}`);
-    return r.stdout;
-  }
-}
+import { ServeDaemon } from './serve-daemon.js';
 
 async function scrape(port: number): Promise<string> {
   const res = await fetch(`http://127.0.0.1:${port}/metrics`);
@@ -320,8 +239,25 @@ test(
     const dup = await d.cli(['add', 'e2e-ops-d', '--backend', 'memory:1M']);
     assert.equal(dup.code, 1);
     assert.equal(dup.stderr, 'vduse add: device e2e-ops-d exists already\n');
+    // the words and the exit code of vduse blk --queues x
     const badq = await d.cli(['add', 'e2e-ops-x', '--backend', 'memory:1M', '--queues', 'x']);
-    assert.equal(badq.stderr, 'vduse add: params.queues: expected an integer 1..64, got "x"\n');
+    assert.equal(badq.stderr, 'vduse add: --queues must be a whole number, got "x"\n');
+    assert.equal(badq.code, 2);
+    const memThreads = await d.cli([
+      'add',
+      'e2e-ops-x',
+      '--backend',
+      'memory:1M',
+      '--queues',
+      '2',
+      '--queue-threads',
+      '2',
+    ]);
+    assert.equal(memThreads.code, 2);
+    assert.match(memThreads.stderr, /^vduse add: --queue-threads cannot serve a memory backend/);
+    // an unknown option is a usage error like any other
+    const unknown = await d.cli(['add', 'e2e-ops-x', '--backend', 'memory:1M', '--name', 'y']);
+    assert.equal(unknown.code, 2);
     const names = (JSON.parse(await d.cliOk(['ls', '--json'])) as Listed[]).map((x) => x.name);
     assert.deepEqual(names, ['e2e-ops-c', 'e2e-ops-d']);
 

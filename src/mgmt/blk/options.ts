@@ -7,6 +7,9 @@
 
 export type BlkDriver = 'virtio-vdpa' | 'vhost-vdpa';
 
+/** When to take over a device a previous daemon left (src/transports/vduse/recovery/reconnect.ts). */
+export type BlkReconnectPolicy = 'auto' | 'never' | 'always';
+
 /** What a device is made of: the options of `vduse blk`, of a config file entry and of device.add. */
 export interface BlkDeviceConfig {
   name: string;
@@ -28,6 +31,12 @@ export interface BlkDeviceConfig {
   queueThreads: number;
   /** Poll the rings this many microseconds before sleeping on a kick (0: never; absent: the device default). */
   pollUs?: number;
+  /** Crash recovery: the directory of the state log NAME.state (absent: /run/vduse-ts, or $XDG_RUNTIME_DIR/vduse-ts). */
+  stateDir?: string;
+  /** Crash recovery: take over a device left by a previous daemon ('auto'), never, or insist on it ('always'). */
+  reconnect: BlkReconnectPolicy;
+  /** Keep the device (attached, with its state log) when the daemon stops, for the next daemon to take over. */
+  persist: boolean;
 }
 
 export const BLK_DEFAULTS = {
@@ -39,6 +48,8 @@ export const BLK_DEFAULTS = {
   attach: true,
   driver: 'virtio-vdpa' as BlkDriver,
   queueThreads: 1,
+  reconnect: 'auto' as BlkReconnectPolicy,
+  persist: false,
 };
 
 /** The keys of a device's options: config file keys, device.add params, `vduse blk` flags (attach = --no-attach). */
@@ -55,6 +66,9 @@ export const DEVICE_KEYS = [
   'driver',
   'queue-threads',
   'poll-us',
+  'state-dir',
+  'reconnect',
+  'persist',
 ] as const;
 
 export type DeviceOptionKey = (typeof DEVICE_KEYS)[number];
@@ -183,7 +197,35 @@ export function validateDeviceOptions(
       o['queue-threads'] === undefined
         ? BLK_DEFAULTS.queueThreads
         : integer(o['queue-threads'], 'queue-threads', r),
+    reconnect: BLK_DEFAULTS.reconnect,
+    persist: boolean(o.persist, 'persist', BLK_DEFAULTS.persist, r),
   };
+  if (o.reconnect !== undefined) {
+    if (o.reconnect !== 'auto' && o.reconnect !== 'never' && o.reconnect !== 'always') {
+      throw fail(
+        r,
+        'reconnect',
+        `must be auto, never or always, got "${String(o.reconnect)}"`,
+        `expected "auto", "never" or "always", got ${describeValue(o.reconnect)}`,
+      );
+    }
+    config.reconnect = o.reconnect;
+  }
+  if (o['state-dir'] !== undefined) {
+    const dir = o['state-dir'];
+    if (typeof dir !== 'string' || dir === '') {
+      throw fail(r, 'state-dir', 'must not be empty', `expected a directory, got ${describeValue(dir)}`);
+    }
+    config.stateDir = dir;
+  }
+  if (config.queueThreads > 1 && backend.startsWith('memory:')) {
+    throw fail(
+      r,
+      'queue-threads',
+      'cannot serve a memory backend (its data lives in one thread); use a file on tmpfs instead',
+      'queue threads cannot serve a memory backend (its data lives in one thread); use a file on tmpfs instead',
+    );
+  }
   if (config.queueThreads > config.queues) {
     const n = config.queueThreads;
     throw fail(

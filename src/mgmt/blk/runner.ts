@@ -9,17 +9,19 @@
  *   close the control fd -> close the backend.
  */
 import { EventEmitter } from 'node:events';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 
 import type { BlockBackend } from '../../backends/backend.js';
 import { FileBackend } from '../../backends/file-backend.js';
 import { parseBackendSpec } from '../../backends/index.js';
+import type { FileBackendSpec } from '../../backends/spec.js';
+import { UsageError, messageOf } from '../../common/errors.js';
 import { VirtioBlkDevice } from '../../devices/blk/device.js';
 import type { SysBinding } from '../../sys/binding.js';
 import { VduseControl } from '../../transports/vduse/control.js';
 import type { VduseDevice } from '../../transports/vduse/device.js';
-import { createOrReconnect, type ReconnectPolicy } from '../../transports/vduse/recovery/reconnect.js';
+import { createOrReconnect } from '../../transports/vduse/recovery/reconnect.js';
 import type { Logger } from '../../common/logger.js';
 import type { VdpaClient } from '../../transports/vdpa/client.js';
 import type { CountingBackend } from '../../backends/counting-backend.js';
@@ -43,6 +45,8 @@ import {
   type BlkThreadOptions,
 } from './thread-device.js';
 import type { BlkDeviceConfig } from './options.js';
+import { MgmtError } from '../errors.js';
+import { checkDaemonPath } from '../daemon/paths.js';
 
 export { BLK_DEFAULTS, type BlkDeviceConfig, type BlkDriver } from './options.js';
 
@@ -51,9 +55,13 @@ export interface BlkRunnerDeps {
   logger: Logger;
   /** The vdpa netlink client (shared by all devices of a daemon; its owner closes it). */
   vdpa: VdpaClient;
-  /** Crash recovery (src/vduse/reconnect.ts): state log directory, take-over policy, keep the device at stop. */
-  recovery?: { stateDir?: string; reconnect?: ReconnectPolicy; persist?: boolean };
 }
+
+/**
+ * How a stop ends: 'auto' honours the device's persist setting (kept for a successor when it is set), 'destroy'
+ * detaches and destroys whatever it says (vduse del: the device is meant to go).
+ */
+export type StopMode = 'auto' | 'destroy';
 
 export type BlkRunnerState = 'starting' | 'running' | 'stopping' | 'stopped' | 'broken';
 
@@ -67,6 +75,47 @@ interface CleanupStep {
   run: () => Promise<void> | void;
 }
 
+/**
+ * The ordered teardown of one device: the steps of start-up undone newest first, once. A second run() while
+ * one is under way (two removes at once, vduse del then SIGTERM) does not start the steps again: it waits for
+ * the first and gets its result (the first step's error, if one failed).
+ */
+export class Teardown {
+  readonly #steps: CleanupStep[] = [];
+  #running: Promise<void> | null = null;
+
+  constructor(readonly log: Logger) {}
+
+  add(what: string, run: () => Promise<void> | void): void {
+    this.#steps.push({ what, run });
+  }
+
+  /** Started (and maybe finished) already. */
+  get started(): boolean {
+    return this.#running !== null;
+  }
+
+  run(): Promise<void> {
+    this.#running ??= this.#unwind();
+    return this.#running;
+  }
+
+  async #unwind(): Promise<void> {
+    let failed: unknown = null;
+    while (this.#steps.length > 0) {
+      const step = this.#steps.pop()!;
+      try {
+        this.log.debug(`teardown: ${step.what}`);
+        await step.run();
+      } catch (err) {
+        this.log.error(`${step.what}: ${messageOf(err)}`);
+        failed ??= err;
+      }
+    }
+    if (failed !== null) throw failed;
+  }
+}
+
 export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
   readonly config: Readonly<BlkDeviceConfig>;
   /** The counting wrapper the device uses (backend counters). */
@@ -78,8 +127,9 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
   readonly startedAt = Date.now();
   #state: BlkRunnerState = 'starting';
   #path: string;
-  readonly #cleanup: CleanupStep[];
-  readonly #log: Logger;
+  readonly #teardown: Teardown;
+  /** Set by stop('destroy'): the persist setting is overridden, the device goes. */
+  #destroy = false;
 
   private constructor(
     config: BlkDeviceConfig,
@@ -88,8 +138,7 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
       inner: BlockBackend;
       device: VirtioBlkDevice;
       vduse: VduseDevice;
-      cleanup: CleanupStep[];
-      log: Logger;
+      teardown: Teardown;
     },
   ) {
     super();
@@ -98,8 +147,7 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
     this.innerBackend = parts.inner;
     this.device = parts.device;
     this.vduse = parts.vduse;
-    this.#cleanup = parts.cleanup;
-    this.#log = parts.log;
+    this.#teardown = parts.teardown;
     this.#path = `/dev/vduse/${config.name}`;
   }
 
@@ -109,18 +157,27 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
    */
   static async start(config: BlkDeviceConfig, deps: BlkRunnerDeps): Promise<BlkRunner> {
     const { binding, logger: log, vdpa } = deps;
-    const cleanup: CleanupStep[] = [];
+    const teardown = new Teardown(log);
     let runner: BlkRunner | null = null;
     let started = false;
+    let createdFile: string | null = null;
     try {
       const threads = config.queueThreads > 1 ? config.queueThreads : 0;
-      if (threads > 0 && parseBackendSpec(config.backend).kind === 'memory') {
-        throw new Error(
+      const spec = parseBackendSpec(config.backend);
+      if (threads > 0 && spec.kind === 'memory') {
+        throw new UsageError(
           'queue threads cannot serve a memory backend (its data lives in one thread); use a file on tmpfs instead',
+          { code: 'ERR_MGMT_THREADS_MEMORY' },
         );
       }
+      if (config.stateDir !== undefined) checkDaemonPath(config.stateDir, 'state-dir');
+      // file:PATH,size=N creates PATH when it is missing: a failed start removes what it created
+      if (spec.kind === 'file') {
+        const file = spec as FileBackendSpec;
+        if (file.size !== undefined && !existsSync(file.path)) createdFile = file.path;
+      }
       const { inner, backend } = await openBlkBackend(config, { binding, logger: log });
-      cleanup.push({ what: 'close the backend', run: () => backend.close() });
+      teardown.add('close the backend', () => backend.close());
 
       const threadOptions: BlkThreadOptions = {
         name: config.name,
@@ -136,7 +193,7 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
       const device = new VirtioBlkDevice(blkDeviceOptions(threadOptions, backend, log));
 
       const control = VduseControl.open(binding);
-      cleanup.push({ what: 'close the control device', run: () => control.close() });
+      teardown.add('close the control device', () => control.close());
       // Create, or take over a device a previous daemon left (crash recovery). With persist, a stop once running
       // leaves the device and its state log for a successor: no detach, no destroy.
       const served = await createOrReconnect({
@@ -145,7 +202,8 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
         name: config.name,
         device,
         logger: log,
-        ...deps.recovery,
+        reconnect: config.reconnect,
+        ...(config.stateDir !== undefined ? { stateDir: config.stateDir } : {}),
         ...(threads > 0
           ? {
               queueThreads: {
@@ -156,17 +214,13 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
             }
           : {}),
       });
-      const keep = (): boolean => deps.recovery?.persist === true && started;
-      cleanup.push({
-        what: `destroy VDUSE device ${config.name}`,
-        run: () => (keep() ? served.keep() : served.destroy()),
-      });
+      const keep = (): boolean => started && runner !== null && runner.persists;
+      teardown.add(`destroy VDUSE device ${config.name}`, () => (keep() ? served.keep() : served.destroy()));
       const vduse = served.vduse;
-      cleanup.push({
-        what: `close /dev/vduse/${config.name}`,
-        run: () => (keep() ? vduse.closeForRestart() : vduse.close()),
-      });
-      runner = new BlkRunner(config, { backend, inner, device, vduse, cleanup, log });
+      teardown.add(`close /dev/vduse/${config.name}`, () =>
+        keep() ? vduse.closeForRestart() : vduse.close(),
+      );
+      runner = new BlkRunner(config, { backend, inner, device, vduse, teardown });
       const self = runner;
       vduse.on('broken', (reason) => {
         if (self.#state === 'stopping' || self.#state === 'stopped') return;
@@ -178,26 +232,23 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
       if (config.attach) {
         // a device taken over is still attached
         if (!(served.reconnected && attached())) await vdpa.addDevice(config.name);
-        cleanup.push({
-          what: `detach ${config.name} from the vdpa bus`,
-          run: () => (keep() ? undefined : vdpa.deleteDevice(config.name)),
-        });
+        teardown.add(`detach ${config.name} from the vdpa bus`, () =>
+          keep() ? undefined : vdpa.deleteDevice(config.name),
+        );
         runner.#path = await attachedPath(config, log);
       } else {
         // Attached by someone else (vdpa dev add) meanwhile: detach it on the way out, or it cannot be destroyed.
-        cleanup.push({
-          what: `detach ${config.name} from the vdpa bus if attached`,
-          run: async () => {
-            if (!keep() && attached()) await vdpa.deleteDevice(config.name);
-          },
+        teardown.add(`detach ${config.name} from the vdpa bus if attached`, async () => {
+          if (!keep() && attached()) await vdpa.deleteDevice(config.name);
         });
       }
       if (runner.#state === 'starting') runner.#state = 'running';
       started = true;
       return runner;
     } catch (err) {
-      await unwind(cleanup, log).catch(() => undefined);
+      await teardown.run().catch(() => undefined);
       if (runner !== null) runner.#state = 'stopped';
+      if (createdFile !== null) removeCreatedFile(createdFile, log);
       throw err;
     }
   }
@@ -224,16 +275,23 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
 
   /**
    * Ordered teardown. Detaching (DEV_DEL) makes the driver finish and reset the device, and closing waits for
-   * requests still in the backend, so no I/O is cut short. Safe to call twice.
+   * requests still in the backend, so no I/O is cut short. It runs once: a second call while it runs waits
+   * for it and gets its result. `mode` 'destroy' overrides persist (the device goes whatever its setting);
+   * it has effect only on the call that starts the teardown.
    */
-  async stop(): Promise<void> {
-    if (this.#state === 'stopped') return;
-    this.#state = 'stopping';
-    try {
-      await unwind(this.#cleanup, this.#log);
-    } finally {
-      this.#state = 'stopped';
+  stop(mode: StopMode = 'auto'): Promise<void> {
+    if (!this.#teardown.started) {
+      if (mode === 'destroy') this.#destroy = true;
+      this.#state = 'stopping';
     }
+    return this.#teardown.run().finally(() => {
+      this.#state = 'stopped';
+    });
+  }
+
+  /** The device is kept for a successor at stop (persist), unless stop('destroy'). */
+  get persists(): boolean {
+    return this.config.persist && !this.#destroy;
   }
 
   /**
@@ -247,18 +305,22 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
     if (bytes === undefined) {
       const inner = this.innerBackend;
       if (!(inner instanceof FileBackend) || inner.kind !== 'file') {
-        throw new Error(`${this.name}: only a file backend (a regular file) can be re-read; give a size`);
+        throw new MgmtError(
+          'ERR_MGMT_RESIZE_NO_FILE',
+          `${this.name}: only a file backend (a regular file) can be re-read; give a size`,
+        );
       }
       const size = statSync(inner.path).size;
       target = size - (size % lbs);
     } else {
       if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % lbs !== 0) {
-        throw new RangeError(
+        throw new MgmtError(
+          'ERR_MGMT_RESIZE',
           `${this.name}: new size ${bytes} is not a positive multiple of the logical block size ${lbs}`,
         );
       }
       if (this.config.readOnly && bytes !== this.device.capacityBytes) {
-        throw new Error(`${this.name}: a read-only device cannot be resized`);
+        throw new MgmtError('ERR_MGMT_RESIZE', `${this.name}: a read-only device cannot be resized`);
       }
       target = bytes;
     }
@@ -292,19 +354,14 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
   }
 }
 
-async function unwind(cleanup: CleanupStep[], log: Logger): Promise<void> {
-  let failed: unknown = null;
-  while (cleanup.length > 0) {
-    const step = cleanup.pop()!;
-    try {
-      log.debug(`teardown: ${step.what}`);
-      await step.run();
-    } catch (err) {
-      log.error(`${step.what}: ${(err as Error).message}`);
-      failed ??= err;
-    }
+/** Remove a backing file this start-up created (file:PATH,size=N) and could not use. */
+function removeCreatedFile(path: string, log: Logger): void {
+  try {
+    unlinkSync(path);
+    log.debug(`removed ${path}, created by the failed start`);
+  } catch (err) {
+    log.warn(`${path} was created by the failed start and could not be removed: ${messageOf(err)}`);
   }
-  if (failed !== null) throw failed;
 }
 
 async function attachedPath(config: BlkDeviceConfig, log: Logger): Promise<string> {
@@ -312,7 +369,10 @@ async function attachedPath(config: BlkDeviceConfig, log: Logger): Promise<strin
     if (boundDriver(config.name) !== 'vhost_vdpa') await rebindVdpaDevice(config.name, 'vhost_vdpa');
     const node = await waitFor(() => findVhostDevice(config.name), 5000);
     if (node === null)
-      throw new Error(`vdpa device ${config.name} has no vhost-vdpa char device (is vhost_vdpa loaded?)`);
+      throw new MgmtError(
+        'ERR_MGMT_ATTACH',
+        `vdpa device ${config.name} has no vhost-vdpa char device (is vhost_vdpa loaded?)`,
+      );
     return (await waitForDevNode(node, 5000)) ?? `/dev/${node}`;
   }
   const driver = boundDriver(config.name);
@@ -322,7 +382,10 @@ async function attachedPath(config: BlkDeviceConfig, log: Logger): Promise<strin
   }
   const block = await waitFor(() => findBlockDevice(config.name), 10000);
   if (block === null) {
-    throw new Error(`no block device appeared for ${config.name} (is virtio_blk loaded? see dmesg)`);
+    throw new MgmtError(
+      'ERR_MGMT_ATTACH',
+      `no block device appeared for ${config.name} (is virtio_blk loaded? see dmesg)`,
+    );
   }
   return (await waitForDevNode(block, 5000)) ?? `/dev/${block}`;
 }

@@ -31,6 +31,8 @@ import {
 } from 'prom-client';
 
 import type { DeviceInfo, DeviceStats } from '../manager.js';
+import { messageOf, systemErrorMessage } from '../../common/errors.js';
+import { MgmtError } from '../errors.js';
 
 export interface MetricsSource {
   list(): DeviceInfo[];
@@ -307,7 +309,7 @@ export async function startMetricsServer(registry: Registry, host: string, port:
           res.end(req.method === 'HEAD' ? undefined : text);
         },
         (err: unknown) => {
-          res.writeHead(500, { 'content-type': 'text/plain' }).end(`${(err as Error).message}\n`);
+          res.writeHead(500, { 'content-type': 'text/plain' }).end(`${messageOf(err)}\n`);
         },
       );
       return;
@@ -320,12 +322,18 @@ export async function startMetricsServer(registry: Registry, host: string, port:
     }
     res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => {
-      server.off('error', reject);
-      resolve();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
-  });
+  } catch (err) {
+    throw new MgmtError('ERR_MGMT_METRICS', `metrics on ${host}:${port}: ${systemErrorMessage(err)}`, {
+      cause: err,
+    });
+  }
   return server;
 }

@@ -7,7 +7,10 @@
  * needs NotifyAccess=all because the sender is a child (contrib/vduse.service does that).
  */
 import { spawn } from 'node:child_process';
-import { renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, constants as fsConstants, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+
+import { errnoOf, systemErrorMessage } from '../../common/errors.js';
+import { MgmtError } from '../errors.js';
 
 export type NotifyResult = 'sent' | 'no-socket' | 'failed';
 
@@ -37,11 +40,45 @@ export function sdNotify(
   });
 }
 
-/** Write the pid file atomically (a reader never sees it half written). */
+/**
+ * Create `path` new with `text`, never through a symlink or into a file that exists (O_CREAT|O_EXCL|O_NOFOLLOW):
+ * the daemon runs as root, and the directory may be writable by others. Something already at `path` is
+ * removed first (unlink removes a planted symlink, not its target) and the create tried again, once.
+ */
+export function createFileExclusive(path: string, text: string, mode: number): void {
+  const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
+  let fd: number;
+  try {
+    fd = openSync(path, flags, mode);
+  } catch (err) {
+    if (errnoOf(err) !== 'EEXIST') throw err;
+    unlinkSync(path);
+    fd = openSync(path, flags, mode);
+  }
+  try {
+    writeSync(fd, text);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Write the pid file atomically (a reader never sees it half written): a new PATH.PID.tmp (see
+ * createFileExclusive), then renamed over PATH (rename replaces a symlink at PATH, it does not follow it).
+ */
 export function writePidFile(path: string, pid = process.pid): void {
   const tmp = `${path}.${pid}.tmp`;
-  writeFileSync(tmp, `${pid}\n`, { mode: 0o644 });
-  renameSync(tmp, path);
+  try {
+    createFileExclusive(tmp, `${pid}\n`, 0o644);
+    renameSync(tmp, path);
+  } catch (err) {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // not there
+    }
+    throw new MgmtError('ERR_MGMT_PATH', `pid file ${path}: ${systemErrorMessage(err)}`, { cause: err });
+  }
 }
 
 export function removePidFile(path: string): void {

@@ -10,6 +10,9 @@
  */
 import { spawnSync } from 'node:child_process';
 
+import { UsageError } from '../../common/errors.js';
+import { MgmtError } from '../errors.js';
+
 export interface Account {
   user: string;
   uid: number;
@@ -22,7 +25,7 @@ export function lookupAccount(user: string): Account {
     const r = spawnSync('id', [flag, user], { encoding: 'utf8' });
     const n = Number(r.stdout.trim());
     if (r.status !== 0 || r.stdout.trim() === '' || !Number.isInteger(n)) {
-      throw new Error(`--user ${user}: no such user`);
+      throw new UsageError(`--user ${user}: no such user`, { code: 'ERR_MGMT_NO_SUCH_USER' });
     }
     return n;
   };
@@ -35,7 +38,7 @@ export function dropPrivileges(account: Account): void {
     initgroups?: (user: string, extraGroup: number) => void;
   };
   if (p.getuid?.() !== 0 || !p.setuid || !p.setgid || !p.setgroups || !p.initgroups) {
-    throw new Error(`--user ${account.user}: only root can change user`);
+    throw new MgmtError('ERR_MGMT_PRIVILEGES', `--user ${account.user}: only root can change user`);
   }
   const name = /^\d+$/.test(account.user) ? null : account.user;
   if (name !== null) p.initgroups(name, account.gid);
@@ -49,5 +52,10 @@ export function dropPrivileges(account: Account): void {
   } catch {
     // expected
   }
-  if (regained) throw new Error(`--user ${account.user}: could regain root after setuid; refusing to run`);
+  if (regained) {
+    throw new MgmtError(
+      'ERR_MGMT_PRIVILEGES',
+      `--user ${account.user}: could regain root after setuid; refusing to run`,
+    );
+  }
 }

@@ -17,7 +17,7 @@ test('default socket: /run for root, XDG_RUNTIME_DIR otherwise, a usage error wi
   assert.throws(() => defaultSocketPath({}, 1000), CliUsageError);
 });
 
-test('vduse add maps the blk options to device.add params (numbers stay numbers, others go as text)', () => {
+test('vduse add maps the blk options to device.add params (numbers as numbers), checked like vduse blk', () => {
   assert.deepEqual(
     parseClientArgs('add', [
       'd0',
@@ -26,7 +26,7 @@ test('vduse add maps the blk options to device.add params (numbers stay numbers,
       '--queues',
       '4',
       '--queue-size',
-      'x',
+      '64',
       '--readonly',
       '--no-attach',
       '--socket',
@@ -40,7 +40,7 @@ test('vduse add maps the blk options to device.add params (numbers stay numbers,
         name: 'd0',
         backend: 'memory:1G',
         queues: 4,
-        'queue-size': 'x',
+        'queue-size': 64,
         readonly: true,
         attach: false,
       },
@@ -51,6 +51,31 @@ test('vduse add maps the blk options to device.add params (numbers stay numbers,
     },
   );
   assert.throws(() => parseClientArgs('add', ['d0']), /^CliUsageError: vduse add: --backend is required$/);
+  // the same words as vduse blk (and exit 2), not the daemon's "params.queues"
+  const bad = (args: string[], message: string): void =>
+    assert.throws(
+      () => parseClientArgs('add', ['d0', '--backend', 'null:1M', ...args]),
+      (e: unknown) => e instanceof CliUsageError && e.message === message,
+    );
+  bad(['--queues', 'x'], 'vduse add: --queues must be a whole number, got "x"');
+  bad(['--queue-size', '100'], 'vduse add: --queue-size must be a power of two, got 100');
+  bad(['--reconnect', 'x'], 'vduse add: --reconnect must be auto, never or always, got "x"');
+  bad(['--queues', '2', '--queues', '4'], 'vduse add: --queues is given twice (give it once)');
+  assert.deepEqual(
+    (
+      parseClientArgs('add', [
+        'd0',
+        '--backend',
+        'file:/x,size=1M',
+        '--state-dir',
+        '/var/lib/s',
+        '--reconnect',
+        'always',
+        '--persist',
+      ]) as { params: unknown }
+    ).params,
+    { name: 'd0', backend: 'file:/x,size=1M', 'state-dir': '/var/lib/s', reconnect: 'always', persist: true },
+  );
   assert.throws(() => parseClientArgs('add', ['--backend', 'null:1M']), /vduse add: missing NAME/);
   assert.throws(() => parseClientArgs('add', ['a', 'b', '--backend', 'null:1M']), /unexpected argument "b"/);
   assert.throws(

@@ -4,7 +4,8 @@ import { test } from 'node:test';
 import { createApi, type DaemonInfo } from '../../../src/mgmt/api.js';
 import type { BlkDeviceConfig } from '../../../src/mgmt/blk/runner.js';
 import type { DeviceInfo, DeviceManager, DeviceStats, RemoveOptions } from '../../../src/mgmt/manager.js';
-import { DEVICE_EXISTS, NO_SUCH_DEVICE, RpcError, handleRequestLine } from '../../../src/mgmt/daemon/rpc.js';
+import { handleRequestLine } from '../../../src/mgmt/daemon/rpc.js';
+import { MgmtError } from '../../../src/mgmt/errors.js';
 
 /** A device manager without a kernel: records calls. */
 class FakeManager implements DeviceManager {
@@ -13,14 +14,14 @@ class FakeManager implements DeviceManager {
   add(config: BlkDeviceConfig): Promise<DeviceInfo> {
     this.calls.push(`add ${config.name}`);
     if (this.devices.has(config.name))
-      return Promise.reject(new RpcError(DEVICE_EXISTS, `device ${config.name} exists already`));
+      return Promise.reject(new MgmtError('ERR_MGMT_DEVICE_EXISTS', `device ${config.name} exists already`));
     this.devices.set(config.name, { ...config, size: 1 << 20 });
     return Promise.resolve(this.#info(config.name));
   }
   remove(name: string, options: RemoveOptions = {}): Promise<void> {
     this.calls.push(`remove ${name} force=${options.force === true}`);
     if (!this.devices.delete(name))
-      return Promise.reject(new RpcError(NO_SUCH_DEVICE, `no device named ${name}`));
+      return Promise.reject(new MgmtError('ERR_MGMT_NO_SUCH_DEVICE', `no device named ${name}`));
     return Promise.resolve();
   }
   list(): DeviceInfo[] {
@@ -33,7 +34,7 @@ class FakeManager implements DeviceManager {
   resize(name: string, bytes: number): Promise<DeviceInfo> {
     this.calls.push(`resize ${name} ${bytes}`);
     const d = this.devices.get(name);
-    if (!d) return Promise.reject(new RpcError(NO_SUCH_DEVICE, `no device named ${name}`));
+    if (!d) return Promise.reject(new MgmtError('ERR_MGMT_NO_SUCH_DEVICE', `no device named ${name}`));
     d.size = bytes;
     return Promise.resolve(this.#info(name));
   }
@@ -81,7 +82,7 @@ async function call(
     JSON.stringify({ jsonrpc: '2.0', id: 1, method, ...(params === undefined ? {} : { params }) }),
     api,
   );
-  return JSON.parse(text!) as { result?: unknown; error?: { code: number; message: string } };
+  return JSON.parse(text!) as { result?: unknown; error?: { code: number; message: string; data?: unknown } };
 }
 
 test('device.add validates like the config file and passes a full config', async () => {
@@ -99,11 +100,14 @@ test('device.add validates like the config file and passes a full config', async
     attach: true,
     driver: 'virtio-vdpa',
     queueThreads: 1,
+    reconnect: 'auto',
+    persist: false,
     size: 1 << 20,
   });
   assert.deepEqual((await call(m, 'device.add', { name: 'd1', backend: 'memory:1M', queues: 'x' })).error, {
     code: -32602,
     message: 'params.queues: expected an integer 1..64, got "x"',
+    data: { code: 'ERR_CONFIG_INVALID' },
   });
   assert.deepEqual(
     (await call(m, 'device.add', { name: 'd1', backend: 'memory:1M', bogus: 1 })).error?.code,
@@ -112,10 +116,12 @@ test('device.add validates like the config file and passes a full config', async
   assert.deepEqual((await call(m, 'device.add', { backend: 'memory:1M' })).error, {
     code: -32602,
     message: 'params.name: expected a device name, got nothing',
+    data: { code: 'ERR_CONFIG_INVALID' },
   });
   assert.deepEqual((await call(m, 'device.add', { name: 'd0', backend: 'memory:1M' })).error, {
     code: -32002,
     message: 'device d0 exists already',
+    data: { code: 'ERR_MGMT_DEVICE_EXISTS' },
   });
   assert.deepEqual(m.calls, ['add d0', 'add d0']);
 });
@@ -126,12 +132,14 @@ test('device.remove: name required, force must be a boolean, unknown names are -
   assert.deepEqual((await call(m, 'device.remove', { name: 'd0', force: 'yes' })).error, {
     code: -32602,
     message: 'params.force: expected true or false, got "yes"',
+    data: { code: 'ERR_RPC_INVALID_PARAMS' },
   });
   assert.deepEqual((await call(m, 'device.remove', { name: 'd0', force: true })).result, { removed: 'd0' });
   assert.equal((await call(m, 'device.remove', { name: 'd0' })).error?.code, -32001);
   assert.deepEqual((await call(m, 'device.remove', { nam: 'd0' })).error, {
     code: -32602,
     message: 'params.nam: unknown parameter (known: name, force)',
+    data: { code: 'ERR_RPC_INVALID_PARAMS' },
   });
   assert.deepEqual(m.calls.slice(1), ['remove d0 force=true', 'remove d0 force=false']);
 });
@@ -150,6 +158,7 @@ test('device.resize takes bytes or a size string; a bad size names the field', a
   assert.deepEqual((await call(m, 'device.resize', { name: 'd0', size: 'big' })).error, {
     code: -32602,
     message: 'params.size: expected a size in bytes or like "2G", got "big"',
+    data: { code: 'ERR_RPC_INVALID_PARAMS' },
   });
   assert.deepEqual(
     (await call(m, 'device.resize', { name: 'd0' })).error?.message,
@@ -168,6 +177,7 @@ test('device.list, device.stats, daemon.info; params checked', async () => {
   assert.deepEqual((await call(m, 'device.list', { x: 1 })).error, {
     code: -32602,
     message: 'params.x: unknown parameter (none taken)',
+    data: { code: 'ERR_RPC_INVALID_PARAMS' },
   });
   await call(m, 'device.stats', { name: 'd0' });
   await call(m, 'device.stats');

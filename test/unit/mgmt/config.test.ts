@@ -53,6 +53,8 @@ test('YAML config with defaults filled in', () => {
     attach: true,
     driver: 'virtio-vdpa',
     queueThreads: 1,
+    reconnect: 'auto',
+    persist: false,
   });
   assert.deepEqual(c.devices[1], {
     name: 'disk1',
@@ -66,6 +68,8 @@ test('YAML config with defaults filled in', () => {
     attach: true,
     driver: 'vhost-vdpa',
     queueThreads: 1,
+    reconnect: 'auto',
+    persist: false,
   });
 });
 
@@ -166,7 +170,7 @@ test('each bad value is one message naming the key path', () => {
   fails(() => parseConfigText('- a\n', 'c.yaml'), 'config: expected an object (key: value), got a list');
   fails(
     () => parseConfigText('sockets: /x\n', 'c.yaml'),
-    'config sockets: unknown key (known keys: socket, metrics, pidfile, user, log-format, devices)',
+    'config sockets: unknown key (known keys: socket, metrics, pidfile, user, log-format, state-dir, devices)',
   );
   fails(
     () => parseConfigText('log-format: xml\n', 'c.yaml'),

@@ -5,20 +5,31 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
+import { UsageError, VduseTsError } from '../../../src/common/errors.js';
 import {
-  INVALID_PARAMS,
   RpcCallError,
   RpcError,
   RpcServer,
   handleRequestLine,
   rpcCall,
   type RpcMethods,
+  type RpcServerOptions,
 } from '../../../src/mgmt/daemon/rpc.js';
+import { MgmtError } from '../../../src/mgmt/errors.js';
 
 const methods: RpcMethods = {
   echo: (p) => p,
   fail: () => {
-    throw new RpcError(INVALID_PARAMS, 'params.x: bad');
+    throw new RpcError('ERR_RPC_INVALID_PARAMS', 'params.x: bad');
+  },
+  busy: () => {
+    throw new MgmtError('ERR_MGMT_DEVICE_BUSY', 'device d0 is busy');
+  },
+  usage: () => {
+    throw new UsageError('backend spec: bad', { code: 'ERR_SOMETHING_ASKED_WRONGLY' });
+  },
+  failed: () => {
+    throw new VduseTsError('ERR_SOMETHING_FAILED', 'it failed');
   },
   crash: () => {
     throw new Error('boom');
@@ -82,9 +93,17 @@ test('unknown methods are -32601 (no prototype lookups); method errors keep thei
   const a = (await answer('{"jsonrpc":"2.0","id":1,"method":"toString"}')) as {
     error: { code: number; message: string };
   };
-  assert.deepEqual(a.error, { code: -32601, message: 'method not found: toString' });
+  assert.deepEqual(a.error, {
+    code: -32601,
+    message: 'method not found: toString',
+    data: { code: 'ERR_RPC_METHOD_NOT_FOUND' },
+  });
   const b = (await answer('{"jsonrpc":"2.0","id":2,"method":"fail"}')) as { error: unknown };
-  assert.deepEqual(b.error, { code: -32602, message: 'params.x: bad' });
+  assert.deepEqual(b.error, {
+    code: -32602,
+    message: 'params.x: bad',
+    data: { code: 'ERR_RPC_INVALID_PARAMS' },
+  });
   const c = (await answer('{"jsonrpc":"2.0","id":3,"method":"crash"}')) as { error: unknown };
   assert.deepEqual(c.error, { code: -32000, message: 'boom' });
 });
@@ -102,12 +121,12 @@ test('batches answer each call, in order, and leave notifications out', async ()
 function withServer(
   fn: (path: string, server: RpcServer) => Promise<void>,
   m: RpcMethods = methods,
-  maxLineBytes = 1024,
+  options: RpcServerOptions = {},
 ) {
   return async () => {
     const dir = mkdtempSync(join(tmpdir(), 'vduse-rpc-'));
     const path = join(dir, 'sub', 'api.sock');
-    const server = new RpcServer(m, { maxLineBytes });
+    const server = new RpcServer(m, { maxLineBytes: 1024, ...options });
     await server.listen(path);
     try {
       await fn(path, server);
@@ -158,7 +177,8 @@ test(
     assert.deepEqual(await rpcCall(path, 'echo', { hello: 'world' }), { hello: 'world' });
     await assert.rejects(
       rpcCall(path, 'fail'),
-      (err: unknown) => err instanceof RpcCallError && err.code === -32602 && err.message === 'params.x: bad',
+      (err: unknown) =>
+        err instanceof UsageError && err.code === 'ERR_RPC_INVALID_PARAMS' && err.message === 'params.x: bad',
     );
   }),
 );
@@ -209,13 +229,164 @@ test(
   'a second daemon on a live socket is refused; a stale socket file is replaced',
   withServer(async (path) => {
     const other = new RpcServer(methods);
-    await assert.rejects(other.listen(path), /another daemon is listening there/);
+    await assert.rejects(
+      other.listen(path),
+      (err: unknown) =>
+        err instanceof MgmtError &&
+        err.code === 'ERR_MGMT_PATH' &&
+        /another daemon is listening there/.test(err.message),
+    );
   }),
 );
 
 test('rpcCall: no daemon is a clear one-line error', async () => {
   await assert.rejects(
     rpcCall('/nonexistent/vduse.sock', 'x'),
-    /^Error: cannot reach \/nonexistent\/vduse\.sock: no daemon is listening/,
+    (err: unknown) =>
+      err instanceof RpcError &&
+      err.code === 'ERR_RPC_UNREACHABLE' &&
+      err.errno === 'ENOENT' &&
+      /^cannot reach \/nonexistent\/vduse\.sock: no daemon is listening/.test(err.message),
   );
+});
+
+test('stable codes become JSON-RPC numbers at the edge (error.data.code keeps the code); the client maps back', async () => {
+  const e = async (method: string): Promise<unknown> =>
+    ((await answer(`{"jsonrpc":"2.0","id":1,"method":"${method}"}`)) as { error: unknown }).error;
+  assert.deepEqual(await e('busy'), {
+    code: -32004,
+    message: 'device d0 is busy',
+    data: { code: 'ERR_MGMT_DEVICE_BUSY' },
+  });
+  assert.deepEqual(await e('usage'), {
+    code: -32602,
+    message: 'backend spec: bad',
+    data: { code: 'ERR_SOMETHING_ASKED_WRONGLY' },
+  });
+  assert.deepEqual(await e('failed'), {
+    code: -32000,
+    message: 'it failed',
+    data: { code: 'ERR_SOMETHING_FAILED' },
+  });
+  assert.deepEqual(await e('nope'), {
+    code: -32601,
+    message: 'method not found: nope',
+    data: { code: 'ERR_RPC_METHOD_NOT_FOUND' },
+  });
+  await withServer(async (path) => {
+    await assert.rejects(
+      rpcCall(path, 'busy'),
+      (err: unknown) =>
+        err instanceof RpcCallError &&
+        err.code === 'ERR_MGMT_DEVICE_BUSY' &&
+        err.rpcCode === -32004 &&
+        err.message === 'device d0 is busy',
+    );
+    await assert.rejects(
+      rpcCall(path, 'usage'),
+      (err: unknown) => err instanceof UsageError && err.code === 'ERR_SOMETHING_ASKED_WRONGLY',
+    );
+    await assert.rejects(
+      rpcCall(path, 'crash'),
+      (err: unknown) => err instanceof RpcCallError && err.code === 'ERR_RPC_CALL' && err.rpcCode === -32000,
+    );
+  })();
+});
+
+test('a batch of more than 128 requests is refused whole', async () => {
+  const one = '{"jsonrpc":"2.0","id":1,"method":"echo"}';
+  const ok = JSON.parse(
+    (await handleRequestLine(`[${Array(128).fill(one).join(',')}]`, methods))!,
+  ) as unknown[];
+  assert.equal(ok.length, 128);
+  let calls = 0;
+  const counted: RpcMethods = { echo: () => ++calls };
+  const a = JSON.parse((await handleRequestLine(`[${Array(129).fill(one).join(',')}]`, counted))!) as {
+    error: { code: number; message: string };
+  };
+  assert.equal(a.error.code, -32600);
+  assert.equal(a.error.message, 'invalid request: a batch of 129 requests; at most 128');
+  assert.equal(calls, 0);
+});
+
+test('a client that sends requests and never reads its answers is not read from any more', async () => {
+  let calls = 0;
+  const big: RpcMethods = { big: () => (++calls, 'x'.repeat(64 << 10)) };
+  await withServer(
+    async (path) => {
+      const s = createConnection(path);
+      await new Promise((r) => s.on('connect', r));
+      s.on('error', () => undefined);
+      s.pause(); // never reads
+      const line = '{"jsonrpc":"2.0","id":1,"method":"big"}\n';
+      const text = line.repeat(5000); // 5000 answers of 64 KiB: 320 MiB if all were made
+      s.write(text);
+      await new Promise((r) => setTimeout(r, 1500));
+      const made = calls;
+      s.destroy();
+      // the socket buffers hold a few answers; the rest waits unread (and unanswered) in the client's socket
+      assert.ok(made < 200, `${made} of 5000 requests were answered to a client that reads nothing`);
+      assert.deepEqual(await rpcCall(path, 'echo', [1]), [1], 'others are still served');
+    },
+    { ...methods, ...big },
+    { maxLineBytes: 1 << 20 },
+  )();
+});
+
+test(
+  'connections beyond the limit get one error line and are closed; a freed slot is usable again',
+  withServer(
+    async (path, server) => {
+      const open = await Promise.all(
+        [0, 1].map(
+          () =>
+            new Promise<ReturnType<typeof createConnection>>((resolve) => {
+              const s = createConnection(path);
+              s.on('connect', () => resolve(s));
+            }),
+        ),
+      );
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(server.connections, 2);
+      const third = await raw(path, '', 500);
+      assert.equal(third.closed, true);
+      const a = JSON.parse(third.data.trim()) as { error: { code: number; message: string } };
+      assert.equal(a.error.code, -32005);
+      assert.equal(a.error.message, 'too many connections: at most 2 at once; try again later');
+      open[0]!.destroy();
+      await new Promise((r) => setTimeout(r, 50));
+      assert.deepEqual(await rpcCall(path, 'echo', { again: true }), { again: true });
+      open[1]!.destroy();
+    },
+    methods,
+    { maxConnections: 2 },
+  ),
+);
+
+test('an idle connection is closed after the timeout; one waiting for a slow answer is not', async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const slow: RpcMethods = { ...methods, slow: async () => (await gate, 'done') };
+  await withServer(
+    async (path) => {
+      const idle = await raw(path, '', 1000);
+      assert.equal(idle.closed, true, 'a silent client is dropped');
+      const s = createConnection(path);
+      let data = '';
+      let closed = false;
+      s.setEncoding('utf8').on('data', (d: string) => (data += d));
+      s.on('close', () => (closed = true));
+      await new Promise((r) => s.on('connect', r));
+      s.write('{"jsonrpc":"2.0","id":1,"method":"slow"}\n');
+      await new Promise((r) => setTimeout(r, 600));
+      assert.equal(closed, false, 'kept while its call runs');
+      release();
+      await new Promise((r) => setTimeout(r, 50));
+      assert.match(data, /"result":"done"/);
+      await new Promise((r) => setTimeout(r, 600));
+      assert.equal(closed, true, 'dropped once idle again');
+    },
+    slow,
+    { idleTimeoutMs: 200 },
+  )();
 });
