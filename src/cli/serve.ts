@@ -20,12 +20,12 @@ import {
 } from '../mgmt/config.js';
 import { createStructuredLogger, defaultLogFormat, type FieldLogger } from '../mgmt/daemon/log.js';
 import { BlkDeviceManager } from '../mgmt/manager.js';
-import { createMetricsRegistry, startMetricsServer } from '../mgmt/daemon/metrics.js';
+import { createMetricsRegistry, startMetricsServer } from '../mgmt/metrics.js';
 import { removePidFile, sdNotify, writePidFile } from '../mgmt/daemon/notify.js';
 import { dropPrivileges, lookupAccount, type Account } from '../mgmt/daemon/privileges.js';
 import { checkDaemonPath } from '../mgmt/daemon/paths.js';
 import { RpcThreadServer } from '../mgmt/daemon/rpc-thread.js';
-import { MgmtError } from '../mgmt/errors.js';
+import { MgmtError } from '../mgmt/daemon/errors.js';
 import { HelperTransport } from '../mgmt/vdpa-helper.js';
 import type { SysBinding } from '../sys/binding.js';
 import { VdpaClient } from '../transports/vdpa/client.js';

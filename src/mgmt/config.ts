@@ -19,11 +19,12 @@ import {
   type BlkDeviceConfig,
   type DeviceOptionReporter,
 } from './blk/options.js';
-import { ConfigError } from './errors.js';
+import { ConfigError } from './daemon/errors.js';
 
 export { ConfigError };
 
-export type LogFormat = 'json' | 'text';
+import type { LogFormat } from './daemon/log.js';
+export type { LogFormat };
 
 /** Daemon settings; each also has a command-line flag (the flag wins). */
 export interface ServeSettings {

@@ -10,7 +10,7 @@ import { messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { VdpaClient } from '../transports/vdpa/client.js';
 import { BlkRunner, type BlkDeviceConfig, type BlkRunnerDeps, type BlkRunnerState } from './blk/runner.js';
-import { MgmtError } from './errors.js';
+import { MgmtError } from './daemon/errors.js';
 
 export interface DeviceInfo {
   name: string;

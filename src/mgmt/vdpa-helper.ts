@@ -18,7 +18,7 @@ import {
 } from '../transports/vdpa/client.js';
 import { VdpaNetlink } from '../transports/vdpa/netlink.js';
 import { VduseError, type VduseErrorCode } from '../transports/vduse/errors.js';
-import { MgmtError } from './errors.js';
+import { MgmtError } from './daemon/errors.js';
 
 /** A VduseError from the helper is one again here (its code decides what happens); anything else keeps its errno. */
 function restore(flat: Extract<VdpaAnswer, { ok: false }>['error']): Error {

@@ -45,7 +45,7 @@ import {
   type BlkThreadOptions,
 } from './thread-device.js';
 import type { BlkDeviceConfig } from './options.js';
-import { MgmtError } from '../errors.js';
+import { MgmtError } from '../daemon/errors.js';
 import { checkDaemonPath } from '../daemon/paths.js';
 
 export { BLK_DEFAULTS, type BlkDeviceConfig, type BlkDriver } from './options.js';

@@ -3,7 +3,9 @@
  * human-readable lines on a terminal. Implements the project's Logger, plus child(fields) for per-device fields.
  */
 import type { LogLevel, Logger } from '../../common/logger.js';
-import type { LogFormat } from '../config.js';
+
+/** `json`: one JSON object per line; `text`: human-readable lines. */
+export type LogFormat = 'json' | 'text';
 
 export interface FieldLogger extends Logger {
   /** A logger adding `fields` to every line. */

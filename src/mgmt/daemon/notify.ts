@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, constants as fsConstants, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 
 import { errnoOf, systemErrorMessage } from '../../common/errors.js';
-import { MgmtError } from '../errors.js';
+import { MgmtError } from './errors.js';
 
 export type NotifyResult = 'sent' | 'no-socket' | 'failed';
 

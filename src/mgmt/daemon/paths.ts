@@ -8,7 +8,7 @@ import { mkdirSync, statSync, statfsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 
 import { UsageError, errnoOf, systemErrorMessage } from '../../common/errors.js';
-import { MgmtError } from '../errors.js';
+import { MgmtError } from './errors.js';
 
 /** statfs f_type of the filesystems nothing of ours belongs on (linux/magic.h). */
 const PSEUDO_FILESYSTEMS: ReadonlyMap<number, string> = new Map([

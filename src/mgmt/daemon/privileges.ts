@@ -11,7 +11,7 @@
 import { spawnSync } from 'node:child_process';
 
 import { UsageError } from '../../common/errors.js';
-import { MgmtError } from '../errors.js';
+import { MgmtError } from './errors.js';
 
 export interface Account {
   user: string;

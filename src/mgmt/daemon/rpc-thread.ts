@@ -8,7 +8,7 @@
 import { Worker } from 'node:worker_threads';
 
 import { UsageError, VduseTsError, messageOf } from '../../common/errors.js';
-import { MgmtError } from '../errors.js';
+import { MgmtError } from './errors.js';
 import { RpcError, type RpcMethods, type RpcServerOptions } from './rpc.js';
 
 /** workerData of the RPC thread. */

@@ -17,7 +17,7 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import { dirname } from 'node:path';
 
 import { UsageError, VduseTsError, messageOf, type VduseTsErrorOptions } from '../../common/errors.js';
-import { MgmtError } from '../errors.js';
+import { MgmtError } from './errors.js';
 import { checkDaemonPath, makeDaemonDir } from './paths.js';
 
 export const PARSE_ERROR = -32700;

@@ -9,7 +9,7 @@ import { CliUsageError, parseCommandLine } from '../../../src/cli/args.js';
 import { listDevices } from '../../../src/cli/list.js';
 import { reportError } from '../../../src/cli/report.js';
 import { parseServeArgs } from '../../../src/cli/serve.js';
-import { ConfigError } from '../../../src/mgmt/errors.js';
+import { ConfigError } from '../../../src/mgmt/daemon/errors.js';
 import { RpcCallError, RpcError } from '../../../src/mgmt/daemon/rpc.js';
 
 test('every error class of the management plane and the CLI is a VduseTsError with a stable code', () => {

@@ -5,7 +5,7 @@ import { createApi, type DaemonInfo } from '../../../src/mgmt/api.js';
 import type { BlkDeviceConfig } from '../../../src/mgmt/blk/runner.js';
 import type { DeviceInfo, DeviceManager, DeviceStats, RemoveOptions } from '../../../src/mgmt/manager.js';
 import { handleRequestLine } from '../../../src/mgmt/daemon/rpc.js';
-import { MgmtError } from '../../../src/mgmt/errors.js';
+import { MgmtError } from '../../../src/mgmt/daemon/errors.js';
 
 /** A device manager without a kernel: records calls. */
 class FakeManager implements DeviceManager {

@@ -22,7 +22,7 @@ import { BLK_DEFAULTS, BlkRunner } from '../../../src/mgmt/blk/runner.js';
 import { checkDaemonPath, makeDaemonDir } from '../../../src/mgmt/daemon/paths.js';
 import { writePidFile } from '../../../src/mgmt/daemon/notify.js';
 import { RpcServer } from '../../../src/mgmt/daemon/rpc.js';
-import { MgmtError } from '../../../src/mgmt/errors.js';
+import { MgmtError } from '../../../src/mgmt/daemon/errors.js';
 import { FakeBinding } from '../../../src/testing/fake-binding.js';
 import type { VdpaClient } from '../../../src/transports/vdpa/client.js';
 

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 
 import { BLK_LATENCY_BOUNDS_US } from '../../../src/devices/blk/device.js';
 import type { DeviceInfo, DeviceStats } from '../../../src/mgmt/manager.js';
-import { createMetricsRegistry, startMetricsServer } from '../../../src/mgmt/daemon/metrics.js';
+import { createMetricsRegistry, startMetricsServer } from '../../../src/mgmt/metrics.js';
 
 function stats(name: string, n: number): DeviceStats {
   const buckets = new Array<number>(BLK_LATENCY_BOUNDS_US.length + 1).fill(0);

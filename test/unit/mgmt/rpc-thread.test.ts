@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import { UsageError, isVduseTsError } from '../../../src/common/errors.js';
 import { RpcCallError, RpcServer, rpcCall, type RpcMethods } from '../../../src/mgmt/daemon/rpc.js';
 import { RpcThreadServer } from '../../../src/mgmt/daemon/rpc-thread.js';
-import { MgmtError } from '../../../src/mgmt/errors.js';
+import { MgmtError } from '../../../src/mgmt/daemon/errors.js';
 
 const methods: RpcMethods = {
   'device.list': () => ['from the main thread'],

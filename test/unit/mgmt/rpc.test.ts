@@ -15,7 +15,7 @@ import {
   type RpcMethods,
   type RpcServerOptions,
 } from '../../../src/mgmt/daemon/rpc.js';
-import { MgmtError } from '../../../src/mgmt/errors.js';
+import { MgmtError } from '../../../src/mgmt/daemon/errors.js';
 
 const methods: RpcMethods = {
   echo: (p) => p,

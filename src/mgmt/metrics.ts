@@ -30,9 +30,9 @@ import {
   type MetricValue,
 } from 'prom-client';
 
-import type { DeviceInfo, DeviceStats } from '../manager.js';
-import { messageOf, systemErrorMessage } from '../../common/errors.js';
-import { MgmtError } from '../errors.js';
+import type { DeviceInfo, DeviceStats } from './manager.js';
+import { messageOf, systemErrorMessage } from '../common/errors.js';
+import { MgmtError } from './daemon/errors.js';
 
 export interface MetricsSource {
   list(): DeviceInfo[];

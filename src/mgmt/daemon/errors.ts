@@ -3,7 +3,7 @@
  * src/common/errors.ts. The JSON-RPC error numbers these map to live only at the RPC edge
  * (./daemon/rpc.ts: RPC_ERROR_NUMBERS).
  */
-import { UsageError, VduseTsError, type VduseTsErrorOptions } from '../common/errors.js';
+import { UsageError, VduseTsError, type VduseTsErrorOptions } from '../../common/errors.js';
 
 export type MgmtErrorCode =
   /** device.* on a name the daemon does not hold. */
