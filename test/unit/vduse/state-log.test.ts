@@ -113,4 +113,23 @@ describe('state log file', () => {
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('never writes through a symlink planted at its temporary name', () => {
+    const binding = loadNativeBinding();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'state-log-'));
+    try {
+      const victim = path.join(dir, 'victim');
+      fs.writeFileSync(victim, 'precious');
+      const file = stateLogPath(dir, 'dev1');
+      fs.symlinkSync(victim, `${file}.new`);
+      const log = StateLog.create(binding, file, { ...identity, name: 'dev1', numQueues: 1 });
+      assert.equal(fs.readFileSync(victim, 'utf8'), 'precious');
+      assert.equal(fs.lstatSync(file).isSymbolicLink(), false);
+      assert.equal(fs.statSync(file).size, stateLogSize(1, SIZE));
+      assert.equal(fs.existsSync(`${file}.new`), false);
+      log.close();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

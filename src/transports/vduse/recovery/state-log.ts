@@ -45,11 +45,13 @@ import {
   ftruncateSync,
   mkdirSync,
   openSync,
+  constants as fsConstants,
   renameSync,
   unlinkSync,
 } from 'node:fs';
 import { dirname } from 'node:path';
 
+import { errnoOf } from '../../../common/errors.js';
 import { MAP_SHARED, PROT_READ, PROT_WRITE, type SysBinding } from '../../../sys/binding.js';
 import { VirtqueueError, type InflightRecorder } from '../../../virtio/index.js';
 import { VduseError } from '../errors.js';
@@ -220,13 +222,22 @@ export class StateLog {
 
   /**
    * Create (or replace) the log file at `path` for a device being created: a new file is formatted under a
-   * temporary name, then renamed over the old one.
+   * temporary name, then renamed over the old one. The temporary file is created O_EXCL|O_NOFOLLOW: whatever
+   * another user planted at that name (a symlink to a file of root's) is removed, never written through.
    */
   static create(binding: SysBinding, path: string, identity: StateLogIdentity): StateLog {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     const size = stateLogSize(identity.numQueues, identity.maxQueueSize);
     const tmp = `${path}.new`;
-    const fd = openSync(tmp, 'w+', 0o600);
+    const flags = fsConstants.O_RDWR | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
+    let fd: number;
+    try {
+      fd = openSync(tmp, flags, 0o600);
+    } catch (err) {
+      if (errnoOf(err) !== 'EEXIST') throw err;
+      unlinkSync(tmp); // a stale temporary file, or something planted there: the name itself goes
+      fd = openSync(tmp, flags, 0o600);
+    }
     let buffer: ArrayBuffer;
     try {
       ftruncateSync(fd, size);
