@@ -33,6 +33,11 @@ export const HOST_PACKAGES = [
   'openssl', // throwaway certificates for the NBD TLS tests
   'iproute2', // vdpa, ip
   'util-linux', // losetup, blockdev
+  // Ceph: a one-node cluster (monitor + OSD, no manager) for the rbd backend's tests, and librbd itself
+  'ceph-mon',
+  'ceph-osd',
+  'ceph-common', // ceph, rbd, ceph-authtool, monmaptool
+  'librbd1',
 ];
 
 /**

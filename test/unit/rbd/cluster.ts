@@ -36,6 +36,18 @@ export function cephMissing(): string | null {
   return null;
 }
 
+/**
+ * A reason to skip the tests that need a cluster (Ceph not installed), or undefined. Under CI=true a missing
+ * Ceph is an error (provisioning installs it).
+ */
+export function cephSkip(): string | undefined {
+  const missing = cephMissing();
+  if (missing === null) return undefined;
+  const text = `missing ${missing} (Debian packages: ceph-mon ceph-osd ceph-common librbd1)`;
+  if (process.env.CI === 'true') throw new Error(`rbd tests need ${text}`);
+  return text;
+}
+
 interface RunResult {
   code: number | null;
   stdout: string;
@@ -59,6 +71,19 @@ function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs = 60
       resolve({ code, stdout, stderr });
     });
   });
+}
+
+/** `n` bytes of a xorshift pattern seeded by `seed` (the same for the same seed). */
+export function pattern(n: number, seed: number): Uint8Array {
+  const out = new Uint8Array(n);
+  let x = (seed * 2654435761) >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -254,6 +279,17 @@ export class CephCluster {
   /** Run the rbd CLI against this cluster; resolves with stdout, rejects on failure. */
   rbd(...args: string[]): Promise<string> {
     return this.#must('rbd', args, 120_000);
+  }
+
+  /** `rbd export IMAGE`: the image's bytes as another client reads them. */
+  async rbdExport(image: string): Promise<Buffer> {
+    const file = path.join(this.dir, `export-${Date.now()}-${portSeq++}.raw`);
+    await this.#must('rbd', ['export', '--no-progress', image, file], 120_000);
+    try {
+      return fs.readFileSync(file);
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
   }
 
   #spawn(name: string, args: string[]): ChildProcess {
