@@ -47,6 +47,8 @@ typedef void (*rbd_update_callback_t)(void* arg);
 
 // rbd_set_image_notification() types (librbd.h: EVENT_TYPE_PIPE = 1, EVENT_TYPE_EVENTFD = 2).
 constexpr int kEventTypeEventfd = 2;
+// rbd_aio_write_zeroes() zero_flags: RBD_WRITE_ZEROES_FLAG_THICK_PROVISION (write zeroes, keep the objects).
+constexpr int kWriteZeroesThickProvision = 1 << 0;
 // librbd rejects more iovecs than this in rbd_aio_readv/writev.
 constexpr size_t kIovMax = 1024;
 
@@ -426,15 +428,17 @@ class RbdImage : public Napi::ObjectWrap<RbdImage> {
     });
   }
 
-  // writeZeroes(id, offset, length): -ENOTSUP when this librbd has no rbd_aio_write_zeroes.
+  // writeZeroes(id, offset, length, unmap): -ENOTSUP when this librbd has no rbd_aio_write_zeroes. Without
+  // unmap the objects stay allocated (RBD_WRITE_ZEROES_FLAG_THICK_PROVISION: zeroes are written).
   Napi::Value WriteZeroes(const Napi::CallbackInfo& info) {
     if (g_api.rbd_aio_write_zeroes == nullptr) return Napi::Number::New(info.Env(), -ENOTSUP);
     int64_t offset = info[1].As<Napi::Number>().Int64Value();
     int64_t length = info[2].As<Napi::Number>().Int64Value();
+    int flags = info[3].ToBoolean().Value() ? 0 : kWriteZeroesThickProvision;
     if (offset < 0 || length < 0) return Napi::Number::New(info.Env(), -EINVAL);
-    return Plain(info, [this, offset, length](rbd_completion_t c) {
+    return Plain(info, [this, offset, length, flags](rbd_completion_t c) {
       return g_api.rbd_aio_write_zeroes(im_->image, static_cast<uint64_t>(offset), static_cast<size_t>(length),
-                                        c, 0, 0);
+                                        c, flags, 0);
     });
   }
 

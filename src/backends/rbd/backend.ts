@@ -325,8 +325,10 @@ export class RbdBackend implements BlockBackend {
     return this.#submit((id) => this.#image.discard(id, offset, length));
   }
 
-  writeZeroes(offset: number, length: number): Promise<void> {
-    if (this.#hasWriteZeroes) return this.#submit((id) => this.#image.writeZeroes(id, offset, length));
+  /** With `unmap` whole objects in the range may be deallocated; without, zeroes are written and kept. */
+  writeZeroes(offset: number, length: number, options?: { unmap?: boolean }): Promise<void> {
+    const unmap = options?.unmap === true;
+    if (this.#hasWriteZeroes) return this.#submit((id) => this.#image.writeZeroes(id, offset, length, unmap));
     return this.#writeZeroBuffers(offset, length);
   }
 

@@ -23,8 +23,8 @@ export interface NativeImage {
   writev(id: number, offset: number, buffers: readonly Uint8Array[]): number;
   flush(id: number): number;
   discard(id: number, offset: number, length: number): number;
-  /** -ENOTSUP when this librbd has no rbd_aio_write_zeroes. */
-  writeZeroes(id: number, offset: number, length: number): number;
+  /** -ENOTSUP when this librbd has no rbd_aio_write_zeroes. Without `unmap` the objects stay allocated. */
+  writeZeroes(id: number, offset: number, length: number, unmap: boolean): number;
   /** Clears the eventfd; fills `out` with (id, result) pairs of finished requests; returns how many. */
   reap(out: Float64Array): number;
   /** Whether the update watch fired (the image header changed, e.g. a resize) since the last call. */

@@ -101,6 +101,10 @@ describe('rbd backend (one-node cluster)', { skip, timeout: 180_000 }, () => {
       const buf = new Uint8Array(8 * MiB).fill(7);
       await backend.read(0, [buf]);
       assert.ok(buf.every((b) => b === 0));
+      // without unmap the zeroes are written and the object stays allocated
+      await backend.writeZeroes(8 * MiB, 4 * MiB, { unmap: false });
+      await backend.flush();
+      assert.deepEqual(await allocated(cluster, 'rbd/trim'), [[8 * MiB, 4 * MiB]]);
       // a partial write-zeroes zeroes exactly its range
       await backend.write(0, [pattern(8192, 4)]);
       await backend.writeZeroes(512, 1024);

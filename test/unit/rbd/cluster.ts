@@ -12,7 +12,7 @@
  * sparse file in the directory).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -30,7 +30,7 @@ export interface CephClusterOptions {
 
 /** The Ceph daemons and tools the helper runs, or the first one missing. */
 export function cephMissing(): string | null {
-  for (const tool of ['ceph-mon', 'ceph-osd', 'ceph', 'rbd', 'ceph-authtool', 'monmaptool']) {
+  for (const tool of ['ceph-mon', 'ceph-osd', 'ceph', 'rbd', 'monmaptool']) {
     if (spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status !== 0) return tool;
   }
   return null;
@@ -89,6 +89,27 @@ export function pattern(n: number, seed: number): Uint8Array {
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 let portSeq = 0;
+
+/**
+ * A new cephx secret as ceph-authtool --gen-print-key prints it: base64 of (le16 type 1 = AES, le32 seconds,
+ * le32 nanoseconds, le16 length 16, 16 random bytes).
+ */
+export function cephxKey(): string {
+  const key = Buffer.alloc(28);
+  key.writeUInt16LE(1, 0);
+  key.writeUInt32LE(Math.floor(Date.now() / 1000), 2);
+  key.writeUInt32LE(0, 6);
+  key.writeUInt16LE(16, 10);
+  randomBytes(16).copy(key, 12);
+  return key.toString('base64');
+}
+
+/** One entity of a keyring file. */
+function keyringEntry(entity: string, key: string, caps: Record<string, string>): string {
+  const lines = [`[${entity}]`, `\tkey = ${key}`];
+  for (const [what, cap] of Object.entries(caps)) lines.push(`\tcaps ${what} = "${cap}"`);
+  return lines.join('\n') + '\n';
+}
 
 export class CephCluster {
   readonly dir: string;
@@ -203,6 +224,16 @@ export class CephCluster {
     return r.stdout;
   }
 
+  /** Milliseconds each bootstrap step took (for the log of a slow start). */
+  readonly timings: [string, number][] = [];
+
+  async #step<T>(what: string, run: () => Promise<T>): Promise<T> {
+    const started = Date.now();
+    const result = await run();
+    this.timings.push([what, Date.now() - started]);
+    return result;
+  }
+
   async #bootstrap(): Promise<void> {
     const b = this.dir;
     for (const sub of ['mon/ceph-a', 'osd/ceph-0', 'run', 'log', 'crash']) {
@@ -210,65 +241,42 @@ export class CephCluster {
     }
     const fsid = randomUUID();
     this.#writeConf(fsid);
+    // Keyrings written here rather than by ceph-authtool (each Ceph tool costs a second or more in the VM).
+    const all = { mon: 'allow *', osd: 'allow *', mgr: 'allow *' };
+    const admin = keyringEntry('client.admin', cephxKey(), all);
+    fs.writeFileSync(this.keyring, admin);
     const monKeyring = path.join(b, 'mon.keyring');
-    await this.#must('ceph-authtool', [
-      '--create-keyring',
-      monKeyring,
-      '--gen-key',
-      '-n',
-      'mon.',
-      '--cap',
-      'mon',
-      'allow *',
-    ]);
-    await this.#must('ceph-authtool', [
-      '--create-keyring',
-      this.keyring,
-      '--gen-key',
-      '-n',
-      'client.admin',
-      '--cap',
-      'mon',
-      'allow *',
-      '--cap',
-      'osd',
-      'allow *',
-      '--cap',
-      'mgr',
-      'allow *',
-    ]);
-    await this.#must('ceph-authtool', [monKeyring, '--import-keyring', this.keyring]);
+    fs.writeFileSync(monKeyring, keyringEntry('mon.', cephxKey(), { mon: 'allow *' }) + admin);
     const monmap = path.join(b, 'monmap');
     const [v2, v1] = this.ports;
-    await this.#must('monmaptool', [
-      '--create',
-      '--fsid',
-      fsid,
-      '--addv',
-      'a',
-      `[v2:127.0.0.1:${v2},v1:127.0.0.1:${v1}]`,
-      monmap,
-    ]);
-    await this.#must('ceph-mon', ['--mkfs', '-i', 'a', '--monmap', monmap, '--keyring', monKeyring]);
-    await this.startMon();
+    await this.#step('monmaptool', () =>
+      this.#must('monmaptool', [
+        '--create',
+        '--fsid',
+        fsid,
+        '--addv',
+        'a',
+        `[v2:127.0.0.1:${v2},v1:127.0.0.1:${v1}]`,
+        monmap,
+      ]),
+    );
+    await this.#step('mon mkfs', () =>
+      this.#must('ceph-mon', ['--mkfs', '-i', 'a', '--monmap', monmap, '--keyring', monKeyring]),
+    );
+    await this.#step('mon start', () => this.startMon());
     const osdUuid = randomUUID();
-    const osdKey = (await this.#must('ceph-authtool', ['--gen-print-key'])).trim();
+    const osdKey = cephxKey();
     const secrets = path.join(b, 'osd-secrets.json');
     fs.writeFileSync(secrets, JSON.stringify({ cephx_secret: osdKey }));
-    const id = (await this.ceph('osd', 'new', osdUuid, '-i', secrets)).trim();
+    const id = (await this.#step('osd new', () => this.ceph('osd', 'new', osdUuid, '-i', secrets))).trim();
     if (id !== '0') throw new Error(`ceph osd new gave id '${id}', expected 0`);
-    await this.#must('ceph-authtool', [
-      '--create-keyring',
-      path.join(b, 'osd/ceph-0/keyring'),
-      '--name',
-      'osd.0',
-      '--add-key',
-      osdKey,
-    ]);
-    await this.#must('ceph-osd', ['-i', '0', '--mkfs', '--osd-uuid', osdUuid], 120_000);
-    await this.startOsd();
-    await this.ceph('osd', 'pool', 'create', 'rbd', '8', '8', 'replicated');
-    await this.#must('rbd', ['pool', 'init', 'rbd']);
+    fs.writeFileSync(path.join(b, 'osd/ceph-0/keyring'), keyringEntry('osd.0', osdKey, {}));
+    await this.#step('osd mkfs', () =>
+      this.#must('ceph-osd', ['-i', '0', '--mkfs', '--osd-uuid', osdUuid], 120_000),
+    );
+    await this.#step('osd start', () => this.startOsd());
+    await this.#step('pool create', () => this.ceph('osd', 'pool', 'create', 'rbd', '8', '8', 'replicated'));
+    await this.#step('pool init', () => this.#must('rbd', ['pool', 'init', 'rbd']));
   }
 
   /** Run the ceph CLI against this cluster; resolves with stdout, rejects on failure. */
@@ -300,32 +308,53 @@ export class CephCluster {
     return child;
   }
 
-  /** Start the monitor (again) and wait until it answers. */
-  async startMon(): Promise<void> {
-    this.#mon = this.#spawn('mon', ['ceph-mon', '-f', '-i', 'a']);
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      const r = await run('ceph', ['--connect-timeout', '3', 'mon', 'stat'], this.env, 10_000);
-      if (r.code === 0) return;
-      if (this.#mon.exitCode !== null)
-        throw new Error(`ceph-mon exited (${this.#mon.exitCode}); see ${this.dir}/log`);
-      if (Date.now() > deadline) throw new Error(`ceph-mon did not answer within 60 s; see ${this.dir}/log`);
-      await sleep(200);
+  /** How many lines of daemon log `file` (under log/) match `re`. */
+  #logCount(file: string, re: RegExp): number {
+    try {
+      return fs
+        .readFileSync(path.join(this.dir, 'log', file), 'utf8')
+        .split('\n')
+        .filter((l) => re.test(l)).length;
+    } catch {
+      return 0;
     }
   }
 
-  /** Start the OSD (again) and wait until the monitor sees it up. */
-  async startOsd(): Promise<void> {
-    this.#osd = this.#spawn('osd', ['ceph-osd', '-f', '-i', '0']);
+  /**
+   * Wait until `file` has more lines matching `re` than `before` (the daemon logged that it is ready: no ceph CLI
+   * polling, which costs seconds per call in the emulated test VM).
+   */
+  async #waitForLog(
+    child: ChildProcess,
+    what: string,
+    file: string,
+    re: RegExp,
+    before: number,
+  ): Promise<void> {
     const deadline = Date.now() + 120_000;
-    for (;;) {
-      const r = await run('ceph', ['--connect-timeout', '5', 'osd', 'dump'], this.env, 15_000);
-      if (r.code === 0 && /^osd\.0 up/m.test(r.stdout)) return;
-      if (this.#osd.exitCode !== null)
-        throw new Error(`ceph-osd exited (${this.#osd.exitCode}); see ${this.dir}/log`);
-      if (Date.now() > deadline) throw new Error(`ceph-osd not up within 120 s; see ${this.dir}/log`);
-      await sleep(250);
+    while (this.#logCount(file, re) <= before) {
+      if (child.exitCode !== null || child.signalCode !== null) {
+        throw new Error(`${what} exited (${child.exitCode ?? child.signalCode}); see ${this.dir}/log`);
+      }
+      if (Date.now() > deadline) throw new Error(`${what} not ready within 120 s; see ${this.dir}/log`);
+      await sleep(100);
     }
+  }
+
+  /** Start the monitor (again) and wait until it leads (a one-monitor quorum). */
+  async startMon(): Promise<void> {
+    const re = /win_standalone_election/;
+    const before = this.#logCount('ceph-mon.a.log', re);
+    this.#mon = this.#spawn('mon', ['ceph-mon', '-f', '-i', 'a']);
+    await this.#waitForLog(this.#mon, 'ceph-mon', 'ceph-mon.a.log', re, before);
+  }
+
+  /** Start the OSD (again) and wait until it is up and active in the cluster's map. */
+  async startOsd(): Promise<void> {
+    const re = /state: booting -> active/;
+    const before = this.#logCount('ceph-osd.0.log', re);
+    this.#osd = this.#spawn('osd', ['ceph-osd', '-f', '-i', '0']);
+    await this.#waitForLog(this.#osd, 'ceph-osd', 'ceph-osd.0.log', re, before);
   }
 
   /** Stop the OSD with `signal` and wait until it is gone. */
