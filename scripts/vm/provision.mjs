@@ -38,6 +38,7 @@ export const HOST_PACKAGES = [
   'ceph-osd',
   'ceph-common', // ceph, rbd, ceph-authtool, monmaptool
   'librbd1',
+  'qemu-block-extra', // qemu-storage-daemon's rbd driver (the rbd benchmark's peer)
 ];
 
 /**
