@@ -17,7 +17,8 @@ const USAGE = `Usage: npm run bench:vm -- [options]
 
 Boots the test VM once (npm run vm) and runs fio (libaio, direct, time based) inside it: the project's
 vduse-blk device against qemu-storage-daemon's vduse-blk export (null and tmpfs-file backends) and, over NBD
-to one nbdkit memory export, against the kernel's NBD client. Contenders run alternately, round by round.
+to one nbdkit memory export, against the kernel's NBD client, and, on one image of a one-node Ceph cluster in
+the guest (case rbd), against qemu-storage-daemon's rbd driver. Contenders run alternately, round by round.
 
 Options (environment variable in brackets):
   --quick              smoke run: 1 round of 2 s, 4 workloads

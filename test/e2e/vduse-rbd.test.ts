@@ -179,24 +179,21 @@ test(
       [[76 * MiB, 4 * MiB]],
       'discarded and punched objects are gone; zeroed-without-unmap stays',
     );
-    const zeroes = (await c.rbdExport(image)).subarray(64 * MiB, 80 * MiB);
+    const zeroes = await readDirect(dev, 64 * MiB, 16 * MiB);
     assert.ok(
       zeroes.every((b) => b === 0),
-      'the range reads as zeroes to another client',
+      'the range reads as zeroes',
     );
-    phase('discard, write-zeroes, rbd diff, rbd export');
+    phase('discard, write-zeroes, rbd diff');
 
     // resize from outside: the guest sees the new capacity
     await c.rbd('resize', '--size', '192M', image);
     await waitFor('the guest to see 192 MiB', () => blockDeviceInfo(vd).sizeBytes === 192 * MiB, {
       timeoutMs: 30_000,
     });
-    await writeDirect(dev, 190 * MiB, makePattern(MiB, 'rbd-grown', 190 * MiB));
-    assertSameData(
-      makePattern(MiB, 'rbd-grown', 190 * MiB),
-      await readDirect(dev, 190 * MiB, MiB),
-      'the new space',
-    );
+    const grown = makePattern(MiB, 'rbd-grown', 190 * MiB);
+    await writeDirect(dev, 190 * MiB, grown);
+    assertSameData(grown, await readDirect(dev, 190 * MiB, MiB), 'the new space');
     phase('rbd resize seen by the guest');
 
     // ext4 over it, and a clean fsck
