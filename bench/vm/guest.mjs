@@ -268,6 +268,8 @@ const GiB = 1 << 30;
 const FILE = '/tmp/bench-file.raw';
 const FILE_SIZE = 256 << 20;
 const NBD_SIZE = 256 << 20;
+/** The rbd case's image (bluestore keeps it in a sparse file on the guest's tmpfs). */
+const RBD_SIZE = 256 << 20;
 
 /** Each case: its contenders (project first) plus setup/teardown of what they share. */
 const caseSetups = {
@@ -286,6 +288,42 @@ const caseSetups = {
       ],
       async teardown() {
         fs.rmSync(FILE, { force: true });
+      },
+    };
+  },
+  async rbd() {
+    // a one-node cluster (test/unit/rbd/cluster.ts); both contenders open the same image through librbd
+    const { CephCluster, cephMissing } = await import(
+      pathToFileURL(path.join(dist, 'test/unit/rbd/cluster.js')).href
+    );
+    const absent = cephMissing();
+    if (absent !== null) throw new Error(`the rbd case needs Ceph (${absent} is missing)`);
+    const cluster = await CephCluster.start({ store: 'bluestore' });
+    try {
+      await cluster.rbd('create', '--size', String(RBD_SIZE >> 20), 'rbd/bench');
+      // allocate every object first, so that reads measure data and not absent objects
+      await cluster.rbd(
+        'bench',
+        '--io-type',
+        'write',
+        '--io-size',
+        '4M',
+        '--io-total',
+        String(RBD_SIZE),
+        'rbd/bench',
+      );
+    } catch (e) {
+      await cluster.stop();
+      throw e;
+    }
+    const blockdev = { driver: 'rbd', 'node-name': 'r0', pool: 'rbd', image: 'bench', conf: cluster.conf };
+    return {
+      contenders: [
+        project('bench-p-rbd', `rbd:rbd/bench,conf=${cluster.conf}`),
+        qsd('bench-q-rbd', blockdev),
+      ],
+      async teardown() {
+        await cluster.stop();
       },
     };
   },

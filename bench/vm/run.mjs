@@ -16,8 +16,9 @@ const RESULTS = path.join(ROOT, 'bench/results');
 const USAGE = `Usage: npm run bench:vm -- [options]
 
 Boots the test VM (npm run vm) once per accelerator and runs fio (libaio, direct, time based) inside it: the
-project's vduse-blk device against qemu-storage-daemon's vduse-blk export (null and tmpfs-file backends) and,
-over NBD to one nbdkit memory export, against the kernel's NBD client. Both daemons run with their defaults.
+project's vduse-blk device against qemu-storage-daemon's vduse-blk export (null and tmpfs-file backends), over
+NBD to one nbdkit memory export against the kernel's NBD client, and, on one image of a one-node Ceph cluster in
+the guest (case rbd), against qemu-storage-daemon's rbd driver. Both daemons run with their defaults.
 Contenders run alternately, round by round; rows on fresh daemons restart both contenders every round.
 
 Options (environment variable in brackets):

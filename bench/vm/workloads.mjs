@@ -5,6 +5,8 @@ export const CASES = [
   { id: 'null', title: 'null backend', peer: 'qsd', peerLabel: 'qemu-storage-daemon (null-co)' },
   { id: 'file', title: 'raw file on guest tmpfs', peer: 'qsd', peerLabel: 'qemu-storage-daemon (file)' },
   { id: 'nbd', title: 'NBD (nbdkit memory)', peer: 'kernel-nbd', peerLabel: 'kernel NBD client' },
+  // one image of a one-node Ceph cluster (monitor + bluestore OSD) in the guest, librbd on both sides
+  { id: 'rbd', title: 'Ceph RBD (one-node cluster)', peer: 'qsd', peerLabel: 'qemu-storage-daemon (rbd)' },
 ];
 
 /** fio jobs: 4 KiB random at QD1/QD32, 2 jobs x QD32 (one per queue), 128 KiB sequential at QD8. */

@@ -33,6 +33,12 @@ export const HOST_PACKAGES = [
   'openssl', // throwaway certificates for the NBD TLS tests
   'iproute2', // vdpa, ip
   'util-linux', // losetup, blockdev
+  // Ceph: a one-node cluster (monitor + OSD, no manager) for the rbd backend's tests, and librbd itself
+  'ceph-mon',
+  'ceph-osd',
+  'ceph-common', // ceph, rbd, ceph-authtool, monmaptool
+  'librbd1',
+  'qemu-block-extra', // qemu-storage-daemon's rbd driver (the rbd benchmark's peer)
 ];
 
 /**

@@ -243,6 +243,20 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
         });
       }
       if (runner.#state === 'starting') runner.#state = 'running';
+      // A backend that learns of size changes itself (rbd: `rbd resize` by anyone) resizes the device to them.
+      const sized = inner as { onSizeChange?: (listener: (size: number) => void) => () => void };
+      if (typeof sized.onSizeChange === 'function') {
+        const lbs = config.logicalBlockSize;
+        const off = sized.onSizeChange((size) => {
+          if (self.#state !== 'running') return;
+          self.resize(size - (size % lbs)).then(
+            (bytes) => log.info(`${config.name}: the backend was resized; now ${describeSize(bytes)}`),
+            (err: unknown) =>
+              log.error(`${config.name}: resize to the backend's size failed: ${(err as Error).message}`),
+          );
+        });
+        cleanup.push({ what: 'stop following the backend size', run: off });
+      }
       started = true;
       return runner;
     } catch (err) {
