@@ -12,3 +12,5 @@ export { parseSize, formatSize, SECTOR_SIZE } from './size.js';
 export * from './spec.js';
 // Importing the NBD module registers the nbd, nbds, nbd+unix and nbds+unix backend kinds.
 export * from './nbd/index.js';
+// Importing the RBD module registers the rbd backend kind (librbd is loaded at the first open).
+export * from './rbd/index.js';

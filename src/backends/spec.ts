@@ -18,7 +18,6 @@ import { FileBackend } from './file-backend.js';
 import { MemoryBackend } from './memory-backend.js';
 import { NullBackend } from './null-backend.js';
 import { SECTOR_SIZE, parseSize } from './size.js';
-import { RBD_HELP, openRbdBackend, parseRbdSpec, type RbdBackendSpec } from './rbd/index.js';
 
 /** A parsed spec. Each kind extends it with its own fields. */
 export interface BackendSpec {
@@ -276,14 +275,4 @@ registerBackend<FileBackendSpec>('file', {
       ...(deps.log !== undefined ? { log: deps.log } : {}),
     });
   },
-});
-
-// Ceph RBD (src/backends/rbd): librbd is loaded only when an rbd: spec is opened.
-// Accessors, not values: rbd/spec.ts imports this module, so its constants may not exist yet here.
-registerBackend<RbdBackendSpec>('rbd', {
-  get help() {
-    return RBD_HELP;
-  },
-  parse: (text) => parseRbdSpec(text),
-  open: (spec, deps) => openRbdBackend(spec, deps),
 });

@@ -1,10 +1,11 @@
 /**
- * The Ceph RBD backend kind (`rbd:POOL/IMAGE...`, see ./spec.ts); src/backends/spec.ts registers it.
+ * The Ceph RBD backend kind (`rbd:POOL/IMAGE...`, see ./spec.ts). Importing this module registers it (as the
+ * NBD module registers its kinds); librbd itself is loaded only when an rbd: spec is opened.
  */
 import type { BlockBackend } from '../backend.js';
-import type { BackendDeps } from '../spec.js';
+import { registerBackend, type BackendDeps } from '../spec.js';
 import { RbdBackend } from './backend.js';
-import type { RbdBackendSpec } from './spec.js';
+import { RBD_HELP, parseRbdSpec, type RbdBackendSpec } from './spec.js';
 
 export {
   RbdBackend,
@@ -35,3 +36,9 @@ export function openRbdBackend(spec: RbdBackendSpec, deps: BackendDeps): Promise
     ...(deps.log !== undefined ? { log: deps.log } : {}),
   });
 }
+
+registerBackend<RbdBackendSpec>('rbd', {
+  help: RBD_HELP,
+  parse: (text) => parseRbdSpec(text),
+  open: (spec, deps) => openRbdBackend(spec, deps),
+});

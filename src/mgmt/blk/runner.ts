@@ -255,7 +255,7 @@ export class BlkRunner extends EventEmitter<BlkRunnerEvents> {
               log.error(`${config.name}: resize to the backend's size failed: ${(err as Error).message}`),
           );
         });
-        cleanup.push({ what: 'stop following the backend size', run: off });
+        teardown.add('stop following the backend size', off);
       }
       started = true;
       return runner;
