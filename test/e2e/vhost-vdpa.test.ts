@@ -347,13 +347,17 @@ test(
       const reqs = requests(60, 2, `crash-${round}`, round * 60);
       all.push(...reqs);
       const writes = reqs.map((r) => p.blk.write(r.sector, r.data, { queue: r.queue, kick: false }));
+      const done = p.blk.completed.reduce((a, b) => a + b, 0);
       p.blk.kick();
-      if (round > 0) await sleep(round * 3);
-      const before = p.blk.completed.reduce((a, b) => a + b, 0);
+      // Round 0: killed at once; then once the first completions (round 1) or half of them (round 2) are back.
+      const want = [0, 1, 30][round] as number;
+      const deadline = Date.now() + 5000;
+      while (p.blk.completed.reduce((a, b) => a + b, 0) - done < want && Date.now() < deadline) p.blk.reap();
+      const before = p.blk.completed.reduce((a, b) => a + b, 0) - done;
       rig.daemon.signal('SIGKILL');
       await rig.daemon.exited;
       t.diagnostic(
-        `round ${round}: killed with ${p.blk.inFlight} of 60 requests in flight (${before} done before)`,
+        `round ${round}: killed with ${p.blk.inFlight} of 60 requests in flight (${before} completed)`,
       );
       await restart(rig);
       await withTimeout(Promise.all(writes), 60_000, `round ${round}: writes across the restart`);
@@ -470,8 +474,9 @@ for (const v of [
     tag: '--poll-us 1000, state log at its default place',
     extra: ['--poll-us', '1000'],
     defaultStateDir: true,
+    poll: true,
   },
-  { tag: 'kick path (no polling)', extra: [], defaultStateDir: false },
+  { tag: 'kick path (no polling)', extra: [], defaultStateDir: false, poll: false },
 ]) {
   test(
     `vhost-vdpa fault (#14.2): packed buffer id >= the queue size, ${v.tag}: daemon alive, needs-reset logged, ` +
@@ -499,12 +504,33 @@ for (const v of [
       const data = q.driver.alloc(4096);
       const st = q.driver.alloc(16);
       const badId = size + 44;
-      q.driver.pushRaw([
-        { addr: hdr, len: 16, id: 0, flags: VRING_DESC_F_NEXT },
-        { addr: data, len: 4096, id: 0, flags: VRING_DESC_F_NEXT | VRING_DESC_F_WRITE },
-        { addr: st, len: 1, id: badId, flags: VRING_DESC_F_WRITE },
-      ]);
-      q.forceKick();
+      const pushBad = (): void =>
+        q.driver.pushRaw([
+          { addr: hdr, len: 16, id: 0, flags: VRING_DESC_F_NEXT },
+          { addr: data, len: 4096, id: 0, flags: VRING_DESC_F_NEXT | VRING_DESC_F_WRITE },
+          { addr: st, len: 1, id: badId, flags: VRING_DESC_F_WRITE },
+        ]);
+      if (v.poll) {
+        // One good write; as soon as its completion is in the used ring (the daemon now polls the empty ring
+        // for up to 1 ms) the bad chain is published WITHOUT a kick, so that a poll turn finds it.
+        const good = p.blk.write(8, makePattern(4096, 'good', 4096));
+        const deadline = Date.now() + 5000;
+        while (p.blk.reap() === 0 && Date.now() < deadline);
+        pushBad();
+        q.driver.publish();
+        await good;
+        const byPoll = await waitFor('needs-reset', () => /device needs reset/.test(rig.daemon.stderr), {
+          timeoutMs: 500,
+        }).then(
+          () => true,
+          () => false,
+        );
+        t.diagnostic(`bad chain found by a poll turn, without a kick: ${byPoll}`);
+        if (!byPoll && alive(rig.daemon)) q.forceKick();
+      } else {
+        pushBad();
+        q.forceKick();
+      }
       const logged = await rig.daemon.waitStderr(/device needs reset[^\n]*/, 15_000).catch((e: Error) => e);
       await sleep(1500);
       const e = rig.daemon.child;

@@ -78,7 +78,7 @@ import {
   VIRTIO_F_VERSION_1,
 } from '../../uapi/virtio-config.js';
 import { MockDriver } from '../mock-driver.js';
-import { SharedGuestMemory } from './shared-memory.js';
+import { SharedGuestMemory, type MemoryHost } from './shared-memory.js';
 
 /** A step of the vhost-vdpa protocol failed (the kernel refused, or the device did not keep a status). */
 export class VhostVdpaError extends VduseTsError {
@@ -131,6 +131,7 @@ export class VhostQueue {
     readonly kickFd: number,
     readonly callFd: number,
     private readonly binding: SysBinding,
+    private readonly closeFd: (fd: number) => void = closeSync,
   ) {}
 
   /** Publish staged chains and kick the device if its suppression asks for it; true when kicked. */
@@ -170,13 +171,18 @@ export class VhostQueue {
 
   close(): void {
     this.unwatch();
-    closeSync(this.kickFd);
-    closeSync(this.callFd);
+    this.closeFd(this.kickFd);
+    this.closeFd(this.callFd);
   }
 }
 
 export interface VhostVdpaOpenOptions {
   binding?: SysBinding;
+  /**
+   * How files are opened and closed and mappings found (default: fs and /proc/self/maps); unit tests pass a
+   * FakeBinding's device fd and close().
+   */
+  host?: MemoryHost & { open(path: string): number };
 }
 
 export class VhostVdpaDriver {
@@ -197,11 +203,17 @@ export class VhostVdpaDriver {
   #configCallFd = -1;
   #closed = false;
 
+  readonly #host: (MemoryHost & { open(path: string): number }) | undefined;
+  readonly #closeFd: (fd: number) => void;
+
   private constructor(
     readonly path: string,
     readonly fd: number,
     readonly binding: SysBinding,
+    host: (MemoryHost & { open(path: string): number }) | undefined,
   ) {
+    this.#host = host;
+    this.#closeFd = host === undefined ? closeSync : (fd) => host.closeFd(fd);
     // open() already reset the device (SET_STATUS 0 to the daemon).
     this.#ioctl('VHOST_SET_OWNER', VHOST_SET_OWNER, 0);
     const offered = this.#getU64('VHOST_GET_BACKEND_FEATURES', VHOST_GET_BACKEND_FEATURES);
@@ -227,11 +239,13 @@ export class VhostVdpaDriver {
   /** Open /dev/vhost-vdpa-N, take ownership and set the backend features. */
   static open(path: string, options: VhostVdpaOpenOptions = {}): VhostVdpaDriver {
     const binding = options.binding ?? loadNativeBinding();
-    const fd = openSync(path, 'r+');
+    const host = options.host;
+    const fd = host === undefined ? openSync(path, 'r+') : host.open(path);
     try {
-      return new VhostVdpaDriver(path, fd, binding);
+      return new VhostVdpaDriver(path, fd, binding, host);
     } catch (e) {
-      closeSync(fd);
+      if (host === undefined) closeSync(fd);
+      else host.closeFd(fd);
       throw e;
     }
   }
@@ -302,7 +316,7 @@ export class VhostVdpaDriver {
       try {
         this.#ioctl('VHOST_VDPA_SET_CONFIG_CALL', VHOST_VDPA_SET_CONFIG_CALL, b);
       } catch (e) {
-        closeSync(fd);
+        this.#closeFd(fd);
         throw e;
       }
       this.#configCallFd = fd;
@@ -363,7 +377,11 @@ export class VhostVdpaDriver {
           `[0x${this.iovaRange.first.toString(16)}, 0x${this.iovaRange.last.toString(16)}]`,
       );
     }
-    const mem = new SharedGuestMemory(this.binding, { size, iova });
+    const mem = new SharedGuestMemory(this.binding, {
+      size,
+      iova,
+      ...(this.#host !== undefined ? { host: this.#host } : {}),
+    });
     this.memory = mem;
     const off = options.mapOffset ?? 0;
     const len = options.mapSize ?? mem.size - off;
@@ -426,7 +444,7 @@ export class VhostVdpaDriver {
       );
       const kick = this.binding.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
       const call = this.binding.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-      const q = new VhostQueue(i, drv, kick, call, this.binding);
+      const q = new VhostQueue(i, drv, kick, call, this.binding, this.#closeFd);
       this.queues.push(q);
       this.#ioctl(
         'VHOST_SET_VRING_KICK',
@@ -479,8 +497,8 @@ export class VhostVdpaDriver {
     this.#closed = true;
     for (const q of this.queues) q.close();
     this.queues = [];
-    closeSync(this.fd);
-    if (this.#configCallFd >= 0) closeSync(this.#configCallFd);
+    this.#closeFd(this.fd);
+    if (this.#configCallFd >= 0) this.#closeFd(this.#configCallFd);
     if (!keepMemory) this.memory?.close();
   }
 

@@ -12,6 +12,7 @@ export {
   findMapping,
   mapSharedMemfd,
   unmapShared,
+  type MemoryHost,
   type SharedGuestMemoryOptions,
   type SharedMapping,
 } from './shared-memory.js';

@@ -24,7 +24,21 @@ export interface SharedGuestMemoryOptions {
   iova: number;
   /** Name tag of the memfd (shows in /proc/PID/maps as /memfd:TAG-PID-N). */
   tag?: string;
+  /** Host hooks, for unit tests over a fake binding. */
+  host?: MemoryHost;
 }
+
+/** Where a mapping is and how fds are closed: /proc/self/maps and fs.closeSync, unless a test says otherwise. */
+export interface MemoryHost {
+  /** The virtual address of the mapping of memfd `name` that is `size` bytes long, or null. */
+  locate(name: string, size: number): number | null;
+  closeFd(fd: number): void;
+}
+
+const REAL_HOST: MemoryHost = {
+  locate: (name, size) => findMapping(`/memfd:${name}`, size),
+  closeFd: (fd) => closeSync(fd),
+};
 
 /** One memfd-backed MAP_SHARED mapping. */
 export interface SharedMapping {
@@ -37,29 +51,34 @@ export interface SharedMapping {
 }
 
 /** Map a fresh memfd of `size` bytes MAP_SHARED read-write and find its address. */
-export function mapSharedMemfd(binding: SysBinding, size: number, tag = 'vhost-vdpa'): SharedMapping {
+export function mapSharedMemfd(
+  binding: SysBinding,
+  size: number,
+  tag = 'vhost-vdpa',
+  host: MemoryHost = REAL_HOST,
+): SharedMapping {
   const bytes = Math.ceil(size / 4096) * 4096;
   const name = `${tag}-${process.pid}-${++serial}`;
   const fd = binding.memfdCreate(name, MFD_CLOEXEC);
   try {
     binding.fallocate(fd, 0, 0, bytes);
     const buffer = binding.mmap(fd, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, 0);
-    const uaddr = findMapping(`/memfd:${name}`, bytes);
+    const uaddr = host.locate(name, bytes);
     if (uaddr === null) {
       binding.munmap(buffer);
       throw new Error(`mapping of memfd ${name} not found in /proc/self/maps`);
     }
     return { fd, buffer, uaddr, size: bytes, name };
   } catch (e) {
-    closeSync(fd);
+    host.closeFd(fd);
     throw e;
   }
 }
 
 /** Unmap and close a mapping from mapSharedMemfd(). */
-export function unmapShared(binding: SysBinding, m: SharedMapping): void {
+export function unmapShared(binding: SysBinding, m: SharedMapping, host: MemoryHost = REAL_HOST): void {
   binding.munmap(m.buffer);
-  closeSync(m.fd);
+  host.closeFd(m.fd);
 }
 
 /** The start address of the mapping of `path` that is exactly `size` bytes long, or null. */
@@ -88,6 +107,7 @@ export class SharedGuestMemory {
   #mapping: SharedMapping;
   readonly #binding: SysBinding;
   readonly #tag: string;
+  readonly #host: MemoryHost;
   /** Mappings replaced by moveTo(), kept mapped until close() (a daemon that still used them would be seen). */
   readonly #retired: SharedMapping[] = [];
 
@@ -97,7 +117,8 @@ export class SharedGuestMemory {
     }
     this.#binding = binding;
     this.#tag = options.tag ?? 'vhost-vdpa';
-    this.#mapping = mapSharedMemfd(binding, options.size, this.#tag);
+    this.#host = options.host ?? REAL_HOST;
+    this.#mapping = mapSharedMemfd(binding, options.size, this.#tag, this.#host);
     this.size = this.#mapping.size;
     this.iova = options.iova;
     this.memory = new HeapMemory([{ addr: this.iova, buffer: this.#mapping.buffer }]);
@@ -120,7 +141,7 @@ export class SharedGuestMemory {
    * update to the new uaddr); a device still using the old mapping reads poison and writes where nobody looks.
    */
   moveTo(poison = 0xa5): SharedMapping {
-    const next = mapSharedMemfd(this.#binding, this.size, this.#tag);
+    const next = mapSharedMemfd(this.#binding, this.size, this.#tag, this.#host);
     new Uint8Array(next.buffer).set(new Uint8Array(this.#mapping.buffer));
     const old = this.#mapping;
     this.#mapping = next;
@@ -132,7 +153,7 @@ export class SharedGuestMemory {
   }
 
   close(): void {
-    for (const m of [...this.#retired, this.#mapping]) unmapShared(this.#binding, m);
+    for (const m of [...this.#retired, this.#mapping]) unmapShared(this.#binding, m, this.#host);
     this.#retired.length = 0;
   }
 }
