@@ -16,3 +16,4 @@ export {
   type FakeDeviceOptions,
   type SysCallName,
 } from './fake-binding.js';
+export * as vhostVdpa from './vhost-vdpa/index.js';

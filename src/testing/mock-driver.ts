@@ -113,6 +113,11 @@ export interface MockDriverOptions {
   /** Use the memory and allocator of another MockDriver (multi-queue devices). */
   shareWith?: MockDriver;
   /**
+   * Lay the rings out and allocate buffers with this allocator, over its memory (e.g. a HeapMemory over shared
+   * memory that a real device also sees, as the vhost-vdpa driver in ./vhost-vdpa does). Ignored with `shareWith`.
+   */
+  allocator?: GuestAllocator;
+  /**
    * Like Linux, re-arm used-buffer notifications after reading used entries (EVENT_IDX: used_event / packed
    * DESC event at the next used index). Default true; set false to drive the event fields by hand.
    */
@@ -240,6 +245,9 @@ export class MockDriver {
     if (options.shareWith !== undefined) {
       this.memory = options.shareWith.memory;
       this.allocator = options.shareWith.allocator;
+    } else if (options.allocator !== undefined) {
+      this.memory = options.allocator.memory;
+      this.allocator = options.allocator;
     } else {
       const base = options.baseAddr ?? 0x100000;
       const bytes = options.memorySize ?? ringBytes(size, packed) + 4 * 1024 * 1024;

@@ -8,3 +8,4 @@ export * from './virtio-net.js';
 export * from './vduse.js';
 export * from './vdpa.js';
 export * from './netlink.js';
+export * from './vhost.js';

@@ -20,6 +20,7 @@
 #include <linux/genetlink.h>
 #include <linux/vdpa.h>
 #include <linux/vduse.h>
+#include <linux/vhost.h>
 #include <linux/virtio_ids.h>
 #include <linux/virtio_config.h>
 #include <linux/virtio_ring.h>
