@@ -12,3 +12,4 @@ export { parseSize, formatSize, SECTOR_SIZE } from './size.js';
 export * from './spec.js';
 // Importing the NBD module registers the nbd, nbds, nbd+unix and nbds+unix backend kinds.
 export * from './nbd/index.js';
+export * from './packet/index.js';
