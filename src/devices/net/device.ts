@@ -307,6 +307,12 @@ export class VirtioNetDevice implements VirtioDevice {
         if (this.#pending !== null) {
           if (!this.#fillStash(q, this.#pending.total)) {
             if (this.#broken) break;
+            if (this.#stash.length >= q.size) {
+              // The device holds every buffer the ring can have: no more can come, the frame never fits.
+              this.#pending = null;
+              this.#rxDrop(`a frame larger than the whole receive ring (${this.#stashBytes} bytes)`);
+              continue;
+            }
             if (this.#waitForBuffers(q)) continue;
             break;
           }

@@ -574,3 +574,20 @@ describe('virtio-net link state', () => {
     assert.equal(h.rxUsed().length, 0);
   });
 });
+
+describe('virtio-net receive: a ring too small for a frame', () => {
+  it('MRG_RXBUF: a frame larger than every buffer the ring can hold is dropped, not waited for forever', async () => {
+    const [dev, wire] = createPacketPair();
+    const h = new NetHarness({ backend: dev, mtu: 9000 }, { size: 4 });
+    h.activate();
+    h.postRx(4, 1024);
+    wire.inject(frame(8000, 1));
+    wire.inject(frame(500, 2));
+    await settle();
+    const used = h.rxUsed();
+    assert.equal(used.length, 1);
+    assert.deepEqual(used[0]!.written.subarray(12), frame(500, 2));
+    assert.equal(h.device.stats.rxDropped, 1);
+    assert.ok(h.warnings.some((w) => /larger than the whole receive ring/.test(w)));
+  });
+});

@@ -9,82 +9,12 @@ import { createSocket } from 'node:dgram';
 import { TapBackend } from '../../../src/backends/packet/tap.js';
 import { decodeVirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM } from '../../../src/uapi/virtio-net.js';
 import { NetHarness, settle } from './harness.js';
+import { arpRequest, ethernet, icmpEcho, ipv4, put16, udpPartial } from './packets.js';
 
 const GUEST_MAC = [0x02, 0, 0, 0, 0, 0x02];
-const BCAST = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
 const HOST_IP = [10, 77, 0, 1];
 const GUEST_IP = [10, 77, 0, 2];
-
-function sum16(bytes: Uint8Array, start = 0): number {
-  let s = start;
-  for (let i = 0; i + 1 < bytes.length; i += 2) s += (bytes[i]! << 8) | bytes[i + 1]!;
-  if (bytes.length % 2 === 1) s += bytes[bytes.length - 1]! << 8;
-  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
-  return s;
-}
-const checksum = (bytes: Uint8Array): number => ~sum16(bytes) & 0xffff;
-const put16 = (b: Uint8Array, at: number, v: number): void => {
-  b[at] = v >>> 8;
-  b[at + 1] = v & 0xff;
-};
-
-function ethernet(dst: number[], type: number, payload: Uint8Array): Uint8Array {
-  const f = new Uint8Array(14 + payload.length);
-  f.set(dst, 0);
-  f.set(GUEST_MAC, 6);
-  put16(f, 12, type);
-  f.set(payload, 14);
-  return f;
-}
-
-function arpRequest(): Uint8Array {
-  const a = new Uint8Array(28);
-  a.set([0, 1, 0x08, 0, 6, 4, 0, 1]);
-  a.set(GUEST_MAC, 8);
-  a.set(GUEST_IP, 14);
-  a.set(HOST_IP, 24);
-  return ethernet(BCAST, 0x0806, a);
-}
-
-function ipv4(proto: number, payload: Uint8Array): Uint8Array {
-  const p = new Uint8Array(20 + payload.length);
-  p.set([0x45, 0]);
-  put16(p, 2, p.length);
-  put16(p, 4, 0x1234);
-  p[8] = 64;
-  p[9] = proto;
-  p.set(GUEST_IP, 12);
-  p.set(HOST_IP, 16);
-  put16(p, 10, checksum(p.subarray(0, 20)));
-  p.set(payload, 20);
-  return p;
-}
-
-function icmpEcho(id: number, seq: number, data: Uint8Array): Uint8Array {
-  const m = new Uint8Array(8 + data.length);
-  m[0] = 8;
-  put16(m, 4, id);
-  put16(m, 6, seq);
-  m.set(data, 8);
-  put16(m, 2, checksum(m));
-  return m;
-}
-
-/** A UDP datagram with a partial checksum (NEEDS_CSUM): the pseudo-header sum in the checksum field. */
-function udpPartial(srcPort: number, dstPort: number, data: Uint8Array): Uint8Array {
-  const u = new Uint8Array(8 + data.length);
-  put16(u, 0, srcPort);
-  put16(u, 2, dstPort);
-  put16(u, 4, u.length);
-  u.set(data, 8);
-  const pseudo = new Uint8Array(12);
-  pseudo.set(GUEST_IP, 0);
-  pseudo.set(HOST_IP, 4);
-  pseudo[9] = 17;
-  put16(pseudo, 10, u.length);
-  put16(u, 6, sum16(pseudo));
-  return u;
-}
+const GUEST = { mac: GUEST_MAC, ip: GUEST_IP };
 
 async function until<T>(what: string, probe: () => T | null, ms = 5000): Promise<T> {
   const end = Date.now() + ms;
@@ -126,12 +56,12 @@ async function scenario(name: string, vnetHeader: boolean): Promise<Record<strin
   };
   const type = (f: Uint8Array): number => (f[12]! << 8) | f[13]!;
 
-  h.transmit(arpRequest());
+  h.transmit(arpRequest(GUEST, HOST_IP));
   const [, arp] = await until('the ARP reply', () => find((f) => type(f) === 0x0806 && f[21] === 2));
   const hostMac = Array.from(arp.subarray(6, 12));
 
   const data = new TextEncoder().encode('vduse-ts tap ping '.repeat(20));
-  h.transmit(ethernet(hostMac, 0x0800, ipv4(1, icmpEcho(0x4242, 7, data))));
+  h.transmit(ethernet(hostMac, GUEST_MAC, 0x0800, ipv4(GUEST_IP, HOST_IP, 1, icmpEcho(0x4242, 7, data))));
   const [, reply] = await until('the echo reply', () =>
     find((f) => type(f) === 0x0800 && f[23] === 1 && f[34] === 0 && f[38] === 0x42 && f[39] === 0x42),
   );
@@ -148,10 +78,10 @@ async function scenario(name: string, vnetHeader: boolean): Promise<Record<strin
   );
   // UDP guest -> host, with a partial checksum when offloads are on.
   const payload = new TextEncoder().encode('to the host');
-  const udpOut = udpPartial(4000, port, payload);
+  const udpOut = udpPartial(GUEST_IP, HOST_IP, 4000, port, payload);
   // Plain backend (no checksum offload): no checksum at all (0, legal for UDP over IPv4).
   if (!vnetHeader) put16(udpOut, 6, 0);
-  const out = ethernet(hostMac, 0x0800, ipv4(17, udpOut));
+  const out = ethernet(hostMac, GUEST_MAC, 0x0800, ipv4(GUEST_IP, HOST_IP, 17, udpOut));
   h.transmit(out, vnetHeader ? { flags: VIRTIO_NET_HDR_F_NEEDS_CSUM, csum_start: 34, csum_offset: 6 } : {});
   let timer: NodeJS.Timeout | undefined;
   const received = await Promise.race([
