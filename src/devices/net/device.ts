@@ -117,6 +117,8 @@ export class VirtioNetDevice implements VirtioDevice {
   #backendFailed = false;
   #negotiated: NegotiatedNetFeatures = negotiatedNetFeatures(0n);
   #active = false;
+  /** Bumped by activate(): a deferred call of an older activation does nothing. */
+  #activation = 0;
   /** A malformed chain stopped the data path until reset. */
   #broken = false;
   #rxq: Virtqueue | null = null;
@@ -210,6 +212,7 @@ export class VirtioNetDevice implements VirtioDevice {
     this.#rxq = context.queues[NET_RX_QUEUE] ?? null;
     this.#txq = context.queues[NET_TX_QUEUE] ?? null;
     this.#active = true;
+    this.#activation++;
     this.#broken = false;
     this.#logged = 0;
     const mtuFrame = this.options.mtu + ETH_HLEN + VLAN_HLEN;
@@ -224,13 +227,17 @@ export class VirtioNetDevice implements VirtioDevice {
         tso6: n.guestTso6,
         ecn: n.guestEcn,
       };
-      try {
-        this.backend.setOffloads(offloads);
-      } catch (error) {
-        // The backend keeps producing plain frames, which every driver takes.
-        this.stats.backendErrors++;
-        this.#log(`the backend cannot enable receive offloads: ${describe(error)}`);
-      }
+      const activation = this.#activation;
+      // Until this runs the backend produces plain frames (or drops are counted), which every driver takes.
+      this.#deferControl(() => {
+        if (!this.#active || this.#activation !== activation) return;
+        try {
+          this.backend.setOffloads?.(offloads);
+        } catch (error) {
+          this.stats.backendErrors++;
+          this.#log(`the backend cannot enable receive offloads: ${describe(error)}`);
+        }
+      });
     }
     // Buffers made available before DRIVER_OK get no kick of their own.
     this.#rxRun();
@@ -263,11 +270,14 @@ export class VirtioNetDevice implements VirtioDevice {
     if (up === this.#linkUp) return;
     this.#linkUp = up;
     this.#config = encodeNetConfig(this.options.mac, up, this.options.mtu);
-    try {
-      this.backend.setLinkUp?.(up);
-    } catch (error) {
-      this.#log(`the backend could not follow the link state: ${describe(error)}`);
-    }
+    this.#deferControl(() => {
+      if (this.#linkUp !== up) return; // changed again meanwhile: that call follows
+      try {
+        this.backend.setLinkUp?.(up);
+      } catch (error) {
+        this.#log(`the backend could not follow the link state: ${describe(error)}`);
+      }
+    });
     this.#host?.configChanged();
     if (up) this.#rxRun();
     else this.#setReceiving(false);
@@ -615,6 +625,16 @@ export class VirtioNetDevice implements VirtioDevice {
   }
 
   // ---------------------------------------------------------------------------------------------------------
+
+  /**
+   * Run a backend control call (a TAP's TUNSETOFFLOAD and TUNSETCARRIER take the kernel's rtnl lock) from the
+   * event loop, never inside activate() or setLinkUp(): activate() runs while the transport answers the
+   * driver's DRIVER_OK, and Linux's virtio_net waits for that answer holding rtnl; a synchronous call would
+   * deadlock until VDUSE's message timeout breaks the device.
+   */
+  #deferControl(call: () => void): void {
+    setImmediate(call);
+  }
 
   /** A malformed chain: stop both queues and ask for a reset. */
   #fail(queue: number, message: string): void {

@@ -427,6 +427,7 @@ describe('virtio-net receive', () => {
     });
     const h = new NetHarness({ backend: dev });
     h.activate();
+    await settle();
     assert.deepEqual(dev.enabledOffloads, { csum: true, tso4: true, tso6: true, ecn: false });
     h.postRx(64, 1536);
     const payload = frame(30000, 3);
@@ -462,6 +463,24 @@ describe('virtio-net receive', () => {
     assert.deepEqual(all.subarray(12), payload);
   });
 
+  it('activate() makes no backend control call itself (TUNSETOFFLOAD takes rtnl, held by virtio_net while it waits for DRIVER_OK)', async () => {
+    const [dev] = createPacketPair({ vnetHeader: true, offloads: { csum: true, tso4: true, tso6: true } });
+    const calls: string[] = [];
+    let inside = false;
+    dev.setOffloads = () => void calls.push(inside ? 'inside' : 'later');
+    const h = new NetHarness({ backend: dev });
+    inside = true;
+    h.activate();
+    inside = false;
+    await settle();
+    assert.deepEqual(calls, ['later']);
+    // A reset before the deferred call: nothing for the old activation.
+    h.activate();
+    await h.device.reset();
+    await settle();
+    assert.deepEqual(calls, ['later']);
+  });
+
   it('vnet-header backend without GUEST_CSUM: receive offloads off, DATA_VALID cleared, partial checksums dropped', async () => {
     const [dev, wire] = createPacketPair({
       vnetHeader: true,
@@ -472,6 +491,7 @@ describe('virtio-net receive', () => {
       { features: without(VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, 8, 9) },
     );
     h.activate();
+    await settle();
     assert.deepEqual(dev.enabledOffloads, { csum: false, tso4: false, tso6: false, ecn: false });
     h.postRx(8, 2048);
     const mk = (flags: number): Uint8Array => {
@@ -530,19 +550,22 @@ describe('virtio-net receive', () => {
 });
 
 describe('virtio-net link state', () => {
-  it('setLinkUp rewrites status and sends a config change; the backend follows', () => {
+  it('setLinkUp rewrites status and sends a config change; the backend follows', async () => {
     const [dev] = createPacketPair();
     const h = new NetHarness({ backend: dev });
     h.activate();
     h.device.setLinkUp(false);
     assert.equal(decodeVirtioNetConfig(h.device.config()).status, 0);
     assert.equal(h.host.configChanges, 1);
+    assert.equal(dev.linkUp, null, 'the backend is told from the event loop, not inside the call');
+    await settle();
     assert.equal(dev.linkUp, false);
     h.device.setLinkUp(false);
     assert.equal(h.host.configChanges, 1, 'no change, no notification');
     h.device.setLinkUp(true);
     assert.equal(decodeVirtioNetConfig(h.device.config()).status, VIRTIO_NET_S_LINK_UP);
     assert.equal(h.host.configChanges, 2);
+    await settle();
     assert.equal(dev.linkUp, true);
   });
 
