@@ -14,3 +14,5 @@ export * from './spec.js';
 export * from './nbd/index.js';
 // Importing the RBD module registers the rbd backend kind (librbd is loaded at the first open).
 export * from './rbd/index.js';
+// Packet backends (virtio-net): TAP, and a virtual wire for tests.
+export * from './packet/index.js';

@@ -1,2 +1,3 @@
 export type { VirtioDevice, DeviceHost, DeviceContext } from './device.js';
 export * from './blk/index.js';
+export * from './net/index.js';

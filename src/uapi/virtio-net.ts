@@ -2,7 +2,7 @@
  * virtio-net (uapi linux/virtio_net.h; virtio spec v1.2 §5.1): feature bit NUMBERS, config space layout and the
  * per-buffer header layout. Constants and layouts only.
  */
-import { defineStruct } from './layout.js';
+import { decodeStruct, defineStruct, encodeStruct, type StructValue } from './layout.js';
 
 export const VIRTIO_NET_F_CSUM = 0;
 export const VIRTIO_NET_F_GUEST_CSUM = 1;
@@ -94,3 +94,32 @@ export const virtio_net_hdr_v1 = defineStruct({
 export const VIRTIO_NET_HDR_V1_SIZE = 12;
 /** Size of struct virtio_net_hdr_v1_hash (with HASH_REPORT). */
 export const VIRTIO_NET_HDR_V1_HASH_SIZE = 20;
+
+export type VirtioNetConfig = StructValue<typeof virtio_net_config>;
+export type VirtioNetHdr = StructValue<typeof virtio_net_hdr_v1>;
+
+/** Encodes a config space (missing fields zero), cut to `size` bytes (default the whole 24). */
+export function encodeVirtioNetConfig(
+  config: Partial<VirtioNetConfig>,
+  size: number = VIRTIO_NET_CONFIG_SIZE,
+): Uint8Array {
+  if (!Number.isInteger(size) || size < 0 || size > VIRTIO_NET_CONFIG_SIZE) {
+    throw new RangeError(`virtio-net config size must be in [0, ${VIRTIO_NET_CONFIG_SIZE}], got ${size}`);
+  }
+  return encodeStruct(virtio_net_config, config).slice(0, size);
+}
+
+/** Decodes a config space; a shorter buffer reads as zero past its end. */
+export function decodeVirtioNetConfig(bytes: Uint8Array): VirtioNetConfig {
+  const full = new Uint8Array(VIRTIO_NET_CONFIG_SIZE);
+  full.set(bytes.subarray(0, VIRTIO_NET_CONFIG_SIZE));
+  return decodeStruct(virtio_net_config, full);
+}
+
+export function encodeVirtioNetHdr(hdr: Partial<VirtioNetHdr>, target?: Uint8Array, offset = 0): Uint8Array {
+  return encodeStruct(virtio_net_hdr_v1, hdr, target, offset);
+}
+
+export function decodeVirtioNetHdr(bytes: Uint8Array, offset = 0): VirtioNetHdr {
+  return decodeStruct(virtio_net_hdr_v1, bytes, offset);
+}
