@@ -454,10 +454,10 @@ export class RbdBackend implements BlockBackend {
     }
   }
 
+  /** librbd's answer kept as the errno (EINVAL, ETIMEDOUT, ...); the code follows it (ERR_BACKEND_UNSUPPORTED, IO, ...). */
   #requestError(rc: number): BackendError {
     const name = errnoName(rc);
-    const code = name === 'EOPNOTSUPP' || name === 'ENOTSUP' ? 'ENOTSUP' : 'EIO';
-    return new BackendError(`${this.label}: librbd: ${name}`, code);
+    return new BackendError(`${this.label}: librbd: ${name}`, name);
   }
 
   #failure(error: unknown, what: string): BackendError {

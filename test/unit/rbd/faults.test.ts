@@ -51,7 +51,7 @@ describe('rbd backend: faults (bluestore cluster)', { skip, timeout: 300_000 }, 
       // with timeout=3 a request fails (EIO) once the cluster has not answered for 3 s
       const started = Date.now();
       await assert.rejects(Promise.resolve(failing.write(4096, [pattern(4096, 2)])), (e: unknown) => {
-        return e instanceof BackendError && e.code === 'EIO' && /ETIMEDOUT/.test(e.message);
+        return e instanceof BackendError && e.code === 'ERR_BACKEND_IO' && e.errno === 'ETIMEDOUT';
       });
       const took = Date.now() - started;
       assert.ok(took >= 2500 && took < 30_000, `failed after ${took} ms`);
