@@ -5,6 +5,7 @@
 import type { BlockBackend } from '../../backends/backend.js';
 import { VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_SECTOR_SIZE } from '../../uapi/virtio-blk.js';
 import { VIRTQUEUE_MAX_SIZE } from '../../uapi/virtio-ring.js';
+import { integerIn as integerInRange } from '../options.js';
 import { blkOptionError } from './errors.js';
 
 /** Disk geometry (legacy CHS), offered with VIRTIO_BLK_F_GEOMETRY only when given. */
@@ -120,6 +121,7 @@ function isPowerOfTwo(n: number): boolean {
   return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 }
 
+/** An integer option of the blk device in [min, max] (see ../options.ts). */
 function integerIn(
   name: string,
   value: number | undefined,
@@ -127,11 +129,7 @@ function integerIn(
   min: number,
   max: number,
 ): number {
-  if (value === undefined) return fallback;
-  if (!Number.isInteger(value) || value < min || value > max) {
-    throw blkOptionError(`${name} must be an integer from ${min} to ${max}, got ${value}`);
-  }
-  return value;
+  return integerInRange(name, value, fallback, min, max, blkOptionError);
 }
 
 /** The GET_ID bytes for `serial`: at most 20 printable ASCII characters, NUL-padded to 20. */

@@ -3,6 +3,8 @@
  */
 import type { PacketBackend } from '../../backends/packet/backend.js';
 import { VIRTQUEUE_MAX_SIZE } from '../../uapi/virtio-ring.js';
+import { UsageError } from '../../common/errors.js';
+import { integerIn as integerInRange } from '../options.js';
 
 /** Where the device reports what a driver got wrong or a backend failed (e.g. a Logger). */
 export interface NetLogger {
@@ -58,22 +60,20 @@ export interface ResolvedNetOptions {
   readonly logger: NetLogger | null;
 }
 
-/** Parse 'aa:bb:cc:dd:ee:ff' (or '-' separated). Throws RangeError for anything else, a multicast or zero MAC. */
+/** Parse 'aa:bb:cc:dd:ee:ff' (or '-' separated). Throws a UsageError (ERR_NET_OPTION) for anything else, a multicast or zero MAC. */
 export function parseMac(mac: string | Uint8Array): Uint8Array {
   let bytes: Uint8Array;
   if (typeof mac === 'string') {
     if (!/^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$/.test(mac)) {
-      throw new RangeError(`virtio-net: MAC '${mac}' is not six hex pairs like 52:54:00:12:34:56`);
+      throw netOptionError(`MAC '${mac}' is not six hex pairs like 52:54:00:12:34:56`);
     }
     bytes = Uint8Array.from(mac.split(/[:-]/), (h) => parseInt(h, 16));
   } else {
-    if (mac.length !== 6) throw new RangeError(`virtio-net: a MAC is 6 bytes, got ${mac.length}`);
+    if (mac.length !== 6) throw netOptionError(`a MAC is 6 bytes, got ${mac.length}`);
     bytes = Uint8Array.from(mac);
   }
-  if ((bytes[0]! & 1) !== 0)
-    throw new RangeError(`virtio-net: MAC ${formatMac(bytes)} is a multicast address`);
-  if (bytes.every((b) => b === 0))
-    throw new RangeError('virtio-net: MAC 00:00:00:00:00:00 is not an address');
+  if ((bytes[0]! & 1) !== 0) throw netOptionError(`MAC ${formatMac(bytes)} is a multicast address`);
+  if (bytes.every((b) => b === 0)) throw netOptionError('MAC 00:00:00:00:00:00 is not an address');
   return bytes;
 }
 
@@ -104,6 +104,7 @@ export function macFromName(name: string | undefined): Uint8Array {
   return mac;
 }
 
+/** An integer option of the net device in [min, max] (see ../options.ts). */
 function integerIn(
   name: string,
   value: number | undefined,
@@ -111,11 +112,12 @@ function integerIn(
   min: number,
   max: number,
 ): number {
-  if (value === undefined) return fallback;
-  if (!Number.isInteger(value) || value < min || value > max) {
-    throw new RangeError(`virtio-net: ${name} must be an integer from ${min} to ${max}, got ${value}`);
-  }
-  return value;
+  return integerInRange(name, value, fallback, min, max, netOptionError);
+}
+
+/** An option of the device that cannot be used (one line, 'virtio-net: ...'; exit 2 in the CLI). */
+export function netOptionError(message: string): UsageError {
+  return new UsageError(`virtio-net: ${message}`, { code: 'ERR_NET_OPTION' });
 }
 
 export function resolveNetOptions(options: VirtioNetOptions): ResolvedNetOptions {
@@ -126,8 +128,8 @@ export function resolveNetOptions(options: VirtioNetOptions): ResolvedNetOptions
     queueSize > VIRTQUEUE_MAX_SIZE ||
     (queueSize & (queueSize - 1)) !== 0
   ) {
-    throw new RangeError(
-      `virtio-net: queueSize must be a power of two from 2 to ${VIRTQUEUE_MAX_SIZE}, got ${queueSize}`,
+    throw netOptionError(
+      `queueSize must be a power of two from 2 to ${VIRTQUEUE_MAX_SIZE}, got ${queueSize}`,
     );
   }
   return {

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
+import { UsageError } from '../../../src/common/errors.js';
+
 import { createPacketPair } from '../../../src/backends/packet/index.js';
 import {
   NET_CONFIG_SPACE_SIZE,
@@ -107,6 +109,10 @@ describe('virtio-net features and config space', () => {
   it('MACs: parsed and checked; the default is stable per name, locally administered and unicast', () => {
     assert.deepEqual([...parseMac('02-00-00-aa-bb-cc')], [2, 0, 0, 0xaa, 0xbb, 0xcc]);
     assert.throws(() => parseMac('01:00:5e:00:00:01'), /multicast/);
+    assert.throws(
+      () => parseMac('zz'),
+      (e: unknown) => e instanceof UsageError && e.code === 'ERR_NET_OPTION' && !e.message.includes('\n'),
+    );
     assert.throws(() => parseMac('00:00:00:00:00:00'), /not an address/);
     assert.throws(() => parseMac('52:54:00:12:34'), /six hex pairs/);
     const m = macFromName('vm0');
