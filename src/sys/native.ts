@@ -9,6 +9,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import type { FdWatcher, FdWatcherCallback, SysBinding } from './binding.js';
+import { VduseTsError } from '../common/errors.js';
 
 const PACKAGE_NAME = 'vduse-ts';
 const ADDON_PATH = 'build/Release/vduse_native.node';
@@ -54,7 +55,10 @@ export function findPackageRoot(start: string | URL = import.meta.url): string {
     }
     const parent = dirname(dir);
     if (parent === dir)
-      throw new Error(`${PACKAGE_NAME}: cannot find the package root above ${String(start)}`);
+      throw new VduseTsError(
+        'ERR_NATIVE_ADDON',
+        `${PACKAGE_NAME}: cannot find the package root above ${String(start)}`,
+      );
     dir = parent;
   }
 }
@@ -62,8 +66,8 @@ export function findPackageRoot(start: string | URL = import.meta.url): string {
 let cached: SysBinding | undefined;
 
 /**
- * The real SysBinding, backed by the native addon. Loaded once per thread and cached. Throws an Error
- * naming the build command when the addon is missing, fails to load, or is older than this code.
+ * The real SysBinding, backed by the native addon. Loaded once per thread and cached. Throws a VduseTsError
+ * (ERR_NATIVE_ADDON) naming the build command when the addon is missing, fails to load, or is older than this code.
  */
 export function loadNativeBinding(): SysBinding {
   if (cached !== undefined) return cached;
@@ -74,13 +78,16 @@ export function loadNativeBinding(): SysBinding {
     addon = createRequire(import.meta.url)(file) as NativeAddon;
   } catch (error) {
     const reason = error instanceof Error ? error.message.split('\n')[0] : String(error);
-    throw new Error(
+    throw new VduseTsError(
+      'ERR_NATIVE_ADDON',
       `${PACKAGE_NAME}: cannot load the native addon ${file} (${reason}); run \`${BUILD_COMMAND}\``,
+      { cause: error },
     );
   }
   const missing = FUNCTIONS.filter((name) => typeof addon[name] !== 'function');
   if (missing.length > 0) {
-    throw new Error(
+    throw new VduseTsError(
+      'ERR_NATIVE_ADDON',
       `${PACKAGE_NAME}: the native addon ${file} is out of date (no ${missing.join(', ')}); run \`${BUILD_COMMAND}\``,
     );
   }

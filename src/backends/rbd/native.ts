@@ -7,6 +7,7 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 
 import { findPackageRoot } from '../../sys/native.js';
+import { VduseTsError } from '../../common/errors.js';
 
 const ADDON_PATH = 'build/Release/vduse_rbd.node';
 /** The libraries, by soname; VDUSE_TS_LIBRADOS / VDUSE_TS_LIBRBD name others (a path, or another soname). */
@@ -74,12 +75,12 @@ let addon: RbdAddon | undefined;
 let loadError: string | undefined;
 
 /**
- * The addon with librados and librbd loaded. Throws an Error with one line saying what is missing (the addon
+ * The addon with librados and librbd loaded. Throws a VduseTsError (ERR_RBD_LIBRARY) with one line saying what is missing (the addon
  * not built, or the Ceph libraries not installed). The result is remembered per thread.
  */
 export function loadRbd(env: NodeJS.ProcessEnv = process.env): RbdAddon {
   if (addon !== undefined) return addon;
-  if (loadError !== undefined) throw new Error(loadError);
+  if (loadError !== undefined) throw new VduseTsError('ERR_RBD_LIBRARY', loadError);
   const file = join(findPackageRoot(import.meta.url), ADDON_PATH);
   let candidate: RbdAddon;
   try {
@@ -87,16 +88,16 @@ export function loadRbd(env: NodeJS.ProcessEnv = process.env): RbdAddon {
   } catch (error) {
     const reason = error instanceof Error ? error.message.split('\n')[0] : String(error);
     loadError = `cannot load the rbd addon ${file} (${reason}); run \`npm run build:native\``;
-    throw new Error(loadError);
+    throw new VduseTsError('ERR_RBD_LIBRARY', loadError, { cause: error });
   }
   if (typeof candidate.load !== 'function' || typeof candidate.open !== 'function') {
     loadError = `the rbd addon ${file} is out of date; run \`npm run build:native\``;
-    throw new Error(loadError);
+    throw new VduseTsError('ERR_RBD_LIBRARY', loadError);
   }
   const missing = candidate.load(env.VDUSE_TS_LIBRADOS || LIBRADOS, env.VDUSE_TS_LIBRBD || LIBRBD);
   if (missing !== null) {
     loadError = `${missing}: install Ceph's client libraries (Debian: apt-get install librbd1)`;
-    throw new Error(loadError);
+    throw new VduseTsError('ERR_RBD_LIBRARY', loadError);
   }
   addon = candidate;
   return addon;

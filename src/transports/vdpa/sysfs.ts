@@ -9,6 +9,7 @@
 import { existsSync, readdirSync, readlinkSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
+import { VdpaError } from './errors.js';
 
 export const VDPA_BUS = '/sys/bus/vdpa';
 
@@ -95,7 +96,8 @@ export async function rebindVdpaDevice(name: string, driver: string, paths: Sysf
   const b = bus(paths);
   if (boundDriver(name, paths) === driver) return;
   if (!existsSync(join(b, 'drivers', driver))) {
-    throw new Error(
+    throw new VdpaError(
+      'ERR_VDPA_DRIVER',
       `vdpa bus driver ${driver} is not available: load its module (modprobe ${driver.replace(/-/g, '_')})`,
     );
   }

@@ -341,7 +341,9 @@ export class VduseDevice<
     if (this.#closed) return;
     const t0 = performance.now();
     if (status < 0) {
-      this.#broken(new Error(`poll on /dev/vduse/${this.name} failed (errno ${-status})`));
+      this.#broken(
+        new VduseError('ERR_VDUSE_CLOSED', `poll on /dev/vduse/${this.name} failed (errno ${-status})`),
+      );
       return;
     }
     for (;;) {
@@ -354,7 +356,7 @@ export class VduseDevice<
       }
       if (n < 0) return; // EAGAIN: drained
       if (n === 0) {
-        this.#broken(new Error(`end of file on /dev/vduse/${this.name}`));
+        this.#broken(new VduseError('ERR_VDUSE_CLOSED', `end of file on /dev/vduse/${this.name}`));
         return;
       }
       if (n !== VDUSE_MSG_SIZE) {
