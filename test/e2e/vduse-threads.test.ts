@@ -242,7 +242,7 @@ test(
     ]);
     // a usage error since the one option validator (#14.8): exit 2
     assert.equal(memory.code, 2);
-    assert.match(memory.stderr, /queue threads cannot serve a memory backend/);
+    assert.match(memory.stderr, /^vduse: --queue-threads cannot serve a memory backend/);
     assert.equal(memory.stderr.trim().split('\n').length, 1, memory.stderr);
     assert.equal(vduseDevExists('e2e-thr-mem'), false);
   },

@@ -45,8 +45,13 @@ export interface QueueThreadsOptions<T extends QueueThreadTypes = QueueThreadTyp
   logger: Logger;
   /** Forward the threads' debug lines. */
   debug?: boolean;
-  /** How long the main thread waits for a thread to start or carry out a command (default 10 s). */
+  /** How long the main thread waits for a thread to carry out a command, or to start again at DRIVER_OK (default 10 s). */
   timeoutMs?: number;
+  /**
+   * How long the first start of the threads may take (default 60 s, at least timeoutMs): loading the device and
+   * backend modules in a fresh worker is slow on a loaded host, and nothing waits on it but our own start-up.
+   */
+  startTimeoutMs?: number;
   /** A thread asked for a device reset (`failed` false), or failed (true). Called on the main thread. */
   onNeedsReset(reason: Error, failed: boolean): void;
   /** The worker entry; default ./worker.js. */
@@ -91,6 +96,7 @@ export class QueueThreads<T extends QueueThreadTypes = QueueThreadTypes> impleme
   readonly #counters: SharedArrayBuffer;
   readonly #threads: Thread<T>[] = [];
   readonly #timeoutMs: number;
+  readonly #startTimeoutMs: number;
   #nextId = 1;
   #generation = 0;
   #closing = false;
@@ -104,12 +110,13 @@ export class QueueThreads<T extends QueueThreadTypes = QueueThreadTypes> impleme
     }
     this.#o = options;
     this.#timeoutMs = options.timeoutMs ?? 10_000;
+    this.#startTimeoutMs = Math.max(this.#timeoutMs, options.startTimeoutMs ?? 60_000);
     this.#counters = new SharedArrayBuffer(Float64Array.BYTES_PER_ELEMENT * numQueues * 2);
     this.counters = new Float64Array(this.#counters);
     this.kicks = new Float64Array(this.#counters, 0, numQueues);
     this.interrupts = new Float64Array(this.#counters, Float64Array.BYTES_PER_ELEMENT * numQueues, numQueues);
     try {
-      for (let k = 0; k < threads; k++) this.#threads.push(this.#spawn(k));
+      for (let k = 0; k < threads; k++) this.#threads.push(this.#spawn(k, this.#startTimeoutMs));
     } catch (err) {
       this.terminate();
       throw err;
@@ -136,7 +143,8 @@ export class QueueThreads<T extends QueueThreadTypes = QueueThreadTypes> impleme
   start(start: DataPathStart): number {
     if (this.#running) this.stop(false);
     const generation = ++this.#generation;
-    for (const t of this.#threads) if (t.dead) this.#threads[t.index] = this.#spawn(t.index);
+    // inside DRIVER_OK: the kernel waits for the answer, so only the command timeout
+    for (const t of this.#threads) if (t.dead) this.#threads[t.index] = this.#spawn(t.index, this.#timeoutMs);
     let resubmitted = 0;
     const started: Thread<T>[] = [];
     try {
@@ -261,7 +269,7 @@ export class QueueThreads<T extends QueueThreadTypes = QueueThreadTypes> impleme
     }
   }
 
-  #spawn(index: number): Thread<T> {
+  #spawn(index: number, timeoutMs: number): Thread<T> {
     const { port1, port2 } = new MessageChannel();
     const ack = new Int32Array(new SharedArrayBuffer(4));
     const data: QueueThreadData<T> = {
@@ -301,7 +309,7 @@ export class QueueThreads<T extends QueueThreadTypes = QueueThreadTypes> impleme
       t.pending.clear();
     });
     try {
-      const reply = this.#wait(t, 0, 'start');
+      const reply = this.#wait(t, 0, 'start', timeoutMs);
       if (!reply.ok) throw fromRemote(reply.error);
       t.starting = false;
     } catch (err) {
@@ -331,8 +339,8 @@ export class QueueThreads<T extends QueueThreadTypes = QueueThreadTypes> impleme
   }
 
   /** Block until reply `id` is on the sync port (the thread bumps the ack word after posting it). */
-  #wait(t: Thread<T>, id: number, what: string): QueueThreadReply<T> {
-    const deadline = Date.now() + this.#timeoutMs;
+  #wait(t: Thread<T>, id: number, what: string, timeoutMs = this.#timeoutMs): QueueThreadReply<T> {
+    const deadline = Date.now() + timeoutMs;
     for (;;) {
       const seen = Atomics.load(t.ack, 0);
       let m: { message: unknown } | undefined;
@@ -342,7 +350,7 @@ export class QueueThreads<T extends QueueThreadTypes = QueueThreadTypes> impleme
       }
       const left = deadline - Date.now();
       if (left <= 0) {
-        const why = `no answer to ${what} within ${this.#timeoutMs} ms`;
+        const why = `no answer to ${what} within ${timeoutMs} ms`;
         this.#failed(t, why);
         throw new QueueThreadError(`queue thread ${t.index}: ${why}`);
       }
