@@ -27,6 +27,7 @@ import {
   lowerHungTaskThreshold,
 } from './lib/index.js';
 import { PREREQS, VduseDaemon } from './vduse-daemon.js';
+import { assertQuietKernel, uptimeSeconds } from './lib/kernel-log.js';
 
 const MiB = 1 << 20;
 const DISK_BYTES = 128 * MiB;
@@ -115,29 +116,6 @@ class Nbdkit {
 }
 
 /** Seconds since boot, as the kernel log stamps lines. */
-function uptime(): number {
-  return Number(fs.readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
-}
-
-/** Kernel log lines stamped at or after `since` (seconds since boot). */
-async function kernelLogSince(since: number): Promise<string[]> {
-  const r = await execOk('dmesg', []);
-  return r.stdout.split('\n').filter((line) => {
-    const m = /^\[\s*(\d+\.\d+)\]/.exec(line);
-    return m !== null && Number(m[1]) >= since;
-  });
-}
-
-/** What the kernel must not have said about `dev` (a vdX name) since `since`. */
-async function assertQuietKernel(since: number, dev: string): Promise<void> {
-  const bad = (await kernelLogSince(since)).filter(
-    (l) =>
-      /blocked for more than|hung_task|INFO: task .* blocked/.test(l) ||
-      new RegExp(`\\b${dev}\\b.*(error|timeout)|I/O error, dev ${dev}\\b|EXT4-fs error`, 'i').test(l),
-  );
-  assert.deepEqual(bad, [], 'kernel log since the test started');
-}
-
 interface Setup {
   nbdkit: Nbdkit;
   daemon: VduseDaemon;
@@ -210,7 +188,7 @@ for (const { tag, connections } of transports) {
       )
         return;
       const cleanup = useCleanup(t);
-      const since = uptime();
+      const since = uptimeSeconds();
       const hung = lowerHungTaskThreshold(cleanup, HUNG_TASK_SECS);
       const s = await setUp(cleanup, tag, 'ext4', connections, ['--queues', '2']);
       const dev = s.daemon.path;
@@ -266,7 +244,7 @@ for (const { tag, connections } of transports) {
     async (t) => {
       if (!requirePrereqs(t, { ...PREREQS, commands: ['nbdkit', 'fio', 'dmesg'] })) return;
       const cleanup = useCleanup(t);
-      const since = uptime();
+      const since = uptimeSeconds();
       lowerHungTaskThreshold(cleanup, HUNG_TASK_SECS);
       const s = await setUp(cleanup, tag, 'fio', connections, ['--queues', '2']);
       const dev = s.daemon.path;
