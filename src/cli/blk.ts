@@ -27,19 +27,28 @@ export interface BlkEnvironment {
   vdpa?: VdpaClient;
 }
 
-/** Runs the daemon until the stop signal; resolves when everything is torn down. Throws on setup failures. */
-export async function runBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<void> {
-  const { binding, logger: log } = env;
+/** The vdpa client of a foreground command: the one given (its owner closes it), or a new one closed at exit. */
+export function ownVdpa(env: { vdpa?: VdpaClient; logger: Logger }): {
+  vdpa: VdpaClient;
+  closeVdpa: () => Promise<void>;
+} {
   const vdpa = env.vdpa ?? new VdpaClient();
   const closeVdpa = async (): Promise<void> => {
     if (env.vdpa) return;
     try {
-      log.debug('teardown: stop the vdpa worker');
+      env.logger.debug('teardown: stop the vdpa worker');
       await vdpa.close();
     } catch (err) {
-      log.error(`stop the vdpa worker: ${messageOf(err)}`);
+      env.logger.error(`stop the vdpa worker: ${messageOf(err)}`);
     }
   };
+  return { vdpa, closeVdpa };
+}
+
+/** Runs the daemon until the stop signal; resolves when everything is torn down. Throws on setup failures. */
+export async function runBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<void> {
+  const { binding, logger: log } = env;
+  const { vdpa, closeVdpa } = ownVdpa(env);
   let runner: BlkRunner;
   try {
     runner = await BlkRunner.start(cmd, { binding, logger: log, vdpa });

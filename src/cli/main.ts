@@ -9,8 +9,9 @@ import { join } from 'node:path';
 import { backendHelp } from '../backends/spec.js';
 import { findPackageRoot, loadNativeBinding } from '../sys/native.js';
 import { createLogger } from '../common/logger.js';
-import { BLK_USAGE, MAIN_USAGE, parseCommandLine } from './args.js';
+import { BLK_USAGE, MAIN_USAGE, NET_USAGE, parseCommandLine } from './args.js';
 import { runBlk } from './blk.js';
+import { runNet } from './net.js';
 import { CLIENT_COMMANDS } from './client.js';
 import { listDevices } from './list.js';
 import { reportError } from './report.js';
@@ -57,7 +58,9 @@ export async function main(argv: readonly string[]): Promise<number> {
           ? `${BLK_USAGE}${backendHelp()
               .map((l) => `  ${l}\n`)
               .join('')}`
-          : MAIN_USAGE,
+          : command.topic === 'net'
+            ? NET_USAGE
+            : MAIN_USAGE,
       );
       return 0;
     case 'version':
@@ -77,6 +80,21 @@ export async function main(argv: readonly string[]): Promise<number> {
         const binding = loadNativeBinding();
         await runBlk(command, {
           binding,
+          logger,
+          print: (line) => void process.stdout.write(`${line}\n`),
+          stopSignal: stopSignal(),
+          onSignal: (signal, handler) => void process.on(signal, handler),
+        });
+        return 0;
+      } catch (err) {
+        return reportError(err, 'vduse', { verbose: command.verbose });
+      }
+    }
+    case 'net': {
+      const logger = createLogger({ level: command.verbose ? 'debug' : 'info', prefix: 'vduse' });
+      try {
+        await runNet(command, {
+          binding: loadNativeBinding(),
           logger,
           print: (line) => void process.stdout.write(`${line}\n`),
           stopSignal: stopSignal(),

@@ -20,6 +20,8 @@ export type MgmtErrorCode =
   | 'ERR_MGMT_RESIZE_NO_FILE'
   /** The runner was asked for its VDUSE device before it served one. */
   | 'ERR_MGMT_NOT_STARTED'
+  /** A net device's tap cannot be opened (no /dev/net/tun, busy, not a tap, not permitted). */
+  | 'ERR_MGMT_TAP'
   /** The device did not come up (no block device or vhost node appeared). */
   | 'ERR_MGMT_ATTACH'
   /** A socket, state directory or pid file path the daemon cannot use. */
