@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import type { BlkDeviceConfig } from '../../../src/mgmt/blk/options.js';
 
 import {
   ConfigError,
@@ -76,7 +77,7 @@ test('YAML config with defaults filled in', () => {
 test('queue-threads and poll-us: defaults, values, one message each for a bad one', () => {
   const one = (extra: string) =>
     parseConfigText(`devices:\n  - name: a\n    backend: null:1M\n    queues: 4\n${extra}`, 'c.yaml')
-      .devices[0]!;
+      .devices[0] as BlkDeviceConfig;
   assert.equal(one('').queueThreads, 1);
   assert.equal(one('').pollUs, undefined);
   assert.equal(one('    queue-threads: 4\n').queueThreads, 4);
