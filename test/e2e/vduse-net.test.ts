@@ -1,0 +1,266 @@
+// Scenarios of `vduse net` on the real kernel: virtio_vdpa + virtio_net over our VDUSE transport, frames to and
+// from a TAP. The guest's NIC goes into one network namespace and the tap into another, so that traffic between
+// their addresses crosses our device (and not the loopback).
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { test } from 'node:test';
+
+import {
+  NetPeer,
+  TEST_TIMEOUT_MS,
+  addNetns,
+  exec,
+  execOk,
+  inNetns,
+  linkAttr,
+  moveInterface,
+  requirePrereqs,
+  tryInNetns,
+  useCleanup,
+  vdpaDevExists,
+  vdpaDriver,
+  vduseDevExists,
+  waitForPing,
+  type Cleanup,
+} from './lib/index.js';
+import { assertNoKernelWarnings, uptimeSeconds } from './lib/kernel-log.js';
+import { VduseDaemon, lastStats } from './vduse-daemon.js';
+
+export const NET_PREREQS = {
+  root: true,
+  commands: ['ip', 'ping'],
+  paths: ['/dev/vduse/control', '/sys/bus/vdpa', '/dev/net/tun'],
+  modules: ['vduse', 'vdpa', 'virtio_vdpa', 'virtio_net', 'tun'],
+};
+
+const MiB = 1 << 20;
+/** The guest NIC's and the tap's addresses. */
+const NIC_IP = '10.77.0.1';
+const TAP_IP = '10.77.0.2';
+
+interface NetSetup {
+  d: VduseDaemon;
+  /** The guest's interface (in nsNic). */
+  nic: string;
+  nsNic: string;
+  nsTap: string;
+}
+
+/**
+ * Start `vduse net --name NAME --tap TAP ARGS`, then move the guest's NIC into one namespace and the tap into
+ * another, with addresses on both, and wait until they reach each other.
+ */
+async function netPair(
+  cleanup: Cleanup,
+  name: string,
+  tap: string,
+  args: string[] = [],
+  tapMtu?: number,
+): Promise<NetSetup> {
+  const d = VduseDaemon.spawn(['net', '--name', name, '--tap', tap, '--stats', ...args]);
+  cleanup.add(`stop vduse net ${name}`, async () => {
+    if (d.child.exitCode === null && d.child.signalCode === null) await d.stop();
+  });
+  const nic = await d.ready();
+  assert.match(nic, /^[a-z][a-z0-9]*$/, `the ready line is an interface name: ${nic}`);
+  assert.equal(vdpaDriver(name), 'virtio_vdpa');
+  const nsNic = await addNetns(cleanup, `${name}-nic`);
+  const nsTap = await addNetns(cleanup, `${name}-tap`);
+  await moveInterface(nic, nsNic, `${NIC_IP}/24`);
+  await moveInterface(tap, nsTap, `${TAP_IP}/24`, tapMtu);
+  await waitForPing(nsNic, TAP_IP);
+  return { d, nic, nsNic, nsTap };
+}
+
+/** SIGINT, exit 0, nothing left behind; returns the last counters. */
+async function stopClean(d: VduseDaemon, name: string): Promise<Record<string, number>> {
+  const e = await d.stop('SIGINT', 30_000);
+  assert.equal(e.code, 0, `daemon exit status; stderr:\n${e.stderr}`);
+  assert.equal(vdpaDevExists(name), false, 'vdpa device removed');
+  assert.equal(vduseDevExists(name), false, 'VDUSE device destroyed');
+  return lastStats(e.stderr);
+}
+
+/** A TCP transfer of `bytes` from `from` to `toAddr` (a listener in `to`), checked by hash. */
+async function tcpTransfer(
+  cleanup: Cleanup,
+  from: string,
+  to: string,
+  toAddr: string,
+  bytes: number,
+  port: number,
+) {
+  const recv = await NetPeer.start(cleanup, to, ['recv', String(port)]);
+  const send = await NetPeer.start(cleanup, from, ['send', toAddr, String(port), String(bytes)]);
+  const [sent, got] = await Promise.all([send.result(), recv.result()]);
+  assert.equal(sent.bytes, bytes);
+  assert.equal(got.bytes, bytes, 'every byte arrived');
+  assert.equal(got.sha256, sent.sha256, 'the data arrived unchanged');
+  return got;
+}
+
+test(
+  'vduse net: NIC and tap in two namespaces; ping both ways; 64 MiB over TCP both ways by hash; counters; clean stop',
+  { timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    if (!requirePrereqs(t, NET_PREREQS)) return;
+    const cleanup = useCleanup(t);
+    const since = uptimeSeconds();
+    const name = 'e2e-net-basic';
+    const mac = '52:54:00:77:00:01';
+    const { d, nic, nsNic, nsTap } = await netPair(cleanup, name, 'vtsbasic', ['--mac', mac]);
+    assert.equal(await linkAttr(nsNic, nic, 'address'), mac, 'the guest got our MAC');
+    assert.equal(await linkAttr(nsNic, nic, 'mtu'), '1500');
+    assert.equal(await linkAttr(nsNic, nic, 'operstate'), 'up');
+    assert.equal(
+      fs
+        .readFileSync(
+          `/sys/bus/vdpa/devices/${name}/${fs.readdirSync(`/sys/bus/vdpa/devices/${name}`).find((e) => /^virtio\d+$/.test(e))}/device`,
+          'utf8',
+        )
+        .trim(),
+      '0x0001',
+      'virtio-net',
+    );
+    await inNetns(nsNic, 'ping', ['-c', '5', '-i', '0.2', '-W', '2', TAP_IP]);
+    await inNetns(nsTap, 'ping', ['-c', '5', '-i', '0.2', '-W', '2', NIC_IP]);
+    await inNetns(nsTap, 'ping', ['-c', '3', '-s', '1472', '-M', 'do', '-W', '2', NIC_IP]);
+    // guest -> tap, then tap -> guest: the offloads (TSO, checksum) carry 64 KiB frames both ways
+    const out = await tcpTransfer(cleanup, nsNic, nsTap, TAP_IP, 64 * MiB, 5301);
+    const back = await tcpTransfer(cleanup, nsTap, nsNic, NIC_IP, 64 * MiB, 5302);
+    t.diagnostic(
+      `64 MiB guest->tap in ${out.seconds.toFixed(2)} s, tap->guest in ${back.seconds.toFixed(2)} s (TCG: slow)`,
+    );
+    d.signal('SIGUSR1');
+    await d.waitStderr(/stats: rx_packets=\d+/);
+    const s = await stopClean(d, name);
+    assert.ok(s.rx_bytes! >= 64 * MiB, `rx bytes ${s.rx_bytes}`);
+    assert.ok(s.tx_bytes! >= 64 * MiB, `tx bytes ${s.tx_bytes}`);
+    assert.ok(s.rx_packets! > 10 && s.tx_packets! > 10);
+    assert.equal(s.driver_errors, 0);
+    assert.equal(fs.existsSync(`/run/netns/${nsNic}`), true);
+    assert.equal((await tryInNetns(nsNic, 'ip', ['link', 'show', nic])).code, 1, 'the guest NIC is gone');
+    await assertNoKernelWarnings(since);
+  },
+);
+
+test(
+  'MTU: the guest is told it; DF pings just below pass and just above fail; a longer frame from the tap is dropped and counted',
+  { timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    if (!requirePrereqs(t, NET_PREREQS)) return;
+    const cleanup = useCleanup(t);
+    const name = 'e2e-net-mtu';
+    const { d, nic, nsNic, nsTap } = await netPair(cleanup, name, 'vtsmtu', ['--mtu', '1400'], 1500);
+    assert.equal(await linkAttr(nsNic, nic, 'mtu'), '1400');
+    // the guest cannot go above what the device said (VIRTIO_NET_F_MTU sets max_mtu)
+    assert.notEqual((await tryInNetns(nsNic, 'ip', ['link', 'set', nic, 'mtu', '1401'])).code, 0);
+    // 1372 + 8 (ICMP) + 20 (IP) = 1400
+    await inNetns(nsNic, 'ping', ['-c', '2', '-s', '1372', '-M', 'do', '-W', '2', TAP_IP]);
+    const above = await tryInNetns(nsNic, 'ping', ['-c', '1', '-s', '1373', '-M', 'do', '-W', '2', TAP_IP]);
+    assert.notEqual(above.code, 0, 'a DF packet over the MTU does not leave the guest');
+    await inNetns(nsTap, 'ping', ['-c', '2', '-s', '1372', '-M', 'do', '-W', '2', NIC_IP]);
+    // from the tap (MTU 1500) a 1428-byte packet is a frame the device must not hand to the guest
+    d.signal('SIGUSR1');
+    const before = lastStats((await d.waitStderr(/stats: rx_packets=.*\n/)).input!);
+    const big = await tryInNetns(nsTap, 'ping', ['-c', '2', '-s', '1400', '-M', 'do', '-W', '1', NIC_IP]);
+    assert.notEqual(big.code, 0, 'no answer to a frame over the MTU');
+    const s = await stopClean(d, name);
+    assert.ok(s.rx_drops! >= before.rx_drops! + 2, `rx drops ${before.rx_drops} -> ${s.rx_drops}`);
+  },
+);
+
+test(
+  'stopping the daemon while the NIC is in use (a TCP stream and a ping flood): prompt exit 0, NIC gone, no kernel warning',
+  { timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    if (!requirePrereqs(t, NET_PREREQS)) return;
+    const cleanup = useCleanup(t);
+    const since = uptimeSeconds();
+    const name = 'e2e-net-stop';
+    const { d, nic, nsNic, nsTap } = await netPair(cleanup, name, 'vtsstop');
+    const recv = await NetPeer.start(cleanup, nsTap, ['recv', '5303']);
+    const send = await NetPeer.start(cleanup, nsNic, ['send', TAP_IP, '5303', String(4096 * MiB)]);
+    const flood = exec('ip', ['netns', 'exec', nsTap, 'ping', '-f', '-w', '20', NIC_IP], {
+      timeoutMs: 60_000,
+    });
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.equal(send.child.exitCode, null, `the sender is still sending: ${send.stderr}`);
+    const t0 = Date.now();
+    const e = await d.stop('SIGTERM', 30_000);
+    const took = Date.now() - t0;
+    assert.equal(e.code, 0, `exit status; stderr:\n${e.stderr}`);
+    assert.ok(took < 15_000, `stopped in ${took} ms`);
+    t.diagnostic(`stopped in ${took} ms with traffic both ways`);
+    assert.equal(vdpaDevExists(name), false);
+    assert.equal(vduseDevExists(name), false);
+    assert.equal((await tryInNetns(nsNic, 'ip', ['link', 'show', nic])).code, 1, 'the guest NIC is gone');
+    send.child.kill('SIGKILL');
+    recv.child.kill('SIGKILL');
+    await flood;
+    await assertNoKernelWarnings(since);
+  },
+);
+
+test(
+  'errors: a tap in use, a bad MAC, an MTU out of range: one line each, non-zero exit, nothing left behind',
+  { timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    if (!requirePrereqs(t, NET_PREREQS)) return;
+    const cleanup = useCleanup(t);
+    await execOk('ip', ['tuntap', 'add', 'dev', 'vtsbusy', 'mode', 'tap']);
+    cleanup.add('ip tuntap del vtsbusy', () =>
+      execOk('ip', ['tuntap', 'del', 'dev', 'vtsbusy', 'mode', 'tap']).then(() => undefined),
+    );
+    const first = VduseDaemon.spawn(['net', '--name', 'e2e-net-busy1', '--tap', 'vtsbusy']);
+    cleanup.add('stop the first', async () => {
+      if (first.child.exitCode === null) await first.stop();
+    });
+    await first.ready();
+    const cases: [string[], number, RegExp][] = [
+      [
+        ['--name', 'e2e-net-busy2', '--tap', 'vtsbusy'],
+        1,
+        /^vduse: tap vtsbusy is in use by another process/,
+      ],
+      [['--name', 'e2e-net-bad', '--tap', 'x', '--mac', '01:02:03:04:05:06'], 2, /^vduse: --mac .*multicast/],
+      [
+        ['--name', 'e2e-net-bad', '--tap', 'x', '--mtu', '65536'],
+        2,
+        /^vduse: --mtu must be between 68 and 65535/,
+      ],
+      [['--name', 'e2e-net-bad', '--tap', 'lo'], 1, /^vduse: lo exists and is not a tap/],
+    ];
+    for (const [args, code, re] of cases) {
+      const e = await VduseDaemon.spawn(['net', ...args]).exited;
+      assert.equal(e.code, code, `${args.join(' ')}: ${e.stderr}`);
+      assert.match(e.stderr, re);
+      assert.equal(e.stderr.trim().split('\n').length, 1, `one line: ${e.stderr}`);
+      assert.equal(vduseDevExists(args[1]!), false);
+    }
+    const e = await first.stop();
+    assert.equal(e.code, 0, e.stderr);
+    assert.equal(fs.existsSync('/sys/class/net/vtsbusy'), true, 'a persistent tap stays');
+  },
+);
+
+test(
+  '--driver vhost-vdpa: bound to vhost_vdpa, prints /dev/vhost-vdpa-N; clean stop',
+  { timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    if (!requirePrereqs(t, { ...NET_PREREQS, modules: [...NET_PREREQS.modules, 'vhost_vdpa'] })) return;
+    const cleanup = useCleanup(t);
+    const name = 'e2e-net-vhost';
+    const d = VduseDaemon.spawn(['net', '--name', name, '--tap', 'vtsvhost', '--driver', 'vhost-vdpa']);
+    cleanup.add('stop', async () => {
+      if (d.child.exitCode === null) await d.stop();
+    });
+    const path = await d.ready();
+    assert.match(path, /^\/dev\/vhost-vdpa-\d+$/);
+    assert.ok(fs.statSync(path).isCharacterDevice());
+    assert.equal(vdpaDriver(name), 'vhost_vdpa');
+    const e = await d.stop();
+    assert.equal(e.code, 0, e.stderr);
+    assert.equal(vduseDevExists(name), false);
+  },
+);
