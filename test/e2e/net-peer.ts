@@ -1,9 +1,11 @@
 // The two ends of a TCP test, in node (the guest has no nc or socat), run inside a network namespace:
 //   node net-peer.js recv PORT                one connection: hash what arrives; prints {"bytes","sha256","seconds"}
 //   node net-peer.js send HOST PORT BYTES     send BYTES random bytes; prints the same for what was sent
+//   node net-peer.js sink PORT                one connection: count what arrives; prints {"bytes","seconds"}
+//   node net-peer.js stream HOST PORT SECS    send as fast as TCP takes it for SECS seconds; prints the same
 //   node net-peer.js echo PORT                one connection: send back every byte (for rr)
 //   node net-peer.js rr HOST PORT COUNT       COUNT 1-byte round trips; prints {"count","medianUs","p99Us"}
-// recv and echo print "listening" on stdout once they accept connections; every result is one JSON line.
+// recv, sink and echo print "listening" on stdout once they accept connections; every result is one JSON line.
 import { createHash, randomFillSync } from 'node:crypto';
 import { createConnection, createServer, type Socket } from 'node:net';
 
@@ -66,6 +68,48 @@ function send(host: string, port: number, total: number): void {
   s.resume();
 }
 
+function sink(port: number): void {
+  serveOnce(port, (s) => {
+    let bytes = 0;
+    let t0 = 0;
+    s.on('data', (d: Buffer) => {
+      if (bytes === 0) t0 = performance.now();
+      bytes += d.length;
+    });
+    s.on('end', () => {
+      out({ bytes, seconds: (performance.now() - t0) / 1000 });
+      s.end();
+    });
+  });
+}
+
+function stream(host: string, port: number, seconds: number): void {
+  const chunk = randomFillSync(Buffer.alloc(256 << 10));
+  let sent = 0;
+  let t0 = 0;
+  const s = createConnection({ host, port }, () => {
+    t0 = performance.now();
+    const end = t0 + seconds * 1000;
+    const pump = (): void => {
+      while (performance.now() < end) {
+        sent += chunk.length;
+        if (!s.write(chunk)) {
+          s.once('drain', pump);
+          return;
+        }
+      }
+      s.end();
+    };
+    pump();
+  });
+  s.on('close', () => out({ bytes: sent, seconds: (performance.now() - t0) / 1000 }));
+  s.on('error', (e) => {
+    process.stderr.write(`net-peer stream: ${e.message}\n`);
+    process.exitCode = 1;
+  });
+  s.resume();
+}
+
 function echo(port: number): void {
   serveOnce(port, (s) => {
     s.setNoDelay(true);
@@ -113,10 +157,14 @@ const num = (v: string | undefined, what: string): number => {
 };
 
 if (mode === 'recv') recv(num(args[0], 'PORT'));
+else if (mode === 'sink') sink(num(args[0], 'PORT'));
+else if (mode === 'stream') stream(args[0] ?? '', num(args[1], 'PORT'), num(args[2], 'SECS'));
 else if (mode === 'send') send(args[0] ?? '', num(args[1], 'PORT'), num(args[2], 'BYTES'));
 else if (mode === 'echo') echo(num(args[0], 'PORT'));
 else if (mode === 'rr') rr(args[0] ?? '', num(args[1], 'PORT'), num(args[2], 'COUNT'));
 else {
-  process.stderr.write('usage: net-peer recv PORT | send HOST PORT BYTES | echo PORT | rr HOST PORT COUNT\n');
+  process.stderr.write(
+    'usage: net-peer recv PORT | send HOST PORT BYTES | sink PORT | stream HOST PORT SECS | echo PORT | rr HOST PORT COUNT\n',
+  );
   process.exitCode = 2;
 }

@@ -15,15 +15,18 @@ import {
   linkAttr,
   moveInterface,
   requirePrereqs,
+  tempDir,
   tryInNetns,
   useCleanup,
   vdpaDevExists,
   vdpaDriver,
   vduseDevExists,
+  waitFor,
   waitForPing,
   type Cleanup,
 } from './lib/index.js';
 import { assertNoKernelWarnings, uptimeSeconds } from './lib/kernel-log.js';
+import { ServeDaemon } from './serve-daemon.js';
 import { VduseDaemon, lastStats } from './vduse-daemon.js';
 
 export const NET_PREREQS = {
@@ -262,5 +265,98 @@ test(
     const e = await d.stop();
     assert.equal(e.code, 0, e.stderr);
     assert.equal(vduseDevExists(name), false);
+  },
+);
+
+test(
+  'vduse serve: a type: net device from the config and one from vduse add; link down/up seen by the guest; stats and metrics',
+  { timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    if (!requirePrereqs(t, NET_PREREQS)) return;
+    const cleanup = useCleanup(t);
+    const since = uptimeSeconds();
+    const dir = tempDir(cleanup, 'net-serve');
+    const socket = `${dir}/vduse.sock`;
+    const config = `${dir}/vduse.yaml`;
+    const name = 'e2e-net-srv';
+    fs.writeFileSync(
+      config,
+      [
+        'devices:',
+        `  - type: net`,
+        `    name: ${name}`,
+        '    tap: vtssrv',
+        '    mac: 52:54:00:77:00:02',
+        '',
+      ].join('\n'),
+    );
+    const port = 19471;
+    const d = ServeDaemon.spawn(['--config', config, '--metrics', `127.0.0.1:${port}`], socket, cleanup);
+    await d.waitLog(/management socket/);
+    const [info] = JSON.parse(await d.cliOk(['ls', '--json'])) as {
+      name: string;
+      type: string;
+      path: string;
+      net: { link: string; mac: string };
+    }[];
+    assert.equal(info!.type, 'net');
+    assert.equal(info!.net.mac, '52:54:00:77:00:02');
+    assert.equal(info!.net.link, 'up');
+    const nic = info!.path;
+    const nsNic = await addNetns(cleanup, 'e2e-srv-nic');
+    const nsTap = await addNetns(cleanup, 'e2e-srv-tap');
+    await moveInterface(nic, nsNic, `${NIC_IP}/24`);
+    await moveInterface('vtssrv', nsTap, `${TAP_IP}/24`);
+    await waitForPing(nsNic, TAP_IP);
+    assert.equal(await linkAttr(nsNic, nic, 'carrier'), '1');
+
+    assert.equal(await d.cliOk(['link', name, 'down']), `${name}: link down\n`);
+    await waitFor('the guest sees no carrier', async () => (await linkAttr(nsNic, nic, 'carrier')) === '0', {
+      timeoutMs: 10_000,
+    });
+    assert.equal(await linkAttr(nsNic, nic, 'operstate'), 'down');
+    const dead = await tryInNetns(nsNic, 'ping', ['-c', '1', '-W', '1', TAP_IP]);
+    assert.notEqual(dead.code, 0, 'no traffic while the link is down');
+    assert.equal(await d.cliOk(['link', name, 'up']), `${name}: link up\n`);
+    await waitFor(
+      'the guest sees carrier again',
+      async () => (await linkAttr(nsNic, nic, 'carrier')) === '1',
+      {
+        timeoutMs: 10_000,
+      },
+    );
+    assert.equal(await linkAttr(nsNic, nic, 'operstate'), 'up');
+    await waitForPing(nsNic, TAP_IP);
+    await tcpTransfer(cleanup, nsNic, nsTap, TAP_IP, 8 * MiB, 5304);
+
+    const bad = await d.cli(['link', name, 'sideways']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /^vduse link: the state is up or down/);
+
+    // a second net device at run time, then removed
+    const added = (
+      await d.cliOk(['add', 'e2e-net-srv2', '--type', 'net', '--tap', 'vtssrv2', '--mtu', '9000'])
+    ).trim();
+    assert.match(added, /^[a-z][a-z0-9]*$/);
+    assert.equal(fs.readFileSync(`/sys/class/net/${added}/mtu`, 'utf8').trim(), '9000');
+    await d.cliOk(['del', 'e2e-net-srv2']);
+    assert.equal(vdpaDevExists('e2e-net-srv2'), false);
+
+    const stats = await d.cliOk(['stats']);
+    assert.match(stats, new RegExp(`\\n${name}\\s+up\\s+\\d+`));
+    const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    const value = (re: RegExp): number => Number(re.exec(metrics)?.[1] ?? NaN);
+    assert.ok(
+      value(new RegExp(`vduse_net_bytes_total\\{device="${name}",direction="tx"\\} (\\d+)`)) >= 8 * MiB,
+    );
+    assert.ok(value(new RegExp(`vduse_net_packets_total\\{device="${name}",direction="rx"\\} (\\d+)`)) > 0);
+    assert.equal(value(new RegExp(`vduse_net_link_up\\{device="${name}"\\} (\\d+)`)), 1);
+    assert.ok(value(new RegExp(`vduse_device_config_interrupts_total\\{device="${name}"\\} (\\d+)`)) >= 2);
+
+    const e = await d.stop('SIGTERM', 30_000);
+    assert.equal(e.code, 0, d.stderr);
+    assert.equal(vdpaDevExists(name), false);
+    assert.equal(vduseDevExists(name), false);
+    await assertNoKernelWarnings(since);
   },
 );

@@ -93,7 +93,7 @@ export class NetPeer {
     cleanup.add(`stop net-peer ${args.join(' ')}`, () => {
       if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
     });
-    if (args[0] === 'recv' || args[0] === 'echo') {
+    if (args[0] === 'recv' || args[0] === 'sink' || args[0] === 'echo') {
       await waitFor(`net-peer ${args[0]} listening in ${ns}`, () => {
         if (p.child.exitCode !== null) throw new Error(`net-peer exited: ${p.stderr}`);
         return p.stdout.includes('listening');
