@@ -26,6 +26,9 @@ import {
   type Cleanup,
 } from './lib/index.js';
 import { assertNoKernelWarnings, uptimeSeconds } from './lib/kernel-log.js';
+import { VhostVdpaDriver } from '../../src/testing/vhost-vdpa/index.js';
+import { VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS } from '../../src/uapi/virtio-net.js';
+import { bit } from './lib/vhost-vdpa.js';
 import { ServeDaemon } from './serve-daemon.js';
 import { VduseDaemon, lastStats } from './vduse-daemon.js';
 
@@ -247,23 +250,91 @@ test(
   },
 );
 
+/** An ARP request from `mac`/`ip` for `target` (an Ethernet frame, padded to 60 bytes). */
+function arpRequest(mac: Uint8Array, ip: number[], target: number[]): Uint8Array {
+  const f = new Uint8Array(60);
+  f.fill(0xff, 0, 6);
+  f.set(mac, 6);
+  f.set([0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1], 12);
+  f.set(mac, 22);
+  f.set(ip, 28);
+  f.set(target, 38);
+  return f;
+}
+
 test(
-  '--driver vhost-vdpa: bound to vhost_vdpa, prints /dev/vhost-vdpa-N; clean stop',
+  '--driver vhost-vdpa: bound to vhost_vdpa, /dev/vhost-vdpa-N; an ARP request and its answer through the userspace driver',
   { timeout: TEST_TIMEOUT_MS },
   async (t) => {
     if (!requirePrereqs(t, { ...NET_PREREQS, modules: [...NET_PREREQS.modules, 'vhost_vdpa'] })) return;
     const cleanup = useCleanup(t);
     const name = 'e2e-net-vhost';
-    const d = VduseDaemon.spawn(['net', '--name', name, '--tap', 'vtsvhost', '--driver', 'vhost-vdpa']);
+    const mac = Uint8Array.from([0x52, 0x54, 0x00, 0x77, 0x00, 0x03]);
+    const d = VduseDaemon.spawn([
+      'net',
+      '--name',
+      name,
+      '--tap',
+      'vtsvhost',
+      '--driver',
+      'vhost-vdpa',
+      '--mac',
+      '52:54:00:77:00:03',
+      '--stats',
+    ]);
     cleanup.add('stop', async () => {
       if (d.child.exitCode === null) await d.stop();
     });
-    const path = await d.ready();
-    assert.match(path, /^\/dev\/vhost-vdpa-\d+$/);
-    assert.ok(fs.statSync(path).isCharacterDevice());
+    const node = await d.ready();
+    assert.match(node, /^\/dev\/vhost-vdpa-\d+$/);
+    assert.ok(fs.statSync(node).isCharacterDevice());
     assert.equal(vdpaDriver(name), 'vhost_vdpa');
+    // the host end: the tap with an address, so that the kernel answers ARP for it
+    await execOk('ip', ['addr', 'add', '10.80.0.2/24', 'dev', 'vtsvhost']);
+    await execOk('ip', ['link', 'set', 'vtsvhost', 'up']);
+
+    // the VMM: negotiate MAC + STATUS (plain 12-byte headers, one buffer per frame), two queues, DRIVER_OK
+    const drv = VhostVdpaDriver.open(node);
+    let open = true;
+    cleanup.add('close the vhost-vdpa driver', () => {
+      if (open) drv.close();
+    });
+    drv.negotiate(bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_STATUS));
+    assert.equal(drv.deviceId, 1, 'virtio-net');
+    assert.deepEqual([...drv.getConfig(0, 6)], [...mac], 'the MAC in the config space');
+    assert.equal(drv.getConfig(6, 2)[0]! & 1, 1, 'link up');
+    drv.allocMemory(4 << 20);
+    const [rx, tx] = drv.setupQueues({ count: 2, size: 64 });
+    drv.driverOk();
+    for (let i = 0; i < 8; i++) rx!.driver.addChain({ writable: [2048] });
+    rx!.forceKick();
+    const frame = arpRequest(mac, [10, 80, 0, 1], [10, 80, 0, 2]);
+    tx!.driver.addChain({ readable: [new Uint8Array(12), frame] });
+    tx!.forceKick();
+    await waitFor('the transmitted frame used', () => tx!.driver.usedEntries().length === 1, {
+      timeoutMs: 10_000,
+    });
+    let answer: Uint8Array | null = null;
+    await waitFor(
+      'an ARP reply in a receive buffer',
+      () => {
+        for (const u of rx!.driver.usedEntries()) {
+          const f = u.written.subarray(12);
+          // ARP reply (op 2) from 10.80.0.2
+          if (f[12] === 0x08 && f[13] === 0x06 && f[21] === 2 && f[28] === 10 && f[31] === 2) answer = f;
+        }
+        return answer !== null;
+      },
+      { timeoutMs: 10_000 },
+    );
+    assert.deepEqual([...answer!.subarray(0, 6)], [...mac], 'addressed to our MAC');
+    assert.deepEqual([...answer!.subarray(32, 38)], [...mac], 'target hardware address: ours');
+    open = false;
+    drv.close();
     const e = await d.stop();
     assert.equal(e.code, 0, e.stderr);
+    const s = lastStats(e.stderr);
+    assert.ok(s.tx_packets! >= 1 && s.rx_packets! >= 1, JSON.stringify(s));
     assert.equal(vduseDevExists(name), false);
   },
 );
