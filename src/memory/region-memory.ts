@@ -176,7 +176,7 @@ export class RegionMemory implements GuestMemory, MemoryPins {
     return new Promise((resolve) => this.#drainWaiters.push(resolve));
   }
 
-  view(addr: number, len: number, access: Access): Uint8Array {
+  view(addr: number, len: number, _access: Access): Uint8Array {
     checkRange(addr, len);
     const r = this.#find(addr);
     if (len === 0) return new Uint8Array(0);
