@@ -256,7 +256,7 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
     for (;;) {
       let got: { bytes: number; fds: number[] } | -1;
       try {
-        got = this.#binding.recvmsg(conn.fd, this.#recvBuf, MAX_MESSAGE_FDS);
+        got = this.#binding.recvmsg(conn.fd, this.#recvBuf.subarray(0, conn.reader.wanted), MAX_MESSAGE_FDS);
       } catch (err) {
         return this.#drop(conn, `receiving a message: ${messageOf(err)}`, 'warn');
       }

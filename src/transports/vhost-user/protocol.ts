@@ -65,7 +65,9 @@ export interface VhostUserMessage {
 
 /**
  * Splits a byte stream with fds into messages. feed() takes what one recvmsg returned; fds belong to the message
- * whose bytes they came with. Returns the complete messages, or throws RangeError (a bad header or size, too
+ * whose bytes they came with. A stream socket returns the fds of a sendmsg together with the last bytes of the
+ * read that reaches them, so a read must not cross a message boundary: read `wanted` bytes at a time (the rest
+ * of the header, then the rest of the payload) and the fds of a read always belong to the message in progress. Returns the complete messages, or throws RangeError (a bad header or size, too
  * many fds: the connection cannot go on; the fds held so far are handed to `closeFd`).
  */
 export class MessageReader {
@@ -73,6 +75,12 @@ export class MessageReader {
   #fds: number[] = [];
 
   constructor(readonly closeFd: (fd: number) => void) {}
+
+  /** How many bytes the next read may take (up to the end of the message in progress). */
+  get wanted(): number {
+    if (this.#buf.length < VHOST_USER_HEADER_SIZE) return VHOST_USER_HEADER_SIZE - this.#buf.length;
+    return VHOST_USER_HEADER_SIZE + decodeHeader(this.#buf).size - this.#buf.length;
+  }
 
   feed(bytes: Uint8Array, fds: readonly number[]): VhostUserMessage[] {
     this.#fds.push(...fds);
