@@ -222,6 +222,7 @@ function changedBlkKeys(a: BlkDeviceConfig, b: BlkDeviceConfig): string[] {
     stateDir: 'state-dir',
     reconnect: 'reconnect',
     persist: 'persist',
+    vhostUser: 'vhost-user',
   };
   return (Object.keys(names) as (keyof BlkDeviceConfig)[]).filter((k) => a[k] !== b[k]).map((k) => names[k]);
 }
