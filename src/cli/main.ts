@@ -10,7 +10,7 @@ import { backendHelp } from '../backends/spec.js';
 import { findPackageRoot, loadNativeBinding } from '../sys/native.js';
 import { createLogger } from '../common/logger.js';
 import { BLK_USAGE, MAIN_USAGE, NET_USAGE, parseCommandLine } from './args.js';
-import { runBlk } from './blk.js';
+import { runBlk, type BlkEnvironment } from './blk.js';
 import { runNet } from './net.js';
 import { CLIENT_COMMANDS } from './client.js';
 import { listDevices } from './list.js';
@@ -34,6 +34,23 @@ function stopSignal(): Promise<string> {
     process.on('SIGINT', handler);
     process.on('SIGTERM', handler);
   });
+}
+
+/** Run a foreground device command with the process's logger, stdout, signals and binding; its exit code. */
+async function foreground(verbose: boolean, run: (env: BlkEnvironment) => Promise<void>): Promise<number> {
+  const logger = createLogger({ level: verbose ? 'debug' : 'info', prefix: 'vduse' });
+  try {
+    await run({
+      binding: loadNativeBinding(),
+      logger,
+      print: (line) => void process.stdout.write(`${line}\n`),
+      stopSignal: stopSignal(),
+      onSignal: (signal, handler) => void process.on(signal, handler),
+    });
+    return 0;
+  } catch (err) {
+    return reportError(err, 'vduse', { verbose });
+  }
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
@@ -74,37 +91,10 @@ export async function main(argv: readonly string[]): Promise<number> {
       }
       return 0;
     }
-    case 'blk': {
-      const logger = createLogger({ level: command.verbose ? 'debug' : 'info', prefix: 'vduse' });
-      try {
-        const binding = loadNativeBinding();
-        await runBlk(command, {
-          binding,
-          logger,
-          print: (line) => void process.stdout.write(`${line}\n`),
-          stopSignal: stopSignal(),
-          onSignal: (signal, handler) => void process.on(signal, handler),
-        });
-        return 0;
-      } catch (err) {
-        return reportError(err, 'vduse', { verbose: command.verbose });
-      }
-    }
-    case 'net': {
-      const logger = createLogger({ level: command.verbose ? 'debug' : 'info', prefix: 'vduse' });
-      try {
-        await runNet(command, {
-          binding: loadNativeBinding(),
-          logger,
-          print: (line) => void process.stdout.write(`${line}\n`),
-          stopSignal: stopSignal(),
-          onSignal: (signal, handler) => void process.on(signal, handler),
-        });
-        return 0;
-      } catch (err) {
-        return reportError(err, 'vduse', { verbose: command.verbose });
-      }
-    }
+    case 'blk':
+      return foreground(command.verbose, (env) => runBlk(command, env));
+    case 'net':
+      return foreground(command.verbose, (env) => runNet(command, env));
   }
 }
 

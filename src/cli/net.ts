@@ -8,7 +8,7 @@
  */
 import { describeNet, NetRunner } from '../mgmt/net/runner.js';
 import type { NetCommand } from './args.js';
-import { ownVdpa, type BlkEnvironment } from './blk.js';
+import { runForeground, type BlkEnvironment } from './blk.js';
 
 export type NetEnvironment = Omit<BlkEnvironment, 'onSignal'> & {
   /** Registers a handler for SIGUSR1. */
@@ -19,37 +19,17 @@ export type NetEnvironment = Omit<BlkEnvironment, 'onSignal'> & {
 
 /** Runs the device until the stop signal; resolves when everything is torn down. Throws on setup failures. */
 export async function runNet(cmd: NetCommand, env: NetEnvironment): Promise<void> {
-  const { binding, logger: log } = env;
-  const { vdpa, closeVdpa } = ownVdpa(env);
-  let runner: NetRunner;
-  try {
-    runner = await NetRunner.start(
-      cmd,
-      { binding, logger: log, vdpa },
-      env.tunPath !== undefined ? { tunPath: env.tunPath } : {},
-    );
-  } catch (err) {
-    await closeVdpa();
-    throw err;
-  }
-  runner.on('broken', () => {
-    log.error(`device ${cmd.name} is broken (a message timed out); stopping`);
-    process.kill(process.pid, 'SIGTERM');
+  const log = env.logger;
+  const options = env.tunPath !== undefined ? { tunPath: env.tunPath } : {};
+  await runForeground(cmd.name, env, (deps) => NetRunner.start(cmd, deps, options), {
+    serving: (runner) => {
+      log.info(`serving ${cmd.name}: ${describeNet(runner)}, queue size ${cmd.queueSize}`);
+      env.onSignal('SIGUSR1', () => {
+        if (cmd.stats) log.info(`stats: ${runner.formatCounters()}`);
+      });
+    },
+    stopped: (runner) => {
+      if (cmd.stats) log.info(`stats: ${runner.formatCounters()}`);
+    },
   });
-  env.print(runner.path);
-  log.info(`serving ${cmd.name}: ${describeNet(runner)}, queue size ${cmd.queueSize}`);
-  env.onSignal('SIGUSR1', () => {
-    if (cmd.stats) log.info(`stats: ${runner.formatCounters()}`);
-  });
-  const signal = await env.stopSignal;
-  log.info(`${signal}: stopping ${cmd.name}`);
-  let failed: unknown = null;
-  try {
-    await runner.stop();
-  } catch (err) {
-    failed = err;
-  }
-  await closeVdpa();
-  if (cmd.stats) log.info(`stats: ${runner.formatCounters()}`);
-  if (failed !== null) throw failed;
 }
