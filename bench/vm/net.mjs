@@ -3,10 +3,10 @@
 // ping through our VDUSE NIC <-> TAP (vduse net, virtio_vdpa + virtio_net) next to a veth pair (the kernel's own
 // path). Rounds alternate the two paths (default 5 rounds of a 10 s stream each). Prints medians with their
 // spread (min..max over the rounds) and writes bench/results/net-<time>.{json,md} and net-latest.{json,md}.
-import { spawn } from 'node:child_process';
-import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+import { runGuestScript, writeResults } from './guest-run.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const argv = process.argv.slice(2);
@@ -21,38 +21,13 @@ if (Number(rounds) < 1 || Number(seconds) <= 0) {
   console.error('bench:net: --rounds must be at least 1 and --seconds positive');
   process.exit(2);
 }
-const raw = path.join(ROOT, 'bench/results', `.net-raw-${process.pid}.json`);
-fs.mkdirSync(path.dirname(raw), { recursive: true });
-
-const code = await new Promise((resolve) => {
-  const vm = spawn(
-    process.execPath,
-    [
-      path.join(ROOT, 'scripts/vm/vm.mjs'),
-      '--timeout',
-      '1800',
-      '--',
-      'node',
-      path.join(ROOT, 'bench/vm/net-guest.mjs'),
-      '--seconds',
-      seconds,
-      '--rounds',
-      rounds,
-      '--rr',
-      rr,
-      '--out',
-      raw,
-    ],
-    { stdio: 'inherit', cwd: ROOT },
-  );
-  vm.on('exit', (c, s) => resolve(c ?? (s ? 128 : 1)));
+const { code, result: r } = await runGuestScript({
+  root: ROOT,
+  script: 'bench/vm/net-guest.mjs',
+  args: ['--seconds', seconds, '--rounds', rounds, '--rr', rr],
+  timeoutSec: 1800,
+  tag: 'net',
 });
-if (!fs.existsSync(raw)) {
-  console.error(`bench:net: the VM run ended (${code}) without results`);
-  process.exit(code === 0 ? 1 : code);
-}
-const r = JSON.parse(fs.readFileSync(raw, 'utf8'));
-fs.rmSync(raw, { force: true });
 
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -95,14 +70,13 @@ if (r.daemonStats)
   lines.push('', `Daemon counters at the end: ${r.daemonStats.slice(r.daemonStats.indexOf('stats: ') + 7)}`);
 const md = lines.join('\n') + '\n';
 process.stdout.write('\n' + md);
-const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-const dir = path.join(ROOT, 'bench/results');
-const json = {
-  ...r,
-  summary: summary.map((s) => Object.fromEntries(Object.entries(s).filter(([k]) => k !== 'line'))),
-};
-for (const base of [`net-${stamp}`, 'net-latest']) {
-  fs.writeFileSync(path.join(dir, `${base}.json`), JSON.stringify(json, null, 2) + '\n');
-  fs.writeFileSync(path.join(dir, `${base}.md`), md);
-}
+writeResults(
+  ROOT,
+  'net',
+  {
+    ...r,
+    summary: summary.map((s) => Object.fromEntries(Object.entries(s).filter(([k]) => k !== 'line'))),
+  },
+  md,
+);
 process.exit(code);

@@ -4,7 +4,8 @@ import { test } from 'node:test';
 
 import { formatDeviceTable, parseClientArgs, type ClientCommand } from '../../../src/cli/client.js';
 import { renderAllTotals } from '../../../src/cli/stats-watch.js';
-import type { DeviceInfo, DeviceStats } from '../../../src/mgmt/manager.js';
+import type { DeviceStats } from '../../../src/mgmt/manager.js';
+import { netDeviceInfo } from '../mgmt/net-fixtures.js';
 
 const client = (name: Parameters<typeof parseClientArgs>[0], args: string[]): ClientCommand =>
   parseClientArgs(name, args) as ClientCommand;
@@ -108,23 +109,7 @@ test('vduse stats: a net device gets its own table, packets, bytes and drops per
 });
 
 test('vduse ls: a net device shows its tap, MAC, MTU and link', () => {
-  const d: DeviceInfo = {
-    name: 'n0',
-    type: 'net',
-    state: 'running',
-    path: 'eth1',
-    backend: 'tap:vts0',
-    queues: 1,
-    queueSize: 256,
-    logicalBlockSize: 0,
-    readOnly: false,
-    packed: false,
-    attach: true,
-    driver: 'virtio-vdpa',
-    features: '0x1',
-    size: 0,
-    net: { tap: 'vts0', mac: '02:00:00:00:00:01', mtu: 1500, link: 'up', offloads: true },
-  };
+  const d = netDeviceInfo('n0', { tap: 'vts0', link: 'up', features: '0x1' });
   assert.match(
     formatDeviceTable([d]),
     /\nn0\s+running\s+eth1\s+-\s+1x256\s+0x1\s+tap:vts0 \(02:00:00:00:00:01, mtu 1500, link up\)\n$/,

@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import { BLK_LATENCY_BOUNDS_US } from '../../../src/devices/blk/device.js';
 import type { DeviceInfo, DeviceStats } from '../../../src/mgmt/manager.js';
 import { createMetricsRegistry, startMetricsServer } from '../../../src/mgmt/metrics.js';
+import { netDeviceInfo } from './net-fixtures.js';
 
 function stats(name: string, n: number): DeviceStats {
   const buckets = new Array<number>(BLK_LATENCY_BOUNDS_US.length + 1).fill(0);
@@ -137,25 +138,7 @@ test('a net device: packets, bytes and drops per direction and its link; no bloc
   };
   const registry = createMetricsRegistry(
     {
-      list: () => [
-        {
-          name: 'n0',
-          type: 'net',
-          state: 'running',
-          path: 'eth1',
-          backend: 'tap:t0',
-          queues: 1,
-          queueSize: 256,
-          logicalBlockSize: 0,
-          readOnly: false,
-          packed: false,
-          attach: true,
-          driver: 'virtio-vdpa',
-          features: '0x0',
-          size: 0,
-          net: { tap: 't0', mac: '02:00:00:00:00:01', mtu: 1500, link: 'down', offloads: true },
-        },
-      ],
+      list: () => [netDeviceInfo('n0', { tap: 't0', link: 'down' })],
       stats: () => [net],
     },
     { processMetrics: false },
