@@ -88,6 +88,8 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   connections = 0;
   /** CONFIG_CHANGE_MSG sent. */
   configNotifications = 0;
+  /** Messages handled (every connection). */
+  messages = 0;
   readonly #binding: SysBinding;
   readonly #log: Logger;
   readonly #closeFd: (fd: number) => void;
@@ -150,6 +152,11 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   /** A VMM is connected. */
   get connected(): boolean {
     return this.#conn !== null;
+  }
+
+  /** The features the VMM's driver accepted (as the device sees them), 0 before SET_FEATURES. */
+  get features(): bigint {
+    return this.#negotiated;
   }
 
   /** The rings being served now. */
@@ -288,6 +295,9 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
         const msg = conn.queue.shift();
         if (msg === undefined) {
           if (!conn.ringsChanged) break;
+          // The rest of a burst (a VMM enables its rings one message after the other) first: one restart, not one per ring.
+          await new Promise((resolve) => setImmediate(resolve));
+          if (conn.queue.length > 0) continue;
           conn.ringsChanged = false;
           await this.#reconcile(conn);
           continue;
@@ -304,6 +314,7 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   }
 
   async #handle(conn: Connection, msg: VhostUserMessage): Promise<void> {
+    this.messages++;
     const result = this.protocol.handle(msg, this.#context());
     if (result.disconnect !== undefined) {
       for (const fd of result.replyFds) this.#closeQuietly(fd);
