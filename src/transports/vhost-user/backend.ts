@@ -45,6 +45,7 @@ import {
   MAX_MESSAGE_FDS,
   MessageReader,
   VhostUserProtocol,
+  type RingState,
   type VhostUserContext,
   type VhostUserMessage,
 } from './protocol.js';
@@ -99,6 +100,8 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   #conn: Connection | null = null;
   #inflight: InflightRegion | null = null;
   #serving: number[] = [];
+  /** What the served rings were started with (ringSignature of each). */
+  #signature = '';
   #negotiated = 0n;
   #listenFd = NO_FD;
   #listenWatcher: FdWatcher | null = null;
@@ -396,7 +399,14 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   async #reconcile(conn: Connection): Promise<void> {
     const p = this.protocol;
     const want = p.featuresSet && this.memory.mappedRegions > 0 ? p.readyRings() : [];
-    if (sameRings(want, this.#serving) && this.dataPath.running === want.length > 0) return;
+    // A ring given a new kick fd, size or address while served is restarted too (the engine watches the old fd).
+    const signature = want.map((i) => ringSignature(p.rings[i]!)).join(';');
+    if (
+      sameRings(want, this.#serving) &&
+      this.dataPath.running === want.length > 0 &&
+      signature === this.#signature
+    )
+      return;
     if (this.dataPath.running) await this.#drainAndStop(conn);
     this.#closeRetiredKicks();
     if (conn.closed || want.length === 0) return;
@@ -428,6 +438,7 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
         recover: this.#inflight !== null,
       });
       this.#serving = want;
+      this.#signature = signature;
       if (resubmitted > 0) this.#log.info(`vhost-user: ${resubmitted} requests in flight resubmitted`);
       this.emit('started', want, resubmitted);
     } catch (err) {
@@ -449,12 +460,14 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
     if (!this.dataPath.running) {
       if (reset) this.memory.clear();
       this.#serving = [];
+      this.#signature = '';
       return;
     }
     for (const [i, state] of this.dataPath.stop(reset)) {
       if ('nextAvail' in state) this.protocol.rings[i]!.base = state.nextAvail;
     }
     this.#serving = [];
+    this.#signature = '';
   }
 
   #send(conn: Connection, bytes: Uint8Array, fds: readonly number[]): boolean {
@@ -534,6 +547,11 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
       // already gone
     }
   }
+}
+
+function ringSignature(r: RingState): string {
+  const a = r.addr;
+  return `${r.kickFd}/${r.num}/${a?.desc}/${a?.avail}/${a?.used}`;
 }
 
 function sameRings(a: readonly number[], b: readonly number[]): boolean {
