@@ -107,7 +107,6 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   #listenWatcher: FdWatcher | null = null;
   #path: string | null = null;
   #closed = false;
-  #idleWaiters: (() => void)[] = [];
 
   constructor(options: VhostUserBackendOptions) {
     super();
@@ -221,12 +220,6 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
     await this.dataPath.settled;
   }
 
-  /** Resolves when no message is being handled (tests). */
-  idle(): Promise<void> {
-    if (this.#conn === null || !this.#conn.pumping) return Promise.resolve();
-    return new Promise((resolve) => this.#idleWaiters.push(resolve));
-  }
-
   /** Stop for good: drop the VMM, stop listening, remove the socket, wait for the last requests and mappings. */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -311,8 +304,6 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
       this.#drop(conn, `internal error: ${messageOf(err)}`, 'error');
     } finally {
       conn.pumping = false;
-      const waiters = this.#idleWaiters.splice(0);
-      for (const w of waiters) w();
     }
   }
 
