@@ -31,6 +31,7 @@ import {
   VHOST_USER_VERSION,
   VhostUserBackendRequest,
   VhostUserProtocolFeature as PF,
+  VhostUserRequest as R,
   encodeMessage,
 } from '../../uapi/vhost-user.js';
 import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_RING_PACKED, bit, hasFeature } from '../../uapi/virtio-config.js';
@@ -79,6 +80,9 @@ interface Connection {
 }
 
 const NO_FD = -1;
+
+/** Requests that restart the rings when they come while the rings run. */
+const RESTARTING = new Set<number>([R.SET_MEM_TABLE, R.GET_INFLIGHT_FD, R.SET_INFLIGHT_FD]);
 
 export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   readonly device: VirtioDevice;
@@ -309,6 +313,15 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
 
   async #handle(conn: Connection, msg: VhostUserMessage): Promise<void> {
     this.messages++;
+    // A new memory table or inflight region while the rings run (memory hot-plug): let the requests in flight
+    // complete first, so that none is cut off by the restart over the new table.
+    if (this.dataPath.running && RESTARTING.has(msg.header.request)) {
+      await this.#drainAndStop(conn);
+      if (conn.closed) {
+        msg.fds.forEach((fd) => this.#closeQuietly(fd));
+        return;
+      }
+    }
     const result = this.protocol.handle(msg, this.#context());
     if (result.disconnect !== undefined) {
       for (const fd of result.replyFds) this.#closeQuietly(fd);
