@@ -28,8 +28,11 @@ class GatedBackend implements BlockBackend {
   read(offset: number, buffers: readonly Uint8Array[]): BackendResult {
     return this.inner.read(offset, buffers);
   }
-  write(): BackendResult {
-    return new Promise<void>((resolve) => this.pending.push(resolve));
+  write(offset: number, buffers: readonly Uint8Array[]): BackendResult {
+    const copies = buffers.map((b) => b.slice());
+    return new Promise<void>((resolve) => this.pending.push(resolve)).then(() =>
+      this.inner.write(offset, copies),
+    );
   }
   flush(): BackendResult {
     return this.inner.flush();
@@ -174,6 +177,38 @@ test('hostile set-ups over a socket: a clean disconnect with one line, then the 
     vmm.close();
     assert.equal(backend.connections, 5);
   } finally {
+    await backend.close();
+    mem.close();
+  }
+});
+
+test('a new memory table while a write is in flight: the write completes first, then the rings restart over it', async () => {
+  const storage = new MemoryBackend({ size: 8 << 20 });
+  const gated = new GatedBackend(storage);
+  const { backend } = makeBackend({ storage: gated, numQueues: 1 });
+  const mem = guestMemory();
+  const vmm = connect(backend);
+  try {
+    await vmm.negotiate();
+    await vmm.setMemory(mem);
+    const blk = new BlkClient(await vmm.setupQueues({ count: 1, size: 32 }));
+    const write = blk.write(0, pattern(512, 5));
+    await waitFor(() => gated.pending.length === 1, 'the write in the backend');
+    const ack = vmm.setMemory(mem);
+    await new Promise((r) => setTimeout(r, 30));
+    assert.equal(backend.servingRings.length, 1, 'still serving while the write is in flight');
+    // the backend answers only now: the write comes back, then the table is taken
+    const released = setTimeout(() => gated.release(), 20);
+    assert.equal((await withTimeout(write, 3000, 'the write in flight')).status, VIRTIO_BLK_S_OK);
+    assert.equal(await ack, 0n);
+    clearTimeout(released);
+    await waitFor(() => backend.servingRings.length === 1, 'serving again');
+    const r = await withTimeout(blk.read(0, 512), 3000, 'read over the new table');
+    assert.deepEqual(r.data, pattern(512, 5));
+    blk.close();
+  } finally {
+    gated.release();
+    vmm.close();
     await backend.close();
     mem.close();
   }
