@@ -10,3 +10,5 @@ export * from './prereq.js';
 export * from './vdpa.js';
 export * from './qsd.js';
 export * from './blockio.js';
+export * from './host-vm.js';
+export * from './vhost-user.js';
