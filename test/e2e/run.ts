@@ -6,7 +6,8 @@
 // Outside CI, a machine that cannot run the VM (not root and packages missing, no qemu, no apt) gets one
 // "skipped" line and exit 0. Under CI=true that is a failure. Knobs: VDUSE_E2E_TIMEOUT (seconds for the whole
 // run, default 3600), VDUSE_E2E_HOST=parallel|serial (how the host-side files run beside the guest run;
-// default parallel), plus everything scripts/vm/vm.mjs reads (VDUSE_VM_*).
+// default parallel: on the 2-core machine the qsd guest file plus the vhost-user-qsd host file took 42 s side by
+// side against 63 s one after the other), plus everything scripts/vm/vm.mjs reads (VDUSE_VM_*).
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
