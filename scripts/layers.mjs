@@ -1,7 +1,7 @@
 // The layer rule of vduse-ts: which folder of src/ may import which, and no import cycles between files.
 //
 //   common <- sys <- uapi <- memory <- virtio <- backends/devices <- transports (engine <- vduse; vdpa) <- mgmt
-//   (daemon plumbing, blk wiring) <- cli;  testing uses the layers below mgmt;  src/index.ts may import anything.
+//   (daemon plumbing, the shared device runner, blk and net wiring) <- cli;  testing uses the layers below mgmt;  src/index.ts may import anything.
 //
 // `node scripts/layers.mjs [SRC_DIR]` prints every violation (file:line, the import, why) and exits 1 if there is
 // one. `npm run lint` runs it; test/unit/layers.test.ts shows it failing on a deliberately wrong import.
@@ -27,9 +27,11 @@ export const LAYERS = {
   'transports/vdpa': BASE,
   testing: [...LOW, ...TRANSPORTS],
   'mgmt/daemon': [...LOW, ...TRANSPORTS],
-  'mgmt/blk': [...LOW, ...TRANSPORTS, 'mgmt/daemon'],
-  mgmt: [...LOW, ...TRANSPORTS, 'mgmt/daemon', 'mgmt/blk'],
-  cli: [...LOW, ...TRANSPORTS, 'mgmt', 'mgmt/daemon', 'mgmt/blk'],
+  'mgmt/runner': [...LOW, ...TRANSPORTS, 'mgmt/daemon'],
+  'mgmt/blk': [...LOW, ...TRANSPORTS, 'mgmt/daemon', 'mgmt/runner'],
+  'mgmt/net': [...LOW, ...TRANSPORTS, 'mgmt/daemon', 'mgmt/runner'],
+  mgmt: [...LOW, ...TRANSPORTS, 'mgmt/daemon', 'mgmt/runner', 'mgmt/blk', 'mgmt/net'],
+  cli: [...LOW, ...TRANSPORTS, 'mgmt', 'mgmt/daemon', 'mgmt/runner', 'mgmt/blk', 'mgmt/net'],
   '(root)': null, // src/index.ts: the library surface, may import anything
 };
 

@@ -46,4 +46,11 @@ export interface VirtioDevice {
    * background and their results are dropped. The returned promise resolves when none is left.
    */
   reset(): Promise<void>;
+  /**
+   * Chains of queue `index` the device holds with nothing to do for them: receive buffers waiting for a packet
+   * that may never come. A drain (a stop for a successor, a safe remove) does not wait for these; they are
+   * dropped at the reset (or handed to the successor through the in-flight log). Absent: none, every chain
+   * the device holds is work in progress.
+   */
+  idleChains?(index: number): number;
 }

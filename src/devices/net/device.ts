@@ -188,6 +188,21 @@ export class VirtioNetDevice implements VirtioDevice {
     return this.#stash.length;
   }
 
+  /**
+   * Receive buffers held waiting for a frame: idle, a drain does not wait for them (VirtioDevice.idleChains).
+   * Those holding part of a frame (MRG_RXBUF, waiting for more buffers) are work in progress.
+   */
+  idleChains(index: number): number {
+    return index === NET_RX_QUEUE && this.#pending === null ? this.#stash.length : 0;
+  }
+
+  /** Chains held that are work in progress (a transmit the backend refused for now, a half-received frame). */
+  get inFlight(): number {
+    const rx = this.#rxq?.inFlight ?? 0;
+    const tx = this.#txq?.inFlight ?? 0;
+    return Math.max(0, rx - this.idleChains(NET_RX_QUEUE)) + tx;
+  }
+
   config(): Uint8Array {
     return this.#config;
   }

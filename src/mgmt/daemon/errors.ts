@@ -18,6 +18,8 @@ export type MgmtErrorCode =
   | 'ERR_MGMT_RESIZE'
   /** A resize without a size (SIGHUP) on a backend that is not a regular file. */
   | 'ERR_MGMT_RESIZE_NO_FILE'
+  /** The runner was asked for its VDUSE device before it served one. */
+  | 'ERR_MGMT_NOT_STARTED'
   /** The device did not come up (no block device or vhost node appeared). */
   | 'ERR_MGMT_ATTACH'
   /** A socket, state directory or pid file path the daemon cannot use. */

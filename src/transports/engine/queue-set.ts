@@ -101,6 +101,20 @@ export class QueueSet implements DataPath {
     return n;
   }
 
+  /**
+   * Chains in flight that are work in progress: inFlight less those the device holds idle (receive buffers
+   * waiting for a packet, VirtioDevice.idleChains). What a drain waits for.
+   */
+  get busy(): number {
+    let n = 0;
+    this.#queues.forEach((q, i) => {
+      if (q === null) return;
+      const idle = this.device.idleChains?.(i) ?? 0;
+      n += Math.max(0, q.inFlight - (Number.isInteger(idle) && idle > 0 ? idle : 0));
+    });
+    return n;
+  }
+
   /** Resolves when the last stop's device reset has settled (its requests done, their pins given back). */
   get settled(): Promise<void> {
     return this.#resetting;
@@ -221,7 +235,7 @@ export class QueueSet implements DataPath {
   async drain(ms: number): Promise<void> {
     this.halt();
     const deadline = Date.now() + ms;
-    while (this.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    while (this.busy > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
     // completions are published on the next turn of the loop
     await new Promise((r) => setImmediate(r));
     await new Promise((r) => setImmediate(r));

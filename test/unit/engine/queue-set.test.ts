@@ -122,4 +122,34 @@ describe('QueueSet', () => {
     assert.equal(t.set.queues[0]!.pop(), null, 'no new request while halted');
     await t.set.close();
   });
+
+  it('a drain waits for chains in progress, not for those the device declares idle (receive buffers)', async () => {
+    const t = setup();
+    const held: unknown[] = [];
+    let declareIdle = false;
+    t.device.queueNotify = (i) => {
+      const q = t.device.context!.queues[i]!;
+      for (let c = q.pop(); c; c = q.pop()) held.push(c);
+    };
+    t.start();
+    t.drv.addChain({ readable: [], writable: [64] });
+    t.drv.addChain({ readable: [], writable: [64] });
+    t.drv.kick();
+    t.binding.eventfdWrite(t.kicks.get(0)!, 1);
+    await until('both chains held', () => held.length === 2);
+    assert.equal(t.set.inFlight, 2);
+    assert.equal(t.set.busy, 2, 'no idleChains: every held chain is work');
+    let t0 = Date.now();
+    await t.set.drain(150);
+    assert.ok(Date.now() - t0 >= 140, 'the drain waited for the held chains');
+
+    (t.device as { idleChains?: (i: number) => number }).idleChains = (i: number) =>
+      declareIdle && i === 0 ? held.length : 0;
+    declareIdle = true;
+    assert.equal(t.set.busy, 0);
+    t0 = Date.now();
+    await t.set.drain(5000);
+    assert.ok(Date.now() - t0 < 1000, 'idle receive buffers do not hold a drain up');
+    await t.set.close();
+  });
 });

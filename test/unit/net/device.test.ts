@@ -594,6 +594,9 @@ describe('virtio-net link state', () => {
     await settle();
     assert.equal(dev.receiving, true);
     assert.ok(h.device.heldRxBuffers > 0);
+    assert.equal(h.device.idleChains(0), h.device.heldRxBuffers, 'buffers waiting for a frame are idle');
+    assert.equal(h.device.idleChains(1), 0);
+    assert.equal(h.device.inFlight, 0, 'nothing to wait for at a drain');
     await h.device.reset();
     assert.equal(dev.receiving, false);
     assert.equal(h.device.heldRxBuffers, 0);
