@@ -83,7 +83,29 @@ export class HostVm {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vduse-hostvm-'));
     const agentPath = path.join(dir, 'agent.sock');
     const server = net.createServer();
-    const connected = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+    // The agent's socket is the connection that says ready. Every QEMU connects at its start, so a guest that
+    // died at boot (vm.mjs then boots once more) leaves a connection that never does.
+    const connected = new Promise<net.Socket>((resolve) => {
+      server.on('connection', (sock) => {
+        let head = '';
+        const onData = (d: Buffer) => {
+          head += d.toString('utf8');
+          const nl = head.indexOf('\n');
+          if (nl < 0) return;
+          sock.removeListener('data', onData);
+          let ready = false;
+          try {
+            ready = (JSON.parse(head.slice(0, nl)) as AgentReply).ready === true;
+          } catch {
+            // not the agent
+          }
+          if (ready) resolve(sock);
+          else sock.destroy();
+        };
+        sock.on('data', onData);
+        sock.on('error', () => {});
+      });
+    });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(agentPath, resolve);
@@ -132,9 +154,7 @@ export class HostVm {
       const sock = await Promise.race([connected, exited, timeout]);
       server.close();
       const vmh = new HostVm(sock, finished, dir, output, abort);
-      const ready = new Promise<void>((resolve) => vmh.waiting.set(0, () => resolve()));
       vmh.listen();
-      await Promise.race([ready, exited, timeout]);
       void finished.then((c) => (vmh.exitCode = c));
       return vmh;
     } catch (e) {
@@ -162,7 +182,7 @@ export class HostVm {
         } catch {
           continue;
         }
-        const id = msg.ready ? 0 : msg.id;
+        const id = msg.id;
         if (id === undefined) continue;
         const w = this.waiting.get(id);
         this.waiting.delete(id);
