@@ -17,12 +17,16 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 namespace {
@@ -366,6 +370,183 @@ Napi::Value Recv(const Napi::CallbackInfo& info) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Unix-domain stream sockets with fd passing (vhost-user). Every fd made here is CLOEXEC; the
+// listening and accepted ones are non-blocking (the caller drives them with an FdWatcher).
+
+constexpr int kMaxPassedFds = 32;
+
+bool UnixAddress(const std::string& path, sockaddr_un* addr, socklen_t* len) {
+  if (path.empty() || path.size() >= sizeof addr->sun_path) return false;
+  *addr = sockaddr_un{};
+  addr->sun_family = AF_UNIX;
+  memcpy(addr->sun_path, path.data(), path.size());
+  *len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + 1);
+  return true;
+}
+
+// unixListen(path, backlog, mode): bind a new socket at `path`, chmod it to `mode` before listen()
+// (nobody can connect while it still has the umask's mode), then listen. The path must not exist
+// (the caller decides about stale sockets).
+Napi::Value UnixListen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  int backlog = info[1].As<Napi::Number>().Int32Value();
+  mode_t mode = static_cast<mode_t>(info[2].As<Napi::Number>().Uint32Value());
+  sockaddr_un addr;
+  socklen_t len;
+  if (!UnixAddress(path, &addr, &len)) throw SystemError(env, ENAMETOOLONG, "bind");
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) ThrowErrno(env, "socket");
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), len) < 0) {
+    int err = errno;
+    close(fd);
+    throw SystemError(env, err, "bind");
+  }
+  if (chmod(path.c_str(), mode) < 0 || listen(fd, backlog) < 0) {
+    int err = errno;
+    unlink(path.c_str());
+    close(fd);
+    throw SystemError(env, err, "listen");
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// unixConnect(path): a connected socket (the connect itself blocks, which for a Unix socket is at
+// most a full backlog), then switched to non-blocking.
+Napi::Value UnixConnect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  sockaddr_un addr;
+  socklen_t len;
+  if (!UnixAddress(path, &addr, &len)) throw SystemError(env, ENAMETOOLONG, "connect");
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) ThrowErrno(env, "socket");
+  if (RetryEintr([&] { return connect(fd, reinterpret_cast<sockaddr*>(&addr), len); }) < 0) {
+    int err = errno;
+    close(fd);
+    throw SystemError(env, err, "connect");
+  }
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    int err = errno;
+    close(fd);
+    throw SystemError(env, err, "fcntl");
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// accept4(fd): the next connection (non-blocking, CLOEXEC), or -1 when none is waiting.
+Napi::Value Accept(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  int conn = RetryEintr([&] { return accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC); });
+  if (conn < 0) {
+    if (WouldBlock()) return Napi::Number::New(env, -1);
+    ThrowErrno(env, "accept4");
+  }
+  return Napi::Number::New(env, conn);
+}
+
+// socketpair(): two connected non-blocking CLOEXEC stream sockets.
+Napi::Value SocketPair(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fds[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds) < 0) ThrowErrno(env, "socketpair");
+  Napi::Array result = Napi::Array::New(env, 2);
+  result.Set(0u, Napi::Number::New(env, fds[0]));
+  result.Set(1u, Napi::Number::New(env, fds[1]));
+  return result;
+}
+
+// recvmsg(fd, buffer, maxFds): {bytes, fds} with up to maxFds (<= 32) fds received as SCM_RIGHTS, or
+// -1 when it would block. Received fds are CLOEXEC. A message with more fds than fit (MSG_CTRUNC),
+// or a truncated payload, closes every fd that did arrive and throws EMSGSIZE.
+Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  Bytes bytes = BytesArg(info, 1);
+  int max_fds = info[2].As<Napi::Number>().Int32Value();
+  if (max_fds < 0) max_fds = 0;
+  if (max_fds > kMaxPassedFds) max_fds = kMaxPassedFds;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxPassedFds)];
+  iovec iov{bytes.data, bytes.length};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = max_fds > 0 ? CMSG_SPACE(sizeof(int) * max_fds) : 0;
+  ssize_t n = RetryEintr([&] { return recvmsg(fd, &msg, MSG_CMSG_CLOEXEC); });
+  if (n < 0) {
+    if (WouldBlock()) return Napi::Number::New(env, -1);
+    ThrowErrno(env, "recvmsg");
+  }
+  int fds[kMaxPassedFds];
+  int count = 0;
+  if (msg.msg_controllen > 0) {
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      const unsigned char* data = CMSG_DATA(c);
+      for (size_t j = 0; j < k; j++) {
+        int received;
+        memcpy(&received, data + j * sizeof(int), sizeof(int));
+        if (count < kMaxPassedFds) {
+          fds[count++] = received;
+        } else {
+          close(received);
+        }
+      }
+    }
+  }
+  // CMSG_SPACE rounds up, so the buffer may hold one fd more than asked for: count them too.
+  if ((msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) != 0 || count > max_fds) {
+    for (int j = 0; j < count; j++) close(fds[j]);
+    throw SystemError(env, EMSGSIZE, "recvmsg");
+  }
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("bytes", Napi::Number::New(env, static_cast<double>(n)));
+  Napi::Array list = Napi::Array::New(env, count);
+  for (int j = 0; j < count; j++) list.Set(static_cast<uint32_t>(j), Napi::Number::New(env, fds[j]));
+  result.Set("fds", list);
+  return result;
+}
+
+// sendmsg(fd, buffer, fds): send `buffer` with the fds (<= 32) as SCM_RIGHTS; MSG_NOSIGNAL (a closed
+// peer is EPIPE, not SIGPIPE). Returns the byte count, or -1 when it would block.
+Napi::Value SendMsg(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  Bytes bytes = BytesArg(info, 1);
+  Napi::Array list = info[2].As<Napi::Array>();
+  uint32_t count = list.Length();
+  if (count > kMaxPassedFds) throw SystemError(env, EINVAL, "sendmsg");
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxPassedFds)];
+  iovec iov{bytes.data, bytes.length};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (count > 0) {
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * count);
+    memset(control, 0, msg.msg_controllen);
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * count);
+    for (uint32_t j = 0; j < count; j++) {
+      int v = list.Get(j).As<Napi::Number>().Int32Value();
+      memcpy(CMSG_DATA(c) + j * sizeof(int), &v, sizeof(int));
+    }
+  }
+  ssize_t n = RetryEintr([&] { return sendmsg(fd, &msg, MSG_NOSIGNAL); });
+  if (n < 0) {
+    if (WouldBlock()) return Napi::Number::New(env, -1);
+    ThrowErrno(env, "sendmsg");
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+// ---------------------------------------------------------------------------------------------
 // FdWatcher: an fd watched by a libuv uv_poll_t.
 //
 // The handle lives on the loop napi_get_uv_event_loop() returns, i.e. the loop of the thread (main or
@@ -539,6 +720,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("netlinkSocket", Napi::Function::New<NetlinkSocket>(env, "netlinkSocket"));
   exports.Set("send", Napi::Function::New<Send>(env, "send"));
   exports.Set("recv", Napi::Function::New<Recv>(env, "recv"));
+  exports.Set("unixListen", Napi::Function::New<UnixListen>(env, "unixListen"));
+  exports.Set("unixConnect", Napi::Function::New<UnixConnect>(env, "unixConnect"));
+  exports.Set("accept", Napi::Function::New<Accept>(env, "accept"));
+  exports.Set("socketPair", Napi::Function::New<SocketPair>(env, "socketPair"));
+  exports.Set("recvmsg", Napi::Function::New<RecvMsg>(env, "recvmsg"));
+  exports.Set("sendmsg", Napi::Function::New<SendMsg>(env, "sendmsg"));
   exports.Set("FdWatcher", FdWatcher::Define(env));
   return exports;
 }

@@ -1,6 +1,6 @@
 // The layer rule of vduse-ts: which folder of src/ may import which, and no import cycles between files.
 //
-//   common <- sys <- uapi <- memory <- virtio <- backends/devices <- transports (engine <- vduse; vdpa) <- mgmt
+//   common <- sys <- uapi <- memory <- virtio <- backends/devices <- transports (engine <- vduse, vhost-user; vdpa) <- mgmt
 //   (daemon plumbing, the shared device runner, blk and net wiring) <- cli;  testing uses the layers below mgmt;  src/index.ts may import anything.
 //
 // `node scripts/layers.mjs [SRC_DIR]` prints every violation (file:line, the import, why) and exits 1 if there is
@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 
 const BASE = ['common', 'sys', 'uapi'];
 const LOW = [...BASE, 'memory', 'virtio', 'backends', 'devices'];
-const TRANSPORTS = ['transports/engine', 'transports/vduse', 'transports/vdpa'];
+const TRANSPORTS = ['transports/engine', 'transports/vduse', 'transports/vhost-user', 'transports/vdpa'];
 
 /** For each unit (a top folder of src/, or transports/X, mgmt/X): the units it may import. */
 export const LAYERS = {
@@ -24,6 +24,7 @@ export const LAYERS = {
   devices: [...BASE, 'memory', 'virtio', 'backends'],
   'transports/engine': LOW,
   'transports/vduse': [...LOW, 'transports/engine'],
+  'transports/vhost-user': [...LOW, 'transports/engine'],
   'transports/vdpa': BASE,
   testing: [...LOW, ...TRANSPORTS],
   'mgmt/daemon': [...LOW, ...TRANSPORTS],

@@ -91,7 +91,30 @@ export interface SysBinding {
   send(fd: number, buffer: Uint8Array): number;
   /** recv(2) on a socket. Returns the byte count (0 at end), or -1 when it would block. */
   recv(fd: number, buffer: Uint8Array): number;
+  /**
+   * A non-blocking CLOEXEC Unix stream socket bound at `path`, chmod'ed to `mode` before listen(2) (nobody can
+   * connect while it has the umask's mode). The path must not exist (EADDRINUSE otherwise; see
+   * ./unix-socket.ts for the checks around it). Returns the listening fd.
+   */
+  unixListen(path: string, backlog: number, mode: number): number;
+  /** A Unix stream socket connected to `path` (then non-blocking, CLOEXEC). */
+  unixConnect(path: string): number;
+  /** accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC: the new fd, or -1 when no connection is waiting. */
+  accept(fd: number): number;
+  /** socketpair(AF_UNIX, SOCK_STREAM) non-blocking and CLOEXEC: two connected fds. */
+  socketPair(): [number, number];
+  /**
+   * recvmsg(2) into `buffer` with at most `maxFds` (<= MAX_PASSED_FDS) fds as SCM_RIGHTS (received CLOEXEC).
+   * Returns the byte count (0 at end) and the fds, or -1 when it would block. More fds than `maxFds`
+   * (MSG_CTRUNC) closes the ones that arrived and throws EMSGSIZE.
+   */
+  recvmsg(fd: number, buffer: Uint8Array, maxFds: number): { bytes: number; fds: number[] } | -1;
+  /** sendmsg(2) of `buffer` with `fds` (<= MAX_PASSED_FDS) as SCM_RIGHTS, MSG_NOSIGNAL. Bytes sent, or -1 when it would block. */
+  sendmsg(fd: number, buffer: Uint8Array, fds: readonly number[]): number;
 }
+
+/** The most fds recvmsg/sendmsg pass in one message. */
+export const MAX_PASSED_FDS = 32;
 
 /** preadv2/pwritev2 flags (RWF_* in linux/fs.h). */
 /** Poll for completion (polled block-device I/O with O_DIRECT). */

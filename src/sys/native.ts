@@ -37,6 +37,12 @@ const FUNCTIONS = [
   'netlinkSocket',
   'send',
   'recv',
+  'unixListen',
+  'unixConnect',
+  'accept',
+  'socketPair',
+  'recvmsg',
+  'sendmsg',
   'FdWatcher',
 ] as const;
 
@@ -110,6 +116,12 @@ export function loadNativeBinding(): SysBinding {
     netlinkSocket: addon.netlinkSocket,
     send: addon.send,
     recv: addon.recv,
+    unixListen: addon.unixListen,
+    unixConnect: addon.unixConnect,
+    accept: addon.accept,
+    socketPair: addon.socketPair,
+    recvmsg: addon.recvmsg,
+    sendmsg: addon.sendmsg,
   };
   return cached;
 }

@@ -209,6 +209,12 @@ export class FakeBinding implements SysBinding {
     netlinkSocket: 0,
     send: 0,
     recv: 0,
+    unixListen: 0,
+    unixConnect: 0,
+    accept: 0,
+    socketPair: 0,
+    recvmsg: 0,
+    sendmsg: 0,
   };
 
   /** ioctl on an fd without a device ioctl handler. Default: throw ENOTTY. */
@@ -467,6 +473,39 @@ export class FakeBinding implements SysBinding {
     if (file.kind !== 'device') throw systemError('ENOTSOCK', 'recv');
     if (!file.handlers.read) throw systemError('EINVAL', 'recv');
     return file.handlers.read(buffer);
+  }
+
+  // Unix sockets with fd passing are not emulated: the vhost-user tests use the real addon over a socketpair.
+  // Each refuses with EOPNOTSUPP, so code under test reports it like any failed syscall.
+
+  unixListen(_path: string, _backlog: number, _mode: number): number {
+    this.calls.unixListen++;
+    throw systemError('EOPNOTSUPP', 'bind');
+  }
+
+  unixConnect(_path: string): number {
+    this.calls.unixConnect++;
+    throw systemError('EOPNOTSUPP', 'connect');
+  }
+
+  accept(_fd: number): number {
+    this.calls.accept++;
+    throw systemError('EOPNOTSUPP', 'accept4');
+  }
+
+  socketPair(): [number, number] {
+    this.calls.socketPair++;
+    throw systemError('EOPNOTSUPP', 'socketpair');
+  }
+
+  recvmsg(_fd: number, _buffer: Uint8Array, _maxFds: number): { bytes: number; fds: number[] } | -1 {
+    this.calls.recvmsg++;
+    throw systemError('EOPNOTSUPP', 'recvmsg');
+  }
+
+  sendmsg(_fd: number, _buffer: Uint8Array, _fds: readonly number[]): number {
+    this.calls.sendmsg++;
+    throw systemError('EOPNOTSUPP', 'sendmsg');
   }
 
   // ----- internals (used by FakeFdWatcher) -----

@@ -17,3 +17,4 @@ export {
   type SysCallName,
 } from './fake-binding.js';
 export * as vhostVdpa from './vhost-vdpa/index.js';
+export * as vhostUser from './vhost-user/index.js';

@@ -9,3 +9,4 @@ export * from './vduse.js';
 export * from './vdpa.js';
 export * from './netlink.js';
 export * from './vhost.js';
+export * from './vhost-user.js';

@@ -1,0 +1,180 @@
+// Restart with the inflight region: a back-end dies with writes in flight (its backend never answers them); a new
+// back-end takes the VMM's inflight region over and resubmits them in order, and the guest gets every completion.
+// And hostile set-ups over a real socket: a clean disconnect, then the next VMM is served.
+import assert from 'node:assert/strict';
+import { closeSync } from 'node:fs';
+import { test } from 'node:test';
+
+import type { BackendResult, BlockBackend } from '../../../src/backends/backend.js';
+import { MemoryBackend } from '../../../src/backends/memory-backend.js';
+import { VIRTIO_BLK_S_OK } from '../../../src/uapi/virtio-blk.js';
+import { encodeMemoryTable, VhostUserRequest as R } from '../../../src/uapi/vhost-user.js';
+import { BlkClient, withTimeout } from '../../../src/testing/vhost-vdpa/blk.js';
+import { connect, guestMemory, makeBackend, pattern, waitFor } from './helpers.js';
+
+/** Writes wait until release(); everything else goes to `inner`. */
+class GatedBackend implements BlockBackend {
+  readonly pending: (() => void)[] = [];
+  constructor(readonly inner: MemoryBackend) {}
+  get size(): number {
+    return this.inner.size;
+  }
+  get readOnly(): boolean {
+    return this.inner.readOnly;
+  }
+  get capabilities(): BlockBackend['capabilities'] {
+    return this.inner.capabilities;
+  }
+  read(offset: number, buffers: readonly Uint8Array[]): BackendResult {
+    return this.inner.read(offset, buffers);
+  }
+  write(): BackendResult {
+    return new Promise<void>((resolve) => this.pending.push(resolve));
+  }
+  flush(): BackendResult {
+    return this.inner.flush();
+  }
+  discard(offset: number, length: number): BackendResult {
+    return this.inner.discard(offset, length);
+  }
+  writeZeroes(offset: number, length: number): BackendResult {
+    return this.inner.writeZeroes(offset, length);
+  }
+  release(): void {
+    for (const r of this.pending.splice(0)) r();
+  }
+  async close(): Promise<void> {}
+}
+
+test('a new back-end takes over the inflight region and resubmits the writes in flight, in order', async () => {
+  const storage = new MemoryBackend({ size: 8 << 20 });
+  const gated = new GatedBackend(storage);
+  const a = makeBackend({ storage: gated, drainMs: 50 });
+  const mem = guestMemory();
+  const vmm1 = connect(a.backend);
+  await vmm1.negotiate();
+  await vmm1.setMemory(mem);
+  const inflight = await vmm1.getInflight(2, 64);
+  await vmm1.setInflight(inflight.fd, inflight.payload);
+  const queues = await vmm1.setupQueues({ count: 2, size: 64 });
+  const drivers = queues.map((q) => q.driver);
+  await waitFor(() => a.backend.servingRings.length === 2, 'rings served');
+  const blk = new BlkClient(queues, { watch: false });
+  const writes: Promise<unknown>[] = [];
+  for (let k = 0; k < 6; k++) writes.push(blk.write(k * 8, pattern(4096, k + 10), { queue: k < 4 ? 0 : 1 }));
+  for (const w of writes) w.catch(() => undefined);
+  await waitFor(() => gated.pending.length === 6, 'six writes in the backend');
+  // the daemon dies: the VMM keeps its rings, memory and the inflight region
+  blk.close();
+  vmm1.close();
+  await waitFor(() => !a.backend.connected, 'the first back-end is gone');
+
+  const b = makeBackend({ storage });
+  const started: number[] = [];
+  b.backend.on('started', (_rings, resubmitted) => started.push(resubmitted));
+  const vmm2 = connect(b.backend);
+  try {
+    await vmm2.negotiate();
+    await vmm2.setMemory(mem);
+    await vmm2.setInflight(inflight.fd, inflight.payload);
+    // as QEMU after a crash: the base is the used index the guest sees (0: nothing completed)
+    await vmm2.setupQueues({ count: 2, size: 64, drivers, bases: [0, 0] });
+    await waitFor(() => started.reduce((s, n) => s + n, 0) >= 6, 'resubmission', 3000);
+    const used = [[], []] as number[][];
+    await waitFor(
+      () => {
+        drivers.forEach((d, i) => used[i]!.push(...d.usedEntries().map((u) => u.id)));
+        return used[0]!.length + used[1]!.length === 6;
+      },
+      'six completions',
+      3000,
+    );
+    for (let k = 0; k < 6; k++) {
+      const back = [new Uint8Array(4096)];
+      await storage.read(k * 8 * 512, back);
+      assert.deepEqual(back[0], pattern(4096, k + 10), `write ${k} landed`);
+    }
+    // every write came back on the ring it was sent on
+    assert.equal(used[0]!.length, 4);
+    assert.equal(used[1]!.length, 2);
+    // and the rings go on serving new requests
+    const blk2 = new BlkClient(vmm2.queues);
+    const r = await withTimeout(blk2.read(8, 4096, { queue: 1 }), 3000, 'read after the restart');
+    assert.equal(r.status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(r.data, pattern(4096, 11));
+    blk2.close();
+  } finally {
+    gated.release();
+    vmm2.close();
+    await b.backend.close();
+    await a.backend.close();
+    closeSync(inflight.fd);
+    mem.close();
+  }
+});
+
+test('hostile set-ups over a socket: a clean disconnect with one line, then the next VMM is served', async () => {
+  const { backend, lines } = makeBackend();
+  const mem = guestMemory();
+  try {
+    // ring addresses outside every region
+    let vmm = connect(backend);
+    await vmm.negotiate();
+    await vmm.setMemory(mem);
+    await vmm
+      .setupQueues({ count: 1, size: 64, addr: (_i, a) => ({ ...a, used: a.used + (64 << 20) }) })
+      .catch(() => undefined);
+    await vmm.waitClosed();
+    assert.ok(
+      lines.some((l) => /ring 0: user address 0x[0-9a-f]+ is in no memory region; disconnecting/.test(l)),
+      lines.join('\n'),
+    );
+    vmm.close();
+    // overlapping regions
+    vmm = connect(backend);
+    await vmm.negotiate();
+    const m = mem.mapping;
+    const table = encodeMemoryTable([
+      { guestPhysAddr: 0n, memorySize: 1n << 20n, userspaceAddr: BigInt(m.uaddr), mmapOffset: 0n },
+      {
+        guestPhysAddr: 1n << 19n,
+        memorySize: 1n << 20n,
+        userspaceAddr: BigInt(m.uaddr) + (2n << 20n),
+        mmapOffset: 0n,
+      },
+    ]);
+    await vmm.acked(R.SET_MEM_TABLE, table, [m.fd, m.fd]).catch(() => undefined);
+    await vmm.waitClosed();
+    assert.ok(lines.some((l) => /SET_MEM_TABLE: memory regions overlap in guest-physical addresses/.test(l)));
+    vmm.close();
+    // a region past the end of its fd
+    vmm = connect(backend);
+    await vmm.negotiate();
+    const past = encodeMemoryTable([
+      { guestPhysAddr: 0n, memorySize: BigInt(mem.size), userspaceAddr: 0n, mmapOffset: 4096n },
+    ]);
+    await vmm.acked(R.SET_MEM_TABLE, past, [m.fd]).catch(() => undefined);
+    await vmm.waitClosed();
+    assert.ok(lines.some((l) => /past the end of its fd/.test(l)));
+    vmm.close();
+    // garbage bytes
+    vmm = connect(backend);
+    vmm.sendRaw(Uint8Array.from([1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0]));
+    await vmm.waitClosed();
+    assert.ok(lines.some((l) => /version 3/.test(l)));
+    vmm.close();
+    // and a good VMM after all that
+    vmm = connect(backend);
+    await vmm.negotiate();
+    await vmm.setMemory(mem);
+    const q = await vmm.setupQueues({ count: 1, size: 64 });
+    const blk = new BlkClient(q);
+    assert.equal((await withTimeout(blk.write(0, pattern(512, 1)), 3000, 'write')).status, VIRTIO_BLK_S_OK);
+    blk.close();
+    vmm.close();
+    assert.equal(backend.connections, 5);
+  } finally {
+    await backend.close();
+    mem.close();
+  }
+});
