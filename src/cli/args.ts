@@ -83,6 +83,11 @@ Options:
                              --persist), take it over: in-flight requests are resubmitted, the guest sees a delay;
                              never: fail if NAME exists; always: fail if there is nothing to take over
   --persist                  on SIGINT/SIGTERM keep the device (no detach, no destroy) for the next daemon
+  --vhost-user PATH          serve the disk as a vhost-user-blk back-end on the Unix socket PATH (mode 0600,
+                             removed at exit) for a VMM (QEMU -chardev socket,path=PATH,reconnect=1 -device
+                             vhost-user-blk-pci,chardev=...), instead of creating a VDUSE device: no /dev/vduse
+                             needed; prints PATH when listening. Not with --driver, --no-attach, --state-dir,
+                             --reconnect, --persist, --packed or --queue-threads
   -v, --verbose              log protocol events
   -h, --help                 this help
 
@@ -112,6 +117,7 @@ export const DEVICE_FLAGS = {
   'state-dir': { type: 'string' },
   reconnect: { type: 'string' },
   persist: { type: 'boolean' },
+  'vhost-user': { type: 'string' },
 } as const;
 
 type DeviceFlagValues = { [K in keyof typeof DEVICE_FLAGS]?: string | boolean | undefined };

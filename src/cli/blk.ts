@@ -8,6 +8,7 @@
  * SIGINT/SIGTERM, SIGHUP = resize from the backend, SIGUSR1 = print the counters.
  */
 import { BlkRunner, describeSize } from '../mgmt/blk/runner.js';
+import { VhostUserBlkRunner } from '../mgmt/blk/vhost-user-runner.js';
 import type { SysBinding } from '../sys/binding.js';
 import { isVduseTsError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
@@ -29,6 +30,7 @@ export interface BlkEnvironment {
 
 /** Runs the daemon until the stop signal; resolves when everything is torn down. Throws on setup failures. */
 export async function runBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<void> {
+  if (cmd.vhostUser !== undefined) return runVhostUserBlk(cmd, env);
   const { binding, logger: log } = env;
   const vdpa = env.vdpa ?? new VdpaClient();
   const closeVdpa = async (): Promise<void> => {
@@ -79,8 +81,29 @@ export async function runBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<void
   if (failed !== null) throw failed;
 }
 
+/**
+ * `vduse blk --vhost-user PATH`: serve the device as a vhost-user-blk back-end on PATH (no VDUSE, no vdpa bus)
+ * until the stop signal; VMMs may come and go meanwhile. Prints PATH once listening.
+ */
+async function runVhostUserBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<void> {
+  const { binding, logger: log } = env;
+  const runner = await VhostUserBlkRunner.start(cmd, { binding, logger: log });
+  env.print(runner.path);
+  log.info(
+    `serving ${cmd.name} over vhost-user on ${runner.path}: ${describeSize(runner.device.capacityBytes)}, ${cmd.queues} queue(s) of ${cmd.queueSize}${cmd.readOnly ? ', read-only' : ''}`,
+  );
+  env.onSignal('SIGHUP', () => void resizeFromBackend(runner, log));
+  env.onSignal('SIGUSR1', () => {
+    if (cmd.stats) log.info(`stats: ${runner.formatCounters()}`);
+  });
+  const signal = await env.stopSignal;
+  log.info(`${signal}: stopping ${cmd.name}`);
+  await runner.stop();
+  if (cmd.stats) log.info(`stats: ${runner.formatCounters()}`);
+}
+
 /** SIGHUP: the file behind a file backend may have grown (truncate -s): resize the device to it. */
-async function resizeFromBackend(runner: BlkRunner, log: Logger): Promise<void> {
+async function resizeFromBackend(runner: BlkRunner | VhostUserBlkRunner, log: Logger): Promise<void> {
   try {
     const before = runner.device.capacityBytes;
     const bytes = await runner.resize();

@@ -190,6 +190,7 @@ export function changedDeviceKeys(a: BlkDeviceConfig, b: BlkDeviceConfig): strin
     stateDir: 'state-dir',
     reconnect: 'reconnect',
     persist: 'persist',
+    vhostUser: 'vhost-user',
   };
   return (Object.keys(names) as (keyof BlkDeviceConfig)[]).filter((k) => a[k] !== b[k]).map((k) => names[k]);
 }

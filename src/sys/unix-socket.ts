@@ -24,6 +24,7 @@ export function unixPathError(code: 'EADDRINUSE' | 'EEXIST', path: string): Syst
     code === 'EADDRINUSE'
       ? `${path} is in use: another process listens on it`
       : `${path} exists and is not a socket (left alone)`;
+  (error as SystemError & { path: string }).path = path;
   return error;
 }
 

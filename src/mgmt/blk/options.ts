@@ -37,6 +37,8 @@ export interface BlkDeviceConfig {
   reconnect: BlkReconnectPolicy;
   /** Keep the device (attached, with its state log) when the daemon stops, for the next daemon to take over. */
   persist: boolean;
+  /** Serve the device as a vhost-user-blk back-end on this Unix socket path instead of creating a VDUSE device. */
+  vhostUser?: string;
 }
 
 export const BLK_DEFAULTS = {
@@ -69,6 +71,7 @@ export const DEVICE_KEYS = [
   'state-dir',
   'reconnect',
   'persist',
+  'vhost-user',
 ] as const;
 
 export type DeviceOptionKey = (typeof DEVICE_KEYS)[number];
@@ -266,5 +269,57 @@ export function validateDeviceOptions(
     }
     config.driver = o.driver;
   }
+  if (o['vhost-user'] !== undefined) checkVhostUser(o, config, r);
   return config;
+}
+
+/** Options that only mean something for a VDUSE device (refused with vhost-user). */
+const VDUSE_ONLY: readonly DeviceOptionKey[] = [
+  'driver',
+  'attach',
+  'state-dir',
+  'reconnect',
+  'persist',
+  'packed',
+];
+
+/** A vhost-user device: a socket path, none of the VDUSE-only options, no queue threads (yet). */
+function checkVhostUser(
+  o: Readonly<Partial<Record<string, unknown>>>,
+  config: BlkDeviceConfig,
+  r: DeviceOptionReporter,
+): void {
+  const path = o['vhost-user'];
+  if (typeof path !== 'string' || path === '') {
+    throw fail(
+      r,
+      'vhost-user',
+      'must be a socket path',
+      `expected a socket path, got ${describeValue(path)}`,
+    );
+  }
+  const label = r.label('vhost-user');
+  for (const key of VDUSE_ONLY) {
+    if (
+      o[key] === undefined ||
+      (key === 'attach' && o[key] === true) ||
+      (key !== 'attach' && o[key] === false)
+    )
+      continue;
+    throw fail(
+      r,
+      key,
+      `is a VDUSE option; it makes no sense with ${label}`,
+      `is a VDUSE option; it makes no sense with vhost-user`,
+    );
+  }
+  if (config.queueThreads > 1) {
+    throw fail(
+      r,
+      'queue-threads',
+      `cannot serve vhost-user queues (the queue threads serve VDUSE devices only)`,
+      `queue threads cannot serve vhost-user queues (they serve VDUSE devices only)`,
+    );
+  }
+  config.vhostUser = path;
 }

@@ -99,17 +99,7 @@ export class BlkRunner extends DeviceRunner<VirtioBlkDevice, BlkDeviceConfig> {
       const { inner, backend } = await openBlkBackend(config, { binding, logger: log });
       teardown.add('close the backend', () => backend.close());
 
-      const threadOptions: BlkThreadOptions = {
-        name: config.name,
-        backend: config.backend,
-        queues: config.queues,
-        queueSize: config.queueSize,
-        logicalBlockSize: config.logicalBlockSize,
-        readOnly: config.readOnly,
-        packed: config.packed,
-        ...(config.serial !== undefined ? { serial: config.serial } : {}),
-        ...(config.pollUs !== undefined ? { pollUs: config.pollUs } : {}),
-      };
+      const threadOptions = blkThreadOptions(config);
       const device = new VirtioBlkDevice(blkDeviceOptions(threadOptions, backend, log));
       runner = new BlkRunner(config, { backend, inner, device, teardown });
       await runner.serve(deps, {
@@ -125,20 +115,13 @@ export class BlkRunner extends DeviceRunner<VirtioBlkDevice, BlkDeviceConfig> {
           : {}),
       });
       const self = runner;
-      // A backend that learns of size changes itself (rbd: `rbd resize` by anyone) resizes the device to them.
-      const sized = inner as { onSizeChange?: (listener: (size: number) => void) => () => void };
-      if (typeof sized.onSizeChange === 'function') {
-        const lbs = config.logicalBlockSize;
-        const off = sized.onSizeChange((size) => {
-          if (self.state !== 'running') return;
-          self.resize(size - (size % lbs)).then(
-            (bytes) => log.info(`${config.name}: the backend was resized; now ${describeSize(bytes)}`),
-            (err: unknown) =>
-              log.error(`${config.name}: resize to the backend's size failed: ${(err as Error).message}`),
-          );
-        });
-        runner.onStop('stop following the backend size', off);
-      }
+      followBackendSize(
+        inner,
+        config,
+        log,
+        (size) => (self.state === 'running' ? self.resize(size) : null),
+        (what, run) => self.onStop(what, run),
+      );
       return runner;
     } catch (err) {
       if (runner !== null) await runner.abort();
@@ -154,30 +137,7 @@ export class BlkRunner extends DeviceRunner<VirtioBlkDevice, BlkDeviceConfig> {
    * is told the new capacity. Returns the new capacity in bytes.
    */
   async resize(bytes?: number): Promise<number> {
-    const lbs = this.device.options.logicalBlockSize;
-    let target: number;
-    if (bytes === undefined) {
-      const inner = this.innerBackend;
-      if (!(inner instanceof FileBackend) || inner.kind !== 'file') {
-        throw new MgmtError(
-          'ERR_MGMT_RESIZE_NO_FILE',
-          `${this.name}: only a file backend (a regular file) can be re-read; give a size`,
-        );
-      }
-      const size = statSync(inner.path).size;
-      target = size - (size % lbs);
-    } else {
-      if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % lbs !== 0) {
-        throw new MgmtError(
-          'ERR_MGMT_RESIZE',
-          `${this.name}: new size ${bytes} is not a positive multiple of the logical block size ${lbs}`,
-        );
-      }
-      if (this.config.readOnly && bytes !== this.device.capacityBytes) {
-        throw new MgmtError('ERR_MGMT_RESIZE', `${this.name}: a read-only device cannot be resized`);
-      }
-      target = bytes;
-    }
+    const target = resizeTarget(this.name, this.device, this.innerBackend, this.config.readOnly, bytes);
     if (target !== this.device.capacityBytes) {
       // The queue threads' devices check requests against the capacity: they learn it before the driver does.
       await this.vduse.queueThreads?.call('resize', target);
@@ -202,14 +162,92 @@ export class BlkRunner extends DeviceRunner<VirtioBlkDevice, BlkDeviceConfig> {
 
   /** One line of backend counters: "reads=1 writes=2 flushes=0 ...". */
   formatCounters(): string {
-    return Object.entries(this.counters().backend)
-      .map(([k, v]) => `${k}=${v}`)
-      .join(' ');
+    return formatBackendCounters(this.counters());
   }
 }
 
+/** The device options a blk device (and each of its queue threads) is built from. */
+export function blkThreadOptions(config: BlkDeviceConfig): BlkThreadOptions {
+  return {
+    name: config.name,
+    backend: config.backend,
+    queues: config.queues,
+    queueSize: config.queueSize,
+    logicalBlockSize: config.logicalBlockSize,
+    readOnly: config.readOnly,
+    packed: config.packed,
+    ...(config.serial !== undefined ? { serial: config.serial } : {}),
+    ...(config.pollUs !== undefined ? { pollUs: config.pollUs } : {}),
+  };
+}
+
+/**
+ * A backend that learns of size changes itself (rbd: `rbd resize` by anyone) resizes the device to them:
+ * `resize` is called with the new size in whole logical blocks (null: not now); `onStop` registers the unsubscribe.
+ */
+export function followBackendSize(
+  inner: BlockBackend,
+  config: BlkDeviceConfig,
+  log: Logger,
+  resize: (bytes: number) => Promise<number> | null,
+  onStop: (what: string, run: () => void) => void,
+): void {
+  const sized = inner as { onSizeChange?: (listener: (size: number) => void) => () => void };
+  if (typeof sized.onSizeChange !== 'function') return;
+  const lbs = config.logicalBlockSize;
+  const off = sized.onSizeChange((size) => {
+    resize(size - (size % lbs))?.then(
+      (bytes) => log.info(`${config.name}: the backend was resized; now ${describeSize(bytes)}`),
+      (err: unknown) =>
+        log.error(`${config.name}: resize to the backend's size failed: ${(err as Error).message}`),
+    );
+  });
+  onStop('stop following the backend size', off);
+}
+
+/**
+ * The capacity an online resize goes to: `bytes` (checked), or without it the size of a file backend re-read.
+ * Throws MgmtError ERR_MGMT_RESIZE / ERR_MGMT_RESIZE_NO_FILE.
+ */
+export function resizeTarget(
+  name: string,
+  device: VirtioBlkDevice,
+  inner: BlockBackend,
+  readOnly: boolean,
+  bytes?: number,
+): number {
+  const lbs = device.options.logicalBlockSize;
+  if (bytes === undefined) {
+    if (!(inner instanceof FileBackend) || inner.kind !== 'file') {
+      throw new MgmtError(
+        'ERR_MGMT_RESIZE_NO_FILE',
+        `${name}: only a file backend (a regular file) can be re-read; give a size`,
+      );
+    }
+    const size = statSync(inner.path).size;
+    return size - (size % lbs);
+  }
+  if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % lbs !== 0) {
+    throw new MgmtError(
+      'ERR_MGMT_RESIZE',
+      `${name}: new size ${bytes} is not a positive multiple of the logical block size ${lbs}`,
+    );
+  }
+  if (readOnly && bytes !== device.capacityBytes) {
+    throw new MgmtError('ERR_MGMT_RESIZE', `${name}: a read-only device cannot be resized`);
+  }
+  return bytes;
+}
+
+/** One line of backend counters: "reads=1 writes=2 flushes=0 ...". */
+export function formatBackendCounters(c: BlkCounters): string {
+  return Object.entries(c.backend)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(' ');
+}
+
 /** Remove a backing file this start-up created (file:PATH,size=N) and could not use. */
-function removeCreatedFile(path: string, log: Logger): void {
+export function removeCreatedFile(path: string, log: Logger): void {
   try {
     unlinkSync(path);
     log.debug(`removed ${path}, created by the failed start`);

@@ -18,6 +18,7 @@ export type MgmtErrorCode =
   | 'ERR_MGMT_RESIZE'
   /** A resize without a size (SIGHUP) on a backend that is not a regular file. */
   | 'ERR_MGMT_RESIZE_NO_FILE'
+  | 'ERR_MGMT_VHOST_USER'
   /** The runner was asked for its VDUSE device before it served one. */
   | 'ERR_MGMT_NOT_STARTED'
   /** The device did not come up (no block device or vhost node appeared). */

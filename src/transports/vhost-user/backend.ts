@@ -171,7 +171,12 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
     try {
       this.#listenFd = listenUnix(this.#binding, path, { closeFd: this.#closeFd });
     } catch (err) {
-      throw new VhostUserError('ERR_VHOST_USER_SOCKET', `cannot listen on ${path}: ${messageOf(err)}`, err);
+      const why = messageOf(err);
+      throw new VhostUserError(
+        'ERR_VHOST_USER_SOCKET',
+        why.startsWith(path) ? `cannot listen: ${why}` : `cannot listen on ${path}: ${why}`,
+        err,
+      );
     }
     this.#path = path;
     this.#listenWatcher = this.#binding.createFdWatcher(this.#listenFd, () => this.#onAcceptable());
