@@ -102,18 +102,19 @@ abstract class ServerProcess implements VhostUserServer {
     });
     // listening = a socket at the path that was not there before this start (a SIGKILLed server leaves its
     // socket file behind)
-    await waitFor(
+    const how = await waitFor(
       `${this.kind} ${this.spec.id} listening on ${this.spec.socket}`,
       () => {
-        if (child.exitCode !== null || child.signalCode !== null)
-          throw new Error(`exited early:\n${this.text.slice(-2000)}`);
+        if (child.exitCode !== null || child.signalCode !== null) return 'exited';
         const now = socketId(this.spec.socket);
-        return now !== null && now !== before;
+        return now !== null && now !== before && 'listening';
       },
       { timeoutMs: STEP_TIMEOUT_MS, intervalMs: 20 },
     ).catch((e: unknown) => {
       throw new Error(`${e instanceof Error ? e.message : String(e)}\n${this.text.slice(-2000)}`);
     });
+    if (how === 'exited')
+      throw new Error(`${this.kind} ${this.spec.id} exited at start:\n${this.text.slice(-2000)}`);
   }
 
   async kill(signal: NodeJS.Signals): Promise<void> {
