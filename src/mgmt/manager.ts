@@ -11,6 +11,22 @@ import type { Logger } from '../common/logger.js';
 import type { VdpaClient } from '../transports/vdpa/client.js';
 import { BlkRunner, type BlkDeviceConfig, type BlkRunnerDeps, type BlkRunnerState } from './blk/runner.js';
 import { MgmtError } from './daemon/errors.js';
+import { VhostUserBlkRunner } from './blk/vhost-user-runner.js';
+
+/** A served blk device: over VDUSE (BlkRunner) or as a vhost-user back-end (VhostUserBlkRunner). */
+export type ServedBlk = BlkRunner | VhostUserBlkRunner;
+
+/** Start a device over the transport its config asks for. */
+export function startBlk(config: BlkDeviceConfig, deps: BlkRunnerDeps): Promise<ServedBlk> {
+  return config.vhostUser !== undefined
+    ? VhostUserBlkRunner.start(config, deps)
+    : BlkRunner.start(config, deps);
+}
+
+/** The negotiated features and transport counters of either kind. */
+function transportOf(runner: ServedBlk): Pick<VhostUserBlkRunner, 'features' | 'stats'> {
+  return runner instanceof VhostUserBlkRunner ? runner : runner.vduse;
+}
 
 export interface DeviceInfo {
   name: string;
@@ -95,11 +111,11 @@ export interface BlkManagerOptions {
    */
   onChange?: () => void;
   /** Starts a device (default BlkRunner.start; tests pass a fake). */
-  start?: (config: BlkDeviceConfig, deps: BlkRunnerDeps) => Promise<BlkRunner>;
+  start?: (config: BlkDeviceConfig, deps: BlkRunnerDeps) => Promise<ServedBlk>;
 }
 
 export class BlkDeviceManager implements DeviceManager {
-  readonly #runners = new Map<string, BlkRunner>();
+  readonly #runners = new Map<string, ServedBlk>();
   /** Names being added (so two adds of one name cannot race). */
   readonly #adding = new Set<string>();
   /** Removals under way by name: a second remove of the same device waits for the first and gets its result. */
@@ -116,7 +132,7 @@ export class BlkDeviceManager implements DeviceManager {
     this.#frozen = why;
   }
 
-  get runners(): readonly BlkRunner[] {
+  get runners(): readonly ServedBlk[] {
     return [...this.#runners.values()];
   }
 
@@ -136,7 +152,7 @@ export class BlkDeviceManager implements DeviceManager {
     this.#adding.add(config.name);
     try {
       const log = this.#o.deviceLogger?.(config.name) ?? this.#o.logger;
-      const start = this.#o.start ?? ((c, d) => BlkRunner.start(c, d));
+      const start = this.#o.start ?? startBlk;
       const runner = await start(config, {
         binding: this.#o.binding,
         logger: log,
@@ -150,8 +166,13 @@ export class BlkDeviceManager implements DeviceManager {
         this.#changed();
       });
       // the features in the list follow the driver
-      runner.vduse.on?.('driver-ok', () => this.#changed());
-      runner.vduse.on?.('reset', () => this.#changed());
+      if (runner instanceof VhostUserBlkRunner) {
+        runner.transport.on('started', () => this.#changed());
+        runner.transport.on('disconnected', () => this.#changed());
+      } else {
+        runner.vduse.on?.('driver-ok', () => this.#changed());
+        runner.vduse.on?.('reset', () => this.#changed());
+      }
       this.#changed();
       log.info(`device ${config.name} ready at ${runner.path}`);
       return infoOf(runner);
@@ -179,7 +200,7 @@ export class BlkDeviceManager implements DeviceManager {
     return removal;
   }
 
-  async #remove(runner: BlkRunner, options: RemoveOptions): Promise<void> {
+  async #remove(runner: ServedBlk, options: RemoveOptions): Promise<void> {
     const name = runner.name;
     if (!options.force && runner.state === 'running') {
       const path = runner.currentPath();
@@ -257,7 +278,7 @@ export class BlkDeviceManager implements DeviceManager {
     }
   }
 
-  #get(name: string): BlkRunner {
+  #get(name: string): ServedBlk {
     const r = this.#runners.get(name);
     if (r === undefined) throw new MgmtError('ERR_MGMT_NO_SUCH_DEVICE', `no device named ${name}`);
     return r;
@@ -274,7 +295,7 @@ function blockDeviceInUse(path: string): boolean {
   }
 }
 
-async function waitIdle(runner: BlkRunner, timeoutMs: number): Promise<boolean> {
+async function waitIdle(runner: ServedBlk, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   while (runner.inFlight > 0) {
     if (Date.now() > deadline) return false;
@@ -283,7 +304,7 @@ async function waitIdle(runner: BlkRunner, timeoutMs: number): Promise<boolean> 
   return true;
 }
 
-export function infoOf(runner: BlkRunner): DeviceInfo {
+export function infoOf(runner: ServedBlk): DeviceInfo {
   const c = runner.config;
   const info: DeviceInfo = {
     name: c.name,
@@ -296,19 +317,19 @@ export function infoOf(runner: BlkRunner): DeviceInfo {
     readOnly: c.readOnly,
     packed: c.packed,
     attach: c.attach,
-    driver: c.attach ? c.driver : 'none',
-    features: `0x${runner.vduse.features.toString(16)}`,
+    driver: c.vhostUser !== undefined ? 'vhost-user' : c.attach ? c.driver : 'none',
+    features: `0x${transportOf(runner).features.toString(16)}`,
     size: runner.device.capacityBytes,
   };
   if (c.serial !== undefined) info.serial = c.serial;
   return info;
 }
 
-export function statsOf(runner: BlkRunner): DeviceStats {
+export function statsOf(runner: ServedBlk): DeviceStats {
   const c = runner.counters();
   const s = c.stats;
   const b = c.backend;
-  const t = runner.vduse.stats;
+  const t = transportOf(runner).stats;
   const l = c.latency;
   return {
     name: runner.name,

@@ -18,7 +18,7 @@ import { VirtioBlkDevice } from '../../devices/blk/device.js';
 import type { SysBinding } from '../../sys/binding.js';
 import { VhostUserBackend } from '../../transports/vhost-user/backend.js';
 import { MgmtError } from '../daemon/errors.js';
-import { Teardown, type RunnerState } from '../runner/device-runner.js';
+import { Teardown, type RunnerState, type StopMode } from '../runner/device-runner.js';
 import type { BlkDeviceConfig } from './options.js';
 import {
   blkThreadOptions,
@@ -124,6 +124,30 @@ export class VhostUserBlkRunner extends EventEmitter<{ broken: [reason: Error] }
     return target;
   }
 
+  /** The negotiated features (0 while no VMM got that far). */
+  get features(): bigint {
+    return this.transport.features;
+  }
+
+  /** Transport counters, as VduseDevice.stats has them (no message latency here: 0). */
+  get stats(): {
+    kicks: Float64Array;
+    interrupts: Float64Array;
+    configInterrupts: number;
+    messages: number;
+    messageMaxMs: number;
+  } {
+    const n = this.device.numQueues;
+    const c = this.transport.counters;
+    return {
+      kicks: c.subarray(0, n),
+      interrupts: c.subarray(n, 2 * n),
+      configInterrupts: this.transport.configNotifications,
+      messages: this.transport.messages,
+      messageMaxMs: 0,
+    };
+  }
+
   get inFlight(): number {
     return this.device.inFlight;
   }
@@ -136,8 +160,8 @@ export class VhostUserBlkRunner extends EventEmitter<{ broken: [reason: Error] }
     return formatBackendCounters(this.counters());
   }
 
-  /** Drop the VMM, remove the socket, close the backend (once; a second call waits for the first). */
-  stop(): Promise<void> {
+  /** Drop the VMM, remove the socket, close the backend (once; a second call waits for the first). Nothing persists. */
+  stop(_mode?: StopMode): Promise<void> {
     if (!this.#teardown.started) this.#state = 'stopping';
     return this.#teardown.run().finally(() => {
       this.#state = 'stopped';

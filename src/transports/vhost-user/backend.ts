@@ -45,6 +45,7 @@ import {
   MAX_MESSAGE_FDS,
   MessageReader,
   VhostUserProtocol,
+  type RingState,
   type VhostUserContext,
   type VhostUserMessage,
 } from './protocol.js';
@@ -88,6 +89,8 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   connections = 0;
   /** CONFIG_CHANGE_MSG sent. */
   configNotifications = 0;
+  /** Messages handled (every connection). */
+  messages = 0;
   readonly #binding: SysBinding;
   readonly #log: Logger;
   readonly #closeFd: (fd: number) => void;
@@ -97,12 +100,13 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   #conn: Connection | null = null;
   #inflight: InflightRegion | null = null;
   #serving: number[] = [];
+  /** What the served rings were started with (ringSignature of each). */
+  #signature = '';
   #negotiated = 0n;
   #listenFd = NO_FD;
   #listenWatcher: FdWatcher | null = null;
   #path: string | null = null;
   #closed = false;
-  #idleWaiters: (() => void)[] = [];
 
   constructor(options: VhostUserBackendOptions) {
     super();
@@ -150,6 +154,11 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   /** A VMM is connected. */
   get connected(): boolean {
     return this.#conn !== null;
+  }
+
+  /** The features the VMM's driver accepted (as the device sees them), 0 before SET_FEATURES. */
+  get features(): bigint {
+    return this.#negotiated;
   }
 
   /** The rings being served now. */
@@ -209,12 +218,6 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   async disconnect(reason = 'disconnected by the daemon'): Promise<void> {
     if (this.#conn !== null) this.#drop(this.#conn, reason, 'info');
     await this.dataPath.settled;
-  }
-
-  /** Resolves when no message is being handled (tests). */
-  idle(): Promise<void> {
-    if (this.#conn === null || !this.#conn.pumping) return Promise.resolve();
-    return new Promise((resolve) => this.#idleWaiters.push(resolve));
   }
 
   /** Stop for good: drop the VMM, stop listening, remove the socket, wait for the last requests and mappings. */
@@ -288,6 +291,9 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
         const msg = conn.queue.shift();
         if (msg === undefined) {
           if (!conn.ringsChanged) break;
+          // The rest of a burst (a VMM enables its rings one message after the other) first: one restart, not one per ring.
+          await new Promise((resolve) => setImmediate(resolve));
+          if (conn.queue.length > 0) continue;
           conn.ringsChanged = false;
           await this.#reconcile(conn);
           continue;
@@ -298,12 +304,11 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
       this.#drop(conn, `internal error: ${messageOf(err)}`, 'error');
     } finally {
       conn.pumping = false;
-      const waiters = this.#idleWaiters.splice(0);
-      for (const w of waiters) w();
     }
   }
 
   async #handle(conn: Connection, msg: VhostUserMessage): Promise<void> {
+    this.messages++;
     const result = this.protocol.handle(msg, this.#context());
     if (result.disconnect !== undefined) {
       for (const fd of result.replyFds) this.#closeQuietly(fd);
@@ -385,7 +390,14 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   async #reconcile(conn: Connection): Promise<void> {
     const p = this.protocol;
     const want = p.featuresSet && this.memory.mappedRegions > 0 ? p.readyRings() : [];
-    if (sameRings(want, this.#serving) && this.dataPath.running === want.length > 0) return;
+    // A ring given a new kick fd, size or address while served is restarted too (the engine watches the old fd).
+    const signature = want.map((i) => ringSignature(p.rings[i]!)).join(';');
+    if (
+      sameRings(want, this.#serving) &&
+      this.dataPath.running === want.length > 0 &&
+      signature === this.#signature
+    )
+      return;
     if (this.dataPath.running) await this.#drainAndStop(conn);
     this.#closeRetiredKicks();
     if (conn.closed || want.length === 0) return;
@@ -417,6 +429,7 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
         recover: this.#inflight !== null,
       });
       this.#serving = want;
+      this.#signature = signature;
       if (resubmitted > 0) this.#log.info(`vhost-user: ${resubmitted} requests in flight resubmitted`);
       this.emit('started', want, resubmitted);
     } catch (err) {
@@ -438,12 +451,14 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
     if (!this.dataPath.running) {
       if (reset) this.memory.clear();
       this.#serving = [];
+      this.#signature = '';
       return;
     }
     for (const [i, state] of this.dataPath.stop(reset)) {
       if ('nextAvail' in state) this.protocol.rings[i]!.base = state.nextAvail;
     }
     this.#serving = [];
+    this.#signature = '';
   }
 
   #send(conn: Connection, bytes: Uint8Array, fds: readonly number[]): boolean {
@@ -523,6 +538,11 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
       // already gone
     }
   }
+}
+
+function ringSignature(r: RingState): string {
+  const a = r.addr;
+  return `${r.kickFd}/${r.num}/${a?.desc}/${a?.avail}/${a?.used}`;
 }
 
 function sameRings(a: readonly number[], b: readonly number[]): boolean {

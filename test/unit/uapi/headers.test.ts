@@ -44,6 +44,37 @@ function ref(guard: string, source: string, items: Record<string, Expect>): void
   for (const [key, expect] of Object.entries(items)) REFERENCE[key] = { guard, expect, source };
 }
 
+// vhost-user is no kernel header (guard 0: never printed by gcc): the literals of QEMU docs/interop/vhost-user.rst
+// (header, payload sizes with the C padding, the flags and feature bits, the split inflight region layout).
+ref('0', 'QEMU docs/interop/vhost-user.rst', {
+  'const VHOST_USER_HEADER_SIZE': 12,
+  'const VHOST_USER_MAX_PAYLOAD': 0x1000,
+  'const VHOST_USER_CONFIG_SPACE_MAX': 256,
+  'const VHOST_USER_VERSION': 1,
+  'const VHOST_USER_VERSION_MASK': 3,
+  'const VHOST_USER_REPLY_MASK': 4,
+  'const VHOST_USER_NEED_REPLY_MASK': 8,
+  'const VHOST_USER_F_PROTOCOL_FEATURES': 30,
+  'const VHOST_USER_VRING_IDX_MASK': 0xff,
+  'const VHOST_USER_VRING_NOFD_MASK': 0x100,
+  'const VHOST_USER_INFLIGHT_SIZE': 24,
+  'const VHOST_MEMORY_BASELINE_NREGIONS': 8,
+  'const VHOST_MEMORY_REGION_SIZE': 32,
+  'const VHOST_VRING_ADDR_SIZE': 40,
+  'const INFLIGHT_QUEUE_HEADER': 16,
+  'const INFLIGHT_DESC_SIZE': 16,
+  'const INFLIGHT_VERSION': 1,
+  'const INFLIGHT_ALIGN': 64,
+  'const INFLIGHT_Q_FEATURES': 0,
+  'const INFLIGHT_Q_VERSION': 8,
+  'const INFLIGHT_Q_DESC_NUM': 10,
+  'const INFLIGHT_Q_LAST_BATCH_HEAD': 12,
+  'const INFLIGHT_Q_USED_IDX': 14,
+  'const INFLIGHT_D_INFLIGHT': 0,
+  'const INFLIGHT_D_NEXT': 6,
+  'const INFLIGHT_D_COUNTER': 8,
+});
+
 // VDUSE API version 1 (Linux 7.0, vduse.h@079212f6): vduse-uapi.md §1.2, §1.3, §1.4.
 ref(V1, 'vduse-uapi.md §1.3', {
   'field vduse_dev_config.ngroups': [280, 4],

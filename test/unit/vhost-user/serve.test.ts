@@ -11,7 +11,10 @@ import {
 } from '../../../src/uapi/vhost-user.js';
 import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1 } from '../../../src/uapi/virtio-config.js';
 import { BlkClient, withTimeout } from '../../../src/testing/vhost-vdpa/blk.js';
-import { connect, guestMemory, makeBackend, pattern, waitFor } from './helpers.js';
+import { VhostQueue } from '../../../src/testing/vhost-vdpa/driver.js';
+import { EFD_CLOEXEC, EFD_NONBLOCK } from '../../../src/sys/binding.js';
+import { VhostUserRequest as R, encodePayloadU64 } from '../../../src/uapi/vhost-user.js';
+import { connect, guestMemory, makeBackend, pattern, sys, waitFor } from './helpers.js';
 
 test('two rings: writes and reads on both, config, resize notification, stop, reconnect', async () => {
   const rig = makeBackend();
@@ -94,6 +97,35 @@ test('without REPLY_ACK nothing is acked; with it, a refused SET_CONFIG is acked
     assert.equal(ack, 1n);
     assert.ok(lines.some((l) => /SET_CONFIG .* refused/.test(l)));
     assert.ok(backend.connected, 'a refused SET_CONFIG keeps the connection');
+  } finally {
+    vmm.close();
+    await backend.close();
+    mem.close();
+  }
+});
+
+test('a new kick fd for a served ring: the ring is restarted on it and goes on serving', async () => {
+  const { backend } = makeBackend({ numQueues: 1 });
+  const mem = guestMemory();
+  const vmm = connect(backend);
+  try {
+    await vmm.negotiate();
+    await vmm.setMemory(mem);
+    const [q] = await vmm.setupQueues({ count: 1, size: 32 });
+    const blk = new BlkClient([q!]);
+    await withTimeout(blk.write(0, pattern(512, 3)), 3000, 'write');
+    blk.close();
+    let starts = 0;
+    backend.on('started', () => starts++);
+    const kick2 = sys.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    vmm.send(R.SET_VRING_KICK, encodePayloadU64(0n), [kick2]);
+    await waitFor(() => starts === 1, 'the restart on the new kick');
+    const q2 = new VhostQueue(0, q!.driver, kick2, q!.callFd, sys, () => undefined);
+    const blk2 = new BlkClient([q2]);
+    const r = await withTimeout(blk2.read(0, 512), 3000, 'read kicked through the new fd');
+    assert.deepEqual(r.data, pattern(512, 3));
+    blk2.close();
+    closeSync(kick2);
   } finally {
     vmm.close();
     await backend.close();
