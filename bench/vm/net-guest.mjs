@@ -62,7 +62,8 @@ function peer(ns, args) {
   const result = new Promise((resolve, reject) =>
     child.on('exit', (code) => {
       const line = stdout.split('\n').find((l) => l.startsWith('{'));
-      if (code === 0 && line) resolve(JSON.parse(line));
+      // echo prints nothing but "listening"
+      if (code === 0) resolve(line ? JSON.parse(line) : null);
       else reject(new Error(`net-peer ${args.join(' ')} exited ${code}: ${stderr}`));
     }),
   );
