@@ -2,12 +2,13 @@
 // npm run bench:vm -- [options]: boots the test VM once and runs fio in it against the project's vduse-blk
 // daemon and its peers (qemu-storage-daemon's vduse-blk export; the kernel's NBD client), alternately, then
 // writes bench/results/vm-<time>.{json,md,svg} and vm-latest.{json,md,svg}. See docs/performance.md.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { CASES, FRESH_TARGET, FRESH_WORKLOADS, QUICK_WORKLOADS, WORKLOADS, targetOf } from './workloads.mjs';
+import { commitOf } from './commit.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '../..');
@@ -202,15 +203,6 @@ export function accelList(value) {
 export function accelName(accel) {
   const m = /^tcg,thread=(single|multi)$/.exec(accel ?? '');
   return m ? `${m[1]} TCG` : (accel ?? 'tcg');
-}
-
-/** The commit measured: short hash, '-dirty' when the tree had changes outside bench/results. */
-function commitOf() {
-  const git = (...args) => spawnSync('git', args, { cwd: ROOT, encoding: 'utf8' });
-  const head = git('rev-parse', '--short', 'HEAD');
-  if (head.status !== 0) return 'unknown';
-  const dirty = git('status', '--porcelain', '--', '.', ':!bench/results').stdout.trim() !== '';
-  return `${head.stdout.trim()}${dirty ? '-dirty' : ''}`;
 }
 
 // --------------------------------------------------------------------------------------------------- report
@@ -578,7 +570,7 @@ async function main() {
   console.error(
     `bench:vm: ${o.accels.length} boot(s) (${o.accels.join('; ')}), each ${runs} fio runs of ${o.runtime}+${o.ramp} s and ${freshRuns} fresh-daemon runs of ${o.freshRuntime} s, about ${Math.ceil((o.accels.length * estimate) / 60)} min`,
   );
-  const report = { format: 2, startedAt, commit: commitOf(), accels: [] };
+  const report = { format: 2, startedAt, commit: commitOf(ROOT), accels: [] };
   let worst = 0;
   for (const accel of o.accels) {
     const rawFile = path.join(RESULTS, `.vm-raw-${stamp}-${accel.replace(/[^a-z0-9]+/gi, '-')}.json`);

@@ -7,8 +7,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { spawnSync } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { commitOf } from './commit.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const RESULTS = path.join(ROOT, 'bench/results');
@@ -275,14 +275,6 @@ export function markdown(result) {
   return lines.join('\n') + '\n';
 }
 
-function commitOf() {
-  const git = (...args) => spawnSync('git', args, { cwd: ROOT, encoding: 'utf8' });
-  const head = git('rev-parse', '--short', 'HEAD');
-  if (head.status !== 0) return 'unknown';
-  const dirty = git('status', '--porcelain', '--', '.', ':!bench/results').stdout.trim() !== '';
-  return `${head.stdout.trim()}${dirty ? '-dirty' : ''}`;
-}
-
 async function main() {
   const o = parseArgs(process.argv.slice(2));
   const lib = await import(pathToFileURL(path.join(o.dist, 'test/e2e/lib/index.js')).href);
@@ -290,7 +282,7 @@ async function main() {
   const result = {
     format: 1,
     startedAt: new Date().toISOString(),
-    commit: commitOf(),
+    commit: commitOf(ROOT),
     contenders: o.contenders,
     runtimeS: o.runtime,
     rampS: o.ramp,
