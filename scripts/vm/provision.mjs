@@ -32,6 +32,7 @@ export const HOST_PACKAGES = [
   'nbd-client',
   'openssl', // throwaway certificates for the NBD TLS tests
   'iproute2', // vdpa, ip
+  'iputils-ping', // ping -M do (the net scenarios' MTU checks; busybox ping cannot forbid fragmenting)
   'util-linux', // losetup, blockdev
   // Ceph: a one-node cluster (monitor + OSD, no manager) for the rbd backend's tests, and librbd itself
   'ceph-mon',
@@ -73,6 +74,7 @@ export const BOOT_MODULES = [
   'null_blk',
   'tun',
   'veth',
+  'virtio_net', // the guest side of a VDUSE net device (virtio_vdpa + virtio_net)
 ];
 
 /** insmod parameters. null_blk: scenarios create their devices through configfs. */

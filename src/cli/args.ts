@@ -11,6 +11,7 @@ import {
   type BlkDriver,
   type DeviceOptionKey,
 } from '../mgmt/blk/options.js';
+import { validateNetOptions, type NetDeviceConfig, type NetOptionKey } from '../mgmt/net/options.js';
 
 /** A bad command line: one line, exit 2. */
 export class CliUsageError extends UsageError {
@@ -29,8 +30,20 @@ export interface BlkCommand extends BlkDeviceConfig {
   stats: boolean;
 }
 
+/** `vduse net`: the net device's options plus what only the foreground command has. */
+export interface NetCommand extends NetDeviceConfig {
+  command: 'net';
+  verbose: boolean;
+  /** Print packet counters at exit and on SIGUSR1. */
+  stats: boolean;
+}
+
 export type Command =
-  BlkCommand | { command: 'help'; topic?: 'blk' } | { command: 'version' } | { command: 'list' };
+  | BlkCommand
+  | NetCommand
+  | { command: 'help'; topic?: 'blk' | 'net' }
+  | { command: 'version' }
+  | { command: 'list' };
 
 export const MAIN_USAGE = `Usage: vduse <command> [options]
 
@@ -38,18 +51,109 @@ Serve virtio devices from userspace through Linux VDUSE.
 
 Commands:
   blk      create a virtio-blk device backed by a file, memory or NBD, and serve it
+  net      create a virtio-net device whose frames go to and come from a TAP interface, and serve it
   list     list VDUSE devices and their vdpa attachment
   serve    run a daemon holding many devices, with a management socket and metrics (vduse serve --help)
   add, del, ls, resize, stats
            manage the devices of a running vduse serve (vduse add --help)
 
 Options:
-  -h, --help       show this help (vduse blk --help for the blk options)
+  -h, --help       show this help (vduse blk --help, vduse net --help for their options)
   -V, --version    print the version
 
 Needs root (or CAP_SYS_ADMIN + CAP_NET_ADMIN), /dev/vduse/control (modprobe vduse) and, to get a /dev/vdX,
 the virtio_vdpa module (or vhost_vdpa for a VM).
 `;
+
+export const NET_USAGE = `Usage: vduse net --name NAME --tap IFNAME [options]
+
+Create VDUSE network device NAME whose frames go to and come from the TAP interface IFNAME, attach it to the
+vdpa bus and serve it until SIGINT/SIGTERM. Prints one line when ready: the guest's interface name (virtio-vdpa,
+e.g. eth1), or /dev/vhost-vdpa-N with --driver vhost-vdpa, or /dev/vduse/NAME with --no-attach. On exit it
+detaches, destroys the device and closes the tap.
+
+Options:
+  --name NAME                VDUSE device name (/dev/vduse/NAME, vdpa device NAME)
+  --tap IFNAME               the TAP interface (1..15 bytes): an existing persistent one (ip tuntap add IFNAME
+                             mode tap) is attached, else one named IFNAME is created (gone at exit). It must not
+                             be in use by another process
+  --mac MAC                  the guest's MAC address, like 52:54:00:12:34:56 (unicast, not all zero; default:
+                             a locally administered one made from NAME, the same at every start)
+  --mtu N                    the MTU the driver is told (VIRTIO_NET_F_MTU), 68..65535 (default 1500); longer
+                             frames from the guest are dropped
+  --queue-size N             largest queue size, a power of two 2..32768 (default 256)
+  --link up|down             the link state at start (default up); vduse serve changes it at run time
+                             (vduse link NAME up|down)
+  --no-offloads              no checksum/segmentation offloads (the tap is opened without IFF_VNET_HDR)
+  --no-attach                create and serve, but do not attach to the vdpa bus (vdpa dev add name NAME mgmtdev vduse)
+  --driver DRIVER            virtio-vdpa (default: an interface in this kernel) or vhost-vdpa (a /dev/vhost-vdpa-N
+                             for a VM)
+  --stats                    print packet counters (packets, bytes, drops, per direction) on SIGUSR1 and at exit
+  -v, --verbose              log protocol events
+  -h, --help                 this help
+
+One queue pair, no control queue (the kernel refuses VIRTIO_NET_F_CTRL_VQ for VDUSE). Needs root (or
+CAP_SYS_ADMIN + CAP_NET_ADMIN), /dev/vduse/control, /dev/net/tun, and virtio_vdpa + virtio_net (or vhost_vdpa).
+
+Signals:
+  SIGINT, SIGTERM            detach, destroy, close the tap and exit
+  SIGUSR1                    print the packet counters (with --stats)
+`;
+
+/** The parseArgs flags of a net device's options, shared by `vduse net` and `vduse add --type net`. */
+export const NET_FLAGS = {
+  tap: { type: 'string' },
+  mac: { type: 'string' },
+  mtu: { type: 'string' },
+  'queue-size': { type: 'string' },
+  link: { type: 'string' },
+  'no-offloads': { type: 'boolean' },
+  'no-attach': { type: 'boolean' },
+  driver: { type: 'string' },
+} as const;
+
+type NetFlagValues = { [K in keyof typeof NET_FLAGS]?: string | boolean | undefined };
+
+/** The net device options (NET_DEVICE_KEYS) given by NET_FLAGS values; absent flags are left out. */
+export function netOptionsFromFlags(v: NetFlagValues): Partial<Record<NetOptionKey, string | boolean>> {
+  const o: Partial<Record<NetOptionKey, string | boolean>> = {};
+  for (const flag of Object.keys(NET_FLAGS) as (keyof typeof NET_FLAGS)[]) {
+    const value = v[flag];
+    if (value === undefined) continue;
+    if (flag === 'no-attach') {
+      if (value === true) o.attach = false;
+    } else if (flag === 'no-offloads') {
+      if (value === true) o.offloads = false;
+    } else {
+      o[flag] = value;
+    }
+  }
+  return o;
+}
+
+/** The flag a net option comes from (attach: --no-attach, offloads: --no-offloads). */
+export const netFlagOf = (key: NetOptionKey): string =>
+  key === 'attach' ? '--no-attach' : key === 'offloads' ? '--no-offloads' : `--${key}`;
+
+/** `vduse net ARGS`. */
+function parseNetCommand(rest: readonly string[]): Command {
+  const parsed = parseFlags(rest, {
+    name: { type: 'string' },
+    ...NET_FLAGS,
+    stats: { type: 'boolean' },
+    verbose: { type: 'boolean', short: 'v' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  const v = parsed.values;
+  if (v.help) return { command: 'help', topic: 'net' };
+  if (v.name === undefined) throw new CliUsageError('--name is required (try vduse net --help)');
+  if (v.tap === undefined) throw new CliUsageError('--tap is required (try vduse net --help)');
+  const device = validateNetOptions(
+    { name: v.name, ...netOptionsFromFlags(v) },
+    { style: 'flag', label: netFlagOf, error: (message) => new CliUsageError(message) },
+  );
+  return { command: 'net', ...device, verbose: v.verbose ?? false, stats: v.stats ?? false };
+}
 
 export const BLK_USAGE = `Usage: vduse blk --name NAME --backend SPEC [options]
 
@@ -154,6 +258,7 @@ export function parseCommandLine(argv: readonly string[]): Command {
     }
     return { command: 'list' };
   }
+  if (first === 'net') return parseNetCommand(rest);
   if (first !== 'blk') {
     throw new CliUsageError(
       first.startsWith('-')

@@ -28,45 +28,60 @@ export interface BlkEnvironment {
   vdpa?: VdpaClient;
 }
 
-/** Runs the daemon until the stop signal; resolves when everything is torn down. Throws on setup failures. */
-export async function runBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<void> {
-  if (cmd.vhostUser !== undefined) return runVhostUserBlk(cmd, env);
-  const { binding, logger: log } = env;
+/** The vdpa client of a foreground command: the one given (its owner closes it), or a new one closed at exit. */
+export function ownVdpa(env: { vdpa?: VdpaClient; logger: Logger }): {
+  vdpa: VdpaClient;
+  closeVdpa: () => Promise<void>;
+} {
   const vdpa = env.vdpa ?? new VdpaClient();
   const closeVdpa = async (): Promise<void> => {
     if (env.vdpa) return;
     try {
-      log.debug('teardown: stop the vdpa worker');
+      env.logger.debug('teardown: stop the vdpa worker');
       await vdpa.close();
     } catch (err) {
-      log.error(`stop the vdpa worker: ${messageOf(err)}`);
+      env.logger.error(`stop the vdpa worker: ${messageOf(err)}`);
     }
   };
-  let runner: BlkRunner;
+  return { vdpa, closeVdpa };
+}
+
+/** What a foreground command serves: a VDUSE device runner (BlkRunner, NetRunner). */
+interface ForegroundRunner {
+  readonly path: string;
+  on(event: 'broken', listener: (reason: Error) => void): unknown;
+  stop(): Promise<void>;
+}
+
+/**
+ * The life of a VDUSE device in a foreground command around what the command adds: start it (the vdpa client
+ * is closed again when that fails), print its path, stop the process when the device breaks; `serving` runs
+ * once it is up (log it, install signal handlers); at the stop signal it is stopped and the vdpa client closed,
+ * then `stopped` runs (final counters) and a failed stop's error is thrown.
+ */
+export async function runForeground<R extends ForegroundRunner>(
+  name: string,
+  env: Omit<BlkEnvironment, 'onSignal'>,
+  start: (deps: { binding: SysBinding; logger: Logger; vdpa: VdpaClient }) => Promise<R>,
+  hooks: { serving(runner: R): void; stopped(runner: R): void },
+): Promise<void> {
+  const log = env.logger;
+  const { vdpa, closeVdpa } = ownVdpa(env);
+  let runner: R;
   try {
-    runner = await BlkRunner.start(cmd, { binding, logger: log, vdpa });
+    runner = await start({ binding: env.binding, logger: log, vdpa });
   } catch (err) {
     await closeVdpa();
     throw err;
   }
   runner.on('broken', () => {
-    log.error(`device ${cmd.name} is broken (a message timed out); stopping`);
+    log.error(`device ${name} is broken (a message timed out); stopping`);
     process.kill(process.pid, 'SIGTERM');
   });
   env.print(runner.path);
-  log.info(
-    `serving ${cmd.name}: ${describeSize(runner.device.capacityBytes)}, ${cmd.queues} queue(s) of ${cmd.queueSize}${cmd.queueThreads > 1 ? ` on ${cmd.queueThreads} threads` : ''}${cmd.readOnly ? ', read-only' : ''}${cmd.packed ? ', packed rings offered' : ''}`,
-  );
-
-  env.onSignal('SIGHUP', () => void resizeFromBackend(runner, log));
-  const control = new ControlLatency(() => runner.vduse.controlStats);
-  env.onSignal('SIGUSR1', () => {
-    if (!cmd.stats) return;
-    log.info(`stats: ${runner.formatCounters()}`);
-    log.info(control.format());
-  });
+  hooks.serving(runner);
   const signal = await env.stopSignal;
-  log.info(`${signal}: stopping ${cmd.name}`);
+  log.info(`${signal}: stopping ${name}`);
   let failed: unknown = null;
   try {
     await runner.stop();
@@ -74,11 +89,37 @@ export async function runBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<void
     failed = err;
   }
   await closeVdpa();
-  control.stop();
-  log.info(control.format());
-  // print stats after everything else is down
-  if (cmd.stats) log.info(`stats: ${runner.formatCounters()}`);
+  hooks.stopped(runner);
   if (failed !== null) throw failed;
+}
+
+/** Runs the daemon until the stop signal; resolves when everything is torn down. Throws on setup failures. */
+export async function runBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<void> {
+  if (cmd.vhostUser !== undefined) return runVhostUserBlk(cmd, env);
+  const log = env.logger;
+  let control: ControlLatency | null = null;
+  await runForeground(cmd.name, env, (deps) => BlkRunner.start(cmd, deps), {
+    serving: (runner) => {
+      log.info(
+        `serving ${cmd.name}: ${describeSize(runner.device.capacityBytes)}, ${cmd.queues} queue(s) of ${cmd.queueSize}${cmd.queueThreads > 1 ? ` on ${cmd.queueThreads} threads` : ''}${cmd.readOnly ? ', read-only' : ''}${cmd.packed ? ', packed rings offered' : ''}`,
+      );
+      env.onSignal('SIGHUP', () => void resizeFromBackend(runner, log));
+      const latency = new ControlLatency(() => runner.vduse.controlStats);
+      control = latency;
+      env.onSignal('SIGUSR1', () => {
+        if (!cmd.stats) return;
+        log.info(`stats: ${runner.formatCounters()}`);
+        log.info(latency.format());
+      });
+    },
+    stopped: (runner) => {
+      const latency = control as ControlLatency | null;
+      latency?.stop();
+      if (latency !== null) log.info(latency.format());
+      // print stats after everything else is down
+      if (cmd.stats) log.info(`stats: ${runner.formatCounters()}`);
+    },
+  });
 }
 
 /**

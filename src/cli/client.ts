@@ -1,6 +1,8 @@
 /**
  * The client commands of `vduse serve`, over its management socket (JSON-RPC, see src/mgmt/api.ts):
  *   vduse add NAME --backend SPEC [blk options]    device.add
+ *   vduse add NAME --type net --tap IF [net opts]  device.add of a net device
+ *   vduse link NAME up|down                        device.link (a net device's link state)
  *   vduse del NAME [--force]                       device.remove
  *   vduse ls [--json]                              device.list
  *   vduse resize NAME SIZE                         device.resize
@@ -12,13 +14,23 @@ import { join } from 'node:path';
 
 import { formatSize } from '../backends/size.js';
 import { DEVICE_INTEGER_LIMITS, validateDeviceOptions } from '../mgmt/blk/options.js';
+import { NET_INTEGER_LIMITS, validateNetOptions } from '../mgmt/net/options.js';
 import type { DeviceInfo, DeviceStats } from '../mgmt/manager.js';
 import { rpcCall } from '../mgmt/daemon/rpc.js';
-import { CliUsageError, DEVICE_FLAGS, deviceOptionsFromFlags, flagOf, parseFlags } from './args.js';
+import {
+  CliUsageError,
+  DEVICE_FLAGS,
+  NET_FLAGS,
+  deviceOptionsFromFlags,
+  flagOf,
+  netFlagOf,
+  netOptionsFromFlags,
+  parseFlags,
+} from './args.js';
 import { reportError } from './report.js';
-import { formatTable, rates, renderRates, renderTotals } from './stats-watch.js';
+import { formatTable, rates, renderAllTotals, renderRates } from './stats-watch.js';
 
-export const CLIENT_COMMANDS = ['add', 'del', 'ls', 'resize', 'stats'] as const;
+export const CLIENT_COMMANDS = ['add', 'del', 'ls', 'resize', 'stats', 'link'] as const;
 export type ClientCommandName = (typeof CLIENT_COMMANDS)[number];
 
 /** /run/vduse-ts/vduse.sock for root, else $XDG_RUNTIME_DIR/vduse-ts/vduse.sock. */
@@ -39,6 +51,10 @@ export const CLIENT_USAGE = `Usage (talk to a running vduse serve):
                  [--readonly] [--packed] [--no-attach] [--driver virtio-vdpa|vhost-vdpa]
                  [--queue-threads N] [--poll-us N] [--state-dir DIR] [--reconnect auto|never|always]
                  [--persist]        (the options of vduse blk; vduse blk --help)
+  vduse add NAME --type net --tap IFNAME [--mac MAC] [--mtu N] [--queue-size N] [--link up|down]
+                 [--no-offloads] [--no-attach] [--driver virtio-vdpa|vhost-vdpa]
+                                    a net device (the options of vduse net; vduse net --help)
+  vduse link NAME up|down           set a net device's link state (the guest sees carrier on/off)
   vduse del NAME [--force]          safe by default: refuses while mounted, waits for requests in flight
   vduse ls [--json]                 the devices: state, block device, size, queues, backend
   vduse resize NAME SIZE            grow (or shrink) the backend and tell the driver (SIZE like 2G)
@@ -71,7 +87,7 @@ export function parseClientArgs(
       interval: { type: 'string' },
       count: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
-      ...(name === 'add' ? DEVICE_FLAGS : {}),
+      ...(name === 'add' ? { ...DEVICE_FLAGS, ...NET_FLAGS, type: { type: 'string' } } : {}),
     },
     true,
     `vduse ${name}: `,
@@ -104,6 +120,18 @@ export function parseClientArgs(
     case 'add': {
       only(['json']);
       positionals(1, 1, 'NAME');
+      if (v.type !== undefined && v.type !== 'blk' && v.type !== 'net') {
+        throw new CliUsageError(`vduse add: --type must be blk or net, got "${String(v.type)}"`);
+      }
+      if (v.type === 'net') {
+        cmd.method = 'device.add';
+        cmd.params = netAddParams(pos[0]!, v);
+        break;
+      }
+      for (const flag of Object.keys(NET_FLAGS)) {
+        if (v[flag] !== undefined && !(flag in DEVICE_FLAGS))
+          throw new CliUsageError(`vduse add: --${flag} is an option of a net device (--type net)`);
+      }
       if (typeof v.backend !== 'string') throw new CliUsageError('vduse add: --backend is required');
       // Checked here like vduse blk checks it (same words, exit 2), then sent as given: the daemon checks
       // again (another client may send anything) and fills in its defaults for what was left out.
@@ -122,6 +150,15 @@ export function parseClientArgs(
       cmd.params = p;
       break;
     }
+    case 'link':
+      only(['json']);
+      positionals(2, 2, 'NAME and up|down');
+      if (pos[1] !== 'up' && pos[1] !== 'down') {
+        throw new CliUsageError(`vduse link: the state is up or down, got "${pos[1]}"`);
+      }
+      cmd.method = 'device.link';
+      cmd.params = { name: pos[0], state: pos[1] };
+      break;
     case 'del':
       only(['force', 'json']);
       positionals(1, 1, 'NAME');
@@ -164,6 +201,30 @@ export function parseClientArgs(
   return cmd;
 }
 
+/** device.add params of `vduse add NAME --type net ...`, checked like vduse net checks them. */
+function netAddParams(
+  name: string,
+  v: Record<string, string | boolean | undefined>,
+): Record<string, unknown> {
+  for (const flag of Object.keys(DEVICE_FLAGS)) {
+    if (v[flag] !== undefined && !(flag in NET_FLAGS))
+      throw new CliUsageError(`vduse add: --${flag} is not an option of a net device`);
+  }
+  if (typeof v.tap !== 'string') throw new CliUsageError('vduse add: --tap is required for a net device');
+  const flags = { type: 'net', name, ...netOptionsFromFlags(v) };
+  validateNetOptions(flags, {
+    style: 'flag',
+    label: netFlagOf,
+    error: (message) => new CliUsageError(`vduse add: ${message}`),
+  });
+  const p: Record<string, unknown> = { ...flags };
+  for (const key of Object.keys(NET_INTEGER_LIMITS)) {
+    const text = p[key];
+    if (typeof text === 'string') p[key] = Number(text);
+  }
+  return p;
+}
+
 export function formatDeviceTable(devices: readonly DeviceInfo[]): string {
   if (devices.length === 0) return 'no devices\n';
   return formatTable(
@@ -172,10 +233,12 @@ export function formatDeviceTable(devices: readonly DeviceInfo[]): string {
       d.name,
       d.state,
       d.path,
-      formatSize(d.size),
+      d.type === 'net' ? '-' : formatSize(d.size),
       `${d.queues}x${d.queueSize}`,
       d.features,
-      d.backend + (d.readOnly ? ' (ro)' : ''),
+      d.net !== undefined
+        ? `${d.backend} (${d.net.mac}, mtu ${d.net.mtu}, link ${d.net.link})`
+        : d.backend + (d.readOnly ? ' (ro)' : ''),
     ]),
   );
 }
@@ -210,8 +273,13 @@ export async function runClient(
         out(`${d.name}: ${formatSize(d.size)}\n`);
         break;
       }
+      case 'link': {
+        const d = result as DeviceInfo;
+        out(`${d.name}: link ${d.net?.link ?? '?'}\n`);
+        break;
+      }
       case 'stats':
-        out(renderTotals(result as DeviceStats[]));
+        out(renderAllTotals(result as DeviceStats[]));
         break;
     }
     return 0;

@@ -9,8 +9,9 @@ import { join } from 'node:path';
 import { backendHelp } from '../backends/spec.js';
 import { findPackageRoot, loadNativeBinding } from '../sys/native.js';
 import { createLogger } from '../common/logger.js';
-import { BLK_USAGE, MAIN_USAGE, parseCommandLine } from './args.js';
-import { runBlk } from './blk.js';
+import { BLK_USAGE, MAIN_USAGE, NET_USAGE, parseCommandLine } from './args.js';
+import { runBlk, type BlkEnvironment } from './blk.js';
+import { runNet } from './net.js';
 import { CLIENT_COMMANDS } from './client.js';
 import { listDevices } from './list.js';
 import { reportError } from './report.js';
@@ -35,6 +36,23 @@ function stopSignal(): Promise<string> {
   });
 }
 
+/** Run a foreground device command with the process's logger, stdout, signals and binding; its exit code. */
+async function foreground(verbose: boolean, run: (env: BlkEnvironment) => Promise<void>): Promise<number> {
+  const logger = createLogger({ level: verbose ? 'debug' : 'info', prefix: 'vduse' });
+  try {
+    await run({
+      binding: loadNativeBinding(),
+      logger,
+      print: (line) => void process.stdout.write(`${line}\n`),
+      stopSignal: stopSignal(),
+      onSignal: (signal, handler) => void process.on(signal, handler),
+    });
+    return 0;
+  } catch (err) {
+    return reportError(err, 'vduse', { verbose });
+  }
+}
+
 export async function main(argv: readonly string[]): Promise<number> {
   // vduse serve and its client commands (add, del, ls, resize, stats): src/cli/serve.ts, loaded only for them
   // (it pulls in the management stack, which would slow every `vduse blk` start, and so a restart after a crash).
@@ -57,7 +75,9 @@ export async function main(argv: readonly string[]): Promise<number> {
           ? `${BLK_USAGE}${backendHelp()
               .map((l) => `  ${l}\n`)
               .join('')}`
-          : MAIN_USAGE,
+          : command.topic === 'net'
+            ? NET_USAGE
+            : MAIN_USAGE,
       );
       return 0;
     case 'version':
@@ -71,22 +91,10 @@ export async function main(argv: readonly string[]): Promise<number> {
       }
       return 0;
     }
-    case 'blk': {
-      const logger = createLogger({ level: command.verbose ? 'debug' : 'info', prefix: 'vduse' });
-      try {
-        const binding = loadNativeBinding();
-        await runBlk(command, {
-          binding,
-          logger,
-          print: (line) => void process.stdout.write(`${line}\n`),
-          stopSignal: stopSignal(),
-          onSignal: (signal, handler) => void process.on(signal, handler),
-        });
-        return 0;
-      } catch (err) {
-        return reportError(err, 'vduse', { verbose: command.verbose });
-      }
-    }
+    case 'blk':
+      return foreground(command.verbose, (env) => runBlk(command, env));
+    case 'net':
+      return foreground(command.verbose, (env) => runNet(command, env));
   }
 }
 

@@ -56,8 +56,11 @@ export interface ServeCommand {
 export const SERVE_USAGE = `Usage: vduse serve [--config FILE] [--socket PATH] [--metrics ADDR:PORT] [--pidfile FILE]
                    [--user USER] [--log-format json|text] [--state-dir DIR] [-v]
 
-Run a daemon that serves any number of virtio-blk devices: the ones declared in the config file (YAML or JSON)
-at start, plus those added at run time with vduse add (JSON-RPC on the management socket).
+Run a daemon that serves any number of virtio-blk and virtio-net devices: the ones declared in the config file
+(YAML or JSON) at start, plus those added at run time with vduse add (JSON-RPC on the management socket).
+A device entry takes the options of vduse blk as keys (name, backend, queues, ...), or, with type: net, those of
+vduse net (name, tap, mac, mtu, queue-size, link, offloads, attach, driver); vduse link NAME up|down sets a net
+device's link at run time.
 
 Options:
   --config FILE          devices (and settings) to start with; SIGHUP re-reads it and adds new devices
@@ -73,7 +76,7 @@ Options:
   -v, --verbose          debug logs
   -h, --help             this help
 
-Each device also takes the crash-recovery keys of vduse blk (state-dir, reconnect, persist): after a crash
+Each block device also takes the crash-recovery keys of vduse blk (state-dir, reconnect, persist): after a crash
 (SIGKILL, OOM), starting vduse serve again with the same config takes its devices over under running I/O.
 
 Signals: SIGINT/SIGTERM stop (devices detached and destroyed, or kept for the next daemon with persist: true),

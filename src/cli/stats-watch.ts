@@ -132,4 +132,38 @@ export function renderTotals(stats: readonly DeviceStats[]): string {
   );
 }
 
+/** Totals of the net devices: packets, bytes and drops per direction (rx: towards the guest). */
+export function renderNetTotals(stats: readonly DeviceStats[]): string {
+  return table(
+    ['DEVICE', 'LINK', 'RX PACKETS', 'RX MiB', 'RX DROPS', 'TX PACKETS', 'TX MiB', 'TX DROPS', 'ERRORS'],
+    stats.flatMap((s) =>
+      s.net === undefined
+        ? []
+        : [
+            [
+              s.name,
+              s.net.link,
+              String(s.net.rx.packets),
+              (s.net.rx.bytes / 2 ** 20).toFixed(1),
+              String(s.net.rx.drops),
+              String(s.net.tx.packets),
+              (s.net.tx.bytes / 2 ** 20).toFixed(1),
+              String(s.net.tx.drops),
+              String(errorsOf(s)),
+            ],
+          ],
+    ),
+  );
+}
+
+/** `vduse stats`: the block devices' table, then the net devices' (each only when there is one). */
+export function renderAllTotals(stats: readonly DeviceStats[]): string {
+  const blk = stats.filter((s) => s.net === undefined);
+  const net = stats.filter((s) => s.net !== undefined);
+  const parts: string[] = [];
+  if (blk.length > 0 || net.length === 0) parts.push(renderTotals(blk));
+  if (net.length > 0) parts.push(renderNetTotals(net));
+  return parts.join('\n');
+}
+
 export { table as formatTable };

@@ -1,11 +1,13 @@
 /**
  * The management API methods (JSON-RPC 2.0 over the daemon's Unix socket), over a DeviceManager:
  *   device.add     params: the device options (name, backend, queues, queue-size, logical-block-size, serial,
- *                  readonly, packed, attach, driver)                     -> DeviceInfo
+ *                  readonly, packed, attach, driver; or type: "net", name, tap, mac, mtu, queue-size, link,
+ *                  offloads, attach, driver)                             -> DeviceInfo
  *   device.remove  { name, force? }                                      -> { removed: name }
  *   device.list    {}                                                    -> DeviceInfo[]
  *   device.stats   { name? }                                             -> DeviceStats[]
  *   device.resize  { name, size: bytes or "2G" }                         -> DeviceInfo
+ *   device.link    { name, state: "up" | "down" } (a net device)          -> DeviceInfo
  *   daemon.info    {}                                                    -> DaemonInfo
  * Bad params are UsageErrors (ConfigError, or RpcError ERR_RPC_INVALID_PARAMS) naming the field
  * ("params.size: ..."): JSON-RPC -32602 at the edge.
@@ -85,6 +87,17 @@ export function createApi(manager: DeviceManager, info: () => DaemonInfo): RpcMe
         );
       }
       return manager.resize(n, size);
+    },
+    'device.link': (p: unknown) => {
+      const o = params(p, ['name', 'state']);
+      const n = name(o);
+      if (o.state !== 'up' && o.state !== 'down') {
+        throw new RpcError(
+          'ERR_RPC_INVALID_PARAMS',
+          `params.state: expected "up" or "down", got ${o.state === undefined ? 'nothing' : JSON.stringify(o.state)}`,
+        );
+      }
+      return manager.link(n, o.state);
     },
     'daemon.info': (p: unknown) => {
       params(p, []);

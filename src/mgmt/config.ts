@@ -5,7 +5,8 @@
  *
  * Keys are the command-line option names of `vduse blk`: name, backend, queues, queue-size,
  * logical-block-size, serial, readonly, packed, attach (false = --no-attach), driver, queue-threads, poll-us,
- * state-dir, reconnect, persist.
+ * state-dir, reconnect, persist; or, with `type: net`, those of `vduse net`: name, tap, mac, mtu, queue-size,
+ * link, offloads (false = --no-offloads), attach, driver. `type` is blk when absent.
  */
 import { parse as parseYaml } from 'yaml';
 
@@ -20,6 +21,7 @@ import {
   type DeviceOptionReporter,
 } from './blk/options.js';
 import { ConfigError } from './daemon/errors.js';
+import { NET_DEVICE_KEYS, changedNetKeys, validateNetOptions, type NetDeviceConfig } from './net/options.js';
 
 export { ConfigError };
 
@@ -38,8 +40,15 @@ export interface ServeSettings {
   stateDir?: string;
 }
 
+/** A device of `vduse serve`: a block device (no `type`), or a net device (`type: 'net'`). */
+export type DeviceConfig = BlkDeviceConfig | NetDeviceConfig;
+
+export function isNetConfig(c: DeviceConfig): c is NetDeviceConfig {
+  return (c as { type?: string }).type === 'net';
+}
+
 export interface ServeConfig extends ServeSettings {
-  devices: BlkDeviceConfig[];
+  devices: DeviceConfig[];
 }
 
 const TOP_KEYS = ['socket', 'metrics', 'pidfile', 'user', 'log-format', 'state-dir', 'devices'] as const;
@@ -89,14 +98,30 @@ function object(value: unknown, at: string): Record<string, unknown> {
  * Validate one device's options (a config file entry or device.add params). `at` prefixes every message
  * ("config devices[0]", "params").
  */
-export function parseDeviceOptions(value: unknown, at: string): BlkDeviceConfig {
+export function parseDeviceOptions(value: unknown, at: string): DeviceConfig {
   const o = object(value, at);
+  const type = o.type ?? 'blk';
+  if (type !== 'blk' && type !== 'net') {
+    throw new ConfigError(`${at}.type: expected "blk" or "net", got ${show(type)}`, `${at}.type`);
+  }
+  const keys: readonly string[] = type === 'net' ? NET_DEVICE_KEYS : ['type', ...DEVICE_KEYS];
   for (const key of Object.keys(o)) {
-    if (!(DEVICE_KEYS as readonly string[]).includes(key)) {
-      throw new ConfigError(`${at}.${key}: unknown key${suggest(key, DEVICE_KEYS)}`, `${at}.${key}`);
+    if (!keys.includes(key)) {
+      throw new ConfigError(
+        `${at}.${key}: unknown key${type === 'net' ? ' of a net device' : ''}${suggest(key, keys)}`,
+        `${at}.${key}`,
+      );
     }
   }
-  return validateDeviceOptions(o, keyReporter(at));
+  if (type === 'net') {
+    return validateNetOptions(o, {
+      style: 'key',
+      label: (key) => `${at}.${key}`,
+      error: (message, key) => new ConfigError(message, `${at}.${key}`),
+    });
+  }
+  const { type: _type, ...blk } = o;
+  return validateDeviceOptions(blk, keyReporter(at));
 }
 
 /** ADDR:PORT, [v6]:PORT or PORT (127.0.0.1). */
@@ -173,7 +198,14 @@ export function parseConfigText(text: string, fileName = ''): ServeConfig {
 }
 
 /** The keys of a device whose change needs the device re-created (all of them except none). */
-export function changedDeviceKeys(a: BlkDeviceConfig, b: BlkDeviceConfig): string[] {
+export function changedDeviceKeys(a: DeviceConfig, b: DeviceConfig): string[] {
+  if (isNetConfig(a) || isNetConfig(b)) {
+    return isNetConfig(a) && isNetConfig(b) ? changedNetKeys(a, b) : ['type'];
+  }
+  return changedBlkKeys(a, b);
+}
+
+function changedBlkKeys(a: BlkDeviceConfig, b: BlkDeviceConfig): string[] {
   const names: Record<keyof BlkDeviceConfig, string> = {
     name: 'name',
     backend: 'backend',

@@ -1,5 +1,6 @@
 /**
- * The device manager of `vduse serve`: a set of BlkRunners by name. The API layer (./api.ts) and the metrics
+ * The device manager of `vduse serve`: a set of device runners by name (BlkRunner for block devices, NetRunner
+ * for `type: net`). The API layer (./api.ts) and the metrics
  * (./metrics.ts) see it only through the DeviceManager interface, so both are tested with a fake.
  */
 import { openSync, closeSync, constants as fsConstants } from 'node:fs';
@@ -10,26 +11,33 @@ import { messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { VdpaClient } from '../transports/vdpa/client.js';
 import { BlkRunner, type BlkDeviceConfig, type BlkRunnerDeps, type BlkRunnerState } from './blk/runner.js';
+import { isNetConfig, type DeviceConfig } from './config.js';
 import { MgmtError } from './daemon/errors.js';
-import { VhostUserBlkRunner } from './blk/vhost-user-runner.js';
+import { NetRunner, type NetDeviceConfig, type NetLinkState } from './net/runner.js';
 
-/** A served blk device: over VDUSE (BlkRunner) or as a vhost-user back-end (VhostUserBlkRunner). */
-export type ServedBlk = BlkRunner | VhostUserBlkRunner;
+/** A device the manager holds. */
+export type ServedRunner = BlkRunner | NetRunner;
 
-/** Start a device over the transport its config asks for. */
-export function startBlk(config: BlkDeviceConfig, deps: BlkRunnerDeps): Promise<ServedBlk> {
-  return config.vhostUser !== undefined
-    ? VhostUserBlkRunner.start(config, deps)
-    : BlkRunner.start(config, deps);
+/** What a net device adds to its DeviceInfo. */
+export interface NetInfo {
+  tap: string;
+  mac: string;
+  mtu: number;
+  link: NetLinkState;
+  offloads: boolean;
 }
 
-/** The negotiated features and transport counters of either kind. */
-function transportOf(runner: ServedBlk): Pick<VhostUserBlkRunner, 'features' | 'stats'> {
-  return runner instanceof VhostUserBlkRunner ? runner : runner.vduse;
+/** Packets, bytes and drops one way. */
+export interface NetDirectionStats {
+  packets: number;
+  bytes: number;
+  drops: number;
 }
 
 export interface DeviceInfo {
   name: string;
+  /** blk or net (absent in an older daemon's answer: blk). */
+  type?: 'blk' | 'net';
   state: BlkRunnerState;
   /** /dev/vdX, /dev/vhost-vdpa-N or /dev/vduse/NAME. */
   path: string;
@@ -44,8 +52,10 @@ export interface DeviceInfo {
   serial?: string;
   /** Negotiated features (hex), "0x0" before the driver got that far. */
   features: string;
-  /** Capacity in bytes. */
+  /** Capacity in bytes (0 for a net device). */
   size: number;
+  /** A net device's tap, MAC, MTU and link state. */
+  net?: NetInfo;
 }
 
 export interface QueueStats {
@@ -61,6 +71,8 @@ export interface QueueStats {
 
 export interface DeviceStats {
   name: string;
+  /** blk or net (absent in an older daemon's answer: blk). */
+  type?: 'blk' | 'net';
   /** Requests completed (answered to the driver). */
   requests: number;
   reads: number;
@@ -78,6 +90,11 @@ export interface DeviceStats {
   configInterrupts: number;
   controlMessages: number;
   controlMessageMaxMs: number;
+  /**
+   * A net device's traffic: rx towards the guest (tap -> driver), tx from it. Its requests are the frames both
+   * ways, bytesRead the bytes received by the driver, bytesWritten those it sent.
+   */
+  net?: { rx: NetDirectionStats; tx: NetDirectionStats; link: NetLinkState };
 }
 
 export interface RemoveOptions {
@@ -86,13 +103,15 @@ export interface RemoveOptions {
 }
 
 export interface DeviceManager {
-  add(config: BlkDeviceConfig): Promise<DeviceInfo>;
+  add(config: DeviceConfig): Promise<DeviceInfo>;
   remove(name: string, options?: RemoveOptions): Promise<void>;
   list(): DeviceInfo[];
   stats(name?: string): DeviceStats[];
   resize(name: string, bytes: number): Promise<DeviceInfo>;
+  /** Set a net device's link up or down (the driver sees the config change). */
+  link(name: string, state: NetLinkState): DeviceInfo;
   /** The config a device was created with (for reloads). */
-  configOf(name: string): BlkDeviceConfig | undefined;
+  configOf(name: string): DeviceConfig | undefined;
 }
 
 export interface BlkManagerOptions {
@@ -110,12 +129,14 @@ export interface BlkManagerOptions {
    * features negotiated or reset): vduse serve publishes the list to its RPC thread then.
    */
   onChange?: () => void;
-  /** Starts a device (default BlkRunner.start; tests pass a fake). */
-  start?: (config: BlkDeviceConfig, deps: BlkRunnerDeps) => Promise<ServedBlk>;
+  /** Starts a block device (default BlkRunner.start; tests pass a fake). */
+  start?: (config: BlkDeviceConfig, deps: BlkRunnerDeps) => Promise<BlkRunner>;
+  /** Starts a net device (default NetRunner.start; tests pass a fake). */
+  startNet?: (config: NetDeviceConfig, deps: BlkRunnerDeps) => Promise<NetRunner>;
 }
 
 export class BlkDeviceManager implements DeviceManager {
-  readonly #runners = new Map<string, ServedBlk>();
+  readonly #runners = new Map<string, ServedRunner>();
   /** Names being added (so two adds of one name cannot race). */
   readonly #adding = new Set<string>();
   /** Removals under way by name: a second remove of the same device waits for the first and gets its result. */
@@ -132,17 +153,17 @@ export class BlkDeviceManager implements DeviceManager {
     this.#frozen = why;
   }
 
-  get runners(): readonly ServedBlk[] {
+  get runners(): readonly ServedRunner[] {
     return [...this.#runners.values()];
   }
 
   /** A device's config with the daemon's defaults filled in (what add() starts, what configOf() returns). */
-  resolve(config: BlkDeviceConfig): BlkDeviceConfig {
+  resolve<C extends DeviceConfig>(config: C): C {
     if (config.stateDir !== undefined || this.#o.stateDir === undefined) return config;
     return { ...config, stateDir: this.#o.stateDir };
   }
 
-  async add(given: BlkDeviceConfig): Promise<DeviceInfo> {
+  async add(given: DeviceConfig): Promise<DeviceInfo> {
     const config = this.resolve(given);
     if (this.#frozen !== null)
       throw new MgmtError('ERR_MGMT_NOT_PERMITTED', `cannot add ${config.name}: ${this.#frozen}`);
@@ -152,12 +173,15 @@ export class BlkDeviceManager implements DeviceManager {
     this.#adding.add(config.name);
     try {
       const log = this.#o.deviceLogger?.(config.name) ?? this.#o.logger;
-      const start = this.#o.start ?? startBlk;
-      const runner = await start(config, {
-        binding: this.#o.binding,
-        logger: log,
-        vdpa: this.#o.vdpa,
-      });
+      const deps = { binding: this.#o.binding, logger: log, vdpa: this.#o.vdpa };
+      let runner: ServedRunner;
+      if (isNetConfig(config)) {
+        const start = this.#o.startNet ?? ((c, d) => NetRunner.start(c, d));
+        runner = await start(config, deps);
+      } else {
+        const start = this.#o.start ?? ((c, d) => BlkRunner.start(c, d));
+        runner = await start(config, deps);
+      }
       this.#runners.set(config.name, runner);
       runner.on('broken', (reason) => {
         log.error(
@@ -166,13 +190,8 @@ export class BlkDeviceManager implements DeviceManager {
         this.#changed();
       });
       // the features in the list follow the driver
-      if (runner instanceof VhostUserBlkRunner) {
-        runner.transport.on('started', () => this.#changed());
-        runner.transport.on('disconnected', () => this.#changed());
-      } else {
-        runner.vduse.on?.('driver-ok', () => this.#changed());
-        runner.vduse.on?.('reset', () => this.#changed());
-      }
+      runner.vduse.on?.('driver-ok', () => this.#changed());
+      runner.vduse.on?.('reset', () => this.#changed());
       this.#changed();
       log.info(`device ${config.name} ready at ${runner.path}`);
       return infoOf(runner);
@@ -200,7 +219,7 @@ export class BlkDeviceManager implements DeviceManager {
     return removal;
   }
 
-  async #remove(runner: ServedBlk, options: RemoveOptions): Promise<void> {
+  async #remove(runner: ServedRunner, options: RemoveOptions): Promise<void> {
     const name = runner.name;
     if (!options.force && runner.state === 'running') {
       const path = runner.currentPath();
@@ -241,12 +260,37 @@ export class BlkDeviceManager implements DeviceManager {
 
   async resize(name: string, bytes: number): Promise<DeviceInfo> {
     const runner = this.#get(name);
+    if (!(runner instanceof BlkRunner)) {
+      throw new MgmtError(
+        'ERR_MGMT_WRONG_TYPE',
+        `${name} is a net device: only a block device can be resized`,
+      );
+    }
     await runner.resize(bytes);
     this.#changed();
     return infoOf(runner);
   }
 
-  configOf(name: string): BlkDeviceConfig | undefined {
+  link(name: string, state: NetLinkState): DeviceInfo {
+    const runner = this.#get(name);
+    if (!(runner instanceof NetRunner)) {
+      throw new MgmtError(
+        'ERR_MGMT_WRONG_TYPE',
+        `${name} is a block device: link up/down is for net devices`,
+      );
+    }
+    if (runner.state !== 'running') {
+      throw new MgmtError('ERR_MGMT_DEVICE_BUSY', `${name} is ${runner.state}: its link cannot be changed`);
+    }
+    if (runner.link !== state) {
+      runner.setLink(state);
+      (this.#o.deviceLogger?.(name) ?? this.#o.logger).info(`device ${name}: link ${state}`);
+      this.#changed();
+    }
+    return infoOf(runner);
+  }
+
+  configOf(name: string): DeviceConfig | undefined {
     const r = this.#runners.get(name);
     return r === undefined ? undefined : { ...r.config };
   }
@@ -278,7 +322,7 @@ export class BlkDeviceManager implements DeviceManager {
     }
   }
 
-  #get(name: string): ServedBlk {
+  #get(name: string): ServedRunner {
     const r = this.#runners.get(name);
     if (r === undefined) throw new MgmtError('ERR_MGMT_NO_SUCH_DEVICE', `no device named ${name}`);
     return r;
@@ -295,7 +339,7 @@ function blockDeviceInUse(path: string): boolean {
   }
 }
 
-async function waitIdle(runner: ServedBlk, timeoutMs: number): Promise<boolean> {
+async function waitIdle(runner: ServedRunner, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   while (runner.inFlight > 0) {
     if (Date.now() > deadline) return false;
@@ -304,10 +348,12 @@ async function waitIdle(runner: ServedBlk, timeoutMs: number): Promise<boolean> 
   return true;
 }
 
-export function infoOf(runner: ServedBlk): DeviceInfo {
+export function infoOf(runner: ServedRunner): DeviceInfo {
+  if (runner instanceof NetRunner) return netInfoOf(runner);
   const c = runner.config;
   const info: DeviceInfo = {
     name: c.name,
+    type: 'blk',
     state: runner.state,
     path: runner.currentPath(),
     backend: c.backend,
@@ -317,22 +363,45 @@ export function infoOf(runner: ServedBlk): DeviceInfo {
     readOnly: c.readOnly,
     packed: c.packed,
     attach: c.attach,
-    driver: c.vhostUser !== undefined ? 'vhost-user' : c.attach ? c.driver : 'none',
-    features: `0x${transportOf(runner).features.toString(16)}`,
+    driver: c.attach ? c.driver : 'none',
+    features: `0x${runner.vduse.features.toString(16)}`,
     size: runner.device.capacityBytes,
   };
   if (c.serial !== undefined) info.serial = c.serial;
   return info;
 }
 
-export function statsOf(runner: ServedBlk): DeviceStats {
+function netInfoOf(runner: NetRunner): DeviceInfo {
+  const c = runner.config;
+  return {
+    name: c.name,
+    type: 'net',
+    state: runner.state,
+    path: runner.currentPath(),
+    backend: `tap:${c.tap}`,
+    queues: 1,
+    queueSize: c.queueSize,
+    logicalBlockSize: 0,
+    readOnly: false,
+    packed: false,
+    attach: c.attach,
+    driver: c.attach ? c.driver : 'none',
+    features: `0x${runner.vduse.features.toString(16)}`,
+    size: 0,
+    net: { tap: c.tap, mac: runner.device.mac, mtu: c.mtu, link: runner.link, offloads: c.offloads },
+  };
+}
+
+export function statsOf(runner: ServedRunner): DeviceStats {
+  if (runner instanceof NetRunner) return netStatsOf(runner);
   const c = runner.counters();
   const s = c.stats;
   const b = c.backend;
-  const t = transportOf(runner).stats;
+  const t = runner.vduse.stats;
   const l = c.latency;
   return {
     name: runner.name,
+    type: 'blk',
     requests: s.completed,
     reads: b.reads,
     writes: b.writes,
@@ -362,5 +431,52 @@ export function statsOf(runner: ServedBlk): DeviceStats {
     configInterrupts: t.configInterrupts,
     controlMessages: t.messages,
     controlMessageMaxMs: t.messageMaxMs,
+  };
+}
+
+/** The transport's counters every device has: kicks and interrupts per queue, config interrupts, messages. */
+function transportStats(runner: ServedRunner) {
+  const t = runner.vduse.stats;
+  return {
+    kicks: (i: number) => t.kicks[i] ?? 0,
+    interrupts: (i: number) => t.interrupts[i] ?? 0,
+    configInterrupts: t.configInterrupts,
+    controlMessages: t.messages,
+    controlMessageMaxMs: t.messageMaxMs,
+  };
+}
+
+function netStatsOf(runner: NetRunner): DeviceStats {
+  const c = runner.counters();
+  const t = transportStats(runner);
+  const queue = (index: number, d: NetDirectionStats, read: boolean) => ({
+    index,
+    requests: d.packets,
+    bytesRead: read ? d.bytes : 0,
+    bytesWritten: read ? 0 : d.bytes,
+    errors: d.drops,
+    inFlight: 0,
+    kicks: t.kicks(index),
+    interrupts: t.interrupts(index),
+  });
+  return {
+    name: runner.name,
+    type: 'net',
+    requests: c.rx.packets + c.tx.packets,
+    reads: 0,
+    writes: 0,
+    flushes: 0,
+    discards: 0,
+    writeZeroes: 0,
+    bytesRead: c.rx.bytes,
+    bytesWritten: c.tx.bytes,
+    errors: { io: 0, unsupported: 0, driver: c.driverErrors, backend: c.backendErrors },
+    inFlight: c.inFlight,
+    latency: { boundsUs: [], buckets: [0], count: 0, sumSeconds: 0 },
+    queues: [queue(0, c.rx, true), queue(1, c.tx, false)],
+    configInterrupts: t.configInterrupts,
+    controlMessages: t.controlMessages,
+    controlMessageMaxMs: t.controlMessageMaxMs,
+    net: { rx: c.rx, tx: c.tx, link: runner.link },
   };
 }

@@ -17,6 +17,12 @@
  *   vduse_queue_requests_total{device,queue}, vduse_queue_read_bytes_total, vduse_queue_written_bytes_total,
  *   vduse_queue_errors_total, vduse_queue_in_flight, vduse_queue_kicks_total, vduse_queue_interrupts_total
  *   vduse_devices{state}                            devices by state
+ * A net device (type: net) has the per-device and per-queue counters too (requests: frames, read bytes: those
+ * received by the driver, written: those it sent; queue 0 receive, 1 transmit), but no request-by-op counter,
+ * latency histogram or size; and these, with direction rx (towards the guest) or tx (from it):
+ *   vduse_net_packets_total{device,direction}, vduse_net_bytes_total{device,direction}
+ *   vduse_net_drops_total{device,direction}         frames dropped (too long, bad header, link down, refused)
+ *   vduse_net_link_up{device}                       1 when the link is up
  * plus prom-client's default process metrics (process_*, nodejs_*).
  */
 import { createServer, type Server } from 'node:http';
@@ -30,7 +36,7 @@ import {
   type MetricValue,
 } from 'prom-client';
 
-import type { DeviceInfo, DeviceStats } from './manager.js';
+import type { DeviceInfo, DeviceStats, NetDirectionStats } from './manager.js';
 import { messageOf, systemErrorMessage } from '../common/errors.js';
 import { MgmtError } from './daemon/errors.js';
 
@@ -78,6 +84,7 @@ class LatencyHistogram {
   get(): Promise<MetricObjectWithValues<MetricValue<string>>> {
     const values: MetricValue<string>[] = [];
     for (const s of this.source.stats()) {
+      if (s.net !== undefined) continue;
       let cumulative = 0;
       s.latency.boundsUs.forEach((us, i) => {
         cumulative += s.latency.buckets[i] ?? 0;
@@ -139,6 +146,7 @@ export function createMetricsRegistry(
     ['device', 'op'],
     function* () {
       for (const s of source.stats()) {
+        if (s.net !== undefined) continue;
         yield [{ device: s.name, op: 'read' }, s.reads];
         yield [{ device: s.name, op: 'write' }, s.writes];
         yield [{ device: s.name, op: 'flush' }, s.flushes];
@@ -198,7 +206,7 @@ export function createMetricsRegistry(
     'Device capacity in bytes',
     ['device'],
     function* () {
-      for (const d of source.list()) yield [{ device: d.name }, d.size];
+      for (const d of source.list()) if (d.net === undefined) yield [{ device: d.name }, d.size];
     },
   );
   fromSource(
@@ -281,6 +289,42 @@ export function createMetricsRegistry(
     ['device', 'queue'],
     perQueue((q) => q.interrupts),
   );
+  const perDirection = (pick: (d: NetDirectionStats) => number) =>
+    function* (): Iterable<[Labels, number]> {
+      for (const s of source.stats()) {
+        if (s.net === undefined) continue;
+        yield [{ device: s.name, direction: 'rx' }, pick(s.net.rx)];
+        yield [{ device: s.name, direction: 'tx' }, pick(s.net.tx)];
+      }
+    };
+  fromSource(
+    registry,
+    'counter',
+    'vduse_net_packets_total',
+    'Frames delivered, by direction (rx: to the guest, tx: from it)',
+    ['device', 'direction'],
+    perDirection((d) => d.packets),
+  );
+  fromSource(
+    registry,
+    'counter',
+    'vduse_net_bytes_total',
+    'Frame bytes delivered, by direction',
+    ['device', 'direction'],
+    perDirection((d) => d.bytes),
+  );
+  fromSource(
+    registry,
+    'counter',
+    'vduse_net_drops_total',
+    'Frames dropped, by direction',
+    ['device', 'direction'],
+    perDirection((d) => d.drops),
+  );
+  fromSource(registry, 'gauge', 'vduse_net_link_up', 'Link state (1 up, 0 down)', ['device'], function* () {
+    for (const s of source.stats())
+      if (s.net !== undefined) yield [{ device: s.name }, s.net.link === 'up' ? 1 : 0];
+  });
   fromSource(registry, 'gauge', 'vduse_devices', 'Devices by state', ['state'], function* () {
     const counts = new Map<string, number>();
     for (const d of source.list()) counts.set(d.state, (counts.get(d.state) ?? 0) + 1);

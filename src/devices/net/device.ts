@@ -499,6 +499,15 @@ export class VirtioNetDevice implements VirtioDevice {
       if (!gsoOk || ((flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0 && !n.guestCsum)) {
         return this.#rxDrop(`a frame with offloads the driver did not accept (flags ${flags}, gso ${gso})`);
       }
+      // §5.1.6.3.1: no frame over the MTU without gso (GSO_NONE, or ECN alone), whatever the buffers could take.
+      if (
+        gsoType === VIRTIO_NET_HDR_GSO_NONE &&
+        total - NET_HDR_SIZE > this.options.mtu + ETH_HLEN + VLAN_HLEN
+      ) {
+        return this.#rxDrop(
+          `a frame of ${total - NET_HDR_SIZE} bytes without gso, longer than the MTU allows,`,
+        );
+      }
       // §5.1.6.4.1: without GUEST_CSUM the flags are zero.
       if (!n.guestCsum) flags &= ~VIRTIO_NET_HDR_F_DATA_VALID;
       hdr[0] = flags;

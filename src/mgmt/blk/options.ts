@@ -4,6 +4,14 @@
  * here; the caller says how a field is named in messages ("--queue-size", "config devices[1].queue-size")
  * and which error to throw. Pure: no I/O, nothing heavy imported (the CLI loads it for every `vduse blk`).
  */
+import {
+  checkBoolean,
+  checkDeviceName,
+  checkInteger,
+  describeValue,
+  optionError,
+  type OptionReporter,
+} from '../runner/options.js';
 
 export type BlkDriver = 'virtio-vdpa' | 'vhost-vdpa';
 
@@ -87,78 +95,28 @@ export const DEVICE_INTEGER_LIMITS = {
 
 export const SERIAL_MAX = 20;
 
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
-
-export interface DeviceOptionReporter {
-  /**
-   * 'flag': values are command-line text, messages read "--queues must be between 1 and 64, got 0";
-   * 'key': values are config/JSON values, messages read "config devices[1].queues: expected an integer 1..64, got 0".
-   */
-  style: 'flag' | 'key';
-  /** How a field is named in messages. */
-  label(key: DeviceOptionKey): string;
-  /** The error to throw for a bad field (`message` already starts with the label). */
-  error(message: string, key: DeviceOptionKey): Error;
+export interface DeviceOptionReporter extends OptionReporter<DeviceOptionKey> {
   /** An extra check of the backend spec; its error message is reported under the backend label. */
   checkBackend?: (spec: string) => void;
 }
 
-/** A value as a message shows it ("x" for a string, nothing for a missing key). */
-export function describeValue(value: unknown): string {
-  if (value === undefined) return 'nothing';
-  if (typeof value === 'string') return JSON.stringify(value);
-  if (Array.isArray(value)) return 'a list';
-  if (value === null) return 'null';
-  if (typeof value === 'object') return 'an object';
-  return String(value);
-}
+export { describeValue };
 
 function fail(r: DeviceOptionReporter, key: DeviceOptionKey, flagText: string, keyText: string): Error {
-  const label = r.label(key);
-  return r.error(r.style === 'flag' ? `${label} ${flagText}` : `${label}: ${keyText}`, key);
+  return optionError(r, key, flagText, keyText);
 }
 
 /** Letters, digits, '.', '_', '-'; up to 255 bytes; not "control" (the VDUSE control node). */
 export function validateDeviceName(value: unknown, r: DeviceOptionReporter): string {
-  if (typeof value !== 'string') {
-    throw fail(r, 'name', 'is required', `expected a device name, got ${describeValue(value)}`);
-  }
-  if (!NAME_RE.test(value) || Buffer.byteLength(value) > 255 || value === 'control') {
-    const text = `"${value}" is not a valid device name (letters, digits, '.', '_', '-'; up to 255 bytes; not "control")`;
-    throw fail(r, 'name', text, text);
-  }
-  return value;
+  return checkDeviceName(value, 'name', r);
 }
 
 function integer(value: unknown, key: keyof typeof DEVICE_INTEGER_LIMITS, r: DeviceOptionReporter): number {
-  const { min, max, pow2 } = DEVICE_INTEGER_LIMITS[key];
-  const isPow2 = (n: number): boolean => (n & (n - 1)) === 0;
-  if (r.style === 'flag') {
-    const text = String(value);
-    if (!/^\d+$/.test(text)) throw fail(r, key, `must be a whole number, got "${text}"`, '');
-    const n = Number(text);
-    if (n < min || n > max) throw fail(r, key, `must be between ${min} and ${max}, got ${n}`, '');
-    if (pow2 && !isPow2(n)) throw fail(r, key, `must be a power of two, got ${n}`, '');
-    return n;
-  }
-  const ok = typeof value === 'number' && Number.isInteger(value) && value >= min && value <= max;
-  if (!ok || (pow2 && !isPow2(value))) {
-    throw fail(
-      r,
-      key,
-      '',
-      `expected ${pow2 ? 'a power of two' : 'an integer'} ${min}..${max}, got ${describeValue(value)}`,
-    );
-  }
-  return value;
+  return checkInteger(value, key, DEVICE_INTEGER_LIMITS[key], r);
 }
 
 function boolean(value: unknown, key: DeviceOptionKey, fallback: boolean, r: DeviceOptionReporter): boolean {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'boolean') {
-    throw fail(r, key, 'must be true or false', `expected true or false, got ${describeValue(value)}`);
-  }
-  return value;
+  return checkBoolean(value, key, fallback, r);
 }
 
 /**

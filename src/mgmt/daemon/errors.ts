@@ -21,6 +21,10 @@ export type MgmtErrorCode =
   | 'ERR_MGMT_VHOST_USER'
   /** The runner was asked for its VDUSE device before it served one. */
   | 'ERR_MGMT_NOT_STARTED'
+  /** A net device's tap cannot be opened (no /dev/net/tun, busy, not a tap, not permitted). */
+  | 'ERR_MGMT_TAP'
+  /** A method for another type of device (resize of a net device, link of a block device). */
+  | 'ERR_MGMT_WRONG_TYPE'
   /** The device did not come up (no block device or vhost node appeared). */
   | 'ERR_MGMT_ATTACH'
   /** A socket, state directory or pid file path the daemon cannot use. */

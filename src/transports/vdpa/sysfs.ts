@@ -33,8 +33,8 @@ export function boundDriver(name: string, paths: SysfsPaths = {}): string | null
   }
 }
 
-/** The block device name ('vda') of vdpa device `name` (…/devices/NAME/virtio*\/block/*), or null. */
-export function findBlockDevice(name: string, paths: SysfsPaths = {}): string | null {
+/** The first entry of …/devices/NAME/virtioN/`kind` (a virtio driver's node: 'block', 'net'), or null. */
+function findVirtioChild(name: string, kind: string, paths: SysfsPaths): string | null {
   const dir = join(bus(paths), 'devices', name);
   let entries: string[];
   try {
@@ -44,13 +44,23 @@ export function findBlockDevice(name: string, paths: SysfsPaths = {}): string | 
   }
   for (const e of entries.filter((x) => /^virtio\d+$/.test(x)).sort()) {
     try {
-      const blocks = readdirSync(join(dir, e, 'block'));
-      if (blocks[0] !== undefined) return blocks[0];
+      const nodes = readdirSync(join(dir, e, kind));
+      if (nodes[0] !== undefined) return nodes[0];
     } catch {
-      // no block dir (yet)
+      // no such dir (yet)
     }
   }
   return null;
+}
+
+/** The block device name ('vda') of vdpa device `name` (…/devices/NAME/virtio*\/block/*), or null. */
+export function findBlockDevice(name: string, paths: SysfsPaths = {}): string | null {
+  return findVirtioChild(name, 'block', paths);
+}
+
+/** The network interface name ('eth1') of vdpa device `name` (…/devices/NAME/virtio*\/net/*), or null. */
+export function findNetInterface(name: string, paths: SysfsPaths = {}): string | null {
+  return findVirtioChild(name, 'net', paths);
 }
 
 /** The vhost-vdpa char device name ('vhost-vdpa-0') of vdpa device `name`, or null. */

@@ -10,3 +10,4 @@ export * from './prereq.js';
 export * from './vdpa.js';
 export * from './qsd.js';
 export * from './blockio.js';
+export * from './netns.js';

@@ -29,3 +29,16 @@ export async function assertQuietKernel(since: number, dev: string): Promise<voi
   );
   assert.deepEqual(bad, [], 'kernel log since the test started');
 }
+
+/** Fails when the kernel warned, oopsed, hung a task or timed out a transmit queue since `since`. */
+export async function assertNoKernelWarnings(
+  since: number,
+  what = 'kernel log since the test started',
+): Promise<void> {
+  const bad = (await kernelLogSince(since)).filter((l) =>
+    /WARNING:|BUG:|Oops|general protection|blocked for more than|hung_task|NETDEV WATCHDOG|transmit queue \d+ timed out|refcount_t|unregister_netdevice: waiting/.test(
+      l,
+    ),
+  );
+  assert.deepEqual(bad, [], what);
+}

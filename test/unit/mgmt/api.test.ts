@@ -3,6 +3,8 @@ import { test } from 'node:test';
 
 import { createApi, type DaemonInfo } from '../../../src/mgmt/api.js';
 import type { BlkDeviceConfig } from '../../../src/mgmt/blk/runner.js';
+import type { DeviceConfig } from '../../../src/mgmt/config.js';
+import type { NetLinkState } from '../../../src/mgmt/net/options.js';
 import type { DeviceInfo, DeviceManager, DeviceStats, RemoveOptions } from '../../../src/mgmt/manager.js';
 import { handleRequestLine } from '../../../src/mgmt/daemon/rpc.js';
 import { MgmtError } from '../../../src/mgmt/daemon/errors.js';
@@ -10,12 +12,14 @@ import { MgmtError } from '../../../src/mgmt/daemon/errors.js';
 /** A device manager without a kernel: records calls. */
 class FakeManager implements DeviceManager {
   readonly devices = new Map<string, BlkDeviceConfig & { size: number }>();
+  readonly configs = new Map<string, DeviceConfig>();
   readonly calls: string[] = [];
-  add(config: BlkDeviceConfig): Promise<DeviceInfo> {
+  add(config: DeviceConfig): Promise<DeviceInfo> {
     this.calls.push(`add ${config.name}`);
     if (this.devices.has(config.name))
       return Promise.reject(new MgmtError('ERR_MGMT_DEVICE_EXISTS', `device ${config.name} exists already`));
-    this.devices.set(config.name, { ...config, size: 1 << 20 });
+    this.configs.set(config.name, config);
+    this.devices.set(config.name, { ...(config as BlkDeviceConfig), size: 1 << 20 });
     return Promise.resolve(this.#info(config.name));
   }
   remove(name: string, options: RemoveOptions = {}): Promise<void> {
@@ -37,6 +41,11 @@ class FakeManager implements DeviceManager {
     if (!d) return Promise.reject(new MgmtError('ERR_MGMT_NO_SUCH_DEVICE', `no device named ${name}`));
     d.size = bytes;
     return Promise.resolve(this.#info(name));
+  }
+  link(name: string, state: NetLinkState): DeviceInfo {
+    this.calls.push(`link ${name} ${state}`);
+    if (!this.devices.has(name)) throw new MgmtError('ERR_MGMT_NO_SUCH_DEVICE', `no device named ${name}`);
+    return this.#info(name);
   }
   configOf(name: string): BlkDeviceConfig | undefined {
     return this.devices.get(name);
@@ -192,4 +201,52 @@ test('device.list, device.stats, daemon.info; params checked', async () => {
     (await call(m, 'device.list', [1])).error?.message,
     'invalid params: expected an object, got a list',
   );
+});
+
+test('device.add of a net device (type: net) validates its own keys; device.link takes up or down', async () => {
+  const m = new FakeManager();
+  const ok = await call(m, 'device.add', { type: 'net', name: 'n0', tap: 'vts0', mtu: 9000, link: 'down' });
+  assert.equal(ok.error, undefined);
+  assert.deepEqual(m.configs.get('n0'), {
+    type: 'net',
+    name: 'n0',
+    tap: 'vts0',
+    mtu: 9000,
+    queueSize: 256,
+    link: 'down',
+    offloads: true,
+    attach: true,
+    driver: 'virtio-vdpa',
+    reconnect: 'never',
+    persist: false,
+  });
+  assert.deepEqual(
+    (await call(m, 'device.add', { type: 'net', name: 'n1', tap: 'vts1', backend: 'x' })).error,
+    {
+      code: -32602,
+      message:
+        'params.backend: unknown key of a net device (known keys: type, name, tap, mac, mtu, queue-size, link, offloads, attach, driver)',
+      data: { code: 'ERR_CONFIG_INVALID' },
+    },
+  );
+  assert.equal(
+    (await call(m, 'device.add', { type: 'net', name: 'n1', tap: 'vts1', mac: 'nope' })).error?.message,
+    'params.mac: expected a unicast MAC like "52:54:00:12:34:56", got "nope" (it is not six hex pairs like 52:54:00:12:34:56)',
+  );
+  assert.equal(
+    (await call(m, 'device.add', { type: 'disk', name: 'n1' })).error?.message,
+    'params.type: expected "blk" or "net", got "disk"',
+  );
+  assert.equal((await call(m, 'device.link', { name: 'n0', state: 'up' })).error, undefined);
+  assert.deepEqual((await call(m, 'device.link', { name: 'n0', state: 'sideways' })).error, {
+    code: -32602,
+    message: 'params.state: expected "up" or "down", got "sideways"',
+    data: { code: 'ERR_RPC_INVALID_PARAMS' },
+  });
+  assert.equal(
+    (await call(m, 'device.link', { name: 'n0' })).error?.message,
+    'params.state: expected "up" or "down", got nothing',
+  );
+  assert.equal((await call(m, 'device.link', { name: 'zz', state: 'up' })).error?.code, -32001);
+  assert.deepEqual(m.calls, ['add n0', 'link n0 up', 'link zz up']);
 });

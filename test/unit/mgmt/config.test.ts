@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import type { BlkDeviceConfig } from '../../../src/mgmt/blk/options.js';
 
 import {
   ConfigError,
@@ -76,7 +77,7 @@ test('YAML config with defaults filled in', () => {
 test('queue-threads and poll-us: defaults, values, one message each for a bad one', () => {
   const one = (extra: string) =>
     parseConfigText(`devices:\n  - name: a\n    backend: null:1M\n    queues: 4\n${extra}`, 'c.yaml')
-      .devices[0]!;
+      .devices[0] as BlkDeviceConfig;
   assert.equal(one('').queueThreads, 1);
   assert.equal(one('').pollUs, undefined);
   assert.equal(one('    queue-threads: 4\n').queueThreads, 4);
@@ -245,4 +246,62 @@ test('the example config in contrib/ is valid', async () => {
     ['data0', 'scratch0'],
   );
   assert.equal(c.metrics, '127.0.0.1:9470');
+});
+
+test('a type: net entry next to a block device; its keys, its messages, what a reload would change', () => {
+  const c = parseConfigText(
+    [
+      'devices:',
+      '  - name: d0',
+      '    backend: null:1M',
+      '  - type: net',
+      '    name: n0',
+      '    tap: vts0',
+      '    mac: 52:54:00:12:34:56',
+      '    mtu: 9000',
+      '    link: down',
+      '    offloads: false',
+      '',
+    ].join('\n'),
+    'c.yaml',
+  );
+  assert.equal((c.devices[0] as BlkDeviceConfig).backend, 'null:1M');
+  assert.deepEqual(c.devices[1], {
+    type: 'net',
+    name: 'n0',
+    tap: 'vts0',
+    mac: '52:54:00:12:34:56',
+    mtu: 9000,
+    queueSize: 256,
+    link: 'down',
+    offloads: false,
+    attach: true,
+    driver: 'virtio-vdpa',
+    reconnect: 'never',
+    persist: false,
+  });
+  const bad = (entry: string, re: RegExp): void =>
+    assert.throws(
+      () => parseConfigText(`devices:\n  - type: net\n    name: n0\n${entry}`, 'c.yaml'),
+      (e: unknown) => e instanceof ConfigError && re.test(e.message),
+      entry,
+    );
+  bad('    tap: t\n    backend: null:1M\n', /^config devices\[0\]\.backend: unknown key of a net device/);
+  bad(
+    '    tap: t\n    mtu: 65536\n',
+    /^config devices\[0\]\.mtu: expected an integer 68\.\.65535, got 65536$/,
+  );
+  bad(
+    '    tap: t\n    queueSize: 64\n',
+    /^config devices\[0\]\.queueSize: unknown key of a net device \(did you mean "queue-size"\?\)$/,
+  );
+  bad('', /^config devices\[0\]\.tap: expected a tap interface name, got nothing$/);
+  assert.throws(
+    () => parseConfigText('devices:\n  - type: disk\n    name: x\n', 'c.yaml'),
+    /config devices\[0\]\.type: expected "blk" or "net", got "disk"/,
+  );
+  const n = c.devices[1]!;
+  assert.deepEqual(changedDeviceKeys(n, { ...n, mtu: 1500, tap: 'other' } as typeof n), ['tap', 'mtu']);
+  assert.deepEqual(changedDeviceKeys(n, c.devices[0]!), ['type']);
+  assert.deepEqual(changedDeviceKeys(n, n), []);
 });

@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import { BLK_LATENCY_BOUNDS_US } from '../../../src/devices/blk/device.js';
 import type { DeviceInfo, DeviceStats } from '../../../src/mgmt/manager.js';
 import { createMetricsRegistry, startMetricsServer } from '../../../src/mgmt/metrics.js';
+import { netDeviceInfo } from './net-fixtures.js';
 
 function stats(name: string, n: number): DeviceStats {
   const buckets = new Array<number>(BLK_LATENCY_BOUNDS_US.length + 1).fill(0);
@@ -122,4 +123,35 @@ test('the HTTP listener serves /metrics and 404s the rest', async () => {
     server.closeAllConnections();
     await new Promise((r) => server.close(r));
   }
+});
+
+test('a net device: packets, bytes and drops per direction and its link; no block-only metric for it', async () => {
+  const net: DeviceStats = {
+    ...stats('n0', 1),
+    type: 'net',
+    latency: { boundsUs: [], buckets: [0], count: 0, sumSeconds: 0 },
+    net: {
+      rx: { packets: 11, bytes: 1100, drops: 2 },
+      tx: { packets: 7, bytes: 700, drops: 1 },
+      link: 'down',
+    },
+  };
+  const registry = createMetricsRegistry(
+    {
+      list: () => [netDeviceInfo('n0', { tap: 't0', link: 'down' })],
+      stats: () => [net],
+    },
+    { processMetrics: false },
+  );
+  const text = await registry.metrics();
+  assert.match(text, /^vduse_net_packets_total\{device="n0",direction="rx"\} 11$/m);
+  assert.match(text, /^vduse_net_packets_total\{device="n0",direction="tx"\} 7$/m);
+  assert.match(text, /^vduse_net_bytes_total\{device="n0",direction="rx"\} 1100$/m);
+  assert.match(text, /^vduse_net_drops_total\{device="n0",direction="rx"\} 2$/m);
+  assert.match(text, /^vduse_net_drops_total\{device="n0",direction="tx"\} 1$/m);
+  assert.match(text, /^vduse_net_link_up\{device="n0"\} 0$/m);
+  assert.match(text, /^vduse_queue_kicks_total\{device="n0",queue="0"\} 5$/m);
+  assert.doesNotMatch(text, /vduse_device_requests_total\{device="n0"/);
+  assert.doesNotMatch(text, /vduse_device_request_duration_seconds_bucket\{.*device="n0"/);
+  assert.doesNotMatch(text, /vduse_device_size_bytes\{device="n0"/);
 });

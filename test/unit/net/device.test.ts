@@ -386,6 +386,45 @@ describe('virtio-net receive', () => {
     assert.equal(h.device.stats.rxDropped, 1);
   });
 
+  it('with receive TSO: a frame without gso longer than the MTU is dropped; a gso frame of that size is not', async () => {
+    const [dev, wire] = createPacketPair({
+      vnetHeader: true,
+      offloads: { csum: true, tso4: true, tso6: true },
+    });
+    const h = new NetHarness({ backend: dev, mtu: 1400 });
+    h.activate();
+    h.postRx(8, 70000);
+    await settle();
+    const hdrOf = (hdr: Parameters<typeof encodeVirtioNetHdr>[0], f: Uint8Array): Uint8Array => {
+      const bytes = new Uint8Array(12 + f.length);
+      encodeVirtioNetHdr(hdr, bytes);
+      bytes.set(f, 12);
+      return bytes;
+    };
+    wire.inject(hdrOf({}, frame(1419))); // MTU + 18 + 1, no gso
+    wire.inject(hdrOf({}, frame(1418)));
+    wire.inject(
+      hdrOf(
+        {
+          flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+          gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+          gso_size: 1348,
+          hdr_len: 54,
+          csum_start: 34,
+          csum_offset: 16,
+        },
+        frame(9000),
+      ),
+    );
+    await settle();
+    assert.deepEqual(
+      h.rxUsed().map((u) => u.len),
+      [12 + 1418, 12 + 9000],
+    );
+    assert.equal(h.device.stats.rxDropped, 1);
+    assert.ok(h.warnings.some((w) => /1419 bytes without gso, longer than the MTU allows/.test(w)));
+  });
+
   it('a receive chain with less room than the header, or readable descriptors, needs a reset', async () => {
     for (const spec of [{ writable: [11] }, { readable: [16], writable: [2048] }]) {
       const [dev, wire] = createPacketPair();

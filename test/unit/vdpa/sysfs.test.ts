@@ -7,6 +7,7 @@ import { after, describe, it } from 'node:test';
 import {
   boundDriver,
   findBlockDevice,
+  findNetInterface,
   findVhostDevice,
   rebindVdpaDevice,
   waitFor,
@@ -39,6 +40,15 @@ describe('sysfs lookups', () => {
     assert.equal(boundDriver('d0', { vdpaBus: b }), 'virtio_vdpa');
     assert.equal(findBlockDevice('nope', { vdpaBus: b }), null);
     assert.equal(boundDriver('nope', { vdpaBus: b }), null);
+  });
+
+  it('finds the net interface under virtio*/net (and not a block device there)', () => {
+    const b = bus('n0', 'virtio_vdpa');
+    assert.equal(findNetInterface('n0', { vdpaBus: b }), null);
+    mkdirSync(join(b, 'devices', 'n0', 'virtio1', 'net', 'eth7'), { recursive: true });
+    assert.equal(findNetInterface('n0', { vdpaBus: b }), 'eth7');
+    assert.equal(findBlockDevice('n0', { vdpaBus: b }), null);
+    assert.equal(findNetInterface('nope', { vdpaBus: b }), null);
   });
 
   it('finds the vhost-vdpa char device', () => {
