@@ -34,6 +34,9 @@ Options:
   --mem MIB          guest memory in MiB (default 2048, or VDUSE_VM_MEM)
   --cpus N           guest CPUs (default 2, or VDUSE_VM_CPUS)
   --verbose          print boot and timing lines on stderr (or VDUSE_VM_VERBOSE=1)
+  --accel A          QEMU -accel value (default tcg,thread=single, or VDUSE_VM_ACCEL)
+  --shared-mem       guest RAM in a shared memfd (memory-backend-memfd,share=on), as vhost-user devices need
+  --qemu-arg ARG     append ARG to QEMU's command line (repeatable), e.g. a -device or -chardev
   --provision        only install what is missing and build/cache kernel + initramfs, then print the cache dir
   -h, --help         this text
 
@@ -129,15 +132,25 @@ async function bootOnce(entry, o) {
       '-device',
       `virtio-9p-pci,fsdev=${id},mount_tag=${id}`,
     ]);
+  // Shared guest RAM (a memfd mapped MAP_SHARED by QEMU) is what a vhost-user backend needs to reach it.
+  const memory = o.sharedMemory
+    ? [
+        '-m',
+        String(o.memMiB),
+        '-object',
+        `memory-backend-memfd,id=vm-mem,size=${o.memMiB}M,share=on`,
+        '-numa',
+        'node,memdev=vm-mem',
+      ]
+    : ['-m', String(o.memMiB)];
   const args = [
     '-accel',
-    process.env.VDUSE_VM_ACCEL || 'tcg,thread=single',
+    o.accel,
     '-machine',
     'q35',
     '-cpu',
     'max',
-    '-m',
-    String(o.memMiB),
+    ...memory,
     '-smp',
     String(o.cpus),
     '-nodefaults',
@@ -170,7 +183,9 @@ async function bootOnce(entry, o) {
     `socket,id=vmerr,path=${qemuEscape(path.join(runDir, 'err.sock'))}`,
     '-device',
     'virtserialport,bus=vser0.0,chardev=vmerr,name=vm.stderr',
+    ...o.qemuArgs,
   ];
+  if (o.verbose) o.log(`qemu ${args.join(' ')}`);
   const qemu = spawn(o.qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let qemuOutput = '';
   qemu.stdout.on('data', (d) => (qemuOutput += d));
@@ -204,6 +219,8 @@ async function bootOnce(entry, o) {
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  if (o.signal?.aborted) onSignal();
+  o.signal?.addEventListener('abort', onSignal);
   // never leave a guest running behind a runner that died
   process.once('exit', kill);
   // the reader of our output went away (e.g. `| head`): stop the guest, exit like a shell would on SIGPIPE
@@ -224,6 +241,7 @@ async function bootOnce(entry, o) {
   if (graceTimer) clearTimeout(graceTimer);
   process.removeListener('SIGINT', onSignal);
   process.removeListener('SIGTERM', onSignal);
+  o.signal?.removeEventListener('abort', onSignal);
   process.removeListener('exit', kill);
   o.stdout.removeListener('error', onOutputError);
   o.stderr.removeListener('error', onOutputError);
@@ -300,9 +318,14 @@ function saveLogsIn(logDir, kind, logs) {
 
 /**
  * Runs `command` in a fresh guest and resolves to its exit code (see USAGE for the codes).
+ * Beyond the defaults: `accel` (the -accel value; default VDUSE_VM_ACCEL or tcg,thread=single), `sharedMemory`
+ * (guest RAM from a memfd shared with other processes, as vhost-user needs: memory-backend-memfd,share=on plus
+ * -numa node,memdev), and `qemuArgs` (appended to QEMU's command line: extra devices and chardevs; the
+ * virtio-serial bus is `vser0.0`); `signal` (an AbortSignal: aborting it kills QEMU, the run resolves 130).
  * @param {{ command: string[], timeoutSec?: number, memMiB?: number, cpus?: number, workDir?: string | null,
  *   cwd?: string, env?: Record<string, string>, stdout?: NodeJS.WritableStream,
- *   stderr?: NodeJS.WritableStream, verbose?: boolean, log?: (msg: string) => void }} opts
+ *   stderr?: NodeJS.WritableStream, verbose?: boolean, log?: (msg: string) => void, accel?: string,
+ *   sharedMemory?: boolean, qemuArgs?: string[], signal?: AbortSignal }} opts
  */
 export async function runInVm(opts) {
   const log = opts.log ?? ((m) => process.stderr.write(`vm: ${m}\n`));
@@ -320,6 +343,12 @@ export async function runInVm(opts) {
     stdout: opts.stdout ?? process.stdout,
     stderr: opts.stderr ?? process.stderr,
     qemu: which('qemu-system-x86_64') ?? 'qemu-system-x86_64',
+    accel: opts.accel || process.env.VDUSE_VM_ACCEL || 'tcg,thread=single',
+    sharedMemory: opts.sharedMemory === true,
+    qemuArgs: opts.qemuArgs ?? [],
+    signal: opts.signal,
+    verbose: opts.verbose === true,
+    log,
   };
   let entry;
   try {
@@ -343,7 +372,7 @@ export async function runInVm(opts) {
     path.join(os.tmpdir(), 'vduse-vm-logs'),
   ];
   let r = await bootOnce(entry, o);
-  if (r.kind === 'died') {
+  if (r.kind === 'died' && !o.signal?.aborted) {
     const file = saveLogs(logDirs, r.kind, r.logs);
     log(`${r.message}; retrying once (guest log: ${file ?? 'not saved'})`);
     r = await bootOnce(entry, o);
@@ -379,6 +408,9 @@ function parseArgs(argv) {
     provisionOnly: false,
     help: false,
     command: [],
+    accel: undefined,
+    sharedMemory: false,
+    qemuArgs: [],
   };
   let i = 0;
   for (; i < argv.length; i++) {
@@ -390,10 +422,18 @@ function parseArgs(argv) {
     if (!a.startsWith('-')) break;
     const [flag, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a];
     const value = () => (inline !== undefined ? inline : argv[++i]);
+    const text = (name) => {
+      const v = value();
+      if (v === undefined || v === '') throw new UsageError(`${name} needs a value`);
+      return v;
+    };
     if (flag === '--timeout') o.timeoutSec = num('--timeout', value(), 1);
     else if (flag === '--mem') o.memMiB = num('--mem', value(), 128);
     else if (flag === '--cpus') o.cpus = num('--cpus', value(), 1);
     else if (flag === '--verbose') o.verbose = true;
+    else if (flag === '--accel') o.accel = text('--accel');
+    else if (flag === '--shared-mem') o.sharedMemory = true;
+    else if (flag === '--qemu-arg') o.qemuArgs.push(text('--qemu-arg'));
     else if (flag === '--provision') o.provisionOnly = true;
     else if (flag === '-h' || flag === '--help') o.help = true;
     else throw new UsageError(`unknown option ${a} (see --help)`);

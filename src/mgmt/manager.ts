@@ -14,9 +14,25 @@ import { BlkRunner, type BlkDeviceConfig, type BlkRunnerDeps, type BlkRunnerStat
 import { isNetConfig, type DeviceConfig } from './config.js';
 import { MgmtError } from './daemon/errors.js';
 import { NetRunner, type NetDeviceConfig, type NetLinkState } from './net/runner.js';
+import { VhostUserBlkRunner } from './blk/vhost-user-runner.js';
+
+/** A served blk device: over VDUSE (BlkRunner) or as a vhost-user back-end (VhostUserBlkRunner). */
+export type ServedBlk = BlkRunner | VhostUserBlkRunner;
 
 /** A device the manager holds. */
-export type ServedRunner = BlkRunner | NetRunner;
+export type ServedRunner = ServedBlk | NetRunner;
+
+/** Start a block device over the transport its config asks for. */
+export function startBlk(config: BlkDeviceConfig, deps: BlkRunnerDeps): Promise<ServedBlk> {
+  return config.vhostUser !== undefined
+    ? VhostUserBlkRunner.start(config, deps)
+    : BlkRunner.start(config, deps);
+}
+
+/** The negotiated features and transport counters of either kind. */
+function transportOf(runner: ServedBlk): Pick<VhostUserBlkRunner, 'features' | 'stats'> {
+  return runner instanceof VhostUserBlkRunner ? runner : runner.vduse;
+}
 
 /** What a net device adds to its DeviceInfo. */
 export interface NetInfo {
@@ -130,7 +146,7 @@ export interface BlkManagerOptions {
    */
   onChange?: () => void;
   /** Starts a block device (default BlkRunner.start; tests pass a fake). */
-  start?: (config: BlkDeviceConfig, deps: BlkRunnerDeps) => Promise<BlkRunner>;
+  start?: (config: BlkDeviceConfig, deps: BlkRunnerDeps) => Promise<ServedBlk>;
   /** Starts a net device (default NetRunner.start; tests pass a fake). */
   startNet?: (config: NetDeviceConfig, deps: BlkRunnerDeps) => Promise<NetRunner>;
 }
@@ -179,7 +195,7 @@ export class BlkDeviceManager implements DeviceManager {
         const start = this.#o.startNet ?? ((c, d) => NetRunner.start(c, d));
         runner = await start(config, deps);
       } else {
-        const start = this.#o.start ?? ((c, d) => BlkRunner.start(c, d));
+        const start = this.#o.start ?? startBlk;
         runner = await start(config, deps);
       }
       this.#runners.set(config.name, runner);
@@ -260,7 +276,7 @@ export class BlkDeviceManager implements DeviceManager {
 
   async resize(name: string, bytes: number): Promise<DeviceInfo> {
     const runner = this.#get(name);
-    if (!(runner instanceof BlkRunner)) {
+    if (runner instanceof NetRunner) {
       throw new MgmtError(
         'ERR_MGMT_WRONG_TYPE',
         `${name} is a net device: only a block device can be resized`,
@@ -435,7 +451,7 @@ export function statsOf(runner: ServedRunner): DeviceStats {
 }
 
 /** The transport's counters every device has: kicks and interrupts per queue, config interrupts, messages. */
-function transportStats(runner: ServedRunner) {
+function transportStats(runner: NetRunner) {
   const t = runner.vduse.stats;
   return {
     kicks: (i: number) => t.kicks[i] ?? 0,

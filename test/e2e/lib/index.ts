@@ -11,3 +11,5 @@ export * from './vdpa.js';
 export * from './qsd.js';
 export * from './blockio.js';
 export * from './netns.js';
+export * from './host-vm.js';
+export * from './vhost-user.js';
