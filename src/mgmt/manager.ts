@@ -206,8 +206,13 @@ export class BlkDeviceManager implements DeviceManager {
         this.#changed();
       });
       // the features in the list follow the driver
-      runner.vduse.on?.('driver-ok', () => this.#changed());
-      runner.vduse.on?.('reset', () => this.#changed());
+      if (runner instanceof VhostUserBlkRunner) {
+        runner.transport.on('started', () => this.#changed());
+        runner.transport.on('disconnected', () => this.#changed());
+      } else {
+        runner.vduse.on?.('driver-ok', () => this.#changed());
+        runner.vduse.on?.('reset', () => this.#changed());
+      }
       this.#changed();
       log.info(`device ${config.name} ready at ${runner.path}`);
       return infoOf(runner);
@@ -379,8 +384,8 @@ export function infoOf(runner: ServedRunner): DeviceInfo {
     readOnly: c.readOnly,
     packed: c.packed,
     attach: c.attach,
-    driver: c.attach ? c.driver : 'none',
-    features: `0x${runner.vduse.features.toString(16)}`,
+    driver: c.vhostUser !== undefined ? 'vhost-user' : c.attach ? c.driver : 'none',
+    features: `0x${transportOf(runner).features.toString(16)}`,
     size: runner.device.capacityBytes,
   };
   if (c.serial !== undefined) info.serial = c.serial;
@@ -413,7 +418,7 @@ export function statsOf(runner: ServedRunner): DeviceStats {
   const c = runner.counters();
   const s = c.stats;
   const b = c.backend;
-  const t = runner.vduse.stats;
+  const t = transportOf(runner).stats;
   const l = c.latency;
   return {
     name: runner.name,
