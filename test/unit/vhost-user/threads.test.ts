@@ -17,6 +17,11 @@ import { GatedBackend } from './gated.js';
 import { captureLogger, connect, guestMemory, makeBackend, pattern, sys, waitFor } from './helpers.js';
 
 const openFds = (): number => readdirSync('/proc/self/fd').length;
+/** Mappings of guest RAM or an inflight region left in this process (any thread's). */
+const leftMappings = (): string[] =>
+  readFileSync('/proc/self/maps', 'utf8')
+    .split('\n')
+    .filter((l) => /vu-test|vduse-ts-inflight/.test(l));
 
 /** A 2-queue blk device on a file, its queues on 2 threads. */
 async function threaded(
@@ -88,6 +93,7 @@ test('2 queues on 2 threads: I/O on both, a new memory table while running, a se
     let blk = new BlkClient(await vmm.setupQueues({ count: 2, size: 64 }));
     await waitFor(() => backend.servingRings.length === 2, 'both rings served', 10_000);
     await io(blk, 1);
+    assert.ok(leftMappings().length > 0, 'guest RAM is mapped (what the end of the test checks is gone)');
     const c = backend.counters;
     assert.ok(c[0]! > 0 && c[1]! > 0, 'kicks on both rings (counted by the threads)');
     assert.ok(c[2]! > 0 && c[3]! > 0, 'interrupts on both rings (signalled by the threads)');
@@ -116,6 +122,7 @@ test('2 queues on 2 threads: I/O on both, a new memory table while running, a se
     mem.close();
   }
   assert.equal(openFds(), before, 'every fd closed (regions, kicks, calls, inflight, the threads)');
+  assert.deepEqual(leftMappings(), [], 'every mapping of guest RAM and of the inflight region is gone');
   assert.ok(!rig.lines.some((l) => /error/i.test(l)), rig.lines.join('\n'));
   rmSync(dir, { recursive: true });
 });
@@ -185,4 +192,5 @@ test('restart: the threads take over the inflight region and resubmit the writes
   closeSync(inflight.fd);
   mem.close();
   rmSync(dir, { recursive: true });
+  assert.deepEqual(leftMappings(), [], 'every mapping of guest RAM and of the inflight region is gone');
 });
