@@ -18,6 +18,20 @@ import { SharedGuestMemory } from '../../../src/testing/vhost-vdpa/shared-memory
 import { VIRTIO_BLK_S_OK } from '../../../src/uapi/virtio-blk.js';
 
 const sys = loadNativeBinding();
+
+/** A front-end on `sock` and its guest RAM. */
+function connectVmm(sock: string, tag: string): { mem: SharedGuestMemory; vmm: VhostUserFrontend } {
+  const mem = new SharedGuestMemory(sys, { size: 1 << 20, iova: 0x100000, tag });
+  return { mem, vmm: VhostUserFrontend.connect(sys, sock) };
+}
+
+/** Negotiate, open the backend channel, give the memory table, set up 2 rings of 32. */
+async function setUp(vmm: VhostUserFrontend, mem: SharedGuestMemory): Promise<BlkClient> {
+  await vmm.negotiate();
+  await vmm.openBackendChannel();
+  await vmm.setMemory(mem);
+  return new BlkClient(await vmm.setupQueues({ count: 2, size: 32 }));
+}
 const dir = mkdtempSync(join(tmpdir(), 'vduse-ts-vu-mgr-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -36,13 +50,9 @@ test('a vhost-user device in vduse serve: add, list, stats, resize, remove', asy
   assert.equal(info.path, sock);
   assert.equal(info.driver, 'vhost-user');
   assert.ok(existsSync(sock));
-  const mem = new SharedGuestMemory(sys, { size: 1 << 20, iova: 0x100000, tag: 'vu-mgr' });
-  const vmm = VhostUserFrontend.connect(sys, sock);
+  const { mem, vmm } = connectVmm(sock, 'vu-mgr');
   try {
-    await vmm.negotiate();
-    await vmm.openBackendChannel();
-    await vmm.setMemory(mem);
-    const blk = new BlkClient(await vmm.setupQueues({ count: 2, size: 32 }));
+    const blk = await setUp(vmm, mem);
     await withTimeout(blk.write(0, new Uint8Array(512).fill(1), { queue: 1 }), 3000, 'write');
     // the kick may be counted after the completion (the ring started with the request already in it)
     await withTimeout(
@@ -98,13 +108,9 @@ test('a vhost-user device with queue-threads in vduse serve: served by the threa
     devices: [{ name: 'd1', backend: `file:${img}`, 'vhost-user': sock, queues: 2, 'queue-threads': 2 }],
   }).devices[0]!;
   await manager.add(config);
-  const mem = new SharedGuestMemory(sys, { size: 1 << 20, iova: 0x100000, tag: 'vu-mgr-t' });
-  const vmm = VhostUserFrontend.connect(sys, sock);
+  const { mem, vmm } = connectVmm(sock, 'vu-mgr-t');
   try {
-    await vmm.negotiate();
-    await vmm.openBackendChannel();
-    await vmm.setMemory(mem);
-    const blk = new BlkClient(await vmm.setupQueues({ count: 2, size: 32 }));
+    const blk = await setUp(vmm, mem);
     for (const queue of [0, 1])
       await withTimeout(blk.write(queue, new Uint8Array(512).fill(7), { queue }), 5000, 'write');
     // the writes were served by the threads' devices: only the merged counters see them
