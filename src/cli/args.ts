@@ -191,7 +191,7 @@ Options:
                              removed at exit) for a VMM (QEMU -chardev socket,path=PATH,reconnect=1 -device
                              vhost-user-blk-pci,chardev=...), instead of creating a VDUSE device: no /dev/vduse
                              needed; prints PATH when listening. Not with --driver, --no-attach, --state-dir,
-                             --reconnect, --persist, --packed or --queue-threads
+                             --reconnect, --persist or --packed (--queue-threads works as with VDUSE)
   -v, --verbose              log protocol events
   -h, --help                 this help
 

@@ -131,7 +131,7 @@ async function runVhostUserBlk(cmd: BlkCommand, env: BlkEnvironment): Promise<vo
   const runner = await VhostUserBlkRunner.start(cmd, { binding, logger: log });
   env.print(runner.path);
   log.info(
-    `serving ${cmd.name} over vhost-user on ${runner.path}: ${describeSize(runner.device.capacityBytes)}, ${cmd.queues} queue(s) of ${cmd.queueSize}${cmd.readOnly ? ', read-only' : ''}`,
+    `serving ${cmd.name} over vhost-user on ${runner.path}: ${describeSize(runner.device.capacityBytes)}, ${cmd.queues} queue(s) of ${cmd.queueSize}${cmd.queueThreads > 1 ? ` on ${cmd.queueThreads} threads` : ''}${cmd.readOnly ? ', read-only' : ''}`,
   );
   env.onSignal('SIGHUP', () => void resizeFromBackend(runner, log));
   env.onSignal('SIGUSR1', () => {

@@ -88,6 +88,23 @@ export function vhostUserScenarios(kind: VhostUserKind): void {
       socket: path.join(dir, 'restart.sock'),
       file: file('restart.img', 128 * MiB),
     },
+    // ours with --queue-threads 2: the same fio verify and restart scenarios, each queue on its own thread
+    ...(kind === 'ours'
+      ? {
+          'rw-threads': {
+            id: `vu-${kind}-rwt`,
+            socket: path.join(dir, 'rwt.sock'),
+            file: file('rwt.img', 128 * MiB),
+            queueThreads: 2,
+          },
+          'restart-threads': {
+            id: `vu-${kind}-rst`,
+            socket: path.join(dir, 'rst.sock'),
+            file: file('rst.img', 128 * MiB),
+            queueThreads: 2,
+          },
+        }
+      : {}),
   };
   const disks: Record<string, Disk> = {};
   let vm: HostVm | null = null;
@@ -142,9 +159,9 @@ export function vhostUserScenarios(kind: VhostUserKind): void {
   const sizeOf = async (vm: HostVm, d: Disk) => Number(await sysfsText(vm, `${d.sysfs}/size`)) * 512;
   const opts = { timeout: TEST_TIMEOUT_MS };
 
-  test(`${kind}: fio verify on 2 queues`, opts, async () => {
-    const { vm, d } = use('rw');
-    assert.equal(await sizeOf(vm, d), 256 * MiB);
+  const fioVerify = async (key: string) => {
+    const { vm, d } = use(key);
+    if (d.spec.queueThreads) assert.match(d.server.log, /on 2 threads/, 'the queues are on 2 threads');
     const hctx = (await vm.sh(`ls ${d.sysfs}/mq`)).trim().split(/\s+/);
     assert.deepEqual(hctx, ['0', '1'], 'two request queues in the guest');
     // one job per vCPU, each pinned, so blk-mq sends each job's requests down its own queue
@@ -172,7 +189,14 @@ export function vhostUserScenarios(kind: VhostUserKind): void {
     );
     const inflight = (await sysfsText(vm, `${d.sysfs}/inflight`)).split(/\s+/).map(Number);
     assert.deepEqual(inflight, [0, 0]);
+  };
+  test(`${kind}: fio verify on 2 queues`, opts, async () => {
+    const { vm, d } = use('rw');
+    assert.equal(await sizeOf(vm, d), 256 * MiB);
+    await fioVerify('rw');
   });
+  if (kind === 'ours')
+    test(`${kind}: fio verify on 2 queues served on 2 queue threads`, opts, () => fioVerify('rw-threads'));
 
   test(`${kind}: mkfs.ext4, mount, remount, fsck`, opts, async () => {
     const { vm, d } = use('rw');
@@ -278,8 +302,8 @@ export function vhostUserScenarios(kind: VhostUserKind): void {
     assert.deepEqual(readFileRange(d.spec.file!, 0, MiB), roData, 'the image is unchanged');
   });
 
-  test(`${kind}: SIGKILL and restart under verified guest writes (reconnect)`, opts, async () => {
-    const { vm, d } = use('restart');
+  const killAndRestart = async (key: string) => {
+    const { vm, d } = use(key);
     // two jobs (one per queue), 24 MiB each, rate-limited so that the writes last ~8 s, then read back and verified
     const fio = vm.run(
       'fio',
@@ -328,5 +352,13 @@ export function vhostUserScenarios(kind: VhostUserKind): void {
     const errors = (await vm.sh(`dmesg | grep -E '${name}|I/O error' || true`)).trim();
     assert.ok(!/error/i.test(errors), `the guest logged errors:\n${errors}`);
     assert.deepEqual((await sysfsText(vm, `${d.sysfs}/inflight`)).split(/\s+/).map(Number), [0, 0]);
-  });
+    if (d.spec.queueThreads) assert.match(d.server.log, /on 2 threads/, 'restarted with its queue threads');
+  };
+  test(`${kind}: SIGKILL and restart under verified guest writes (reconnect)`, opts, () =>
+    killAndRestart('restart'),
+  );
+  if (kind === 'ours')
+    test(`${kind}: SIGKILL and restart with 2 queue threads (reconnect)`, opts, () =>
+      killAndRestart('restart-threads'),
+    );
 }

@@ -24,16 +24,29 @@ describe('library surface', () => {
       'QueueThreadError',
       'VdpaClient',
       'VdpaError',
+      'VhostUserBackend',
+      'VhostUserError',
+      'RegionMemory',
+      'listenUnix',
     ]) {
       assert.equal(typeof (lib as Record<string, unknown>)[name], 'function', `${name} is exported`);
     }
     assert.equal(typeof lib.testing.MockDriver, 'function');
     assert.equal(typeof lib.testing.FakeBinding, 'function');
+    assert.equal(typeof lib.testing.vhostUser.VhostUserFrontend, 'function');
     assert.equal(typeof lib.uapi, 'object');
   });
 
   it('keeps the engine and the protocol internals out', () => {
-    for (const name of ['VduseProtocol', 'QueueSet', 'ServedQueue', 'QueueThreads', 'DeviceManager']) {
+    for (const name of [
+      'VduseProtocol',
+      'VhostUserProtocol',
+      'MessageReader',
+      'QueueSet',
+      'ServedQueue',
+      'QueueThreads',
+      'DeviceManager',
+    ]) {
       assert.equal((lib as Record<string, unknown>)[name], undefined, `${name} is not exported`);
     }
   });

@@ -271,13 +271,5 @@ function checkVhostUser(
       `is a VDUSE option; it makes no sense with vhost-user`,
     );
   }
-  if (config.queueThreads > 1) {
-    throw fail(
-      r,
-      'queue-threads',
-      `cannot serve vhost-user queues (the queue threads serve VDUSE devices only)`,
-      `queue threads cannot serve vhost-user queues (they serve VDUSE devices only)`,
-    );
-  }
   config.vhostUser = path;
 }

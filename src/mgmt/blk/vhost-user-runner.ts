@@ -27,7 +27,15 @@ import {
   removeCreatedFile,
   resizeTarget,
 } from './runner.js';
-import { blkCounters, blkDeviceOptions, openBlkBackend, type BlkCounters } from './thread-device.js';
+import {
+  blkCounters,
+  blkDeviceOptions,
+  blkThreadSpec,
+  mergeBlkCounters,
+  openBlkBackend,
+  type BlkCounters,
+} from './thread-device.js';
+import { UsageError } from '../../common/errors.js';
 
 export interface VhostUserRunnerDeps {
   binding: SysBinding;
@@ -73,14 +81,29 @@ export class VhostUserBlkRunner extends EventEmitter<{ broken: [reason: Error] }
     let createdFile: string | null = null;
     try {
       const spec = parseBackendSpec(config.backend);
+      const threads = config.queueThreads > 1 ? config.queueThreads : 0;
+      if (threads > 0 && spec.kind === 'memory') {
+        throw new UsageError(
+          'queue threads cannot serve a memory backend (its data lives in one thread); use a file on tmpfs instead',
+          { code: 'ERR_MGMT_THREADS_MEMORY' },
+        );
+      }
       if (spec.kind === 'file') {
         const file = spec as FileBackendSpec;
         if (file.size !== undefined && !existsSync(file.path)) createdFile = file.path;
       }
       const { inner, backend } = await openBlkBackend(config, { binding, logger: log });
       teardown.add('close the backend', () => backend.close());
-      const device = new VirtioBlkDevice(blkDeviceOptions(blkThreadOptions(config), backend, log));
-      const transport = new VhostUserBackend({ binding, device, logger: log });
+      const threadOptions = blkThreadOptions(config);
+      const device = new VirtioBlkDevice(blkDeviceOptions(threadOptions, backend, log));
+      const transport = new VhostUserBackend({
+        binding,
+        device,
+        logger: log,
+        ...(threads > 0
+          ? { queueThreads: { threads, spec: blkThreadSpec(threadOptions), debug: true } }
+          : {}),
+      });
       teardown.add(`stop serving vhost-user on ${path}`, () => transport.close());
       transport.listen(path);
       const runner = new VhostUserBlkRunner(config, { device, backend, inner, transport, teardown });
@@ -120,7 +143,11 @@ export class VhostUserBlkRunner extends EventEmitter<{ broken: [reason: Error] }
   /** Online resize (see BlkRunner.resize); a connected VMM is told with CONFIG_CHANGE_MSG. */
   async resize(bytes?: number): Promise<number> {
     const target = resizeTarget(this.name, this.device, this.innerBackend, this.config.readOnly, bytes);
-    if (target !== this.device.capacityBytes) await this.device.resize(target);
+    if (target !== this.device.capacityBytes) {
+      // The queue threads' devices check requests against the capacity: they learn it before the driver does.
+      await this.transport.queueThreads?.call('resize', target);
+      await this.device.resize(target);
+    }
     return target;
   }
 
@@ -149,11 +176,16 @@ export class VhostUserBlkRunner extends EventEmitter<{ broken: [reason: Error] }
   }
 
   get inFlight(): number {
-    return this.device.inFlight;
+    return this.transport.queueThreads === null ? this.device.inFlight : this.counters().inFlight;
   }
 
+  /** The device's counters: this thread's device, plus every queue thread's. */
   counters(): BlkCounters {
-    return blkCounters(this.device, this.backend);
+    const own = blkCounters(this.device, this.backend);
+    const threads = this.transport.queueThreads;
+    if (threads === null) return own;
+    const parts = threads.snapshot().filter((p): p is BlkCounters => p !== null);
+    return mergeBlkCounters([own, ...parts]);
   }
 
   formatCounters(): string {

@@ -36,6 +36,11 @@ export interface DataPathStart {
   queues: QueueSetup[];
   /** Rebuild the in-flight requests from each queue's in-flight log (a restarted daemon taking over). */
   recover: boolean;
+  /**
+   * What the transport's side of the data path needs for this start, plain data (QueueTransport.begin):
+   * vhost-user on queue threads passes its memory table, ring fds and inflight region this way.
+   */
+  transportState?: object;
 }
 
 /** The state of each queue that was live when the data path stopped. */
@@ -100,6 +105,10 @@ export interface QueueTransport {
   signal(index: number): void;
   /** The in-flight log of queue `index` (crash recovery), or undefined. */
   inflightLog(index: number): (InflightLog & RecoverableLog) | undefined;
+  /** Called first by every start, with DataPathStart.transportState. Throws when the queues cannot start. */
+  begin?(state: object | undefined): void;
+  /** Close a kick fd the engine stops watching (default: the engine's closeFd). */
+  closeKick?(fd: number): void;
   /** Release what the transport holds (a state-log mapping of its own). */
   close?(): void;
 }

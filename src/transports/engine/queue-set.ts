@@ -81,7 +81,7 @@ export class QueueSet implements DataPath {
     this.device = options.device;
     this.#binding = options.binding;
     this.#memory = options.transport.memory;
-    this.#closeFd = options.closeFd ?? closeSync;
+    this.#closeFd = options.transport.closeKick ?? options.closeFd ?? closeSync;
     this.counters = options.counters ?? new Float64Array(2 * options.numQueues);
   }
 
@@ -127,6 +127,7 @@ export class QueueSet implements DataPath {
     const queues = new Array<ServedQueue | null>(numQueues).fill(null);
     const onError = (error: VirtqueueError): void => this.fail(error);
     let resubmitted = 0;
+    transport.begin?.(start.transportState);
     try {
       for (const setup of start.queues) {
         const i = setup.index;

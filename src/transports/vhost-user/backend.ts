@@ -19,10 +19,10 @@
  * negotiates with ACCESS_PLATFORM added back, as under VDUSE.
  */
 import { EventEmitter } from 'node:events';
-import { closeSync, unlinkSync } from 'node:fs';
+import { closeSync, openSync, unlinkSync } from 'node:fs';
 
 import type { DeviceHost, VirtioDevice } from '../../devices/device.js';
-import { RegionMemory, closeRegionFds } from '../../memory/region-memory.js';
+import { RegionMemory, closeRegionFds, type RegionSpec } from '../../memory/region-memory.js';
 import { UV_DISCONNECT, UV_READABLE, type FdWatcher, type SysBinding } from '../../sys/binding.js';
 import { listenUnix } from '../../sys/unix-socket.js';
 import {
@@ -38,8 +38,12 @@ import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_RING_PACKED, bit, hasFeature } from 
 import { VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../uapi/virtio-ring.js';
 import { messageOf } from '../../common/errors.js';
 import { nullLogger, type Logger } from '../../common/logger.js';
-import type { QueueSetup, QueueTransport } from '../engine/data-path.js';
+import type { DataPath, QueueSetup, QueueTransport } from '../engine/data-path.js';
 import { QueueSet } from '../engine/queue-set.js';
+import type { QueueThreadSpec, QueueThreadTypes } from '../engine/threads/protocol.js';
+import { QueueThreads } from '../engine/threads/queue-threads.js';
+import type { InflightPayload } from '../../uapi/vhost-user.js';
+import { vhostUserThreadTransport, type VhostUserThreadState } from './queue-transport.js';
 import { VhostUserError } from './errors.js';
 import { InflightRegion } from './inflight.js';
 import {
@@ -58,6 +62,16 @@ export interface VhostUserBackendOptions {
   /** How long GET_VRING_BASE (and a restart of the rings) waits for requests in flight. Default 10 s. */
   drainMs?: number;
   closeFd?: (fd: number) => void;
+  /**
+   * Serve the queues on worker threads (queue i on thread i % threads), each with its own device built from
+   * `spec` (../engine/threads/). The main thread keeps the protocol and owns every fd the VMM gave.
+   */
+  queueThreads?: {
+    threads: number;
+    spec: QueueThreadSpec<QueueThreadTypes>;
+    debug?: boolean;
+    timeoutMs?: number;
+  };
 }
 
 export interface VhostUserBackendEvents {
@@ -88,7 +102,10 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   readonly device: VirtioDevice;
   readonly memory: RegionMemory;
   readonly protocol: VhostUserProtocol;
-  readonly dataPath: QueueSet;
+  readonly dataPath: DataPath;
+  /** The queue threads (options.queueThreads), or null when the queues are served on this thread. */
+  readonly queueThreads: QueueThreads | null;
+  readonly #inline: QueueSet | null;
   /** Connections served so far (accepted or attached). */
   connections = 0;
   /** CONFIG_CHANGE_MSG sent. */
@@ -103,6 +120,12 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   readonly #recvBuf = new Uint8Array(VHOST_USER_HEADER_SIZE + VHOST_USER_MAX_PAYLOAD);
   #conn: Connection | null = null;
   #inflight: InflightRegion | null = null;
+  /** With queue threads: the current table's regions (their fds stay open for the threads to map them). */
+  #regions: RegionSpec[] = [];
+  #tableVersion = 0;
+  /** With queue threads: an fd of our own on the inflight region, for the threads to map it. */
+  #inflightShare: { fd: number; payload: InflightPayload } | null = null;
+  #inflightVersion = 0;
   #serving: number[] = [];
   /** What the served rings were started with (ringSignature of each). */
   #signature = '';
@@ -122,7 +145,8 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
     this.#offered = this.device.features & ~(bit(VIRTIO_F_ACCESS_PLATFORM) | bit(VIRTIO_F_RING_PACKED));
     this.memory = new RegionMemory(this.#binding);
     const n = this.device.numQueues;
-    this.protocol = new VhostUserProtocol(n);
+    const threads = options.queueThreads;
+    this.protocol = new VhostUserProtocol(n, threads !== undefined);
     const transport: QueueTransport = {
       memory: this.memory,
       openKick: (i) => {
@@ -136,20 +160,42 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
       },
       inflightLog: (i) => this.#inflight?.queues[i],
     };
-    this.dataPath = new QueueSet({
-      binding: this.#binding,
-      device: this.device,
-      transport,
-      numQueues: n,
-      logger: this.#log,
-      // The kick fds are the VMM's, held by the protocol: it closes them, not the engine.
-      closeFd: () => {},
-      onNeedsReset: (reason) => this.#needsReset(reason),
-    });
+    if (threads !== undefined) {
+      this.#inline = null;
+      try {
+        this.queueThreads = new QueueThreads({
+          spec: threads.spec,
+          transport: vhostUserThreadTransport({ numQueues: n }),
+          numQueues: n,
+          threads: threads.threads,
+          logger: this.#log,
+          ...(threads.debug !== undefined ? { debug: threads.debug } : {}),
+          ...(threads.timeoutMs !== undefined ? { timeoutMs: threads.timeoutMs } : {}),
+          onNeedsReset: (reason) => this.#needsReset(reason),
+        });
+      } catch (err) {
+        throw new VhostUserError('ERR_VHOST_USER_THREADS', messageOf(err), err);
+      }
+      this.dataPath = this.queueThreads;
+    } else {
+      this.queueThreads = null;
+      this.#inline = new QueueSet({
+        binding: this.#binding,
+        device: this.device,
+        transport,
+        numQueues: n,
+        logger: this.#log,
+        // The kick fds are the VMM's, held by the protocol: it closes them, not the engine.
+        closeFd: () => {},
+        onNeedsReset: (reason) => this.#needsReset(reason),
+      });
+      this.dataPath = this.#inline;
+    }
     const host: DeviceHost = {
       configChanged: () => this.#configChanged(),
       needsReset: (reason) => {
-        this.dataPath.fail(reason);
+        if (this.#inline !== null) this.#inline.fail(reason);
+        else this.#needsReset(reason);
       },
     };
     this.device.bind(host);
@@ -221,7 +267,7 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   /** Drop the VMM (if any) and wait for its last requests. */
   async disconnect(reason = 'disconnected by the daemon'): Promise<void> {
     if (this.#conn !== null) this.#drop(this.#conn, reason, 'info');
-    await this.dataPath.settled;
+    await this.#inline?.settled;
   }
 
   /** Stop for good: drop the VMM, stop listening, remove the socket, wait for the last requests and mappings. */
@@ -340,8 +386,7 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
           break;
         case 'reset':
           this.#stopDataPath(true);
-          this.#inflight?.close();
-          this.#inflight = null;
+          this.#dropInflight();
           this.#closeRetiredKicks();
           break;
         case 'stop-ring': {
@@ -373,30 +418,82 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
       setMemTable: (regions) => {
         // A new table while serving: the rings are restarted over it (their addresses are translated again).
         if (this.dataPath.running) this.#stopDataPath(false);
+        // The protocol closes the VMM's fds after this message.
+        this.memory.setTable(regions);
+        if (this.queueThreads === null) return;
+        // The threads map the regions at their next start, by fd: fds of our own on them, open until the next table.
+        const own: RegionSpec[] = [];
         try {
-          this.memory.setTable(regions);
-        } finally {
-          closeRegionFds(regions, this.#closeFd);
+          for (const r of regions) own.push({ ...r, fd: reopenFd(r.fd) });
+        } catch (err) {
+          closeRegionFds(own, (fd) => this.#closeQuietly(fd));
+          this.memory.clear();
+          throw err;
         }
+        this.#dropRegionFds();
+        this.#regions = own;
+        this.#tableVersion++;
       },
       getInflight: (numQueues, queueSize) => {
         const made = InflightRegion.create(this.#binding, numQueues, queueSize);
-        this.#replaceInflight(made.region);
+        try {
+          this.#replaceInflight(made.region, made.fd, made.payload);
+        } catch (err) {
+          made.region.close();
+          this.#closeQuietly(made.fd);
+          throw err;
+        }
         return { fd: made.fd, payload: made.payload };
       },
       setInflight: (fd, payload) => {
         const region = InflightRegion.open(this.#binding, fd, payload, device.numQueues);
-        this.#replaceInflight(region);
+        try {
+          this.#replaceInflight(region, fd, payload);
+        } catch (err) {
+          region.close();
+          throw err;
+        }
       },
       closeFd: (fd) => this.#closeQuietly(fd),
       log: (message) => this.#log.warn(`vhost-user: ${message}`),
     };
   }
 
-  #replaceInflight(region: InflightRegion): void {
+  #replaceInflight(region: InflightRegion, fd: number, payload: InflightPayload): void {
+    // The queue threads map the region themselves: an fd of our own on it (the VMM's is closed after the reply).
+    const share = this.queueThreads !== null ? { fd: reopenFd(fd), payload } : null;
     if (this.dataPath.running) this.#stopDataPath(false);
-    this.#inflight?.close();
+    this.#dropInflight();
     this.#inflight = region;
+    this.#inflightShare = share;
+    this.#inflightVersion++;
+  }
+
+  /** Close the inflight region (the queues were stopped). */
+  #dropInflight(): void {
+    this.#inflight?.close();
+    this.#inflight = null;
+    if (this.#inflightShare !== null) this.#closeQuietly(this.#inflightShare.fd);
+    this.#inflightShare = null;
+  }
+
+  /** Close the fds of the table the threads mapped last (they were stopped, their mappings stay). */
+  #dropRegionFds(): void {
+    closeRegionFds(this.#regions, (fd) => this.#closeQuietly(fd));
+    this.#regions = [];
+  }
+
+  /** What the queue threads need for a start (null without threads). */
+  #threadState(): VhostUserThreadState | null {
+    if (this.queueThreads === null) return null;
+    return {
+      tableVersion: this.#tableVersion,
+      regions: this.#regions,
+      kick: this.protocol.rings.map((r) => r.kickFd),
+      call: this.protocol.rings.map((r) => r.callFd),
+      inflightVersion: this.#inflightVersion,
+      inflight: this.#inflightShare,
+    };
   }
 
   /** Serve the rings that can be served now (restarting the data path when the set changed). */
@@ -404,7 +501,8 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
     const p = this.protocol;
     const want = p.featuresSet && this.memory.mappedRegions > 0 ? p.readyRings() : [];
     // A ring given a new kick fd, size or address while served is restarted too (the engine watches the old fd).
-    const signature = want.map((i) => ringSignature(p.rings[i]!)).join(';');
+    const threaded = this.queueThreads !== null;
+    const signature = want.map((i) => ringSignature(p.rings[i]!, threaded)).join(';');
     if (
       sameRings(want, this.#serving) &&
       this.dataPath.running === want.length > 0 &&
@@ -432,6 +530,7 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
       }
     }
     const features = this.#negotiated;
+    const transportState = this.#threadState();
     try {
       const resubmitted = this.dataPath.start({
         features,
@@ -440,6 +539,7 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
         indirect: hasFeature(features, VIRTIO_RING_F_INDIRECT_DESC),
         queues: setups,
         recover: this.#inflight !== null,
+        ...(transportState !== null ? { transportState } : {}),
       });
       this.#serving = want;
       this.#signature = signature;
@@ -453,25 +553,39 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   /** Let the requests in flight complete (up to drainMs), then stop; the rings' bases are where they stopped. */
   async #drainAndStop(conn: Connection): Promise<void> {
     await this.dataPath.drain(this.#drainMs);
-    if (this.dataPath.inFlight > 0)
-      this.#log.warn(
-        `vhost-user: ${this.dataPath.inFlight} requests still in flight after ${this.#drainMs} ms`,
-      );
+    const inFlight = this.#inline?.inFlight ?? 0;
+    if (inFlight > 0)
+      this.#log.warn(`vhost-user: ${inFlight} requests still in flight after ${this.#drainMs} ms`);
     if (!conn.closed) this.#stopDataPath(false);
   }
 
   #stopDataPath(reset: boolean): void {
+    if (reset && this.queueThreads !== null) {
+      // the threads' own mappings retire in stop(true); the table is gone: its fds are closed after the stop
+      try {
+        this.#applyStop(true);
+      } finally {
+        this.memory.clear();
+        this.#dropRegionFds();
+      }
+      return;
+    }
     if (!this.dataPath.running) {
       if (reset) this.memory.clear();
       this.#serving = [];
       this.#signature = '';
       return;
     }
+    this.#applyStop(reset);
+  }
+
+  #applyStop(reset: boolean): void {
+    this.#serving = [];
+    this.#signature = '';
+    if (!this.dataPath.running && !reset) return;
     for (const [i, state] of this.dataPath.stop(reset)) {
       if ('nextAvail' in state) this.protocol.rings[i]!.base = state.nextAvail;
     }
-    this.#serving = [];
-    this.#signature = '';
   }
 
   #send(conn: Connection, bytes: Uint8Array, fds: readonly number[]): boolean {
@@ -495,8 +609,7 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
     this.#log[level](`vhost-user: ${reason}${level === 'info' ? '' : '; disconnecting the VMM'}`);
     conn.watcher.close();
     this.#stopDataPath(true);
-    this.#inflight?.close();
-    this.#inflight = null;
+    this.#dropInflight();
     this.#closeRetiredKicks();
     this.protocol.closeAll((fd) => this.#closeQuietly(fd));
     conn.reader.discard();
@@ -553,9 +666,14 @@ export class VhostUserBackend extends EventEmitter<VhostUserBackendEvents> {
   }
 }
 
-function ringSignature(r: RingState): string {
+/** A new fd of our own on the file (memfd, shared memory file) that `fd` refers to. */
+function reopenFd(fd: number): number {
+  return openSync(`/proc/self/fd/${fd}`, 'r+');
+}
+
+function ringSignature(r: RingState, withCall: boolean): string {
   const a = r.addr;
-  return `${r.kickFd}/${r.num}/${a?.desc}/${a?.avail}/${a?.used}`;
+  return `${r.kickFd}/${r.num}/${a?.desc}/${a?.avail}/${a?.used}${withCall ? `/${r.callFd}` : ''}`;
 }
 
 function sameRings(a: readonly number[], b: readonly number[]): boolean {

@@ -181,7 +181,14 @@ export class VhostUserProtocol {
   backendFd = NO_FD;
   readonly rings: RingState[];
 
-  constructor(readonly numQueues: number) {
+  /**
+   * With `deferCallFds` (the rings are served on queue threads, which hold the call fds by number), a replaced
+   * call or err fd waits in takeRetiredFds() like a kick fd, and a new call fd restarts the rings.
+   */
+  constructor(
+    readonly numQueues: number,
+    readonly deferCallFds = false,
+  ) {
     this.rings = Array.from({ length: numQueues }, () => freshRing());
   }
 
@@ -367,9 +374,10 @@ export class VhostUserProtocol {
             : header.request === R.SET_VRING_CALL
               ? 'callFd'
               : 'errFd';
-        this.#replaceFd(ring, slot, fd, ctx.closeFd);
+        this.#replaceFd(ring, slot, fd, this.deferCallFds ? undefined : ctx.closeFd);
         if (fd !== NO_FD) kept.add(fd);
-        if (slot === 'kickFd') result.effects.push({ kind: 'rings-changed' });
+        if (slot === 'kickFd' || (slot === 'callFd' && this.deferCallFds))
+          result.effects.push({ kind: 'rings-changed' });
         return 'ok';
       }
       case R.SET_VRING_ENABLE: {

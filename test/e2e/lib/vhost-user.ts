@@ -26,6 +26,8 @@ export interface VhostUserBlkSpec {
   logicalBlockSize?: number;
   /** Ours only (qemu-storage-daemon 7.2 answers GET_ID with a fixed string). */
   serial?: string;
+  /** Ours only: serve the queues on this many worker threads (--queue-threads). */
+  queueThreads?: number;
 }
 
 /** One vhost-user-blk server process; restartable with the same arguments. */
@@ -205,6 +207,7 @@ class OurServer extends ServerProcess {
     if (s.readonly) args.push('--readonly');
     if (s.logicalBlockSize) args.push('--logical-block-size', String(s.logicalBlockSize));
     if (s.serial) args.push('--serial', s.serial);
+    if (s.queueThreads) args.push('--queue-threads', String(s.queueThreads));
     return { cmd: process.execPath, args };
   }
 

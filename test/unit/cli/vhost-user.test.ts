@@ -102,7 +102,7 @@ test('vduse blk --vhost-user: serve a VMM, resize on SIGHUP, socket removed at e
   assert.equal(readFileSync(file, 'utf8'), 'keep');
 });
 
-test('--vhost-user refuses the VDUSE-only options and queue threads, one line each', () => {
+test('--vhost-user refuses the VDUSE-only options, one line each; takes queue threads', () => {
   const base = ['blk', '--name', 'x', '--backend', 'null:1M', '--vhost-user', '/tmp/x.sock'];
   for (const [extra, re] of [
     [['--driver', 'vhost-vdpa'], /--driver is a VDUSE option; it makes no sense with --vhost-user/],
@@ -111,11 +111,12 @@ test('--vhost-user refuses the VDUSE-only options and queue threads, one line ea
     [['--reconnect', 'never'], /--reconnect is a VDUSE option/],
     [['--state-dir', '/tmp'], /--state-dir is a VDUSE option/],
     [['--packed'], /--packed is a VDUSE option/],
-    [['--queues', '2', '--queue-threads', '2'], /--queue-threads cannot serve vhost-user queues/],
   ] as [string[], RegExp][]) {
     assert.throws(() => parseCommandLine([...base, ...extra]), re);
   }
   const ok = parseCommandLine([...base, '--queues', '2', '--poll-us', '10', '--readonly', '--stats']);
   assert.equal(ok.command === 'blk' && ok.vhostUser, '/tmp/x.sock');
+  const threaded = parseCommandLine([...base, '--queues', '2', '--queue-threads', '2']);
+  assert.equal(threaded.command === 'blk' && threaded.queueThreads, 2);
   assert.throws(() => parseCommandLine([...base.slice(0, 5), '--vhost-user=']), /must be a socket path/);
 });

@@ -5,49 +5,12 @@ import assert from 'node:assert/strict';
 import { closeSync } from 'node:fs';
 import { test } from 'node:test';
 
-import type { BackendResult, BlockBackend } from '../../../src/backends/backend.js';
 import { MemoryBackend } from '../../../src/backends/memory-backend.js';
 import { VIRTIO_BLK_S_OK } from '../../../src/uapi/virtio-blk.js';
 import { encodeMemoryTable, VhostUserRequest as R } from '../../../src/uapi/vhost-user.js';
 import { BlkClient, withTimeout } from '../../../src/testing/vhost-vdpa/blk.js';
+import { GatedBackend } from './gated.js';
 import { connect, guestMemory, makeBackend, pattern, waitFor } from './helpers.js';
-
-/** Writes wait until release(); everything else goes to `inner`. */
-class GatedBackend implements BlockBackend {
-  readonly pending: (() => void)[] = [];
-  constructor(readonly inner: MemoryBackend) {}
-  get size(): number {
-    return this.inner.size;
-  }
-  get readOnly(): boolean {
-    return this.inner.readOnly;
-  }
-  get capabilities(): BlockBackend['capabilities'] {
-    return this.inner.capabilities;
-  }
-  read(offset: number, buffers: readonly Uint8Array[]): BackendResult {
-    return this.inner.read(offset, buffers);
-  }
-  write(offset: number, buffers: readonly Uint8Array[]): BackendResult {
-    const copies = buffers.map((b) => b.slice());
-    return new Promise<void>((resolve) => this.pending.push(resolve)).then(() =>
-      this.inner.write(offset, copies),
-    );
-  }
-  flush(): BackendResult {
-    return this.inner.flush();
-  }
-  discard(offset: number, length: number): BackendResult {
-    return this.inner.discard(offset, length);
-  }
-  writeZeroes(offset: number, length: number): BackendResult {
-    return this.inner.writeZeroes(offset, length);
-  }
-  release(): void {
-    for (const r of this.pending.splice(0)) r();
-  }
-  async close(): Promise<void> {}
-}
 
 test('a new back-end takes over the inflight region and resubmits the writes in flight, in order', async () => {
   const storage = new MemoryBackend({ size: 8 << 20 });
