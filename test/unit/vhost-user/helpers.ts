@@ -8,6 +8,9 @@ import { loadNativeBinding } from '../../../src/sys/native.js';
 import { VhostUserBackend } from '../../../src/transports/vhost-user/index.js';
 import { VhostUserFrontend } from '../../../src/testing/vhost-user/index.js';
 import { SharedGuestMemory } from '../../../src/testing/vhost-vdpa/shared-memory.js';
+import { BlkClient } from '../../../src/testing/vhost-vdpa/blk.js';
+import type { MockDriver } from '../../../src/testing/mock-driver.js';
+import { GatedBackend } from './gated.js';
 
 export const sys = loadNativeBinding();
 export const GUEST_BASE = 0x100000;
@@ -63,4 +66,55 @@ export async function waitFor(cond: () => boolean, what: string, ms = 3000): Pro
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 2));
   }
+}
+
+/** What the VMM keeps after its first back-end died with writes in flight. */
+export interface DeadBackend {
+  first: Rig;
+  gated: GatedBackend;
+  mem: SharedGuestMemory;
+  inflight: Awaited<ReturnType<VhostUserFrontend['getInflight']>>;
+  drivers: MockDriver[];
+}
+
+/**
+ * A back-end over `storage` (writes held by a GatedBackend) takes six 4 KiB writes (patterns seed..seed+5, four
+ * on ring 0, two on ring 1, at sectors 0, 8, 16, ...) and dies with all six in flight, as a SIGKILLed daemon: the
+ * VMM keeps its rings, memory and the inflight region for the next back-end.
+ */
+export async function dieWithSixWrites(storage: BlockBackend, seed: number): Promise<DeadBackend> {
+  const gated = new GatedBackend(storage);
+  const first = makeBackend({ storage: gated, drainMs: 50 });
+  const mem = guestMemory();
+  const vmm = connect(first.backend);
+  await vmm.negotiate();
+  await vmm.setMemory(mem);
+  const inflight = await vmm.getInflight(2, 64);
+  await vmm.setInflight(inflight.fd, inflight.payload);
+  const queues = await vmm.setupQueues({ count: 2, size: 64 });
+  const drivers = queues.map((q) => q.driver);
+  await waitFor(() => first.backend.servingRings.length === 2, 'rings served');
+  const blk = new BlkClient(queues, { watch: false });
+  for (let k = 0; k < 6; k++) {
+    blk.write(k * 8, pattern(4096, k + seed), { queue: k < 4 ? 0 : 1 }).catch(() => undefined);
+  }
+  await waitFor(() => gated.pending.length === 6, 'six writes in the backend');
+  blk.close();
+  vmm.close();
+  await waitFor(() => !first.backend.connected, 'the first back-end is gone');
+  return { first, gated, mem, inflight, drivers };
+}
+
+/** The ids each of `drivers`' rings completes, once `total` have come back. */
+export async function usedIds(drivers: MockDriver[], total: number, ms: number): Promise<number[][]> {
+  const used = drivers.map(() => [] as number[]);
+  await waitFor(
+    () => {
+      drivers.forEach((d, i) => used[i]!.push(...d.usedEntries().map((u) => u.id)));
+      return used.reduce((s, u) => s + u.length, 0) === total;
+    },
+    `${total} completions`,
+    ms,
+  );
+  return used;
 }

@@ -10,30 +10,12 @@ import { VIRTIO_BLK_S_OK } from '../../../src/uapi/virtio-blk.js';
 import { encodeMemoryTable, VhostUserRequest as R } from '../../../src/uapi/vhost-user.js';
 import { BlkClient, withTimeout } from '../../../src/testing/vhost-vdpa/blk.js';
 import { GatedBackend } from './gated.js';
-import { connect, guestMemory, makeBackend, pattern, waitFor } from './helpers.js';
+import { connect, dieWithSixWrites, guestMemory, makeBackend, pattern, usedIds, waitFor } from './helpers.js';
 
 test('a new back-end takes over the inflight region and resubmits the writes in flight, in order', async () => {
   const storage = new MemoryBackend({ size: 8 << 20 });
-  const gated = new GatedBackend(storage);
-  const a = makeBackend({ storage: gated, drainMs: 50 });
-  const mem = guestMemory();
-  const vmm1 = connect(a.backend);
-  await vmm1.negotiate();
-  await vmm1.setMemory(mem);
-  const inflight = await vmm1.getInflight(2, 64);
-  await vmm1.setInflight(inflight.fd, inflight.payload);
-  const queues = await vmm1.setupQueues({ count: 2, size: 64 });
-  const drivers = queues.map((q) => q.driver);
-  await waitFor(() => a.backend.servingRings.length === 2, 'rings served');
-  const blk = new BlkClient(queues, { watch: false });
-  const writes: Promise<unknown>[] = [];
-  for (let k = 0; k < 6; k++) writes.push(blk.write(k * 8, pattern(4096, k + 10), { queue: k < 4 ? 0 : 1 }));
-  for (const w of writes) w.catch(() => undefined);
-  await waitFor(() => gated.pending.length === 6, 'six writes in the backend');
   // the daemon dies: the VMM keeps its rings, memory and the inflight region
-  blk.close();
-  vmm1.close();
-  await waitFor(() => !a.backend.connected, 'the first back-end is gone');
+  const { first: a, gated, mem, inflight, drivers } = await dieWithSixWrites(storage, 10);
 
   const b = makeBackend({ storage });
   const started: number[] = [];
@@ -46,15 +28,7 @@ test('a new back-end takes over the inflight region and resubmits the writes in 
     // as QEMU after a crash: the base is the used index the guest sees (0: nothing completed)
     await vmm2.setupQueues({ count: 2, size: 64, drivers, bases: [0, 0] });
     await waitFor(() => started.reduce((s, n) => s + n, 0) >= 6, 'resubmission', 3000);
-    const used = [[], []] as number[][];
-    await waitFor(
-      () => {
-        drivers.forEach((d, i) => used[i]!.push(...d.usedEntries().map((u) => u.id)));
-        return used[0]!.length + used[1]!.length === 6;
-      },
-      'six completions',
-      3000,
-    );
+    const used = await usedIds(drivers, 6, 3000);
     for (let k = 0; k < 6; k++) {
       const back = [new Uint8Array(4096)];
       await storage.read(k * 8 * 512, back);

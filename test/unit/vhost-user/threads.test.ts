@@ -13,8 +13,16 @@ import { blkDeviceOptions, blkThreadSpec, openBlkBackend } from '../../../src/mg
 import { VIRTIO_BLK_S_OK } from '../../../src/uapi/virtio-blk.js';
 import { VhostUserBackend } from '../../../src/transports/vhost-user/index.js';
 import { BlkClient, withTimeout } from '../../../src/testing/vhost-vdpa/blk.js';
-import { GatedBackend } from './gated.js';
-import { captureLogger, connect, guestMemory, makeBackend, pattern, sys, waitFor } from './helpers.js';
+import {
+  captureLogger,
+  connect,
+  dieWithSixWrites,
+  guestMemory,
+  pattern,
+  sys,
+  usedIds,
+  waitFor,
+} from './helpers.js';
 
 const openFds = (): number => readdirSync('/proc/self/fd').length;
 /** Mappings of guest RAM or an inflight region left in this process (any thread's). */
@@ -129,25 +137,13 @@ test('2 queues on 2 threads: I/O on both, a new memory table while running, a se
 
 test('restart: the threads take over the inflight region and resubmit the writes in flight, on their rings', async () => {
   const { dir, file } = tempFile();
-  const gated = new GatedBackend(new MemoryBackend({ size: 8 << 20 }));
-  const a = makeBackend({ storage: gated, drainMs: 50 });
-  const mem = guestMemory();
-  const vmm1 = connect(a.backend);
-  await vmm1.negotiate();
-  await vmm1.setMemory(mem);
-  const inflight = await vmm1.getInflight(2, 64);
-  await vmm1.setInflight(inflight.fd, inflight.payload);
-  const queues = await vmm1.setupQueues({ count: 2, size: 64 });
-  const drivers = queues.map((q) => q.driver);
-  await waitFor(() => a.backend.servingRings.length === 2, 'rings served');
-  const blk = new BlkClient(queues, { watch: false });
-  const writes: Promise<unknown>[] = [];
-  for (let k = 0; k < 6; k++) writes.push(blk.write(k * 8, pattern(4096, k + 20), { queue: k < 4 ? 0 : 1 }));
-  for (const w of writes) w.catch(() => undefined);
-  await waitFor(() => gated.pending.length === 6, 'six writes in the dead backend');
-  blk.close();
-  vmm1.close();
-  await waitFor(() => !a.backend.connected, 'the first back-end is gone');
+  const {
+    first: a,
+    gated,
+    mem,
+    inflight,
+    drivers,
+  } = await dieWithSixWrites(new MemoryBackend({ size: 8 << 20 }), 20);
 
   const before = openFds();
   const b = await threaded(file);
@@ -160,15 +156,7 @@ test('restart: the threads take over the inflight region and resubmit the writes
     await vmm2.setInflight(inflight.fd, inflight.payload);
     await vmm2.setupQueues({ count: 2, size: 64, drivers, bases: [0, 0] });
     await waitFor(() => started.reduce((s, n) => s + n, 0) >= 6, 'resubmission by the threads', 10_000);
-    const used = [[], []] as number[][];
-    await waitFor(
-      () => {
-        drivers.forEach((d, i) => used[i]!.push(...d.usedEntries().map((u) => u.id)));
-        return used[0]!.length + used[1]!.length === 6;
-      },
-      'six completions',
-      5000,
-    );
+    const used = await usedIds(drivers, 6, 5000);
     assert.equal(used[0]!.length, 4, 'ring 0 (thread 0) completed its four');
     assert.equal(used[1]!.length, 2, 'ring 1 (thread 1) completed its two');
     const disk = readFileSync(file);
