@@ -32,13 +32,14 @@ export function makeBackend(
   options: { storage?: BlockBackend; numQueues?: number; queueSize?: number; drainMs?: number } = {},
 ): Rig {
   const storage = options.storage ?? new MemoryBackend({ size: 8 << 20 });
+  const { logger, lines } = captureLogger();
   const device = new VirtioBlkDevice({
     backend: storage,
     numQueues: options.numQueues ?? 2,
     queueSize: options.queueSize ?? 64,
     serial: 'vu-test',
+    logger,
   });
-  const { logger, lines } = captureLogger();
   const backend = new VhostUserBackend({ binding: sys, device, logger, drainMs: options.drainMs ?? 2000 });
   return { backend, device, storage, lines };
 }

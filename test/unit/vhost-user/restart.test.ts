@@ -103,6 +103,15 @@ test('hostile set-ups over a socket: a clean disconnect with one line, then the 
     await vmm.waitClosed();
     assert.ok(lines.some((l) => /version 3/.test(l)));
     vmm.close();
+    // a VMM that accepts too few features (no VERSION_1)
+    vmm = connect(backend);
+    await vmm.negotiate({ features: ~(1n << 32n) }).catch(() => undefined);
+    await vmm.waitClosed();
+    assert.ok(
+      lines.some((l) => /did not accept the required features \(0x100000000\)/.test(l)),
+      lines.join('\n'),
+    );
+    vmm.close();
     // and a good VMM after all that
     vmm = connect(backend);
     await vmm.negotiate();
@@ -112,7 +121,7 @@ test('hostile set-ups over a socket: a clean disconnect with one line, then the 
     assert.equal((await withTimeout(blk.write(0, pattern(512, 1)), 3000, 'write')).status, VIRTIO_BLK_S_OK);
     blk.close();
     vmm.close();
-    assert.equal(backend.connections, 5);
+    assert.equal(backend.connections, 6);
   } finally {
     await backend.close();
     mem.close();
