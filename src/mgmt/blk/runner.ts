@@ -18,9 +18,8 @@ import { findBlockDevice } from '../../transports/vdpa/sysfs.js';
 
 import {
   BLK_THREAD_MODULE,
-  blkCounters,
+  servedBlkCounters,
   blkDeviceOptions,
-  mergeBlkCounters,
   openBlkBackend,
   type BlkCounters,
   type BlkThreadOptions,
@@ -153,11 +152,7 @@ export class BlkRunner extends DeviceRunner<VirtioBlkDevice, BlkDeviceConfig> {
 
   /** The device's counters: this thread's device, plus every queue thread's. */
   counters(): BlkCounters {
-    const own = blkCounters(this.device, this.backend);
-    const threads = this.vduse.queueThreads;
-    if (threads === null) return own;
-    const parts = threads.snapshot().filter((p): p is BlkCounters => p !== null);
-    return mergeBlkCounters([own, ...parts]);
+    return servedBlkCounters(this.device, this.backend, this.vduse.queueThreads);
   }
 
   /** One line of backend counters: "reads=1 writes=2 flushes=0 ...". */

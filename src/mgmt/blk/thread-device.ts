@@ -110,6 +110,18 @@ export function blkCounters(device: VirtioBlkDevice, backend: CountingBackend): 
   };
 }
 
+/** A served device's counters: the main thread's device, plus every queue thread's when it has queue threads. */
+export function servedBlkCounters(
+  device: VirtioBlkDevice,
+  backend: CountingBackend,
+  threads: { snapshot(): readonly unknown[] } | null,
+): BlkCounters {
+  const own = blkCounters(device, backend);
+  if (threads === null) return own;
+  const parts = threads.snapshot().filter((p): p is BlkCounters => p !== null && p !== undefined);
+  return mergeBlkCounters([own, ...parts]);
+}
+
 /** Sum of counters (the main thread's device and every queue thread's). */
 export function mergeBlkCounters(parts: readonly BlkCounters[]): BlkCounters {
   const first = parts[0];

@@ -28,10 +28,9 @@ import {
   resizeTarget,
 } from './runner.js';
 import {
-  blkCounters,
+  servedBlkCounters,
   blkDeviceOptions,
   blkThreadSpec,
-  mergeBlkCounters,
   openBlkBackend,
   type BlkCounters,
 } from './thread-device.js';
@@ -181,11 +180,7 @@ export class VhostUserBlkRunner extends EventEmitter<{ broken: [reason: Error] }
 
   /** The device's counters: this thread's device, plus every queue thread's. */
   counters(): BlkCounters {
-    const own = blkCounters(this.device, this.backend);
-    const threads = this.transport.queueThreads;
-    if (threads === null) return own;
-    const parts = threads.snapshot().filter((p): p is BlkCounters => p !== null);
-    return mergeBlkCounters([own, ...parts]);
+    return servedBlkCounters(this.device, this.backend, this.transport.queueThreads);
   }
 
   formatCounters(): string {

@@ -119,3 +119,29 @@ export async function usedIds(drivers: MockDriver[], total: number, ms: number):
   );
   return used;
 }
+
+/**
+ * The VMM of `dead` reconnects to `backend` as QEMU does after a crash (same memory and inflight region, the
+ * rings' bases at the used index the guest saw: 0), and waits until the six writes were resubmitted and have
+ * completed. Returns the front-end (the caller closes it) and the ids each ring completed.
+ */
+export async function resumeOn(
+  backend: VhostUserBackend,
+  dead: DeadBackend,
+  ms: number,
+): Promise<{ vmm: VhostUserFrontend; used: number[][] }> {
+  const started: number[] = [];
+  backend.on('started', (_rings, resubmitted) => started.push(resubmitted));
+  const vmm = connect(backend);
+  try {
+    await vmm.negotiate();
+    await vmm.setMemory(dead.mem);
+    await vmm.setInflight(dead.inflight.fd, dead.inflight.payload);
+    await vmm.setupQueues({ count: 2, size: 64, drivers: dead.drivers, bases: [0, 0] });
+    await waitFor(() => started.reduce((s, n) => s + n, 0) >= 6, 'resubmission', ms);
+    return { vmm, used: await usedIds(dead.drivers, 6, ms) };
+  } catch (err) {
+    vmm.close();
+    throw err;
+  }
+}

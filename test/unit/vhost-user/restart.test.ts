@@ -10,25 +10,26 @@ import { VIRTIO_BLK_S_OK } from '../../../src/uapi/virtio-blk.js';
 import { encodeMemoryTable, VhostUserRequest as R } from '../../../src/uapi/vhost-user.js';
 import { BlkClient, withTimeout } from '../../../src/testing/vhost-vdpa/blk.js';
 import { GatedBackend } from './gated.js';
-import { connect, dieWithSixWrites, guestMemory, makeBackend, pattern, usedIds, waitFor } from './helpers.js';
+import {
+  connect,
+  dieWithSixWrites,
+  guestMemory,
+  makeBackend,
+  pattern,
+  resumeOn,
+  waitFor,
+} from './helpers.js';
 
 test('a new back-end takes over the inflight region and resubmits the writes in flight, in order', async () => {
   const storage = new MemoryBackend({ size: 8 << 20 });
   // the daemon dies: the VMM keeps its rings, memory and the inflight region
-  const { first: a, gated, mem, inflight, drivers } = await dieWithSixWrites(storage, 10);
+  const dead = await dieWithSixWrites(storage, 10);
+  const { first: a, gated, mem, inflight } = dead;
 
   const b = makeBackend({ storage });
-  const started: number[] = [];
-  b.backend.on('started', (_rings, resubmitted) => started.push(resubmitted));
-  const vmm2 = connect(b.backend);
+  // as QEMU after a crash
+  const { vmm: vmm2, used } = await resumeOn(b.backend, dead, 3000);
   try {
-    await vmm2.negotiate();
-    await vmm2.setMemory(mem);
-    await vmm2.setInflight(inflight.fd, inflight.payload);
-    // as QEMU after a crash: the base is the used index the guest sees (0: nothing completed)
-    await vmm2.setupQueues({ count: 2, size: 64, drivers, bases: [0, 0] });
-    await waitFor(() => started.reduce((s, n) => s + n, 0) >= 6, 'resubmission', 3000);
-    const used = await usedIds(drivers, 6, 3000);
     for (let k = 0; k < 6; k++) {
       const back = [new Uint8Array(4096)];
       await storage.read(k * 8 * 512, back);

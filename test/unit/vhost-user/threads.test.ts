@@ -20,7 +20,7 @@ import {
   guestMemory,
   pattern,
   sys,
-  usedIds,
+  resumeOn,
   waitFor,
 } from './helpers.js';
 
@@ -137,26 +137,13 @@ test('2 queues on 2 threads: I/O on both, a new memory table while running, a se
 
 test('restart: the threads take over the inflight region and resubmit the writes in flight, on their rings', async () => {
   const { dir, file } = tempFile();
-  const {
-    first: a,
-    gated,
-    mem,
-    inflight,
-    drivers,
-  } = await dieWithSixWrites(new MemoryBackend({ size: 8 << 20 }), 20);
+  const dead = await dieWithSixWrites(new MemoryBackend({ size: 8 << 20 }), 20);
+  const { first: a, gated, mem, inflight } = dead;
 
   const before = openFds();
   const b = await threaded(file);
-  const started: number[] = [];
-  b.backend.on('started', (_rings, resubmitted) => started.push(resubmitted));
-  const vmm2 = connect(b.backend);
+  const { vmm: vmm2, used } = await resumeOn(b.backend, dead, 10_000);
   try {
-    await vmm2.negotiate();
-    await vmm2.setMemory(mem);
-    await vmm2.setInflight(inflight.fd, inflight.payload);
-    await vmm2.setupQueues({ count: 2, size: 64, drivers, bases: [0, 0] });
-    await waitFor(() => started.reduce((s, n) => s + n, 0) >= 6, 'resubmission by the threads', 10_000);
-    const used = await usedIds(drivers, 6, 5000);
     assert.equal(used[0]!.length, 4, 'ring 0 (thread 0) completed its four');
     assert.equal(used[1]!.length, 2, 'ring 1 (thread 1) completed its two');
     const disk = readFileSync(file);
