@@ -136,13 +136,7 @@ export class BlkRunner extends DeviceRunner<VirtioBlkDevice, BlkDeviceConfig> {
    * is told the new capacity. Returns the new capacity in bytes.
    */
   async resize(bytes?: number): Promise<number> {
-    const target = resizeTarget(this.name, this.device, this.innerBackend, this.config.readOnly, bytes);
-    if (target !== this.device.capacityBytes) {
-      // The queue threads' devices check requests against the capacity: they learn it before the driver does.
-      await this.vduse.queueThreads?.call('resize', target);
-      await this.device.resize(target);
-    }
-    return target;
+    return resizeServedBlk(this, this.vduse.queueThreads, bytes);
   }
 
   /** Requests in the backend now (on every thread). */
@@ -198,6 +192,28 @@ export function followBackendSize(
     );
   });
   onStop('stop following the backend size', off);
+}
+
+/**
+ * Online resize of a served blk device (VDUSE or vhost-user) to resizeTarget(): the queue threads' devices check
+ * requests against the capacity, so they learn it before the driver does. Returns the new capacity in bytes.
+ */
+export async function resizeServedBlk(
+  runner: {
+    name: string;
+    device: VirtioBlkDevice;
+    innerBackend: BlockBackend;
+    config: { readOnly: boolean };
+  },
+  threads: { call(name: 'resize', target: number): Promise<unknown> } | null,
+  bytes?: number,
+): Promise<number> {
+  const target = resizeTarget(runner.name, runner.device, runner.innerBackend, runner.config.readOnly, bytes);
+  if (target !== runner.device.capacityBytes) {
+    await threads?.call('resize', target);
+    await runner.device.resize(target);
+  }
+  return target;
 }
 
 /**

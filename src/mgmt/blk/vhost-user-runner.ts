@@ -25,7 +25,7 @@ import {
   followBackendSize,
   formatBackendCounters,
   removeCreatedFile,
-  resizeTarget,
+  resizeServedBlk,
 } from './runner.js';
 import {
   servedBlkCounters,
@@ -141,13 +141,7 @@ export class VhostUserBlkRunner extends EventEmitter<{ broken: [reason: Error] }
 
   /** Online resize (see BlkRunner.resize); a connected VMM is told with CONFIG_CHANGE_MSG. */
   async resize(bytes?: number): Promise<number> {
-    const target = resizeTarget(this.name, this.device, this.innerBackend, this.config.readOnly, bytes);
-    if (target !== this.device.capacityBytes) {
-      // The queue threads' devices check requests against the capacity: they learn it before the driver does.
-      await this.transport.queueThreads?.call('resize', target);
-      await this.device.resize(target);
-    }
-    return target;
+    return resizeServedBlk(this, this.transport.queueThreads, bytes);
   }
 
   /** The negotiated features (0 while no VMM got that far). */
