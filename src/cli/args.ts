@@ -54,7 +54,7 @@ Commands:
   net      create a virtio-net device whose frames go to and come from a TAP interface, and serve it
   list     list VDUSE devices and their vdpa attachment
   serve    run a daemon holding many devices, with a management socket and metrics (vduse serve --help)
-  add, del, ls, resize, stats
+  add, del, ls, resize, stats, link
            manage the devices of a running vduse serve (vduse add --help)
 
 Options:
