@@ -6,7 +6,7 @@
  * and while the memory generation is unchanged; do not keep them longer.
  */
 import { ACCESS_READ, ACCESS_WRITE, GuestMemoryError } from '../memory/guest-memory.js';
-import type { GuestMemory } from '../memory/guest-memory.js';
+import type { Access, GuestMemory } from '../memory/guest-memory.js';
 import { VirtqueueError } from './virtqueue.js';
 import type { DescriptorChain, VirtqueueErrorKind } from './virtqueue.js';
 import { VRING_DESC_SIZE } from '../uapi/virtio-ring.js';
@@ -48,6 +48,7 @@ export function ringError(kind: VirtqueueErrorKind, queue: number, message: stri
 export function addDescriptor(
   chain: QueueChain,
   memory: GuestMemory,
+  cache: ViewCache,
   queue: number,
   addrLo: number,
   addrHi: number,
@@ -63,13 +64,70 @@ export function addDescriptor(
     ringError('length-overflow', queue, 'descriptor lengths add up to more than 2^32 bytes');
   }
   if (len === 0) return;
-  const addr = addrHi * 0x1_0000_0000 + addrLo;
-  if (write) {
-    memory.gather(addr, len, ACCESS_WRITE, chain.writable);
-    chain.writableBytes += len;
-  } else {
-    memory.gather(addr, len, ACCESS_READ, chain.readable);
-    chain.readableBytes += len;
+  const out = write ? chain.writable : chain.readable;
+  if (len <= VIEW_CACHE_MAX_LEN)
+    cache.gather(memory, addrLo, addrHi, len, write ? ACCESS_WRITE : ACCESS_READ, out);
+  else memory.gather(addrHi * 0x1_0000_0000 + addrLo, len, write ? ACCESS_WRITE : ACCESS_READ, out);
+  if (write) chain.writableBytes += len;
+  else chain.readableBytes += len;
+}
+
+/** Buffers up to this many bytes go through a queue's ViewCache (headers, status bytes, small requests). */
+export const VIEW_CACHE_MAX_LEN = 256;
+/** Entries of a ViewCache (a power of 2). */
+const VIEW_CACHE_SLOTS = 512;
+const VIEW_CACHE_SHIFT = 32 - Math.log2(VIEW_CACHE_SLOTS);
+const NO_VIEW = new Uint8Array(0);
+
+/**
+ * The views of small buffers a queue translated, by guest address, length and access, for one memory
+ * generation: drivers keep request headers and status bytes at a few fixed addresses (Linux virtio-blk: one per
+ * tag, in the request's pdu), so their views can be handed out again instead of made anew per request (a typed
+ * array costs about as much as the rest of a descriptor). A view is the same window onto guest memory whichever
+ * chain holds it. An entry is only stored after memory.gather() translated exactly that range with that access
+ * into one view, and the whole cache is dropped when `memory.generation` changes (a mapping went away: views may
+ * be detached and permissions may differ), so a hit is what gather() would answer. Direct-mapped: a miss costs one
+ * hash and a comparison, and replaces the slot's entry.
+ */
+export class ViewCache {
+  /** Per slot: address low and high words, length, access (0: empty). */
+  private readonly keys = new Uint32Array(VIEW_CACHE_SLOTS * 4);
+  private readonly views: Uint8Array[] = new Array<Uint8Array>(VIEW_CACHE_SLOTS).fill(NO_VIEW);
+  private generation = -1;
+
+  /** Append the view(s) of [addr, addr + len) with `access` to `out`, as memory.gather() does. 0 < len. */
+  gather(
+    memory: GuestMemory,
+    addrLo: number,
+    addrHi: number,
+    len: number,
+    access: Access,
+    out: Uint8Array[],
+  ): void {
+    const generation = memory.generation;
+    if (generation !== this.generation) this.reset(generation);
+    const slot = Math.imul(addrLo ^ Math.imul(addrHi, 0x85ebca6b), 0x9e3779b1) >>> VIEW_CACHE_SHIFT;
+    const k = slot << 2;
+    const keys = this.keys;
+    if (keys[k] === addrLo && keys[k + 1] === addrHi && keys[k + 2] === len && keys[k + 3] === access) {
+      out.push(this.views[slot] as Uint8Array);
+      return;
+    }
+    const before = out.length;
+    memory.gather(addrHi * 0x1_0000_0000 + addrLo, len, access, out);
+    if (out.length !== before + 1) return; // split over regions: not cached
+    keys[k] = addrLo;
+    keys[k + 1] = addrHi;
+    keys[k + 2] = len;
+    keys[k + 3] = access;
+    this.views[slot] = out[before] as Uint8Array;
+  }
+
+  /** Forget every entry (a new memory generation). */
+  reset(generation: number): void {
+    this.keys.fill(0);
+    this.views.fill(NO_VIEW);
+    this.generation = generation;
   }
 }
 
