@@ -21,8 +21,8 @@ export const INDIRECT_MAX_DESCRIPTORS = 65536;
 /** The chain object the queues hand out. Only the DescriptorChain fields are public API. */
 export class QueueChain implements DescriptorChain {
   id = 0;
-  readonly readable: Uint8Array[] = [];
-  readonly writable: Uint8Array[] = [];
+  readable: Uint8Array[] = [];
+  writable: Uint8Array[] = [];
   readableBytes = 0;
   writableBytes = 0;
   /** @internal Ring slots the chain took (packed: advance of the used index; split: 1). */
@@ -64,12 +64,44 @@ export function addDescriptor(
     ringError('length-overflow', queue, 'descriptor lengths add up to more than 2^32 bytes');
   }
   if (len === 0) return;
-  const out = write ? chain.writable : chain.readable;
-  if (len <= VIEW_CACHE_MAX_LEN)
-    cache.gather(memory, addrLo, addrHi, len, write ? ACCESS_WRITE : ACCESS_READ, out);
-  else memory.gather(addrHi * 0x1_0000_0000 + addrLo, len, write ? ACCESS_WRITE : ACCESS_READ, out);
+  const access = write ? ACCESS_WRITE : ACCESS_READ;
+  const small = len <= VIEW_CACHE_MAX_LEN;
+  let view = small ? cache.lookup(memory, addrLo, addrHi, len, access) : null;
+  if (view === null) {
+    const parts = scratch;
+    if (parts.length !== 0) parts.length = 0;
+    memory.gather(addrHi * 0x1_0000_0000 + addrLo, len, access, parts);
+    if (parts.length === 1) {
+      view = parts.pop() as Uint8Array;
+      if (small) cache.store(addrLo, addrHi, len, access, view);
+    } else {
+      // Split over regions (rare): every part, in order.
+      for (let i = 0; i < parts.length; i++) append(chain, write, parts[i] as Uint8Array);
+      parts.length = 0;
+    }
+  }
+  if (view !== null) append(chain, write, view);
   if (write) chain.writableBytes += len;
   else chain.readableBytes += len;
+}
+
+/** What memory.gather() appends to, emptied after every use (one thread, no reentry). */
+const scratch: Uint8Array[] = [];
+
+/**
+ * Add a view to the chain's readable or writable list. The first goes into a new one-element array: pushing
+ * onto the empty one would grow its store to 17 entries, an allocation that costs as much as the array.
+ */
+function append(chain: QueueChain, write: boolean, view: Uint8Array): void {
+  if (write) {
+    const w = chain.writable;
+    if (w.length === 0) chain.writable = [view];
+    else w.push(view);
+  } else {
+    const r = chain.readable;
+    if (r.length === 0) chain.readable = [view];
+    else r.push(view);
+  }
 }
 
 /** Buffers up to this many bytes go through a queue's ViewCache (headers, status bytes, small requests). */
@@ -78,6 +110,10 @@ export const VIEW_CACHE_MAX_LEN = 256;
 const VIEW_CACHE_SLOTS = 512;
 const VIEW_CACHE_SHIFT = 32 - Math.log2(VIEW_CACHE_SLOTS);
 const NO_VIEW = new Uint8Array(0);
+
+function slotOf(addrLo: number, addrHi: number): number {
+  return Math.imul(addrLo ^ Math.imul(addrHi, 0x85ebca6b), 0x9e3779b1) >>> VIEW_CACHE_SHIFT;
+}
 
 /**
  * The views of small buffers a queue translated, by guest address, length and access, for one memory
@@ -95,32 +131,39 @@ export class ViewCache {
   private readonly views: Uint8Array[] = new Array<Uint8Array>(VIEW_CACHE_SLOTS).fill(NO_VIEW);
   private generation = -1;
 
-  /** Append the view(s) of [addr, addr + len) with `access` to `out`, as memory.gather() does. 0 < len. */
-  gather(
+  /**
+   * The view stored for exactly [addr, addr + len) with `access` in this memory generation, or null. Drops every
+   * entry first when `memory.generation` changed.
+   */
+  lookup(
     memory: GuestMemory,
     addrLo: number,
     addrHi: number,
     len: number,
     access: Access,
-    out: Uint8Array[],
-  ): void {
+  ): Uint8Array | null {
     const generation = memory.generation;
     if (generation !== this.generation) this.reset(generation);
-    const slot = Math.imul(addrLo ^ Math.imul(addrHi, 0x85ebca6b), 0x9e3779b1) >>> VIEW_CACHE_SHIFT;
+    const k = slotOf(addrLo, addrHi) << 2;
+    const keys = this.keys;
+    if (keys[k] === addrLo && keys[k + 1] === addrHi && keys[k + 2] === len && keys[k + 3] === access)
+      return this.views[k >>> 2] as Uint8Array;
+    return null;
+  }
+
+  /**
+   * Remember `view`: what memory.gather() gave, as its only part, for [addr, addr + len) with `access`, in the
+   * generation of the lookup() just before. Replaces whatever the slot held.
+   */
+  store(addrLo: number, addrHi: number, len: number, access: Access, view: Uint8Array): void {
+    const slot = slotOf(addrLo, addrHi);
     const k = slot << 2;
     const keys = this.keys;
-    if (keys[k] === addrLo && keys[k + 1] === addrHi && keys[k + 2] === len && keys[k + 3] === access) {
-      out.push(this.views[slot] as Uint8Array);
-      return;
-    }
-    const before = out.length;
-    memory.gather(addrHi * 0x1_0000_0000 + addrLo, len, access, out);
-    if (out.length !== before + 1) return; // split over regions: not cached
     keys[k] = addrLo;
     keys[k + 1] = addrHi;
     keys[k + 2] = len;
     keys[k + 3] = access;
-    this.views[slot] = out[before] as Uint8Array;
+    this.views[slot] = view;
   }
 
   /** Forget every entry (a new memory generation). */
