@@ -89,19 +89,20 @@ export function addDescriptor(
 const scratch: Uint8Array[] = [];
 
 /**
- * Add a view to the chain's readable or writable list. The first goes into a new one-element array: pushing
- * onto the empty one would grow its store to 17 entries, an allocation that costs as much as the array.
+ * Add a view to the chain's readable or writable list. The first two go into new arrays of exactly one and two
+ * elements: a push would grow the array's store to 17 entries, an allocation dearer than a small array.
  */
 function append(chain: QueueChain, write: boolean, view: Uint8Array): void {
-  if (write) {
-    const w = chain.writable;
-    if (w.length === 0) chain.writable = [view];
-    else w.push(view);
-  } else {
-    const r = chain.readable;
-    if (r.length === 0) chain.readable = [view];
-    else r.push(view);
-  }
+  if (write) chain.writable = appended(chain.writable, view);
+  else chain.readable = appended(chain.readable, view);
+}
+
+function appended(list: Uint8Array[], view: Uint8Array): Uint8Array[] {
+  const n = list.length;
+  if (n === 0) return [view];
+  if (n === 1) return [list[0] as Uint8Array, view];
+  list.push(view);
+  return list;
 }
 
 /** Buffers up to this many bytes go through a queue's ViewCache (headers, status bytes, small requests). */
