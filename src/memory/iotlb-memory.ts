@@ -169,6 +169,12 @@ export class IotlbMemory implements GuestMemory, MemoryPins {
   gather(addr: number, len: number, access: Access, out: Uint8Array[]): void {
     checkRange(addr, len);
     if (len === 0) return;
+    const first = this.#region(addr, 1, access);
+    if (addr + len - 1 <= first.last) {
+      // One region holds it all (the usual case): no list of parts to build first.
+      out.push(new Uint8Array(first.mapping, first.base + (addr - first.start), len));
+      return;
+    }
     const parts: Uint8Array[] = [];
     let cur = addr;
     let left = len;

@@ -191,6 +191,13 @@ export class RegionMemory implements GuestMemory, MemoryPins {
 
   gather(addr: number, len: number, _access: Access, out: Uint8Array[]): void {
     checkRange(addr, len);
+    if (len === 0) return;
+    const first = this.#find(addr);
+    if (addr + len - 1 <= first.last) {
+      // One region holds it all (the usual case): no list of parts to build first.
+      out.push(new Uint8Array(first.mapping, first.base + (addr - first.gpa), len));
+      return;
+    }
     const parts: Uint8Array[] = [];
     let cur = addr;
     let left = len;

@@ -6,7 +6,7 @@
  * and while the memory generation is unchanged; do not keep them longer.
  */
 import { ACCESS_READ, ACCESS_WRITE, GuestMemoryError } from '../memory/guest-memory.js';
-import type { GuestMemory } from '../memory/guest-memory.js';
+import type { Access, GuestMemory } from '../memory/guest-memory.js';
 import { VirtqueueError } from './virtqueue.js';
 import type { DescriptorChain, VirtqueueErrorKind } from './virtqueue.js';
 import { VRING_DESC_SIZE } from '../uapi/virtio-ring.js';
@@ -21,8 +21,8 @@ export const INDIRECT_MAX_DESCRIPTORS = 65536;
 /** The chain object the queues hand out. Only the DescriptorChain fields are public API. */
 export class QueueChain implements DescriptorChain {
   id = 0;
-  readonly readable: Uint8Array[] = [];
-  readonly writable: Uint8Array[] = [];
+  readable: Uint8Array[] = [];
+  writable: Uint8Array[] = [];
   readableBytes = 0;
   writableBytes = 0;
   /** @internal Ring slots the chain took (packed: advance of the used index; split: 1). */
@@ -48,6 +48,7 @@ export function ringError(kind: VirtqueueErrorKind, queue: number, message: stri
 export function addDescriptor(
   chain: QueueChain,
   memory: GuestMemory,
+  cache: ViewCache,
   queue: number,
   addrLo: number,
   addrHi: number,
@@ -63,13 +64,114 @@ export function addDescriptor(
     ringError('length-overflow', queue, 'descriptor lengths add up to more than 2^32 bytes');
   }
   if (len === 0) return;
-  const addr = addrHi * 0x1_0000_0000 + addrLo;
-  if (write) {
-    memory.gather(addr, len, ACCESS_WRITE, chain.writable);
-    chain.writableBytes += len;
-  } else {
-    memory.gather(addr, len, ACCESS_READ, chain.readable);
-    chain.readableBytes += len;
+  const access = write ? ACCESS_WRITE : ACCESS_READ;
+  const small = len <= VIEW_CACHE_MAX_LEN;
+  let view = small ? cache.lookup(memory, addrLo, addrHi, len, access) : null;
+  if (view === null) {
+    const parts = scratch;
+    if (parts.length !== 0) parts.length = 0;
+    memory.gather(addrHi * 0x1_0000_0000 + addrLo, len, access, parts);
+    if (parts.length === 1) {
+      view = parts.pop() as Uint8Array;
+      if (small) cache.store(addrLo, addrHi, len, access, view);
+    } else {
+      // Split over regions (rare): every part, in order.
+      for (let i = 0; i < parts.length; i++) append(chain, write, parts[i] as Uint8Array);
+      parts.length = 0;
+    }
+  }
+  if (view !== null) append(chain, write, view);
+  if (write) chain.writableBytes += len;
+  else chain.readableBytes += len;
+}
+
+/** What memory.gather() appends to, emptied after every use (one thread, no reentry). */
+const scratch: Uint8Array[] = [];
+
+/**
+ * Add a view to the chain's readable or writable list. The first two go into new arrays of exactly one and two
+ * elements: a push would grow the array's store to 17 entries, an allocation dearer than a small array.
+ */
+function append(chain: QueueChain, write: boolean, view: Uint8Array): void {
+  if (write) chain.writable = appended(chain.writable, view);
+  else chain.readable = appended(chain.readable, view);
+}
+
+function appended(list: Uint8Array[], view: Uint8Array): Uint8Array[] {
+  const n = list.length;
+  if (n === 0) return [view];
+  if (n === 1) return [list[0] as Uint8Array, view];
+  list.push(view);
+  return list;
+}
+
+/** Buffers up to this many bytes go through a queue's ViewCache (headers, status bytes, small requests). */
+export const VIEW_CACHE_MAX_LEN = 256;
+/** Entries of a ViewCache (a power of 2). */
+const VIEW_CACHE_SLOTS = 512;
+const VIEW_CACHE_SHIFT = 32 - Math.log2(VIEW_CACHE_SLOTS);
+const NO_VIEW = new Uint8Array(0);
+
+function slotOf(addrLo: number, addrHi: number): number {
+  return Math.imul(addrLo ^ Math.imul(addrHi, 0x85ebca6b), 0x9e3779b1) >>> VIEW_CACHE_SHIFT;
+}
+
+/**
+ * The views of small buffers a queue translated, by guest address, length and access, for one memory
+ * generation: drivers keep request headers and status bytes at a few fixed addresses (Linux virtio-blk: one per
+ * tag, in the request's pdu), so their views can be handed out again instead of made anew per request (a typed
+ * array costs about as much as the rest of a descriptor). A view is the same window onto guest memory whichever
+ * chain holds it. An entry is only stored after memory.gather() translated exactly that range with that access
+ * into one view, and the whole cache is dropped when `memory.generation` changes (a mapping went away: views may
+ * be detached and permissions may differ), so a hit is what gather() would answer. Direct-mapped: a miss costs one
+ * hash and a comparison, and replaces the slot's entry.
+ */
+export class ViewCache {
+  /** Per slot: address low and high words, length, access (0: empty). */
+  private readonly keys = new Uint32Array(VIEW_CACHE_SLOTS * 4);
+  private readonly views: Uint8Array[] = new Array<Uint8Array>(VIEW_CACHE_SLOTS).fill(NO_VIEW);
+  private generation = -1;
+
+  /**
+   * The view stored for exactly [addr, addr + len) with `access` in this memory generation, or null. Drops every
+   * entry first when `memory.generation` changed.
+   */
+  lookup(
+    memory: GuestMemory,
+    addrLo: number,
+    addrHi: number,
+    len: number,
+    access: Access,
+  ): Uint8Array | null {
+    const generation = memory.generation;
+    if (generation !== this.generation) this.reset(generation);
+    const k = slotOf(addrLo, addrHi) << 2;
+    const keys = this.keys;
+    if (keys[k] === addrLo && keys[k + 1] === addrHi && keys[k + 2] === len && keys[k + 3] === access)
+      return this.views[k >>> 2] as Uint8Array;
+    return null;
+  }
+
+  /**
+   * Remember `view`: what memory.gather() gave, as its only part, for [addr, addr + len) with `access`, in the
+   * generation of the lookup() just before. Replaces whatever the slot held.
+   */
+  store(addrLo: number, addrHi: number, len: number, access: Access, view: Uint8Array): void {
+    const slot = slotOf(addrLo, addrHi);
+    const k = slot << 2;
+    const keys = this.keys;
+    keys[k] = addrLo;
+    keys[k + 1] = addrHi;
+    keys[k + 2] = len;
+    keys[k + 3] = access;
+    this.views[slot] = view;
+  }
+
+  /** Forget every entry (a new memory generation). */
+  reset(generation: number): void {
+    this.keys.fill(0);
+    this.views.fill(NO_VIEW);
+    this.generation = generation;
   }
 }
 

@@ -335,6 +335,7 @@ export class PackedQueue extends QueueBase implements Virtqueue {
       addDescriptor(
         chain,
         this.memory,
+        this.viewCache,
         q,
         d[b] as number,
         d[b + 1] as number,
@@ -381,7 +382,7 @@ export class PackedQueue extends QueueBase implements Virtqueue {
         this.walkIndirect(chain, lo, hi, len);
         break;
       }
-      addDescriptor(chain, this.memory, q, lo, hi, len, (flags & VRING_DESC_F_WRITE) !== 0);
+      addDescriptor(chain, this.memory, this.viewCache, q, lo, hi, len, (flags & VRING_DESC_F_WRITE) !== 0);
       if ((flags & VRING_DESC_F_NEXT) === 0) break;
       w = r[(s << 2) + 3] as number;
     }
@@ -405,6 +406,7 @@ export class PackedQueue extends QueueBase implements Virtqueue {
       addDescriptor(
         chain,
         this.memory,
+        this.viewCache,
         q,
         t[b] as number,
         t[b + 1] as number,

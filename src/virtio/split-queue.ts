@@ -269,6 +269,7 @@ export class SplitQueue extends QueueBase implements Virtqueue {
       addDescriptor(
         chain,
         this.memory,
+        this.viewCache,
         q,
         d[b] as number,
         d[b + 1] as number,
@@ -298,6 +299,7 @@ export class SplitQueue extends QueueBase implements Virtqueue {
       addDescriptor(
         chain,
         this.memory,
+        this.viewCache,
         q,
         t[b] as number,
         t[b + 1] as number,

@@ -587,7 +587,10 @@ export class VirtioBlkDevice implements VirtioDevice {
   }
 
   #markDirty(queue: Virtqueue): void {
-    if (!this.#dirty.includes(queue)) this.#dirty.push(queue);
+    const dirty = this.#dirty;
+    // Most completions are for the queue marked last: skip the search then.
+    if (dirty.length === 0 || (dirty[dirty.length - 1] !== queue && !dirty.includes(queue)))
+      dirty.push(queue);
     // Inside a drain: the end of the drain publishes (or schedules the publish).
     if (this.#draining) return;
     // Nothing left in the backend and not inside a drain: no completion can join this batch any more, so

@@ -47,6 +47,7 @@ const SECTOR_HI_LIMIT = 2 ** (53 - 9 - 32);
 /** What a request is checked against; the device updates it on resize and activation. */
 export interface BlkRequestLimits {
   capacityBytes: number;
+  /** A power of two, 512..4096. */
   logicalBlockSize: number;
   readOnly: boolean;
   negotiated: NegotiatedBlkFeatures;
@@ -197,14 +198,17 @@ function parseReadWrite(
   // IN: data is the writable part but its last byte; OUT: the readable part after the header.
   const length = write ? chain.readableBytes - VIRTIO_BLK_OUTHDR_SIZE : chain.writableBytes - 1;
   const lbs = limits.logicalBlockSize;
-  if (offset < 0 || offset % lbs !== 0) {
+  // lbs is a power of two (resolveBlkOptions checks it): the low bits tell the remainder, and `&` on an integer
+  // below 2^53 is exact (ToInt32 keeps it modulo 2^32), where `%` on a double is a call into the runtime.
+  const mask = lbs - 1;
+  if (offset < 0 || (offset & mask) !== 0) {
     return refuse(
       request,
       VIRTIO_BLK_S_IOERR,
       `sector not aligned to the ${lbs}-byte logical block or too large`,
     );
   }
-  if (length % lbs !== 0) {
+  if ((length & mask) !== 0) {
     return refuse(request, VIRTIO_BLK_S_IOERR, `data length ${length} is not a multiple of ${lbs}`);
   }
   if (offset + length > limits.capacityBytes) {

@@ -90,6 +90,21 @@ describe('IotlbMemory', () => {
     assert.equal(memory.mappedRegions, 2);
   });
 
+  it('gather() inside one region appends one view of exactly the range, and checks the permission', () => {
+    const { memory } = setup([
+      { start: 0x1000, last: 0x1fff, offset: 0x1000, perm: 1 },
+      { start: 0x2000, last: 0x2fff, offset: 0x7000, perm: 3 },
+    ]);
+    const out: Uint8Array[] = [new Uint8Array(1)];
+    memory.gather(0x1ff0, 0x10, ACCESS_READ, out);
+    assert.equal(out.length, 2);
+    assert.deepEqual([...out[1]!.subarray(0, 2)], [0xf0, 0xf1]);
+    assert.equal(out[1]!.length, 0x10);
+    assert.throws(() => memory.gather(0x1ff0, 0x10, ACCESS_WRITE, out), /does not allow/);
+    assert.throws(() => memory.gather(0x1ff0, 0x20, ACCESS_WRITE, out), /does not allow/);
+    assert.equal(out.length, 2);
+  });
+
   it('gather() appends nothing when any byte is unmapped', () => {
     const { memory } = setup([{ start: 0x1000, last: 0x1fff, offset: 0x1000, perm: 3 }]);
     const out: Uint8Array[] = [];

@@ -42,6 +42,13 @@ test('two regions: guest-physical views, user-address translation, mmap offsets 
     assert.throws(() => m.view(0xfffe, 4, ACCESS_READ), /crosses the end/);
     assert.throws(() => m.view(-1, 1, ACCESS_READ), GuestMemoryError);
     const out: Uint8Array[] = [];
+    m.gather(0x100010, 4, ACCESS_READ, out);
+    assert.deepEqual(
+      out.map((b) => [...b]),
+      [[1, 2, 3, 4]],
+    );
+    out.length = 0;
+    assert.throws(() => m.gather(0x20000, 4, ACCESS_READ, out), /in no memory region/);
     assert.throws(() => m.gather(0xfff0, 0x20, ACCESS_READ, out), /in no memory region/);
     assert.equal(out.length, 0, 'nothing appended on failure');
     m.clear();
