@@ -717,8 +717,8 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
 // then ONE MakeCallback serves every marked queue (microtasks drain as the callback scope closes); then the
 // interrupts JS marked in `signals` are injected. While only kicks arrive the thread never goes back
 // through libuv; once libuv's backend fd is ready (thread-pool completions, sockets, the worker's
-// MessagePort) or a timer is due, control returns to libuv, which runs its callbacks and comes back to
-// prepare. Interrupts marked by those callbacks are injected at the start of the next prepare, so none
+// MessagePort), a timer is due or a watcher change waits to reach libuv's epoll, control returns to libuv,
+// which runs its callbacks and comes back to prepare. Interrupts marked by those callbacks are injected at the start of the next prepare, so none
 // waits while the thread blocks.
 //
 // The loop state lives in a heap KickLoopState, apart from the JS object, for the same reason as Poll
@@ -729,11 +729,22 @@ class KickLoop;
 
 constexpr uint32_t kBackendTag = UINT32_MAX;
 
+// libuv applies watcher changes (a uv_poll or stream starting, a write waiting for POLLOUT) to its epoll fd
+// lazily, at the top of its poll phase: while any is queued, the backend fd cannot report that fd, so the loop
+// must not block here. (uv_loop_t's layout is part of libuv 1.x's ABI; the queue is empty when it points to
+// itself.)
+bool WatchersPending(uv_loop_t* loop) { return loop->watcher_queue.next != &loop->watcher_queue; }
+
 struct KickLoopState {
   uv_prepare_t handle;
+  // Started (unref'd) when control goes back to libuv although its poll would block (watcher changes to
+  // apply, EINTR, JS that could not run): an active idle handle makes that poll not wait, so the kicks, which
+  // only this loop watches, are not left waiting. Stopped by the next prepare.
+  uv_idle_t idle;
   KickLoop* owner;  // null once closing
   napi_async_cleanup_hook_handle cleanup_hook;
   int ep;
+  int open_handles;  // freed when both handles are closed
 };
 
 // Slots of KickLoop#stats (a Float64Array of JS's).
@@ -806,7 +817,11 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
       delete state;
       throw SystemError(env, -err, "uv_prepare_init");
     }
+    uv_idle_init(loop, &state->idle);
+    uv_unref(reinterpret_cast<uv_handle_t*>(&state->idle));
     state->handle.data = state;
+    state->idle.data = state;
+    state->open_handles = 2;
     state->owner = this;
     state->ep = ep;
     napi_add_async_cleanup_hook(env, OnTeardown, state, &state->cleanup_hook);
@@ -936,11 +951,17 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
     state->owner = nullptr;
     napi_remove_async_cleanup_hook(state->cleanup_hook);
     state->cleanup_hook = nullptr;
+    CloseHandles(state);
+  }
+
+  static void CloseHandles(KickLoopState* state) {
     uv_close(reinterpret_cast<uv_handle_t*>(&state->handle), OnClosed);
+    uv_close(reinterpret_cast<uv_handle_t*>(&state->idle), OnClosed);
   }
 
   static void OnClosed(uv_handle_t* handle) {
     KickLoopState* state = static_cast<KickLoopState*>(handle->data);
+    if (--state->open_handles > 0) return;
     if (state->cleanup_hook != nullptr) napi_remove_async_cleanup_hook(state->cleanup_hook);
     close(state->ep);
     delete state;
@@ -953,12 +974,20 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
       state->owner->active_ = false;
       state->owner = nullptr;
     }
-    uv_close(reinterpret_cast<uv_handle_t*>(&state->handle), OnClosed);
+    CloseHandles(state);  // removes the hook when done
+  }
+
+  static void NoIdle(uv_idle_t*) {}
+
+  // Back to libuv; `no_block`: make its poll phase not wait (see KickLoopState::idle).
+  static void ToLibuv(KickLoopState* state, bool no_block) {
+    if (no_block) uv_idle_start(&state->idle, NoIdle);
   }
 
   static void OnPrepare(uv_prepare_t* handle) {
     KickLoopState* state = static_cast<KickLoopState*>(handle->data);
     uv_loop_t* loop = handle->loop;
+    uv_idle_stop(&state->idle);
     KickLoop* self = state->owner;
     if (self == nullptr) return;
     // Completions published by libuv callbacks or immediates since the last wait.
@@ -966,9 +995,10 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
     constexpr int kEvents = 64;
     epoll_event events[kEvents];
     for (;;) {
+      if (WatchersPending(loop)) return ToLibuv(state, true);
       int n = epoll_wait(state->ep, events, kEvents, uv_backend_timeout(loop));
       uv_update_time(loop);
-      if (n < 0) return;  // EINTR: let libuv run
+      if (n < 0) return ToLibuv(state, true);  // EINTR: let libuv run (a signal handler, say)
       bool backend = false;
       bool kicked = false;
       for (int k = 0; k < n; k++) {
@@ -986,12 +1016,13 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
       }
       if (kicked) {
         self->stats_[kStatWakeups]++;
-        if (!self->Call()) return;
+        if (!self->Call()) return ToLibuv(state, true);
         // The callback may have stopped or closed this loop.
         self = state->owner;
         if (self == nullptr || !self->active_) return;
         self->FlushSignals();
       }
+      // libuv's poll does not block now: its backend fd is ready, or a timer (immediate, close, stop) is due.
       if (backend || uv_backend_timeout(loop) == 0) return;
     }
   }
