@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/netlink.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -28,6 +29,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -703,6 +705,357 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   bool active_ = false;
 };
 
+// ---------------------------------------------------------------------------------------------
+// KickLoop: a queue thread's run-to-completion wait for kicks (src/sys/binding.ts, KickLoop).
+//
+// Serving a kick through FdWatcher costs three crossings and a libuv iteration per wake-up: the uv_poll
+// callback, an eventfdRead, then an ioctl (VDUSE_VQ_INJECT_IRQ) or eventfd write per interrupt. Here a
+// uv_prepare handle waits instead, right where libuv would block: on an epoll fd holding the queues' kick
+// eventfds and libuv's own backend fd, for at most uv_backend_timeout(loop) (exact in a prepare callback:
+// it runs right before libuv polls, so pending immediates, closing handles or a stop give 0, a timer its
+// delay). Kicks are drained here and marked in `kicked` (an Int32Array shared with JS, one word per queue);
+// then ONE MakeCallback serves every marked queue (microtasks drain as the callback scope closes); then the
+// interrupts JS marked in `signals` are injected. While only kicks arrive the thread never goes back
+// through libuv; once libuv's backend fd is ready (thread-pool completions, sockets, the worker's
+// MessagePort), a timer is due or a watcher change waits to reach libuv's epoll, control returns to libuv,
+// which runs its callbacks and comes back to prepare. Interrupts marked by those callbacks are injected at the start of the next prepare, so none
+// waits while the thread blocks.
+//
+// The loop state lives in a heap KickLoopState, apart from the JS object, for the same reason as Poll
+// above (uv_close completes asynchronously; the env teardown hook may close it first). The typed arrays
+// are held by strong references, so their memory outlives the raw pointers kept here.
+
+class KickLoop;
+
+constexpr uint32_t kBackendTag = UINT32_MAX;
+
+// libuv applies watcher changes (a uv_poll or stream starting, a write waiting for POLLOUT) to its epoll fd
+// lazily, at the top of its poll phase: while any is queued, the backend fd cannot report that fd, so the loop
+// must not block here. (uv_loop_t's layout is part of libuv 1.x's ABI; the queue is empty when it points to
+// itself.)
+bool WatchersPending(uv_loop_t* loop) { return loop->watcher_queue.next != &loop->watcher_queue; }
+
+struct KickLoopState {
+  uv_prepare_t handle;
+  // Started (unref'd) when control goes back to libuv although its poll would block (watcher changes to
+  // apply, EINTR, JS that could not run): an active idle handle makes that poll not wait, so the kicks, which
+  // only this loop watches, are not left waiting. Stopped by the next prepare.
+  uv_idle_t idle;
+  KickLoop* owner;  // null once closing
+  napi_async_cleanup_hook_handle cleanup_hook;
+  int ep;
+  int open_handles;  // freed when both handles are closed
+};
+
+// Slots of KickLoop#stats (a Float64Array of JS's).
+constexpr size_t kStatFailedIrqs = 0;  // interrupts that could not be injected
+constexpr size_t kStatLastErrno = 1;   // the errno of the last one
+constexpr size_t kStatWakeups = 2;     // epoll_wait returns with at least one kick
+constexpr size_t kStatCount = 3;
+
+class KickLoop : public Napi::ObjectWrap<KickLoop> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "KickLoop",
+                       {
+                           InstanceMethod<&KickLoop::Start>("start"),
+                           InstanceMethod<&KickLoop::Stop>("stop"),
+                           InstanceMethod<&KickLoop::Close>("close"),
+                           InstanceMethod<&KickLoop::AddKick>("addKick"),
+                           InstanceMethod<&KickLoop::RemoveKick>("removeKick"),
+                           InstanceMethod<&KickLoop::SetInterrupt>("setInterrupt"),
+                           InstanceMethod<&KickLoop::Flush>("flush"),
+                           InstanceMethod<&KickLoop::UnrefHandle>("unref"),
+                           InstanceMethod<&KickLoop::RefHandle>("ref"),
+                       });
+  }
+
+  // new KickLoop(callback, kicked: Int32Array, signals: Int32Array, injected: Float64Array,
+  //              stats: Float64Array); every array has one slot per queue (stats: kStatCount).
+  KickLoop(const Napi::CallbackInfo& info) : Napi::ObjectWrap<KickLoop>(info), async_context_(info.Env(), "KickLoop") {
+    Napi::Env env = info.Env();
+    // As FdWatcher: the JS object holds the callback, C++ a weak reference (no cycle through a GC root).
+    Napi::Function callback = info[0].As<Napi::Function>();
+    info.This().As<Napi::Object>().DefineProperty(
+        Napi::PropertyDescriptor::Value("callback", callback, napi_default));
+    callback_ = Napi::Weak(callback);
+    Napi::Int32Array kicked = info[1].As<Napi::Int32Array>();
+    Napi::Int32Array signals = info[2].As<Napi::Int32Array>();
+    Napi::Float64Array injected = info[3].As<Napi::Float64Array>();
+    Napi::Float64Array stats = info[4].As<Napi::Float64Array>();
+    size_t n = kicked.ElementLength();
+    if (signals.ElementLength() != n || injected.ElementLength() != n || stats.ElementLength() < kStatCount)
+      throw Napi::RangeError::New(env, "KickLoop: arrays of different lengths");
+    arrays_[0] = Napi::Persistent(kicked.As<Napi::Object>());
+    arrays_[1] = Napi::Persistent(signals.As<Napi::Object>());
+    arrays_[2] = Napi::Persistent(injected.As<Napi::Object>());
+    arrays_[3] = Napi::Persistent(stats.As<Napi::Object>());
+    kicked_ = kicked.Data();
+    signals_ = signals.Data();
+    injected_ = injected.Data();
+    stats_ = stats.Data();
+    kick_fd_.assign(n, -1);
+    irq_fd_.assign(n, -1);
+    irq_request_.assign(n, 0);
+
+    uv_loop_t* loop = nullptr;
+    NAPI_THROW_IF_FAILED_VOID(env, napi_get_uv_event_loop(env, &loop));
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0) ThrowErrno(env, "epoll_create1");
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u32 = kBackendTag;
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, uv_backend_fd(loop), &ev) < 0) {
+      int err = errno;
+      close(ep);
+      throw SystemError(env, err, "epoll_ctl");
+    }
+    KickLoopState* state = new KickLoopState{};
+    int err = uv_prepare_init(loop, &state->handle);
+    if (err < 0) {
+      close(ep);
+      delete state;
+      throw SystemError(env, -err, "uv_prepare_init");
+    }
+    uv_idle_init(loop, &state->idle);
+    uv_unref(reinterpret_cast<uv_handle_t*>(&state->idle));
+    state->handle.data = state;
+    state->idle.data = state;
+    state->open_handles = 2;
+    state->owner = this;
+    state->ep = ep;
+    napi_add_async_cleanup_hook(env, OnTeardown, state, &state->cleanup_hook);
+    state_ = state;
+  }
+
+  ~KickLoop() override { CloseHandle(); }
+
+ private:
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (state_ == nullptr) throw Napi::Error::New(env, "KickLoop is closed");
+    int err = uv_prepare_start(&state_->handle, OnPrepare);
+    if (err < 0) throw SystemError(env, -err, "uv_prepare_start");
+    if (!active_) Napi::ObjectWrap<KickLoop>::Ref();
+    active_ = true;
+    return env.Undefined();
+  }
+
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    StopPrepare();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    CloseHandle();
+    return info.Env().Undefined();
+  }
+
+  // addKick(index, fd): wait for kicks of queue `index` on eventfd `fd` (level-triggered).
+  Napi::Value AddKick(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (state_ == nullptr) throw Napi::Error::New(env, "KickLoop is closed");
+    size_t i = IndexArg(info, 0);
+    int fd = FdArg(info, 1);
+    if (kick_fd_[i] >= 0) throw SystemError(env, EEXIST, "epoll_ctl");
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u32 = static_cast<uint32_t>(i);
+    if (epoll_ctl(state_->ep, EPOLL_CTL_ADD, fd, &ev) < 0) ThrowErrno(env, "epoll_ctl");
+    kick_fd_[i] = fd;
+    return env.Undefined();
+  }
+
+  // removeKick(index): stop waiting for kicks of queue `index` (before its fd is closed). No-op when none.
+  Napi::Value RemoveKick(const Napi::CallbackInfo& info) {
+    size_t i = IndexArg(info, 0);
+    if (kick_fd_[i] >= 0 && state_ != nullptr) epoll_ctl(state_->ep, EPOLL_CTL_DEL, kick_fd_[i], nullptr);
+    kick_fd_[i] = -1;
+    kicked_[i] = 0;
+    return info.Env().Undefined();
+  }
+
+  // setInterrupt(index, fd, request): how queue `index`'s interrupt is injected: request 0 writes 1 to the
+  // eventfd `fd` (a vhost-user call fd), else ioctl(fd, request, &u32 index) (VDUSE_VQ_INJECT_IRQ). fd -1:
+  // none (a marked interrupt is dropped). A pending interrupt is injected first with the old target.
+  Napi::Value SetInterrupt(const Napi::CallbackInfo& info) {
+    size_t i = IndexArg(info, 0);
+    FlushOne(i);
+    irq_fd_[i] = FdArg(info, 1);
+    int64_t raw = IntArg(info, 2);
+    irq_request_[i] =
+        raw < 0 ? static_cast<unsigned long>(static_cast<uint32_t>(raw)) : static_cast<unsigned long>(raw);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Flush(const Napi::CallbackInfo& info) {
+    FlushSignals();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value UnrefHandle(const Napi::CallbackInfo& info) {
+    if (state_ != nullptr) uv_unref(reinterpret_cast<uv_handle_t*>(&state_->handle));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value RefHandle(const Napi::CallbackInfo& info) {
+    if (state_ != nullptr) uv_ref(reinterpret_cast<uv_handle_t*>(&state_->handle));
+    return info.Env().Undefined();
+  }
+
+  size_t IndexArg(const Napi::CallbackInfo& info, size_t k) {
+    int64_t i = IntArg(info, k);
+    if (i < 0 || static_cast<size_t>(i) >= kick_fd_.size())
+      throw Napi::RangeError::New(info.Env(), "KickLoop: queue index out of range");
+    return static_cast<size_t>(i);
+  }
+
+  void FlushOne(size_t i) {
+    if (signals_[i] == 0) return;
+    signals_[i] = 0;
+    int fd = irq_fd_[i];
+    if (fd < 0) return;
+    long r;
+    if (irq_request_[i] == 0) {
+      uint64_t one = 1;
+      r = RetryEintr([&] { return write(fd, &one, sizeof one); });
+    } else {
+      uint32_t index = static_cast<uint32_t>(i);
+      r = RetryEintr([&] { return ioctl(fd, irq_request_[i], &index); });
+    }
+    if (r < 0) {
+      stats_[kStatFailedIrqs]++;
+      stats_[kStatLastErrno] = -errno;
+    } else {
+      injected_[i]++;
+    }
+  }
+
+  void FlushSignals() {
+    for (size_t i = 0; i < irq_fd_.size(); i++) FlushOne(i);
+  }
+
+  void StopPrepare() {
+    if (state_ != nullptr) uv_prepare_stop(&state_->handle);
+    if (active_) {
+      active_ = false;
+      Napi::ObjectWrap<KickLoop>::Unref();
+    }
+  }
+
+  void CloseHandle() {
+    StopPrepare();
+    KickLoopState* state = state_;
+    if (state == nullptr) return;
+    state_ = nullptr;
+    state->owner = nullptr;
+    napi_remove_async_cleanup_hook(state->cleanup_hook);
+    state->cleanup_hook = nullptr;
+    CloseHandles(state);
+  }
+
+  static void CloseHandles(KickLoopState* state) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&state->handle), OnClosed);
+    uv_close(reinterpret_cast<uv_handle_t*>(&state->idle), OnClosed);
+  }
+
+  static void OnClosed(uv_handle_t* handle) {
+    KickLoopState* state = static_cast<KickLoopState*>(handle->data);
+    if (--state->open_handles > 0) return;
+    if (state->cleanup_hook != nullptr) napi_remove_async_cleanup_hook(state->cleanup_hook);
+    close(state->ep);
+    delete state;
+  }
+
+  static void OnTeardown(napi_async_cleanup_hook_handle, void* data) {
+    KickLoopState* state = static_cast<KickLoopState*>(data);
+    if (state->owner != nullptr) {
+      state->owner->state_ = nullptr;
+      state->owner->active_ = false;
+      state->owner = nullptr;
+    }
+    CloseHandles(state);  // removes the hook when done
+  }
+
+  static void NoIdle(uv_idle_t*) {}
+
+  // Back to libuv; `no_block`: make its poll phase not wait (see KickLoopState::idle).
+  static void ToLibuv(KickLoopState* state, bool no_block) {
+    if (no_block) uv_idle_start(&state->idle, NoIdle);
+  }
+
+  static void OnPrepare(uv_prepare_t* handle) {
+    KickLoopState* state = static_cast<KickLoopState*>(handle->data);
+    uv_loop_t* loop = handle->loop;
+    uv_idle_stop(&state->idle);
+    KickLoop* self = state->owner;
+    if (self == nullptr) return;
+    // Completions published by libuv callbacks or immediates since the last wait.
+    self->FlushSignals();
+    constexpr int kEvents = 64;
+    epoll_event events[kEvents];
+    for (;;) {
+      if (WatchersPending(loop)) return ToLibuv(state, true);
+      int n = epoll_wait(state->ep, events, kEvents, uv_backend_timeout(loop));
+      uv_update_time(loop);
+      if (n < 0) return ToLibuv(state, true);  // EINTR: let libuv run (a signal handler, say)
+      bool backend = false;
+      bool kicked = false;
+      for (int k = 0; k < n; k++) {
+        uint32_t i = events[k].data.u32;
+        if (i == kBackendTag) {
+          backend = true;
+          continue;
+        }
+        if (i >= self->kick_fd_.size() || self->kick_fd_[i] < 0) continue;
+        uint64_t value;
+        if (read(self->kick_fd_[i], &value, sizeof value) == sizeof value) {
+          self->kicked_[i] = 1;
+          kicked = true;
+        }
+      }
+      if (kicked) {
+        self->stats_[kStatWakeups]++;
+        if (!self->Call()) return ToLibuv(state, true);
+        // The callback may have stopped or closed this loop.
+        self = state->owner;
+        if (self == nullptr || !self->active_) return;
+        self->FlushSignals();
+      }
+      // libuv's poll does not block now: its backend fd is ready, or a timer (immediate, close, stop) is due.
+      if (backend || uv_backend_timeout(loop) == 0) return;
+    }
+  }
+
+  // One MakeCallback into JS (see FdWatcher::OnPoll). False when JS could not run or threw.
+  bool Call() {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    napi_value result;
+    napi_status status =
+        napi_make_callback(env, async_context_, Value(), callback_.Value(), 0, nullptr, &result);
+    if (status == napi_ok) return true;
+    if (status == napi_pending_exception) {
+      napi_value error;
+      if (napi_get_and_clear_last_exception(env, &error) == napi_ok) napi_fatal_exception(env, error);
+    }
+    return false;
+  }
+
+  Napi::FunctionReference callback_;
+  Napi::AsyncContext async_context_;
+  Napi::ObjectReference arrays_[4];
+  int32_t* kicked_ = nullptr;
+  int32_t* signals_ = nullptr;
+  double* injected_ = nullptr;
+  double* stats_ = nullptr;
+  std::vector<int> kick_fd_;
+  std::vector<int> irq_fd_;
+  std::vector<unsigned long> irq_request_;
+  KickLoopState* state_ = nullptr;
+  bool active_ = false;
+};
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ioctl", Napi::Function::New<Ioctl>(env, "ioctl"));
   exports.Set("mmap", Napi::Function::New<Mmap>(env, "mmap"));
@@ -727,6 +1080,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("recvmsg", Napi::Function::New<RecvMsg>(env, "recvmsg"));
   exports.Set("sendmsg", Napi::Function::New<SendMsg>(env, "sendmsg"));
   exports.Set("FdWatcher", FdWatcher::Define(env));
+  exports.Set("KickLoop", KickLoop::Define(env));
   return exports;
 }
 

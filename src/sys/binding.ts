@@ -47,6 +47,61 @@ export interface FdWatcher {
   ref(): void;
 }
 
+/** Slots of KickLoop.stats. */
+export const KICK_STAT_FAILED_IRQS = 0;
+/** The (negative) errno of the last interrupt that could not be injected. */
+export const KICK_STAT_LAST_ERRNO = 1;
+/** Wake-ups that found at least one kick (one callback each). */
+export const KICK_STAT_WAKEUPS = 2;
+export const KICK_STAT_COUNT = 3;
+
+/**
+ * A queue thread's run-to-completion wait for kicks (native/vduse_native.cc, KickLoop): instead of a libuv
+ * callback per ready kick fd, a prepare handle on the calling thread's loop waits on every queue's kick
+ * eventfd and on libuv's own backend fd at once, for as long as libuv itself would block. Each wake-up drains
+ * the ready kick eventfds, marks their queues in `kicked`, makes ONE callback (microtasks drain after it),
+ * then injects the interrupts marked in `signals`. Interrupts marked outside the callback (completions of
+ * thread-pool I/O, timers, immediates) are injected the next time the loop would block. Control returns to
+ * libuv whenever its backend fd is ready or a timer, immediate or stop is due, so every other kind of
+ * callback on the thread still runs.
+ *
+ * The typed arrays are made once and shared with native code: no allocation and no crossing per kick or
+ * per interrupt.
+ */
+export interface KickLoop {
+  /** kicked[i] is 1 when queue i was kicked since the callback last cleared it (the callback clears it). */
+  readonly kicked: Int32Array;
+  /** Set signals[i] = 1 to have queue i's interrupt injected (once, however often it was set). */
+  readonly signals: Int32Array;
+  /** See KICK_STAT_*: failed injections (and the last errno), wake-ups. Written by the loop only. */
+  readonly stats: Float64Array;
+  /** Wait for kicks of queue `index` on the eventfd `fd` (the loop reads it). EEXIST when it has one. */
+  addKick(index: number, fd: number): void;
+  /** Stop waiting for kicks of queue `index` (before its fd is closed); clears kicked[index]. */
+  removeKick(index: number): void;
+  /**
+   * How queue `index`'s interrupt is injected: `request` 0 writes 1 to the eventfd `fd` (a vhost-user call fd),
+   * else ioctl(fd, request, &u32 index) (VDUSE_VQ_INJECT_IRQ on the device fd). fd -1: none (a marked
+   * interrupt is dropped). An interrupt still pending is injected first, with the old target.
+   */
+  setInterrupt(index: number, fd: number, request: number): void;
+  /** Inject the marked interrupts now. */
+  flush(): void;
+  /** Start waiting (on the loop of the thread that created it). */
+  start(): void;
+  /** Stop waiting; start() may be called again. */
+  stop(): void;
+  /** Stop for good and release the handle (no fd is closed). */
+  close(): void;
+  /** Do not keep the event loop alive for this loop. */
+  unref(): void;
+  /** Keep the event loop alive while started (the default). */
+  ref(): void;
+}
+
+/** Called by a KickLoop once per wake-up with kicks; the kicked queues are marked in KickLoop.kicked. */
+export type KickLoopCallback = () => void;
+
 export interface SysBinding {
   /** ioctl(2). `request` is an unsigned long (values >= 2^31 are fine); `arg` is an in/out buffer or an integer. Returns the ioctl's non-negative result. */
   ioctl(fd: number, request: number, arg: Uint8Array | number): number;
@@ -64,6 +119,11 @@ export interface SysBinding {
   eventfdWrite(fd: number, value: number): void;
   /** A libuv poll watcher on `fd`, on the calling thread's loop. */
   createFdWatcher(fd: number, callback: FdWatcherCallback): FdWatcher;
+  /**
+   * A KickLoop for queues 0..numQueues-1 on the calling thread's loop. `injected[i]` (a Float64Array of
+   * numQueues slots, e.g. a view of shared counters) is incremented for every interrupt of queue i injected.
+   */
+  createKickLoop(numQueues: number, injected: Float64Array, callback: KickLoopCallback): KickLoop;
   /** A full memory fence (atomic_thread_fence(seq_cst)). */
   fence(): void;
   /** read(2) into `buffer`. Returns the byte count, or -1 when it would block (EAGAIN). */

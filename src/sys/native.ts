@@ -8,7 +8,14 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import type { FdWatcher, FdWatcherCallback, SysBinding } from './binding.js';
+import {
+  KICK_STAT_COUNT,
+  type FdWatcher,
+  type FdWatcherCallback,
+  type KickLoop,
+  type KickLoopCallback,
+  type SysBinding,
+} from './binding.js';
 import { VduseTsError } from '../common/errors.js';
 
 const PACKAGE_NAME = 'vduse-ts';
@@ -16,8 +23,15 @@ const ADDON_PATH = 'build/Release/vduse_native.node';
 const BUILD_COMMAND = 'npm run build:native';
 
 /** What the .node file exports (native/vduse_native.cc). */
-interface NativeAddon extends Omit<SysBinding, 'createFdWatcher'> {
+interface NativeAddon extends Omit<SysBinding, 'createFdWatcher' | 'createKickLoop'> {
   FdWatcher: new (fd: number, callback: FdWatcherCallback) => FdWatcher;
+  KickLoop: new (
+    callback: KickLoopCallback,
+    kicked: Int32Array,
+    signals: Int32Array,
+    injected: Float64Array,
+    stats: Float64Array,
+  ) => Omit<KickLoop, 'kicked' | 'signals' | 'stats'>;
 }
 
 const FUNCTIONS = [
@@ -44,6 +58,7 @@ const FUNCTIONS = [
   'recvmsg',
   'sendmsg',
   'FdWatcher',
+  'KickLoop',
 ] as const;
 
 /** The directory of the package.json named "vduse-ts" at or above `start` (a file URL or path). */
@@ -98,6 +113,7 @@ export function loadNativeBinding(): SysBinding {
     );
   }
   const NativeFdWatcher = addon.FdWatcher;
+  const NativeKickLoop = addon.KickLoop;
   cached = {
     ioctl: addon.ioctl,
     mmap: addon.mmap,
@@ -107,6 +123,17 @@ export function loadNativeBinding(): SysBinding {
     eventfdRead: addon.eventfdRead,
     eventfdWrite: addon.eventfdWrite,
     createFdWatcher: (fd, callback) => new NativeFdWatcher(fd, callback),
+    createKickLoop: (numQueues, injected, callback) => {
+      const kicked = new Int32Array(numQueues);
+      const signals = new Int32Array(numQueues);
+      const stats = new Float64Array(KICK_STAT_COUNT);
+      // The native object holds the arrays; JS reads them through the same views.
+      return Object.assign(new NativeKickLoop(callback, kicked, signals, injected, stats), {
+        kicked,
+        signals,
+        stats,
+      });
+    },
     fence: addon.fence,
     read: addon.read,
     write: addon.write,

@@ -17,6 +17,12 @@
  *   each time from its own setImmediate (so nextTick/microtasks drain between callbacks, as with the real
  *   binding). An active, ref'd watcher keeps the event loop alive only with `{ keepEventLoopAlive: true }`
  *   (a real one always does; in tests that would turn a failed assertion into a hung test file).
+ * - KickLoops: model the native contract (src/sys/binding.ts): a wake-up (its own setImmediate, as soon as a
+ *   watched kick eventfd is readable) first injects the interrupts already marked, drains every ready kick
+ *   eventfd, marks its queue in `kicked`, makes ONE callback, then injects the interrupts marked in `signals`
+ *   (through this binding's ioctl or eventfdWrite, so a test sees them as the device would). Interrupts marked
+ *   outside a callback are injected by the next "prepare", a 1 ms timer while the loop is started (the real
+ *   one runs before the thread would block), or flush(). Wake-ups and callbacks are counted in `stats`.
  * - ioctl: goes to the device's ioctl handler, else to `onIoctl`, which by default throws ENOTTY.
  *
  * Errors are system errors like the native ones (code, negative errno, syscall). A request the fake cannot
@@ -41,7 +47,17 @@ import {
   UV_READABLE,
   UV_WRITABLE,
 } from '../sys/binding.js';
-import type { FdWatcher, FdWatcherCallback, SysBinding } from '../sys/binding.js';
+import {
+  KICK_STAT_COUNT,
+  KICK_STAT_FAILED_IRQS,
+  KICK_STAT_LAST_ERRNO,
+  KICK_STAT_WAKEUPS,
+  type FdWatcher,
+  type FdWatcherCallback,
+  type KickLoop,
+  type KickLoopCallback,
+  type SysBinding,
+} from '../sys/binding.js';
 import { systemError } from '../sys/errors.js';
 
 /** The handlers behind a fake device fd. A missing handler makes that call fail with EINVAL. */
@@ -189,6 +205,165 @@ class FakeFdWatcher implements FdWatcher {
   }
 }
 
+class FakeKickLoop implements KickLoop {
+  readonly kicked: Int32Array;
+  readonly signals: Int32Array;
+  readonly stats = new Float64Array(KICK_STAT_COUNT);
+  active = false;
+  closed = false;
+  refed = true;
+  /** Kick fd per queue index (-1: none). */
+  readonly kickFds: number[];
+  readonly #irqs: { fd: number; request: number }[];
+  #immediate: NodeJS.Immediate | undefined;
+  #prepare: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly owner: FakeBinding,
+    numQueues: number,
+    private readonly injected: Float64Array,
+    private readonly callback: KickLoopCallback,
+  ) {
+    this.kicked = new Int32Array(numQueues);
+    this.signals = new Int32Array(numQueues);
+    this.kickFds = new Array<number>(numQueues).fill(-1);
+    this.#irqs = Array.from({ length: numQueues }, () => ({ fd: -1, request: 0 }));
+  }
+
+  addKick(index: number, fd: number): void {
+    this.#check(index);
+    if (this.closed) throw new Error('KickLoop is closed');
+    if (this.kickFds[index]! >= 0) throw systemError('EEXIST', 'epoll_ctl');
+    if (this.owner.fileKind(fd) === undefined) throw systemError('EBADF', 'epoll_ctl');
+    if (this.owner.fileKind(fd) === 'memfd') throw systemError('EPERM', 'epoll_ctl');
+    this.kickFds[index] = fd;
+    this.arm();
+  }
+
+  removeKick(index: number): void {
+    this.#check(index);
+    this.kickFds[index] = -1;
+    this.kicked[index] = 0;
+  }
+
+  setInterrupt(index: number, fd: number, request: number): void {
+    this.#check(index);
+    this.#flushOne(index);
+    this.#irqs[index] = { fd, request };
+  }
+
+  flush(): void {
+    for (let i = 0; i < this.signals.length; i++) this.#flushOne(i);
+  }
+
+  start(): void {
+    if (this.closed) throw new Error('KickLoop is closed');
+    this.active = true;
+    this.#prepare ??= setInterval(() => {
+      this.flush();
+      this.arm();
+    }, 1);
+    this.#applyRef();
+    this.owner.watcherChanged();
+    this.arm();
+  }
+
+  stop(): void {
+    this.active = false;
+    if (this.#immediate !== undefined) clearImmediate(this.#immediate);
+    if (this.#prepare !== undefined) clearInterval(this.#prepare);
+    this.#immediate = undefined;
+    this.#prepare = undefined;
+    this.owner.watcherChanged();
+  }
+
+  close(): void {
+    this.stop();
+    this.closed = true;
+    this.kickFds.fill(-1);
+    this.owner.watcherChanged();
+  }
+
+  unref(): void {
+    this.refed = false;
+    this.#applyRef();
+    this.owner.watcherChanged();
+  }
+
+  ref(): void {
+    this.refed = true;
+    this.#applyRef();
+    this.owner.watcherChanged();
+  }
+
+  /** Schedule a wake-up if a watched kick fd is readable. */
+  arm(): void {
+    if (!this.active || this.#immediate !== undefined) return;
+    if (!this.kickFds.some((fd) => fd >= 0 && (this.owner.readiness(fd) & UV_READABLE) !== 0)) return;
+    this.#immediate = setImmediate(() => {
+      this.#immediate = undefined;
+      if (this.active) this.#wakeUp();
+    });
+    this.#applyRef();
+  }
+
+  #wakeUp(): void {
+    this.flush();
+    let any = false;
+    this.kickFds.forEach((fd, i) => {
+      if (fd < 0 || (this.owner.readiness(fd) & UV_READABLE) === 0) return;
+      if (this.owner.drainEventfd(fd)) {
+        this.kicked[i] = 1;
+        any = true;
+      }
+    });
+    if (!any) return;
+    this.stats[KICK_STAT_WAKEUPS]!++;
+    try {
+      this.callback();
+    } finally {
+      if (this.active) {
+        this.flush();
+        this.arm(); // level-triggered: again while a kick fd is still readable
+      }
+    }
+  }
+
+  #flushOne(index: number): void {
+    if (this.signals[index] === 0) return;
+    this.signals[index] = 0;
+    const { fd, request } = this.#irqs[index]!;
+    if (fd < 0) return;
+    try {
+      if (request === 0) this.owner.eventfdWrite(fd, 1);
+      else {
+        const arg = new Uint8Array(4);
+        new DataView(arg.buffer).setUint32(0, index, true);
+        this.owner.ioctl(fd, request, arg);
+      }
+      this.injected[index]!++;
+    } catch (err) {
+      this.stats[KICK_STAT_FAILED_IRQS]!++;
+      const errno = (err as { errno?: unknown }).errno;
+      this.stats[KICK_STAT_LAST_ERRNO] = typeof errno === 'number' ? errno : 0;
+    }
+  }
+
+  #applyRef(): void {
+    // The prepare timer never keeps a test alive; a pending wake-up does while ref'd, as a kick would.
+    this.#prepare?.unref();
+    if (this.#immediate !== undefined) {
+      if (this.refed) this.#immediate.ref();
+      else this.#immediate.unref();
+    }
+  }
+
+  #check(index: number): void {
+    if (!Number.isInteger(index) || index < 0 || index >= this.kicked.length)
+      throw new RangeError('KickLoop: queue index out of range');
+  }
+}
+
 export class FakeBinding implements SysBinding {
   /** How often each SysBinding method was called. */
   readonly calls: Record<SysCallName, number> = {
@@ -200,6 +375,7 @@ export class FakeBinding implements SysBinding {
     eventfdRead: 0,
     eventfdWrite: 0,
     createFdWatcher: 0,
+    createKickLoop: 0,
     fence: 0,
     read: 0,
     write: 0,
@@ -242,6 +418,7 @@ export class FakeBinding implements SysBinding {
 
   private readonly files = new Map<number, FakeFile>();
   private readonly watchers = new Set<FakeFdWatcher>();
+  private readonly kickLoops = new Set<FakeKickLoop>();
   private readonly mapped = new Map<ArrayBuffer, Memfd>();
   private nextFd = FIRST_FD;
   private keepAlive: NodeJS.Timeout | undefined;
@@ -380,6 +557,21 @@ export class FakeBinding implements SysBinding {
     const watcher = new FakeFdWatcher(this, fd, callback);
     this.watchers.add(watcher);
     return watcher;
+  }
+
+  createKickLoop(numQueues: number, injected: Float64Array, callback: KickLoopCallback): KickLoop {
+    this.calls.createKickLoop++;
+    if (injected.length !== numQueues) throw new RangeError('KickLoop: arrays of different lengths');
+    const loop = new FakeKickLoop(this, numQueues, injected, callback);
+    this.kickLoops.add(loop);
+    return loop;
+  }
+
+  /** KickLoops that are started and not stopped or closed. */
+  activeKickLoops(): number {
+    let count = 0;
+    for (const loop of this.kickLoops) if (loop.active) count++;
+    return count;
   }
 
   fence(): void {
@@ -524,9 +716,23 @@ export class FakeBinding implements SysBinding {
     }
   }
 
+  /** The kind of file `fd` is, or undefined when it is not open. */
+  fileKind(fd: number): FakeFile['kind'] | undefined {
+    return this.files.get(fd)?.kind;
+  }
+
+  /** Read (drain) an eventfd as a KickLoop does, without counting an eventfdRead: true when it had a count. */
+  drainEventfd(fd: number): boolean {
+    return this.readCounter(fd) >= 0n;
+  }
+
   /** A watcher was started, stopped, closed, ref'd or unref'd: forget closed ones, keep the loop alive. */
   watcherChanged(): void {
     let keepAlive = false;
+    for (const loop of this.kickLoops) {
+      if (loop.closed) this.kickLoops.delete(loop);
+      else if (loop.active && loop.refed && this.keepEventLoopAlive) keepAlive = true;
+    }
     for (const watcher of this.watchers) {
       if (watcher.closed) this.watchers.delete(watcher);
       else if (watcher.active && watcher.refed && this.keepEventLoopAlive) keepAlive = true;
@@ -638,5 +844,6 @@ export class FakeBinding implements SysBinding {
   /** Let the watchers of `fd` fire if it became ready. */
   private wake(fd: number): void {
     for (const watcher of this.watchers) if (watcher.fd === fd) watcher.arm();
+    for (const loop of this.kickLoops) if (loop.kickFds.includes(fd)) loop.arm();
   }
 }

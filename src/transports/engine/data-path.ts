@@ -103,6 +103,12 @@ export interface QueueTransport {
   openKick(index: number): number;
   /** Interrupt the driver for queue `index` (VDUSE: VDUSE_VQ_INJECT_IRQ). Throws when it could not. */
   signal(index: number): void;
+  /**
+   * What `signal(index)` does, as plain numbers a KickLoop can do itself (src/sys/binding.ts): `request` 0
+   * writes 1 to the eventfd `fd`, else ioctl(fd, request, &u32 index); fd -1 when there is nothing to signal.
+   * Asked at every start. Without it the engine calls signal().
+   */
+  interruptTarget?(index: number): { fd: number; request: number };
   /** The in-flight log of queue `index` (crash recovery), or undefined. */
   inflightLog(index: number): (InflightLog & RecoverableLog) | undefined;
   /** Called first by every start, with DataPathStart.transportState. Throws when the queues cannot start. */

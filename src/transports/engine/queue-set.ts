@@ -12,13 +12,28 @@
  * mappings while requests hang cannot make the retired list grow past RETIRED_MAX: the device is then halted
  * (needs reset), no new request starts and the list only shrinks.
  *
+ * Kicks and interrupts: inline (on the transport's thread, which also runs the control path) each kick fd has an
+ * FdWatcher and each interrupt is a transport.signal(). On a queue thread (`kickLoop`) one native KickLoop
+ * (src/sys/binding.ts) waits on every kick fd where libuv would block, drains them and makes one callback per
+ * wake-up for all kicked queues; a signal only marks the queue, and the loop injects the marked interrupts
+ * after the callback (or, for completions from other callbacks, before it next waits), with no crossing into
+ * native code per kick or per interrupt. An interrupt the loop cannot inject is counted, and logged (debug,
+ * as inline) on the next wake-up.
+ *
  * Nothing in a data-path callback (a kick, the device's poll or publish through the queues) throws out of
  * here: a throw becomes needs-reset for this device only.
  */
 import { closeSync } from 'node:fs';
 
 import type { VirtioDevice } from '../../devices/device.js';
-import { UV_READABLE, type FdWatcher, type SysBinding } from '../../sys/binding.js';
+import {
+  KICK_STAT_FAILED_IRQS,
+  KICK_STAT_LAST_ERRNO,
+  UV_READABLE,
+  type FdWatcher,
+  type KickLoop,
+  type SysBinding,
+} from '../../sys/binding.js';
 import type { Virtqueue, VirtqueueError } from '../../virtio/index.js';
 import { messageOf } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
@@ -48,6 +63,11 @@ export interface QueueSetOptions {
   logger: Logger;
   /** Kicks at [i], interrupts at [numQueues + i]; default a fresh array (pass a shared one across threads). */
   counters?: Float64Array;
+  /**
+   * Serve kicks and interrupts through a native KickLoop (see the top): for a queue thread, whose loop serves
+   * nothing but this data path. Default false (FdWatchers: the control path shares the loop inline).
+   */
+  kickLoop?: boolean;
   /** Closes kick fds; default fs.closeSync. */
   closeFd?: (fd: number) => void;
   /**
@@ -58,8 +78,10 @@ export interface QueueSetOptions {
 }
 
 interface Kick {
+  index: number;
   fd: number;
-  watcher: FdWatcher;
+  /** Null when the KickLoop watches it. */
+  watcher: FdWatcher | null;
 }
 
 export class QueueSet implements DataPath {
@@ -71,6 +93,11 @@ export class QueueSet implements DataPath {
   readonly #closeFd: (fd: number) => void;
   #queues: (ServedQueue | null)[] = [];
   #kicks: Kick[] = [];
+  #loop: KickLoop | null = null;
+  /** Per queue: the KickLoop injects its interrupts (signals[i] marks them), else transport.signal(). */
+  #folded: boolean[] = [];
+  /** KickLoop.stats[KICK_STAT_FAILED_IRQS] when last logged. */
+  #failedIrqs = 0;
   #running = false;
   #halted = false;
   #closed = false;
@@ -156,6 +183,10 @@ export class QueueSet implements DataPath {
         queues[i] = new ServedQueue(started.queue, this.#memory, onError);
         this.#kicks.push(this.#openKick(i));
       }
+      if (this.#loop !== null) {
+        for (const setup of start.queues) this.#foldInterrupt(this.#loop, setup.index);
+        this.#loop.start();
+      }
     } catch (err) {
       this.#closeKicks();
       throw err;
@@ -222,7 +253,10 @@ export class QueueSet implements DataPath {
 
   halt(): void {
     this.#halted = true;
-    for (const kick of this.#kicks) kick.watcher.stop();
+    for (const kick of this.#kicks) {
+      if (kick.watcher !== null) kick.watcher.stop();
+      else this.#loop?.removeKick(kick.index);
+    }
     for (const q of this.#queues) q?.halt();
   }
 
@@ -247,6 +281,8 @@ export class QueueSet implements DataPath {
       this.#closed = true;
       if (this.#running) this.stop(true);
       else this.#memory.invalidateAll?.();
+      this.#loop?.close();
+      this.#loop = null;
     }
     await this.#resetting;
     await this.#memory.drained?.();
@@ -256,18 +292,53 @@ export class QueueSet implements DataPath {
   #openKick(index: number): Kick {
     const fd = this.#o.transport.openKick(index);
     try {
+      if (this.#o.kickLoop === true) {
+        this.#kickLoop().addKick(index, fd);
+        return { index, fd, watcher: null };
+      }
       const watcher = this.#binding.createFdWatcher(fd, (status) => this.#onKick(index, fd, status));
       watcher.start(UV_READABLE);
-      return { fd, watcher };
+      return { index, fd, watcher };
     } catch (err) {
       this.#closeFd(fd);
       throw err;
     }
   }
 
+  /** The KickLoop, made at the first start (its arrays once for the life of this set). */
+  #kickLoop(): KickLoop {
+    const n = this.#o.numQueues;
+    this.#loop ??= this.#binding.createKickLoop(
+      n,
+      this.counters.subarray(interruptSlot(0, n), interruptSlot(n, n)),
+      () => this.#onKicks(),
+    );
+    return this.#loop;
+  }
+
+  /** Let the KickLoop inject queue `index`'s interrupts, when the transport says how. */
+  #foldInterrupt(loop: KickLoop, index: number): void {
+    const target = this.#o.transport.interruptTarget?.(index);
+    if (target === undefined) return;
+    loop.setInterrupt(index, target.fd, target.request);
+    this.#folded[index] = true;
+  }
+
   #closeKicks(): void {
+    const loop = this.#loop;
+    if (loop !== null) {
+      // Completions published before the stop still reach the driver (as an inline signal() would have).
+      loop.flush();
+      this.#reportFailedIrqs(loop);
+      loop.stop();
+      this.#folded.forEach((folded, i) => {
+        if (folded) loop.setInterrupt(i, -1, 0);
+      });
+      this.#folded = [];
+    }
     for (const kick of this.#kicks) {
-      kick.watcher.close();
+      if (kick.watcher !== null) kick.watcher.close();
+      else loop?.removeKick(kick.index);
       try {
         this.#closeFd(kick.fd);
       } catch {
@@ -275,6 +346,34 @@ export class QueueSet implements DataPath {
       }
     }
     this.#kicks = [];
+  }
+
+  /** A KickLoop wake-up: serve every kicked queue (KickLoop.kicked), one callback for all of them. */
+  #onKicks(): void {
+    const loop = this.#loop;
+    if (loop === null) return;
+    const { kicked } = loop;
+    for (let i = 0; i < kicked.length; i++) {
+      if (kicked[i] === 0) continue;
+      kicked[i] = 0;
+      this.counters[kickSlot(i)]!++;
+      if (this.#halted || this.#queues[i] == null) continue;
+      try {
+        this.device.queueNotify(i);
+      } catch (err) {
+        this.fail(err instanceof Error ? err : new Error(String(err)));
+      }
+    }
+    this.#reportFailedIrqs(loop);
+  }
+
+  /** Log interrupts the KickLoop could not inject since the last time (as inline signal() failures are). */
+  #reportFailedIrqs(loop: KickLoop): void {
+    const failed = loop.stats[KICK_STAT_FAILED_IRQS]!;
+    if (failed === this.#failedIrqs) return;
+    const errno = loop.stats[KICK_STAT_LAST_ERRNO]!;
+    this.#o.logger.debug(`${failed - this.#failedIrqs} interrupt(s) not injected (last errno ${-errno})`);
+    this.#failedIrqs = failed;
   }
 
   #onKick(index: number, fd: number, status: number): void {
@@ -297,6 +396,11 @@ export class QueueSet implements DataPath {
   }
 
   #signal(index: number): void {
+    if (this.#folded[index] === true) {
+      // Injected (and counted) by the KickLoop after this callback, or before it next waits.
+      this.#loop!.signals[index] = 1;
+      return;
+    }
     try {
       this.#o.transport.signal(index);
       this.counters[interruptSlot(index, this.#o.numQueues)]!++;

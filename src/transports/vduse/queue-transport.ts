@@ -10,6 +10,7 @@ import { closeSync } from 'node:fs';
 
 import { EFD_CLOEXEC, EFD_NONBLOCK, type SysBinding } from '../../sys/binding.js';
 import { IotlbMemory } from '../../memory/iotlb-memory.js';
+import { VDUSE_VQ_INJECT_IRQ } from '../../uapi/vduse.js';
 import type { QueueTransport } from '../engine/data-path.js';
 import type { CreateThreadTransport, ThreadTransportSpec } from '../engine/threads/protocol.js';
 import { deviceFdSource } from './iotlb-source.js';
@@ -45,6 +46,7 @@ export function vduseQueueTransport(
     signal(index) {
       vqInjectIrq(binding, devFd, index);
     },
+    interruptTarget: () => ({ fd: devFd, request: VDUSE_VQ_INJECT_IRQ }),
     inflightLog(index) {
       return stateLog?.queue(index);
     },

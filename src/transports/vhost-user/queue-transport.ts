@@ -87,6 +87,7 @@ export function vhostUserQueueTransport(binding: SysBinding, numQueues: number):
       const fd = call[index] ?? NO_FD;
       if (fd !== NO_FD) binding.eventfdWrite(fd, 1);
     },
+    interruptTarget: (index) => ({ fd: call[index] ?? NO_FD, request: 0 }),
     inflightLog(index) {
       return inflight?.queues[index];
     },

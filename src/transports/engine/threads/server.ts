@@ -61,6 +61,8 @@ export class QueueThreadServer<T extends QueueThreadTypes = QueueThreadTypes> {
       numQueues: options.numQueues,
       logger: options.logger,
       counters: options.counters,
+      // The thread's loop serves only this data path (and its backend): wait for kicks in native code.
+      kickLoop: true,
       closeFd: options.closeFd ?? closeSync,
       onNeedsReset: (reason) =>
         options.emit({ event: 'needs-reset', error: remoteError(reason), generation: this.#generation }),

@@ -1,0 +1,250 @@
+// QueueSet on a queue thread (kickLoop: true) over FakeBinding's KickLoop, which models the native contract:
+// kicks drained and marked, one callback per wake-up for every kicked queue, interrupts marked by signal() and
+// injected by the loop (VDUSE_VQ_INJECT_IRQ ioctl or a call-eventfd write), never through transport.signal();
+// counters exact; failed injections counted and logged, not an error.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { nullLogger, type Logger } from '../../../src/common/logger.js';
+import { KICK_STAT_FAILED_IRQS, KICK_STAT_WAKEUPS, type KickLoop } from '../../../src/sys/binding.js';
+import { systemError } from '../../../src/sys/errors.js';
+import { FakeBinding } from '../../../src/testing/fake-binding.js';
+import { MockDriver } from '../../../src/testing/mock-driver.js';
+import { QueueSet } from '../../../src/transports/engine/queue-set.js';
+import type { QueueSetup } from '../../../src/transports/engine/data-path.js';
+import { VDUSE_VQ_INJECT_IRQ } from '../../../src/uapi/vduse.js';
+import { EchoDevice, until } from '../vduse/helpers.js';
+
+const turns = async (n: number): Promise<void> => {
+  for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
+};
+
+/** A 2-queue set; `target` says how interrupts are injected (ioctl on a fake device fd, or call eventfds). */
+function setup(target: 'ioctl' | 'eventfd' = 'ioctl') {
+  const binding = new FakeBinding();
+  const q0 = new MockDriver({ size: 16 });
+  const q1 = new MockDriver({ size: 16, index: 1, shareWith: q0 });
+  const device = new EchoDevice();
+  const kicks = new Map<number, number>();
+  const injected: number[] = [];
+  let failIrq: string | null = null;
+  const devFd = binding.openDevice({
+    ioctl: (request, arg) => {
+      assert.equal(request, VDUSE_VQ_INJECT_IRQ);
+      if (failIrq !== null) throw systemError(failIrq, 'ioctl');
+      injected.push(new DataView((arg as Uint8Array).buffer).getUint32(0, true));
+      return 0;
+    },
+  });
+  const calls = [binding.eventfd(0, 0), binding.eventfd(0, 0)];
+  const debug: string[] = [];
+  const logger: Logger = { ...nullLogger, debug: (m) => debug.push(m) };
+  const resets: Error[] = [];
+  const set = new QueueSet({
+    binding,
+    device,
+    kickLoop: true,
+    transport: {
+      memory: q0.memory,
+      openKick: (i) => {
+        const fd = binding.eventfd(0, 0);
+        kicks.set(i, fd);
+        return fd;
+      },
+      signal: () => assert.fail('a folded interrupt went through transport.signal()'),
+      interruptTarget: (i) =>
+        target === 'ioctl' ? { fd: devFd, request: VDUSE_VQ_INJECT_IRQ } : { fd: calls[i]!, request: 0 },
+      inflightLog: () => undefined,
+    },
+    numQueues: 2,
+    logger,
+    closeFd: (fd) => binding.close(fd),
+    onNeedsReset: (r) => resets.push(r),
+  });
+  device.bind({ configChanged: () => undefined, needsReset: (r) => set.fail(r) });
+  const ring = (drv: MockDriver, index: number): QueueSetup => ({
+    index,
+    size: 16,
+    descAddr: drv.config.descAddr,
+    driverAddr: drv.config.driverAddr,
+    deviceAddr: drv.config.deviceAddr,
+    state: { nextAvail: 0 },
+  });
+  const start = (): number =>
+    set.start({
+      features: 1n << 32n,
+      packed: false,
+      eventIdx: false,
+      indirect: false,
+      recover: false,
+      queues: [ring(q0, 0), ring(q1, 1)],
+    });
+  const kick = (drv: MockDriver, index: number): void => {
+    drv.addChain({ readable: [new Uint8Array([index + 1])], writable: [1] });
+    drv.kick();
+    binding.eventfdWrite(kicks.get(index)!, 1);
+  };
+  /** The set's KickLoop (the fake's, reached through the binding's only one). */
+  let loop: KickLoop | undefined;
+  const original = binding.createKickLoop.bind(binding);
+  binding.createKickLoop = (n, counters, cb) => (loop = original(n, counters, cb));
+  return {
+    binding,
+    q0,
+    q1,
+    device,
+    set,
+    kicks,
+    injected,
+    calls,
+    debug,
+    resets,
+    start,
+    kick,
+    loop: () => loop!,
+    failIrq: (code: string | null) => void (failIrq = code),
+  };
+}
+
+describe('QueueSet with a KickLoop (queue threads)', () => {
+  it('two queues kicked together: one wake-up, both served, one interrupt each, counters exact', async () => {
+    const t = setup();
+    t.start();
+    assert.equal(t.binding.activeKickLoops(), 1);
+    assert.equal(t.binding.activeWatchers(), 0, 'no FdWatcher on this path');
+    const reads = t.binding.calls.eventfdRead;
+    t.kick(t.q0, 0);
+    t.kick(t.q1, 1);
+    await until(
+      'both used entries',
+      () => t.q0.usedEntries().length === 1 && t.q1.usedEntries().length === 1,
+    );
+    await until('both interrupts', () => t.injected.length === 2);
+    assert.deepEqual(t.device.notified, [0, 1]);
+    assert.equal(t.loop().stats[KICK_STAT_WAKEUPS], 1, 'one wake-up, one callback');
+    assert.deepEqual([...t.injected].sort(), [0, 1]);
+    assert.deepEqual([...t.set.counters], [1, 1, 1, 1], 'kicks and interrupts per queue');
+    assert.equal(t.binding.calls.eventfdRead, reads, 'kicks drained by the loop, not by JS');
+    // many completions in one callback fold into one interrupt
+    for (let i = 0; i < 3; i++) t.q0.addChain({ readable: [new Uint8Array(1)], writable: [1] });
+    t.q0.kick();
+    t.binding.eventfdWrite(t.kicks.get(0)!, 1);
+    let used = 0;
+    await until('three more used entries', () => (used += t.q0.usedEntries().length) === 3);
+    await until('the interrupt', () => t.injected.length === 3);
+    assert.deepEqual([...t.set.counters], [2, 1, 2, 1]);
+    t.set.stop(true);
+    await t.set.close();
+    assert.equal(t.binding.activeKickLoops(), 0, 'loop closed');
+    for (const fd of t.kicks.values()) assert.ok(!t.binding.openFds().includes(fd), 'kick fds closed');
+  });
+
+  it('a completion published outside the callback (a backend finishing later) is injected by the loop', async () => {
+    const t = setup('eventfd');
+    t.start();
+    let later: (() => void) | null = null;
+    t.device.queueNotify = (index) => {
+      const q = t.device.context!.queues[index]!;
+      const chain = q.pop()!;
+      later = () => {
+        q.addUsed(chain, 0);
+        q.publish();
+      };
+    };
+    t.kick(t.q1, 1);
+    await until('the request reached the device', () => later !== null);
+    await turns(3);
+    assert.equal(t.binding.eventfdCounter(t.calls[1]!), 0, 'nothing to signal yet');
+    setTimeout(() => later!(), 2);
+    await until('the call eventfd was written', () => t.binding.eventfdCounter(t.calls[1]!) === 1);
+    assert.equal(t.binding.eventfdCounter(t.calls[0]!), 0);
+    assert.deepEqual([...t.set.counters], [0, 1, 0, 1]);
+    await t.set.close();
+  });
+
+  it('an interrupt that cannot be injected: counted by the loop, logged (debug), not counted, no reset', async () => {
+    const t = setup();
+    t.start();
+    t.failIrq('EINVAL');
+    t.kick(t.q0, 0);
+    await until('the used entry', () => t.q0.usedEntries().length === 1);
+    await until('the failure counted', () => t.loop().stats[KICK_STAT_FAILED_IRQS] === 1);
+    assert.equal(t.set.counters[2], 0, 'no interrupt counted');
+    t.failIrq(null);
+    t.kick(t.q0, 0);
+    await until('the next one injected', () => t.injected.length === 1);
+    assert.equal(t.set.counters[2], 1);
+    assert.ok(
+      t.debug.some((m) => /1 interrupt\(s\) not injected \(last errno 22\)/.test(m)),
+      t.debug.join('\n'),
+    );
+    assert.deepEqual(t.resets, []);
+    await t.set.close();
+  });
+
+  it('halt: kicks no longer reach the device; a pending interrupt is injected at stop; restart serves', async () => {
+    const t = setup();
+    t.start();
+    t.set.halt();
+    t.kick(t.q0, 0);
+    await turns(5);
+    assert.deepEqual(t.device.notified, []);
+    // an interrupt marked just before the stop (no wake-up or prepare since) still reaches the driver
+    t.loop().signals[1] = 1;
+    t.set.stop(false);
+    assert.deepEqual(t.injected, [1]);
+    assert.equal(t.binding.activeKickLoops(), 0, 'stopped with the queues');
+    t.start();
+    t.kick(t.q1, 1);
+    await until('served after the restart', () => t.q1.usedEntries().length === 1);
+    await t.set.close();
+    assert.deepEqual(t.resets, []);
+  });
+
+  it('the inline QueueSet (no kickLoop) keeps its FdWatchers and transport.signal()', async () => {
+    const binding = new FakeBinding();
+    const drv = new MockDriver({ size: 16 });
+    const device = new EchoDevice();
+    const irqs: number[] = [];
+    let kick = -1;
+    const set = new QueueSet({
+      binding,
+      device,
+      transport: {
+        memory: drv.memory,
+        openKick: () => (kick = binding.eventfd(0, 0)),
+        signal: (i) => void irqs.push(i),
+        interruptTarget: () => assert.fail('inline interrupts are not folded'),
+        inflightLog: () => undefined,
+      },
+      numQueues: 1,
+      logger: nullLogger,
+      closeFd: (fd) => binding.close(fd),
+      onNeedsReset: () => undefined,
+    });
+    device.bind({ configChanged: () => undefined, needsReset: (r) => set.fail(r) });
+    set.start({
+      features: 1n << 32n,
+      packed: false,
+      eventIdx: false,
+      indirect: false,
+      recover: false,
+      queues: [
+        {
+          index: 0,
+          size: 16,
+          descAddr: drv.config.descAddr,
+          driverAddr: drv.config.driverAddr,
+          deviceAddr: drv.config.deviceAddr,
+          state: { nextAvail: 0 },
+        },
+      ],
+    });
+    assert.equal(binding.calls.createKickLoop, 0);
+    drv.addChain({ readable: [new Uint8Array(1)], writable: [1] });
+    drv.kick();
+    binding.eventfdWrite(kick, 1);
+    await until('the interrupt', () => irqs.length === 1);
+    await set.close();
+  });
+});

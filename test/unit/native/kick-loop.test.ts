@@ -1,0 +1,226 @@
+// The native KickLoop (uv_prepare + epoll over kick eventfds and libuv's backend fd) on eventfds: kicks drained
+// and marked, one callback per wake-up, interrupts injected after the callback and before the loop blocks,
+// failures counted, libuv's own callbacks (timers, immediates, thread-pool I/O) not starved, stop/close/unref,
+// worker teardown. Needs the built addon.
+
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { closeSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Worker } from 'node:worker_threads';
+
+import {
+  EFD_CLOEXEC,
+  EFD_NONBLOCK,
+  KICK_STAT_FAILED_IRQS,
+  KICK_STAT_LAST_ERRNO,
+  KICK_STAT_WAKEUPS,
+  findPackageRoot,
+  loadNativeBinding,
+} from '../../../src/sys/index.js';
+
+const sys = loadNativeBinding();
+const ADDON = join(findPackageRoot(), 'build/Release/vduse_native.node');
+
+function eventfd(): number {
+  return sys.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+}
+
+function runChild(code: string): { status: number | null; stdout: string; stderr: string } {
+  const prelude = `const addon = require(${JSON.stringify(ADDON)});\n`;
+  const result = spawnSync(process.execPath, ['-e', prelude + code], { encoding: 'utf8', timeout: 20_000 });
+  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+test('kicks on two queues before a wake-up: one callback, both marked, both eventfds drained', async () => {
+  const kicks = [eventfd(), eventfd()];
+  const seen: number[][] = [];
+  const injected = new Float64Array(2);
+  const loop = sys.createKickLoop(2, injected, () => {
+    seen.push([...loop.kicked]);
+    loop.kicked.fill(0);
+  });
+  loop.addKick(0, kicks[0]!);
+  loop.addKick(1, kicks[1]!);
+  assert.throws(() => loop.addKick(1, kicks[1]!), { code: 'EEXIST', syscall: 'epoll_ctl' });
+  assert.throws(() => loop.addKick(2, kicks[1]!), RangeError);
+  sys.eventfdWrite(kicks[0]!, 3);
+  sys.eventfdWrite(kicks[1]!, 1);
+  loop.start();
+  await sleep(20);
+  assert.deepEqual(seen, [[1, 1]]);
+  assert.equal(loop.stats[KICK_STAT_WAKEUPS], 1);
+  assert.equal(sys.eventfdRead(kicks[0]!), -1, 'drained by the loop');
+  assert.equal(sys.eventfdRead(kicks[1]!), -1);
+  sys.eventfdWrite(kicks[1]!, 1);
+  await sleep(20);
+  assert.deepEqual(seen, [
+    [1, 1],
+    [0, 1],
+  ]);
+  loop.removeKick(1);
+  sys.eventfdWrite(kicks[1]!, 1);
+  await sleep(20);
+  assert.equal(seen.length, 2, 'a removed kick fd does not wake the loop');
+  assert.equal(sys.eventfdRead(kicks[1]!), 1, 'nor is it read');
+  loop.close();
+  loop.close(); // twice is harmless
+  assert.throws(() => loop.start(), /closed/);
+  for (const fd of kicks) closeSync(fd);
+});
+
+test('interrupts marked in the callback are injected after it, once per queue; failures are counted', async () => {
+  const kick = eventfd();
+  const calls = [eventfd(), eventfd()];
+  const injected = new Float64Array(2);
+  let callFdAtCallback = -2;
+  const loop = sys.createKickLoop(2, injected, () => {
+    loop.kicked.fill(0);
+    loop.signals[0] = 1;
+    loop.signals[0] = 1; // folded
+    loop.signals[1] = 1;
+    callFdAtCallback = sys.eventfdRead(calls[0]!);
+  });
+  loop.addKick(0, kick);
+  loop.setInterrupt(0, calls[0]!, 0);
+  // an ioctl the eventfd does not know: the injection fails with ENOTTY
+  loop.setInterrupt(1, calls[1]!, 0x4004_8117);
+  loop.start();
+  sys.eventfdWrite(kick, 1);
+  await sleep(20);
+  assert.equal(callFdAtCallback, -1, 'not injected before the callback returned');
+  assert.equal(sys.eventfdRead(calls[0]!), 1, 'one write for the two marks');
+  assert.deepEqual([...injected], [1, 0]);
+  assert.equal(loop.stats[KICK_STAT_FAILED_IRQS], 1);
+  assert.equal(loop.stats[KICK_STAT_LAST_ERRNO], -25, '-ENOTTY');
+  assert.deepEqual([...loop.signals], [0, 0], 'marks cleared');
+  loop.close();
+  closeSync(kick);
+  for (const fd of calls) closeSync(fd);
+});
+
+test('an interrupt marked outside the callback (a timer, an immediate) is injected before the loop blocks', async () => {
+  const call = eventfd();
+  const injected = new Float64Array(1);
+  const loop = sys.createKickLoop(1, injected, () => undefined);
+  loop.setInterrupt(0, call, 0);
+  loop.start();
+  await sleep(5);
+  loop.signals[0] = 1; // from a timer's continuation
+  await sleep(20);
+  assert.equal(sys.eventfdRead(call), 1);
+  setImmediate(() => void (loop.signals[0] = 1));
+  await sleep(20);
+  assert.equal(sys.eventfdRead(call), 1);
+  assert.equal(injected[0], 2);
+  // flush() injects at once; a new target first injects a pending one with the old target
+  loop.signals[0] = 1;
+  loop.flush();
+  assert.equal(sys.eventfdRead(call), 1);
+  loop.signals[0] = 1;
+  loop.setInterrupt(0, -1, 0);
+  assert.equal(sys.eventfdRead(call), 1);
+  loop.signals[0] = 1;
+  loop.flush();
+  assert.equal(sys.eventfdRead(call), -1, 'no target: dropped');
+  assert.equal(injected[0], 4);
+  loop.close();
+  closeSync(call);
+});
+
+test('kicks that never stop do not starve timers, immediates or thread-pool I/O on the same thread', async () => {
+  const kick = eventfd();
+  let wakeups = 0;
+  const loop = sys.createKickLoop(1, new Float64Array(1), () => {
+    wakeups++;
+    loop.kicked[0] = 0;
+    sys.eventfdWrite(kick, 1); // always another kick ready: the loop never has to block
+  });
+  loop.addKick(0, kick);
+  loop.start();
+  sys.eventfdWrite(kick, 1);
+  const t0 = Date.now();
+  await sleep(15);
+  await new Promise((r) => setImmediate(r));
+  const text = await readFile(join(findPackageRoot(), 'package.json'), 'utf8');
+  const elapsed = Date.now() - t0;
+  assert.match(text, /vduse-ts/);
+  assert.ok(elapsed < 2000, `libuv ran its callbacks (${elapsed} ms)`);
+  assert.ok(wakeups > 10, `kicks were served meanwhile (${wakeups} wake-ups)`);
+  loop.stop();
+  const stoppedAt = wakeups;
+  await sleep(20);
+  assert.equal(wakeups, stoppedAt, 'no wake-up after stop()');
+  loop.close();
+  closeSync(kick);
+});
+
+test('a watcher started in the callback is served at once (libuv applies it before the loop blocks again)', () => {
+  // Nothing else wakes the thread for a second: without the rule the new watcher would wait for that timer.
+  const child = runChild(`
+    const kick = addon.eventfd(0, ${EFD_NONBLOCK | EFD_CLOEXEC});
+    const kicked = new Int32Array(1);
+    let t0 = 0;
+    const k = new addon.KickLoop(() => {
+      kicked[0] = 0;
+      const [a, b] = addon.socketPair();
+      addon.write(b, new Uint8Array([1]));
+      t0 = Date.now();
+      const w = new addon.FdWatcher(a, () => {
+        console.log(Date.now() - t0 < 500 ? 'prompt' : 'late ' + (Date.now() - t0));
+        w.close(); k.close(); clearTimeout(timer);
+      });
+      w.start(1);
+    }, kicked, new Int32Array(1), new Float64Array(1), new Float64Array(3));
+    k.addKick(0, kick);
+    k.start();
+    addon.eventfdWrite(kick, 1);
+    const timer = setTimeout(() => { console.log('timer'); k.close(); }, 1000);`);
+  assert.equal(child.status, 0, child.stderr);
+  assert.equal(child.stdout, 'prompt\n');
+});
+
+test('a started loop keeps the process alive unless unref()ed', () => {
+  const make = `const k = new addon.KickLoop(() => {}, new Int32Array(1), new Int32Array(1), new Float64Array(1), new Float64Array(3));
+k.start();`;
+  const unrefd = runChild(`${make}\nk.unref(); console.log('done');`);
+  assert.equal(unrefd.status, 0, unrefd.stderr);
+  assert.equal(unrefd.stdout, 'done\n');
+  const refd = runChild(`${make}\nsetTimeout(() => { console.log('alive'); k.close(); }, 100);`);
+  assert.equal(refd.status, 0, refd.stderr);
+  assert.equal(refd.stdout, 'alive\n');
+});
+
+test('a worker that exits or is terminated with a started KickLoop tears it down cleanly', async () => {
+  const code = `
+    const { parentPort } = require('node:worker_threads');
+    const addon = require(${JSON.stringify(ADDON)});
+    const kick = addon.eventfd(0, ${EFD_NONBLOCK | EFD_CLOEXEC});
+    const kicked = new Int32Array(1);
+    const k = new addon.KickLoop(() => { kicked[0] = 0; parentPort.postMessage('kick'); },
+      kicked, new Int32Array(1), new Float64Array(1), new Float64Array(3));
+    k.addKick(0, kick);
+    k.start();
+    parentPort.on('message', (m) => { if (m === 'kick') addon.eventfdWrite(kick, 1); else process.exit(7); });
+    parentPort.postMessage('ready');`;
+  for (const how of ['exit', 'terminate'] as const) {
+    const worker = new Worker(code, { eval: true });
+    const messages: string[] = [];
+    await new Promise<void>((resolve) =>
+      worker.on('message', (m: string) => {
+        messages.push(m);
+        if (m === 'ready') worker.postMessage('kick');
+        if (m === 'kick') resolve();
+      }),
+    );
+    const exited = new Promise<number>((resolve) => worker.on('exit', resolve));
+    if (how === 'exit') worker.postMessage('exit');
+    else void worker.terminate();
+    const status = await exited;
+    assert.equal(status, how === 'exit' ? 7 : 1);
+    assert.deepEqual(messages, ['ready', 'kick']);
+  }
+});
