@@ -25,6 +25,7 @@ import {
   type BlkThreadOptions,
 } from './thread-device.js';
 import type { BlkDeviceConfig } from './options.js';
+import { startBlkWarmup } from './warmup.js';
 import { MgmtError } from '../daemon/errors.js';
 import { checkDaemonPath } from '../daemon/paths.js';
 import {
@@ -94,6 +95,11 @@ export class BlkRunner extends DeviceRunner<VirtioBlkDevice, BlkDeviceConfig> {
       if (spec.kind === 'file') {
         const file = spec as FileBackendSpec;
         if (file.size !== undefined && !existsSync(file.path)) createdFile = file.path;
+      }
+      // Served on this thread: warm the hot path up meanwhile (throwaway objects, see ./warmup.ts).
+      if (threads === 0) {
+        const warm = startBlkWarmup(blkThreadOptions(config), log);
+        teardown.add('finish the warm-up', () => warm.then(() => undefined));
       }
       const { inner, backend } = await openBlkBackend(config, { binding, logger: log });
       teardown.add('close the backend', () => backend.close());

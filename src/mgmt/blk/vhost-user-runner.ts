@@ -20,6 +20,7 @@ import { VhostUserBackend } from '../../transports/vhost-user/backend.js';
 import { MgmtError } from '../daemon/errors.js';
 import { Teardown, type RunnerState, type StopMode } from '../runner/device-runner.js';
 import type { BlkDeviceConfig } from './options.js';
+import { startBlkWarmup } from './warmup.js';
 import {
   blkThreadOptions,
   followBackendSize,
@@ -90,6 +91,10 @@ export class VhostUserBlkRunner extends EventEmitter<{ broken: [reason: Error] }
       if (spec.kind === 'file') {
         const file = spec as FileBackendSpec;
         if (file.size !== undefined && !existsSync(file.path)) createdFile = file.path;
+      }
+      if (threads === 0) {
+        const warm = startBlkWarmup(blkThreadOptions(config), log);
+        teardown.add('finish the warm-up', () => warm.then(() => undefined));
       }
       const { inner, backend } = await openBlkBackend(config, { binding, logger: log });
       teardown.add('close the backend', () => backend.close());
