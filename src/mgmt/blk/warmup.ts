@@ -54,9 +54,9 @@ export interface WarmupDeviceOptions {
 }
 
 /** Default time bound of one warm-up (ms, wall clock, both ring formats together). */
-export const WARMUP_BUDGET_MS = 250;
+export const WARMUP_BUDGET_MS = 1000;
 /** Default request bound of one ring format's warm-up. */
-export const WARMUP_REQUESTS = 6000;
+export const WARMUP_REQUESTS = 8000;
 
 const VIRTIO_RING_F_INDIRECT_DESC = 28;
 const VIRTIO_RING_F_EVENT_IDX = 29;
