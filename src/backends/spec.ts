@@ -209,7 +209,15 @@ registerBackend<NullBackendSpec>('null', {
   },
   open(spec, deps) {
     const readOnly = spec.readOnly || deps.readOnly === true;
-    return Promise.resolve(new NullBackend({ size: spec.size, readOnly, readZeroes: spec.readZeroes }));
+    const zeroFill = deps.binding?.zeroFill?.bind(deps.binding);
+    return Promise.resolve(
+      new NullBackend({
+        size: spec.size,
+        readOnly,
+        readZeroes: spec.readZeroes,
+        ...(zeroFill !== undefined ? { zeroFill } : {}),
+      }),
+    );
   },
 });
 

@@ -25,7 +25,7 @@ import {
   type BlkThreadOptions,
 } from './thread-device.js';
 import type { BlkDeviceConfig } from './options.js';
-import { startBlkWarmup } from './warmup.js';
+import { startBlkWarmup, warmupFill } from './warmup.js';
 import { MgmtError } from '../daemon/errors.js';
 import { checkDaemonPath } from '../daemon/paths.js';
 import {
@@ -98,7 +98,7 @@ export class BlkRunner extends DeviceRunner<VirtioBlkDevice, BlkDeviceConfig> {
       }
       // Served on this thread: warm the hot path up meanwhile (throwaway objects, see ./warmup.ts).
       if (threads === 0) {
-        const warm = startBlkWarmup(blkThreadOptions(config), log);
+        const warm = startBlkWarmup(blkThreadOptions(config), log, warmupFill(binding));
         teardown.add('finish the warm-up', () => warm.then(() => undefined));
       }
       const { inner, backend } = await openBlkBackend(config, { binding, logger: log });

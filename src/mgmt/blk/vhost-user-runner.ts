@@ -20,7 +20,7 @@ import { VhostUserBackend } from '../../transports/vhost-user/backend.js';
 import { MgmtError } from '../daemon/errors.js';
 import { Teardown, type RunnerState, type StopMode } from '../runner/device-runner.js';
 import type { BlkDeviceConfig } from './options.js';
-import { startBlkWarmup } from './warmup.js';
+import { startBlkWarmup, warmupFill } from './warmup.js';
 import {
   blkThreadOptions,
   followBackendSize,
@@ -93,7 +93,7 @@ export class VhostUserBlkRunner extends EventEmitter<{ broken: [reason: Error] }
         if (file.size !== undefined && !existsSync(file.path)) createdFile = file.path;
       }
       if (threads === 0) {
-        const warm = startBlkWarmup(blkThreadOptions(config), log);
+        const warm = startBlkWarmup(blkThreadOptions(config), log, warmupFill(binding));
         teardown.add('finish the warm-up', () => warm.then(() => undefined));
       }
       const { inner, backend } = await openBlkBackend(config, { binding, logger: log });

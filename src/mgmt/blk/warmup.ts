@@ -76,6 +76,8 @@ export interface WarmupOptions {
   requests?: number;
   /** Clock in ms (default performance.now). */
   now?: () => number;
+  /** The zeroFill the real null backend gets (SysBinding.zeroFill), so that the warm-up takes the same branch. */
+  zeroFill?: (buffers: readonly Uint8Array[]) => unknown;
 }
 
 export interface WarmupResult {
@@ -113,7 +115,7 @@ export async function warmUpBlk(
     // Each format gets an equal share of what is left of the budget.
     const deadline = now() + (budget - (now() - start)) / (formats.length - i);
     try {
-      const run = await warmOneFormat(config, size, format === 'packed', maxRequests, deadline, now);
+      const run = await warmOneFormat(config, size, format === 'packed', maxRequests, deadline, now, options);
       result.requests[format] = run.requests;
       result.errors += run.errors;
     } catch {
@@ -131,9 +133,12 @@ async function warmOneFormat(
   maxRequests: number,
   deadline: number,
   now: () => number,
+  options: WarmupOptions,
 ): Promise<{ requests: number; errors: number }> {
   const capacity = 64 * 1024 * 1024;
-  const backend = new CountingBackend(new ResizableNull(new NullBackend({ size: capacity })));
+  const zeroFill = options.zeroFill;
+  const inner = new NullBackend({ size: capacity, ...(zeroFill !== undefined ? { zeroFill } : {}) });
+  const backend = new CountingBackend(new ResizableNull(inner));
   const device = new VirtioBlkDevice({
     backend,
     name: 'warmup',
@@ -468,4 +473,10 @@ export function startBlkWarmup(
     },
     () => null,
   );
+}
+
+/** The warm-up options that make its null backend fill like the real one (the binding's zeroFill, if any). */
+export function warmupFill(binding: { zeroFill?(buffers: readonly Uint8Array[]): number }): WarmupOptions {
+  const fill = binding.zeroFill;
+  return fill !== undefined ? { zeroFill: fill.bind(binding) } : {};
 }
