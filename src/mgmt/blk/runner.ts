@@ -25,7 +25,7 @@ import {
   type BlkThreadOptions,
 } from './thread-device.js';
 import type { BlkDeviceConfig } from './options.js';
-import { startBlkWarmup, warmupFill } from './warmup.js';
+import { startBlkWarmup, stopAtFirstRequest, warmupFill } from './warmup.js';
 import { MgmtError } from '../daemon/errors.js';
 import { checkDaemonPath } from '../daemon/paths.js';
 import {
@@ -97,8 +97,12 @@ export class BlkRunner extends DeviceRunner<VirtioBlkDevice, BlkDeviceConfig> {
         if (file.size !== undefined && !existsSync(file.path)) createdFile = file.path;
       }
       // Served on this thread: warm the hot path up meanwhile (throwaway objects, see ./warmup.ts).
+      let served: VirtioBlkDevice | null = null;
       if (threads === 0) {
-        const warm = startBlkWarmup(blkThreadOptions(config), log, warmupFill(binding));
+        const warm = startBlkWarmup(blkThreadOptions(config), log, {
+          ...warmupFill(binding),
+          stop: stopAtFirstRequest(() => served),
+        });
         teardown.add('finish the warm-up', () => warm.then(() => undefined));
       }
       const { inner, backend } = await openBlkBackend(config, { binding, logger: log });
@@ -106,6 +110,7 @@ export class BlkRunner extends DeviceRunner<VirtioBlkDevice, BlkDeviceConfig> {
 
       const threadOptions = blkThreadOptions(config);
       const device = new VirtioBlkDevice(blkDeviceOptions(threadOptions, backend, log));
+      served = device;
       runner = new BlkRunner(config, { backend, inner, device, teardown });
       await runner.serve(deps, {
         guest: BLK_GUEST,

@@ -23,7 +23,7 @@ import { EngineError } from '../../transports/engine/errors.js';
 import type { CreateQueueThreadDevice, QueueThreadSpec } from '../../transports/engine/threads/protocol.js';
 import type { BlkDeviceConfig } from './options.js';
 import { ResizableNull } from '../../backends/resizable-null.js';
-import { startBlkWarmup, warmupFill } from './warmup.js';
+import { startBlkWarmup, stopAtFirstRequest, warmupFill } from './warmup.js';
 
 /** What a queue thread needs to build the device: the device options, plain data. */
 export type BlkThreadOptions = Pick<
@@ -157,7 +157,11 @@ export function mergeBlkCounters(parts: readonly BlkCounters[]): BlkCounters {
 /** QueueThreadSpec entry point: build this thread's device and backend handle. */
 export const createQueueThreadDevice: CreateQueueThreadDevice<BlkThreadTypes> = async (config, env) => {
   // This thread serves queues: warm its hot path up meanwhile (throwaway objects, see ./warmup.ts).
-  const warm = startBlkWarmup(config, env.logger, warmupFill(env.binding));
+  let served: VirtioBlkDevice | null = null;
+  const warm = startBlkWarmup(config, env.logger, {
+    ...warmupFill(env.binding),
+    stop: stopAtFirstRequest(() => served),
+  });
   let backend: CountingBackend;
   try {
     ({ backend } = await openBlkBackend(config, env));
@@ -168,6 +172,7 @@ export const createQueueThreadDevice: CreateQueueThreadDevice<BlkThreadTypes> = 
   let device: VirtioBlkDevice;
   try {
     device = new VirtioBlkDevice(blkDeviceOptions(config, backend, env.logger));
+    served = device;
   } catch (err) {
     await warm;
     await backend.close();

@@ -76,6 +76,11 @@ export interface WarmupOptions {
   requests?: number;
   /** Clock in ms (default performance.now). */
   now?: () => number;
+  /**
+   * Stop early when this says so (checked between batches): the callers stop at the real device's first
+   * request, so that the warm-up never competes with real I/O (it runs while the kernel attaches the device).
+   */
+  stop?: () => boolean;
   /** The zeroFill the real null backend gets (SysBinding.zeroFill), so that the warm-up takes the same branch. */
   zeroFill?: (buffers: readonly Uint8Array[]) => unknown;
 }
@@ -112,6 +117,7 @@ export async function warmUpBlk(
   const formats: ('split' | 'packed')[] = config.packed ? ['split', 'packed'] : ['split'];
   for (let i = 0; i < formats.length; i++) {
     const format = formats[i]!;
+    if (options.stop?.() === true) break;
     // Each format gets an equal share of what is left of the budget.
     const deadline = now() + (budget - (now() - start)) / (formats.length - i);
     try {
@@ -167,7 +173,8 @@ async function warmOneFormat(
   let done = 0;
   let round = 0;
   try {
-    while (done < maxRequests && now() < deadline && errors === 0) {
+    const stop = options.stop ?? (() => false);
+    while (done < maxRequests && now() < deadline && errors === 0 && !stop()) {
       // A round: one batch at queue depth `depth`, then a few requests one at a time.
       for (let k = 0; k < depth; k++) {
         const write = writes && (k & 3) === 1;
@@ -479,4 +486,14 @@ export function startBlkWarmup(
 export function warmupFill(binding: { zeroFill?(buffers: readonly Uint8Array[]): number }): WarmupOptions {
   const fill = binding.zeroFill;
   return fill !== undefined ? { zeroFill: fill.bind(binding) } : {};
+}
+
+/** A stop condition for the warm-up: the device (once there is one) has a request in flight or completed one. */
+export function stopAtFirstRequest(
+  device: () => { inFlight: number; stats: { completed: number } } | null,
+): () => boolean {
+  return () => {
+    const d = device();
+    return d !== null && (d.inFlight > 0 || d.stats.completed > 0);
+  };
 }

@@ -7,10 +7,15 @@ import { test } from 'node:test';
 import type { Logger } from '../../../src/common/logger.js';
 import type { VirtioBlkDevice } from '../../../src/devices/blk/device.js';
 import { createQueueThreadDevice, type BlkCounters } from '../../../src/mgmt/blk/thread-device.js';
-import { startBlkWarmup, warmUpBlk, warmupDisabled } from '../../../src/mgmt/blk/warmup.js';
+import {
+  startBlkWarmup,
+  stopAtFirstRequest,
+  warmUpBlk,
+  warmupDisabled,
+} from '../../../src/mgmt/blk/warmup.js';
 import { FakeBinding } from '../../../src/testing/fake-binding.js';
 
-const device = { queueSize: 256, logicalBlockSize: 512, packed: false, readOnly: false };
+const device0 = { queueSize: 256, logicalBlockSize: 512, packed: false, readOnly: false };
 
 function capture(): Logger & { lines: string[] } {
   const lines: string[] = [];
@@ -19,11 +24,11 @@ function capture(): Logger & { lines: string[] } {
 }
 
 test('the warm-up runs requests through a split ring, and a packed one when the device offers packed', async () => {
-  const split = await warmUpBlk(device, { budgetMs: 5000, requests: 500 });
+  const split = await warmUpBlk(device0, { budgetMs: 5000, requests: 500 });
   assert.equal(split.errors, 0);
   assert.ok(split.requests.split >= 500, `split requests: ${split.requests.split}`);
   assert.equal(split.requests.packed, 0);
-  const both = await warmUpBlk({ ...device, packed: true }, { budgetMs: 5000, requests: 500 });
+  const both = await warmUpBlk({ ...device0, packed: true }, { budgetMs: 5000, requests: 500 });
   assert.equal(both.errors, 0);
   assert.ok(both.requests.split >= 500 && both.requests.packed >= 500, JSON.stringify(both.requests));
   // Read-only devices and 4K blocks, small rings: still no errors.
@@ -37,12 +42,12 @@ test('the warm-up runs requests through a split ring, and a packed one when the 
 
 test('the warm-up is bounded by its time budget (a clock that advances 1 ms per reading)', async () => {
   let t = 0;
-  const r = await warmUpBlk({ ...device, packed: true }, { budgetMs: 40, requests: 1e9, now: () => t++ });
+  const r = await warmUpBlk({ ...device0, packed: true }, { budgetMs: 40, requests: 1e9, now: () => t++ });
   assert.equal(r.errors, 0);
   assert.ok(r.ms <= 80, `took ${r.ms} clock ms`);
   assert.ok(r.requests.split > 0 && r.requests.packed > 0);
-  assert.deepEqual((await warmUpBlk(device, { budgetMs: 0 })).requests, { split: 0, packed: 0 });
-  assert.deepEqual((await warmUpBlk({ ...device, queueSize: 4 })).requests, { split: 0, packed: 0 });
+  assert.deepEqual((await warmUpBlk(device0, { budgetMs: 0 })).requests, { split: 0, packed: 0 });
+  assert.deepEqual((await warmUpBlk({ ...device0, queueSize: 4 })).requests, { split: 0, packed: 0 });
 });
 
 test('VDUSE_WARMUP=0 turns it off', async () => {
@@ -51,7 +56,7 @@ test('VDUSE_WARMUP=0 turns it off', async () => {
   const saved = process.env.VDUSE_WARMUP;
   process.env.VDUSE_WARMUP = '0';
   try {
-    assert.equal(await startBlkWarmup({ name: 'd', ...device }, capture()), null);
+    assert.equal(await startBlkWarmup({ name: 'd', ...device0 }, capture()), null);
   } finally {
     if (saved === undefined) delete process.env.VDUSE_WARMUP;
     else process.env.VDUSE_WARMUP = saved;
@@ -101,4 +106,31 @@ test('a queue thread warms up and leaves no trace: its device and backend counte
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('the warm-up stops at the real device first request (stopAtFirstRequest)', async () => {
+  const real = { inFlight: 0, stats: { completed: 0 } };
+  let device: typeof real | null = null;
+  const stop = stopAtFirstRequest(() => device);
+  assert.equal(stop(), false, 'no device yet');
+  device = real;
+  assert.equal(stop(), false, 'nothing served yet');
+  let checks = 0;
+  const r = await warmUpBlk(
+    { ...device0, packed: true },
+    {
+      budgetMs: 5000,
+      requests: 1e9,
+      stop: () => {
+        if (++checks === 3) real.inFlight = 1; // the first real request arrives
+        return stop();
+      },
+    },
+  );
+  assert.equal(r.errors, 0);
+  assert.equal(r.requests.packed, 0, 'stopped before the packed run');
+  assert.ok(r.requests.split > 0 && r.requests.split < 200, JSON.stringify(r.requests));
+  real.inFlight = 0;
+  real.stats.completed = 1;
+  assert.equal(stop(), true);
 });
