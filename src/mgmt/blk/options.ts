@@ -66,10 +66,12 @@ export const BLK_DEFAULTS = {
 };
 
 /**
- * The queue threads of a device that names none (issue #16 item 5): one per queue, at most one per core
- * (os.availableParallelism()), so that a multi-queue device uses the machine's cores; 1 (inline, on the main
- * thread) for a memory backend, which cannot be served by threads (an explicit --queue-threads with one is
- * refused), and for one queue or one core.
+ * The queue threads of a device that names none (issue #16 item 5): one per queue, at most one per core beyond
+ * the first (os.availableParallelism() - 1: the main thread and the workload need a core too), so that a
+ * multi-queue device uses a machine's spare cores; 1 (inline, on the main thread) for a memory backend, which
+ * cannot be served by threads (an explicit --queue-threads with one is refused), for one queue and for a
+ * machine of 1 or 2 cores. Measured on 2 cores (docs/performance.md): threads lost everywhere except 2 busy
+ * queues on 2 free host threads (2 jobs 1.15-1.25x; QD1/QD32 0.93-0.98x; one host thread: 2 jobs 0.74-0.81x).
  */
 export function defaultQueueThreads(
   queues: number,
@@ -77,7 +79,7 @@ export function defaultQueueThreads(
   cores: number = availableParallelism(),
 ): number {
   if (backend.startsWith('memory:')) return BLK_DEFAULTS.queueThreads;
-  return Math.max(1, Math.min(queues, Math.floor(cores)));
+  return Math.max(1, Math.min(queues, Math.floor(cores) - 1));
 }
 
 /** The keys of a device's options: config file keys, device.add params, `vduse blk` flags (attach = --no-attach). */

@@ -69,7 +69,7 @@ test('YAML config with defaults filled in', () => {
     packed: true,
     attach: true,
     driver: 'vhost-vdpa',
-    queueThreads: Math.min(4, availableParallelism()), // the default: a thread per queue, at most one per core
+    queueThreads: Math.max(1, Math.min(4, availableParallelism() - 1)), // the default: a thread per queue, at most cores - 1
     reconnect: 'auto',
     persist: false,
   });
@@ -79,7 +79,7 @@ test('queue-threads and poll-us: defaults, values, one message each for a bad on
   const one = (extra: string) =>
     parseConfigText(`devices:\n  - name: a\n    backend: null:1M\n    queues: 4\n${extra}`, 'c.yaml')
       .devices[0] as BlkDeviceConfig;
-  assert.equal(one('').queueThreads, Math.min(4, availableParallelism()));
+  assert.equal(one('').queueThreads, Math.max(1, Math.min(4, availableParallelism() - 1)));
   assert.equal(one('').pollUs, undefined);
   assert.equal(one('    queue-threads: 4\n').queueThreads, 4);
   assert.equal(one('    queue-threads: 0\n').queueThreads, 0);
@@ -231,7 +231,7 @@ test('validateConfig(null) and changedDeviceKeys', () => {
   const a = parseDeviceOptions({ name: 'x', backend: 'null:1M' }, 'p');
   const b = parseDeviceOptions({ name: 'x', backend: 'null:2M', queues: 2 }, 'p');
   assert.deepEqual(changedDeviceKeys(a, a), []);
-  const changed = availableParallelism() > 1 ? ['backend', 'queues', 'queue-threads'] : ['backend', 'queues'];
+  const changed = availableParallelism() > 2 ? ['backend', 'queues', 'queue-threads'] : ['backend', 'queues'];
   assert.deepEqual(changedDeviceKeys(a, b), changed);
 });
 
@@ -309,12 +309,14 @@ test('a type: net entry next to a block device; its keys, its messages, what a r
 });
 
 test('the default queue-threads: min(queues, cores); inline for a memory backend, one queue or one core', () => {
-  assert.equal(defaultQueueThreads(4, 'file:/x', 2), 2);
+  assert.equal(defaultQueueThreads(4, 'file:/x', 3), 2);
+  assert.equal(defaultQueueThreads(4, 'file:/x', 8), 4);
   assert.equal(defaultQueueThreads(2, 'null:1G', 8), 2);
   assert.equal(defaultQueueThreads(1, 'nbd://h/e', 8), 1);
+  assert.equal(defaultQueueThreads(4, 'file:/x', 2), 1, 'two cores: inline (measured best there)');
   assert.equal(defaultQueueThreads(4, 'file:/x', 1), 1);
   assert.equal(defaultQueueThreads(4, 'memory:1G', 8), 1);
-  assert.equal(defaultQueueThreads(4, 'file:/x'), Math.min(4, availableParallelism()));
+  assert.equal(defaultQueueThreads(4, 'file:/x'), Math.max(1, Math.min(4, availableParallelism() - 1)));
   // The config, device.add and vduse blk resolve it the same way; a memory backend is inline, not an error.
   const mem = parseDeviceOptions({ name: 'm', backend: 'memory:1M', queues: 4 }, 'p') as BlkDeviceConfig;
   assert.equal(mem.queueThreads, 1);
