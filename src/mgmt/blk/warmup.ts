@@ -461,8 +461,8 @@ function align(n: number, to: number): number {
 }
 
 /**
- * Start the warm-up for a thread about to serve a device of these options (unless VDUSE_WARMUP=0), in the
- * background: it yields to the event loop between batches, so the real device is served meanwhile. The promise
+ * Start the warm-up for a thread about to serve a device of these options (unless VDUSE_WARMUP=0; once per
+ * thread, unless a later device also offers packed rings), in the background: it yields to the event loop between batches, so the real device is served meanwhile. The promise
  * never rejects; its result (null when off) is logged at debug level.
  */
 export function startBlkWarmup(
@@ -471,7 +471,9 @@ export function startBlkWarmup(
   options: WarmupOptions = {},
 ): Promise<WarmupResult | null> {
   if (warmupDisabled()) return Promise.resolve(null);
-  return warmUpBlk(config, options).then(
+  // One warm-up per thread: V8's optimized code serves every device of the thread (vduse serve holds many).
+  if (threadWarmup !== null && (threadWarmup.packed || !config.packed)) return threadWarmup.promise;
+  const promise = warmUpBlk(config, options).then(
     (r) => {
       logger.debug(
         `${config.name}: warm-up: ${r.requests.split} split${config.packed ? ` and ${r.requests.packed} packed` : ''} requests in ${r.ms.toFixed(0)} ms${r.errors > 0 ? `, ${r.errors} error(s)` : ''}`,
@@ -480,7 +482,12 @@ export function startBlkWarmup(
     },
     () => null,
   );
+  threadWarmup = { packed: config.packed, promise };
+  return promise;
 }
+
+/** The warm-up this thread started (a later device with the same or fewer ring formats shares it). */
+let threadWarmup: { packed: boolean; promise: Promise<WarmupResult | null> } | null = null;
 
 /** The warm-up options that make its null backend fill like the real one (the binding's zeroFill, if any). */
 export function warmupFill(binding: { zeroFill?(buffers: readonly Uint8Array[]): number }): WarmupOptions {

@@ -134,3 +134,13 @@ test('the warm-up stops at the real device first request (stopAtFirstRequest)', 
   real.stats.completed = 1;
   assert.equal(stop(), true);
 });
+
+test('one warm-up per thread: a second device shares it, unless it adds packed rings', async () => {
+  const logger = capture();
+  const a = startBlkWarmup({ name: 'a', ...device0, packed: true }, logger, { requests: 50 });
+  assert.equal(startBlkWarmup({ name: 'b', ...device0 }, logger), a);
+  assert.equal(startBlkWarmup({ name: 'c', ...device0, packed: true }, logger), a);
+  await a;
+  // At most one line: none when an earlier test of this file already warmed this thread up.
+  assert.ok(logger.lines.filter((l) => / warm-up: /.test(l)).length <= 1, logger.lines.join('\n'));
+});
