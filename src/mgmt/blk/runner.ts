@@ -25,7 +25,7 @@ import {
   type BlkThreadOptions,
 } from './thread-device.js';
 import type { BlkDeviceConfig } from './options.js';
-import { startBlkWarmup, stopAtFirstRequest, warmupFill } from './warmup.js';
+import { startBlkWarmup, stopAtFirstRequest } from './warmup.js';
 import { MgmtError } from '../daemon/errors.js';
 import { checkDaemonPath } from '../daemon/paths.js';
 import {
@@ -100,7 +100,6 @@ export class BlkRunner extends DeviceRunner<VirtioBlkDevice, BlkDeviceConfig> {
       let served: VirtioBlkDevice | null = null;
       if (threads === 0) {
         const warm = startBlkWarmup(blkThreadOptions(config), log, {
-          ...warmupFill(binding),
           stop: stopAtFirstRequest(() => served),
         });
         teardown.add('finish the warm-up', () => warm.then(() => undefined));

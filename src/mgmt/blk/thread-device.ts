@@ -23,7 +23,7 @@ import { EngineError } from '../../transports/engine/errors.js';
 import type { CreateQueueThreadDevice, QueueThreadSpec } from '../../transports/engine/threads/protocol.js';
 import type { BlkDeviceConfig } from './options.js';
 import { ResizableNull } from '../../backends/resizable-null.js';
-import { startBlkWarmup, stopAtFirstRequest, warmupFill } from './warmup.js';
+import { startBlkWarmup, stopAtFirstRequest } from './warmup.js';
 
 /** What a queue thread needs to build the device: the device options, plain data. */
 export type BlkThreadOptions = Pick<
@@ -159,7 +159,6 @@ export const createQueueThreadDevice: CreateQueueThreadDevice<BlkThreadTypes> = 
   // This thread serves queues: warm its hot path up meanwhile (throwaway objects, see ./warmup.ts).
   let served: VirtioBlkDevice | null = null;
   const warm = startBlkWarmup(config, env.logger, {
-    ...warmupFill(env.binding),
     stop: stopAtFirstRequest(() => served),
   });
   let backend: CountingBackend;

@@ -20,7 +20,7 @@ import { VhostUserBackend } from '../../transports/vhost-user/backend.js';
 import { MgmtError } from '../daemon/errors.js';
 import { Teardown, type RunnerState, type StopMode } from '../runner/device-runner.js';
 import type { BlkDeviceConfig } from './options.js';
-import { startBlkWarmup, stopAtFirstRequest, warmupFill } from './warmup.js';
+import { startBlkWarmup, stopAtFirstRequest } from './warmup.js';
 import {
   blkThreadOptions,
   followBackendSize,
@@ -95,7 +95,6 @@ export class VhostUserBlkRunner extends EventEmitter<{ broken: [reason: Error] }
       let served: VirtioBlkDevice | null = null;
       if (threads === 0) {
         const warm = startBlkWarmup(blkThreadOptions(config), log, {
-          ...warmupFill(binding),
           stop: stopAtFirstRequest(() => served),
         });
         teardown.add('finish the warm-up', () => warm.then(() => undefined));

@@ -39,15 +39,11 @@ test('null reads of many buffers are zeroed with one zeroFill call; small ones a
   assert.deepEqual(seen, [32]);
 });
 
-test('openBackend gives a null backend the binding zeroFill (FakeBinding: the JS one)', async () => {
+test('openBackend does not give a null backend the binding zeroFill (it measured slower under emulation)', async () => {
   const binding = new FakeBinding();
   const backend = await openBackend('null:1M', { binding });
   const big = pages(8);
   await backend.read(0, big);
-  assert.equal(binding.calls.zeroFill, 1);
+  assert.equal(binding.calls.zeroFill, 0);
   assert.ok(big.every((b) => b.every((x) => x === 0)));
-  const noBinding = await openBackend('null:1M');
-  const again = pages(8);
-  await noBinding.read(0, again);
-  assert.ok(again.every((b) => b.every((x) => x === 0)));
 });
