@@ -489,12 +489,6 @@ export function startBlkWarmup(
 /** The warm-up this thread started (a later device with the same or fewer ring formats shares it). */
 let threadWarmup: { packed: boolean; promise: Promise<WarmupResult | null> } | null = null;
 
-/** The warm-up options that make its null backend fill like the real one (the binding's zeroFill, if any). */
-export function warmupFill(binding: { zeroFill?(buffers: readonly Uint8Array[]): number }): WarmupOptions {
-  const fill = binding.zeroFill;
-  return fill !== undefined ? { zeroFill: fill.bind(binding) } : {};
-}
-
 /** A stop condition for the warm-up: the device (once there is one) has a request in flight or completed one. */
 export function stopAtFirstRequest(
   device: () => { inFlight: number; stats: { completed: number } } | null,
