@@ -168,8 +168,9 @@ Options:
                              spread over worker threads with --queue-threads
   --queue-threads N          serve the queues on N worker threads (queue i on thread i % N), each with its own
                              guest memory mappings, kick watchers and backend handle, so that a multi-queue
-                             device uses several cores; 2..queues (0 or 1, the default: all on the main thread).
-                             Not with a memory backend
+                             device uses several cores; 2..queues, or 0 (or 1): all on the main thread.
+                             Default: min(queues, cores - 1), the cores being os.availableParallelism(), so 0 on
+                             1 or 2 cores; 0 with a memory backend (threads cannot serve one; N > 1 is refused)
   --poll-us N                after a queue runs empty, look at its ring again for up to N microseconds before
                              sleeping on the next kick (0, the default: never), 0..10000; saves a wake-up per
                              request at low queue depth, costs CPU while polling

@@ -4,6 +4,8 @@
  * here; the caller says how a field is named in messages ("--queue-size", "config devices[1].queue-size")
  * and which error to throw. Pure: no I/O, nothing heavy imported (the CLI loads it for every `vduse blk`).
  */
+import { availableParallelism } from 'node:os';
+
 import {
   checkBoolean,
   checkDeviceName,
@@ -34,7 +36,7 @@ export interface BlkDeviceConfig {
   driver: BlkDriver;
   /**
    * Worker threads serving the queues (queue i on thread i % N); 0 or 1: every queue on the main thread.
-   * At most `queues`.
+   * At most `queues`. Default: defaultQueueThreads() (min(queues, cores); inline for a memory backend).
    */
   queueThreads: number;
   /** Poll the rings this many microseconds before sleeping on a kick (0: never; absent: the device default). */
@@ -57,10 +59,28 @@ export const BLK_DEFAULTS = {
   packed: false,
   attach: true,
   driver: 'virtio-vdpa' as BlkDriver,
+  /** Inline serving: what defaultQueueThreads() gives for a memory backend or one core. */
   queueThreads: 1,
   reconnect: 'auto' as BlkReconnectPolicy,
   persist: false,
 };
+
+/**
+ * The queue threads of a device that names none (issue #16 item 5): one per queue, at most one per core beyond
+ * the first (os.availableParallelism() - 1: the main thread and the workload need a core too), so that a
+ * multi-queue device uses a machine's spare cores; 1 (inline, on the main thread) for a memory backend, which
+ * cannot be served by threads (an explicit --queue-threads with one is refused), for one queue and for a
+ * machine of 1 or 2 cores. Measured on 2 cores (docs/performance.md): threads lost everywhere except 2 busy
+ * queues on 2 free host threads (2 jobs 1.15-1.25x; QD1/QD32 0.93-0.98x; one host thread: 2 jobs 0.74-0.81x).
+ */
+export function defaultQueueThreads(
+  queues: number,
+  backend: string,
+  cores: number = availableParallelism(),
+): number {
+  if (backend.startsWith('memory:')) return BLK_DEFAULTS.queueThreads;
+  return Math.max(1, Math.min(queues, Math.floor(cores) - 1));
+}
 
 /** The keys of a device's options: config file keys, device.add params, `vduse blk` flags (attach = --no-attach). */
 export const DEVICE_KEYS = [
@@ -154,10 +174,7 @@ export function validateDeviceOptions(
     packed: boolean(o.packed, 'packed', BLK_DEFAULTS.packed, r),
     attach: boolean(o.attach, 'attach', BLK_DEFAULTS.attach, r),
     driver: BLK_DEFAULTS.driver,
-    queueThreads:
-      o['queue-threads'] === undefined
-        ? BLK_DEFAULTS.queueThreads
-        : integer(o['queue-threads'], 'queue-threads', r),
+    queueThreads: 0, // resolved below, once queues and backend are known
     reconnect: BLK_DEFAULTS.reconnect,
     persist: boolean(o.persist, 'persist', BLK_DEFAULTS.persist, r),
   };
@@ -172,6 +189,10 @@ export function validateDeviceOptions(
     }
     config.reconnect = o.reconnect;
   }
+  config.queueThreads =
+    o['queue-threads'] === undefined
+      ? defaultQueueThreads(config.queues, backend)
+      : integer(o['queue-threads'], 'queue-threads', r);
   if (o['state-dir'] !== undefined) {
     const dir = o['state-dir'];
     if (typeof dir !== 'string' || dir === '') {

@@ -25,6 +25,7 @@ import {
   type BlkThreadOptions,
 } from './thread-device.js';
 import type { BlkDeviceConfig } from './options.js';
+import { startBlkWarmup, stopAtFirstRequest } from './warmup.js';
 import { MgmtError } from '../daemon/errors.js';
 import { checkDaemonPath } from '../daemon/paths.js';
 import {
@@ -95,11 +96,20 @@ export class BlkRunner extends DeviceRunner<VirtioBlkDevice, BlkDeviceConfig> {
         const file = spec as FileBackendSpec;
         if (file.size !== undefined && !existsSync(file.path)) createdFile = file.path;
       }
+      // Served on this thread: warm the hot path up meanwhile (throwaway objects, see ./warmup.ts).
+      let served: VirtioBlkDevice | null = null;
+      if (threads === 0) {
+        const warm = startBlkWarmup(blkThreadOptions(config), log, {
+          stop: stopAtFirstRequest(() => served),
+        });
+        teardown.add('finish the warm-up', () => warm.then(() => undefined));
+      }
       const { inner, backend } = await openBlkBackend(config, { binding, logger: log });
       teardown.add('close the backend', () => backend.close());
 
       const threadOptions = blkThreadOptions(config);
       const device = new VirtioBlkDevice(blkDeviceOptions(threadOptions, backend, log));
+      served = device;
       runner = new BlkRunner(config, { backend, inner, device, teardown });
       await runner.serve(deps, {
         guest: BLK_GUEST,

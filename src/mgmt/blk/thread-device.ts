@@ -23,6 +23,7 @@ import { EngineError } from '../../transports/engine/errors.js';
 import type { CreateQueueThreadDevice, QueueThreadSpec } from '../../transports/engine/threads/protocol.js';
 import type { BlkDeviceConfig } from './options.js';
 import { ResizableNull } from '../../backends/resizable-null.js';
+import { startBlkWarmup, stopAtFirstRequest } from './warmup.js';
 
 /** What a queue thread needs to build the device: the device options, plain data. */
 export type BlkThreadOptions = Pick<
@@ -155,11 +156,24 @@ export function mergeBlkCounters(parts: readonly BlkCounters[]): BlkCounters {
 
 /** QueueThreadSpec entry point: build this thread's device and backend handle. */
 export const createQueueThreadDevice: CreateQueueThreadDevice<BlkThreadTypes> = async (config, env) => {
-  const { backend } = await openBlkBackend(config, env);
+  // This thread serves queues: warm its hot path up meanwhile (throwaway objects, see ./warmup.ts).
+  let served: VirtioBlkDevice | null = null;
+  const warm = startBlkWarmup(config, env.logger, {
+    stop: stopAtFirstRequest(() => served),
+  });
+  let backend: CountingBackend;
+  try {
+    ({ backend } = await openBlkBackend(config, env));
+  } catch (err) {
+    await warm;
+    throw err;
+  }
   let device: VirtioBlkDevice;
   try {
     device = new VirtioBlkDevice(blkDeviceOptions(config, backend, env.logger));
+    served = device;
   } catch (err) {
+    await warm;
     await backend.close();
     throw err;
   }
@@ -185,6 +199,7 @@ export const createQueueThreadDevice: CreateQueueThreadDevice<BlkThreadTypes> = 
     },
     close: async () => {
       await device.reset();
+      await warm;
       await backend.close();
     },
   };

@@ -20,6 +20,7 @@ import { VhostUserBackend } from '../../transports/vhost-user/backend.js';
 import { MgmtError } from '../daemon/errors.js';
 import { Teardown, type RunnerState, type StopMode } from '../runner/device-runner.js';
 import type { BlkDeviceConfig } from './options.js';
+import { startBlkWarmup, stopAtFirstRequest } from './warmup.js';
 import {
   blkThreadOptions,
   followBackendSize,
@@ -91,10 +92,18 @@ export class VhostUserBlkRunner extends EventEmitter<{ broken: [reason: Error] }
         const file = spec as FileBackendSpec;
         if (file.size !== undefined && !existsSync(file.path)) createdFile = file.path;
       }
+      let served: VirtioBlkDevice | null = null;
+      if (threads === 0) {
+        const warm = startBlkWarmup(blkThreadOptions(config), log, {
+          stop: stopAtFirstRequest(() => served),
+        });
+        teardown.add('finish the warm-up', () => warm.then(() => undefined));
+      }
       const { inner, backend } = await openBlkBackend(config, { binding, logger: log });
       teardown.add('close the backend', () => backend.close());
       const threadOptions = blkThreadOptions(config);
       const device = new VirtioBlkDevice(blkDeviceOptions(threadOptions, backend, log));
+      served = device;
       const transport = new VhostUserBackend({
         binding,
         device,

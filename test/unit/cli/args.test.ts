@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
@@ -168,5 +169,25 @@ describe('vduse command line', () => {
     assert.equal(blk('--name', 'd', '--backend', 'null:1M', '--queue-threads', '0').queueThreads, 0);
     assert.match(BLK_USAGE, /--queue-threads N/);
     assert.match(BLK_USAGE, /--poll-us N/);
+  });
+
+  it('defaults --queue-threads to min(queues, cores - 1), inline for a memory backend or one queue', () => {
+    const spare = Math.max(1, availableParallelism() - 1);
+    assert.equal(
+      blk('--name', 'd', '--backend', 'null:1M', '--queues', '4').queueThreads,
+      Math.min(4, spare),
+    );
+    assert.equal(
+      blk('--name', 'd', '--backend', 'file:/x', '--queues', '64').queueThreads,
+      Math.min(64, spare),
+    );
+    assert.equal(blk('--name', 'd', '--backend', 'null:1M').queueThreads, 1);
+    // A memory backend cannot be served by threads: inline by default, an error only when asked for.
+    assert.equal(blk('--name', 'd', '--backend', 'memory:1M', '--queues', '4').queueThreads, 1);
+    usage(
+      ['blk', '--name', 'x', '--backend', 'memory:1M', '--queues', '4', '--queue-threads', '2'],
+      /--queue-threads cannot serve a memory backend/,
+    );
+    assert.match(BLK_USAGE, /Default: min\(queues, cores - 1\)/);
   });
 });

@@ -1,6 +1,7 @@
+import { availableParallelism } from 'node:os';
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { BlkDeviceConfig } from '../../../src/mgmt/blk/options.js';
+import { defaultQueueThreads, type BlkDeviceConfig } from '../../../src/mgmt/blk/options.js';
 
 import {
   ConfigError,
@@ -68,7 +69,7 @@ test('YAML config with defaults filled in', () => {
     packed: true,
     attach: true,
     driver: 'vhost-vdpa',
-    queueThreads: 1,
+    queueThreads: Math.max(1, Math.min(4, availableParallelism() - 1)), // the default: a thread per queue, at most cores - 1
     reconnect: 'auto',
     persist: false,
   });
@@ -78,7 +79,7 @@ test('queue-threads and poll-us: defaults, values, one message each for a bad on
   const one = (extra: string) =>
     parseConfigText(`devices:\n  - name: a\n    backend: null:1M\n    queues: 4\n${extra}`, 'c.yaml')
       .devices[0] as BlkDeviceConfig;
-  assert.equal(one('').queueThreads, 1);
+  assert.equal(one('').queueThreads, Math.max(1, Math.min(4, availableParallelism() - 1)));
   assert.equal(one('').pollUs, undefined);
   assert.equal(one('    queue-threads: 4\n').queueThreads, 4);
   assert.equal(one('    queue-threads: 0\n').queueThreads, 0);
@@ -230,7 +231,8 @@ test('validateConfig(null) and changedDeviceKeys', () => {
   const a = parseDeviceOptions({ name: 'x', backend: 'null:1M' }, 'p');
   const b = parseDeviceOptions({ name: 'x', backend: 'null:2M', queues: 2 }, 'p');
   assert.deepEqual(changedDeviceKeys(a, a), []);
-  assert.deepEqual(changedDeviceKeys(a, b), ['backend', 'queues']);
+  const changed = availableParallelism() > 2 ? ['backend', 'queues', 'queue-threads'] : ['backend', 'queues'];
+  assert.deepEqual(changedDeviceKeys(a, b), changed);
 });
 
 test('the example config in contrib/ is valid', async () => {
@@ -304,4 +306,31 @@ test('a type: net entry next to a block device; its keys, its messages, what a r
   assert.deepEqual(changedDeviceKeys(n, { ...n, mtu: 1500, tap: 'other' } as typeof n), ['tap', 'mtu']);
   assert.deepEqual(changedDeviceKeys(n, c.devices[0]!), ['type']);
   assert.deepEqual(changedDeviceKeys(n, n), []);
+});
+
+test('the default queue-threads: min(queues, cores); inline for a memory backend, one queue or one core', () => {
+  assert.equal(defaultQueueThreads(4, 'file:/x', 3), 2);
+  assert.equal(defaultQueueThreads(4, 'file:/x', 8), 4);
+  assert.equal(defaultQueueThreads(2, 'null:1G', 8), 2);
+  assert.equal(defaultQueueThreads(1, 'nbd://h/e', 8), 1);
+  assert.equal(defaultQueueThreads(4, 'file:/x', 2), 1, 'two cores: inline (measured best there)');
+  assert.equal(defaultQueueThreads(4, 'file:/x', 1), 1);
+  assert.equal(defaultQueueThreads(4, 'memory:1G', 8), 1);
+  assert.equal(defaultQueueThreads(4, 'file:/x'), Math.max(1, Math.min(4, availableParallelism() - 1)));
+  // The config, device.add and vduse blk resolve it the same way; a memory backend is inline, not an error.
+  const mem = parseDeviceOptions({ name: 'm', backend: 'memory:1M', queues: 4 }, 'p') as BlkDeviceConfig;
+  assert.equal(mem.queueThreads, 1);
+  assert.throws(
+    () => parseDeviceOptions({ name: 'm', backend: 'memory:1M', queues: 4, 'queue-threads': 2 }, 'p'),
+    /queue-threads: queue threads cannot serve a memory backend/,
+  );
+  assert.equal(
+    (
+      parseDeviceOptions(
+        { name: 'f', backend: 'null:1M', queues: 4, 'queue-threads': 0 },
+        'p',
+      ) as BlkDeviceConfig
+    ).queueThreads,
+    0,
+  );
 });
