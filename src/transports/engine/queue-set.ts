@@ -12,8 +12,9 @@
  * mappings while requests hang cannot make the retired list grow past RETIRED_MAX: the device is then halted
  * (needs reset), no new request starts and the list only shrinks.
  *
- * Kicks and interrupts: inline (on the transport's thread, which also runs the control path) each kick fd has an
- * FdWatcher and each interrupt is a transport.signal(). On a queue thread (`kickLoop`) one native KickLoop
+ * Kicks and interrupts: without `kickLoop` each kick fd has an FdWatcher and each interrupt is a
+ * transport.signal(). With it (queue threads, and VDUSE's inline data path: the KickLoop gives control back to
+ * libuv whenever libuv has work, so a control path sharing the loop is served as before) one native KickLoop
  * (src/sys/binding.ts) waits on every kick fd where libuv would block, drains them and makes one callback per
  * wake-up for all kicked queues; a signal only marks the queue, and the loop injects the marked interrupts
  * after the callback (or, for completions from other callbacks, before it next waits), with no crossing into
@@ -64,8 +65,8 @@ export interface QueueSetOptions {
   /** Kicks at [i], interrupts at [numQueues + i]; default a fresh array (pass a shared one across threads). */
   counters?: Float64Array;
   /**
-   * Serve kicks and interrupts through a native KickLoop (see the top): for a queue thread, whose loop serves
-   * nothing but this data path. Default false (FdWatchers: the control path shares the loop inline).
+   * Serve kicks and interrupts through a native KickLoop (see the top). Default false (an FdWatcher per kick
+   * fd, a transport.signal() per interrupt).
    */
   kickLoop?: boolean;
   /** Closes kick fds; default fs.closeSync. */
@@ -200,7 +201,11 @@ export class QueueSet implements DataPath {
       throw err;
     }
     // The driver may have missed completions published just before a crash: tell it to look.
-    if (start.recover) for (const setup of start.queues) this.#signal(setup.index);
+    if (start.recover) {
+      for (const setup of start.queues) this.#signal(setup.index);
+      // Injected now, not at the loop's next turn: the driver looks at once.
+      this.#loop?.flush();
+    }
     return resubmitted;
   }
 

@@ -155,8 +155,18 @@ describe('QueueSet with a KickLoop (queue threads)', () => {
     await until('the request reached the device', () => later !== null);
     await turns(3);
     assert.equal(t.binding.eventfdCounter(t.calls[1]!), 0, 'nothing to signal yet');
-    setTimeout(() => later!(), 2);
-    await until('the call eventfd was written', () => t.binding.eventfdCounter(t.calls[1]!) === 1);
+    await new Promise<void>((resolve) =>
+      setTimeout(() => {
+        later!();
+        resolve();
+      }, 2),
+    );
+    // The fake loop's prepare runs on a 1 ms timer: wait in time, not in a count of event-loop turns.
+    const deadline = Date.now() + 2000;
+    while (t.binding.eventfdCounter(t.calls[1]!) !== 1 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    assert.equal(t.binding.eventfdCounter(t.calls[1]!), 1, 'the call eventfd was written');
     assert.equal(t.binding.eventfdCounter(t.calls[0]!), 0);
     assert.deepEqual([...t.set.counters], [0, 1, 0, 1]);
     await t.set.close();

@@ -5,12 +5,19 @@ import type { DeviceContext, DeviceHost, VirtioDevice } from '../../../src/devic
 /** One turn of the event loop (fake watchers fire from setImmediate). */
 export const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
 
-/** Turns the event loop until `cond` holds; fails after 200 turns. */
+/**
+ * Turns the event loop until `cond` holds; fails after 200 turns and at least 2 s (a KickLoop's interrupts for
+ * completions made outside its callback are injected by the fake loop's 1 ms "prepare" timer, which 200 quick
+ * turns can outrun).
+ */
 export async function until(what: string, cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 200; i++) {
+  const deadline = Date.now() + 2000;
+  for (let i = 0; i < 200 || Date.now() < deadline; i++) {
     if (cond()) return;
-    await tick();
+    if (i < 200) await tick();
+    else await new Promise((r) => setTimeout(r, 1));
   }
+  if (cond()) return;
   assert.fail(`timed out waiting for ${what}`);
 }
 
