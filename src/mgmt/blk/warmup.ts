@@ -22,7 +22,7 @@ import { ResizableNull } from '../../backends/resizable-null.js';
 import { nullLogger } from '../../common/logger.js';
 import { VirtioBlkDevice } from '../../devices/blk/device.js';
 import { HeapMemory } from '../../memory/heap-memory.js';
-import { StateLog, stateLogSize } from '../../transports/vduse/recovery/state-log.js';
+import { heapQueueLog } from '../../transports/vduse/recovery/state-log.js';
 import {
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
@@ -160,7 +160,7 @@ async function warmOneFormat(
   if (!packed) features &= ~bit(VIRTIO_F_RING_PACKED);
   if (!device.negotiate(features)) return { requests: 0, errors: 1 };
   const driver = new WarmDriver(size, packed, features);
-  const log = heapQueueLog(device.maxQueueSize, features);
+  const log = heapQueueLog('warmup', device.maxQueueSize, features);
   const queue: Virtqueue = createVirtqueue(driver.config, packed, driver.memory, {
     signal: () => void driver.signals++,
     onError: () => void errors++,
@@ -205,21 +205,6 @@ async function warmOneFormat(
   }
   if (driver.lost > 0) errors++;
   return { requests: done, errors };
-}
-
-/** A state log in the heap for the warm-up queue (the transport gives real queues one in a file). */
-function heapQueueLog(maxQueueSize: number, features: bigint): ReturnType<StateLog['queue']> {
-  const identity = {
-    name: 'warmup',
-    deviceId: 2,
-    features,
-    numQueues: 1,
-    maxQueueSize,
-    config: new Uint8Array(0),
-  };
-  const buffer = new ArrayBuffer(stateLogSize(1, maxQueueSize));
-  StateLog.format(buffer, identity);
-  return new StateLog(buffer).queue(0);
 }
 
 /**

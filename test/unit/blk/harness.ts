@@ -7,12 +7,7 @@ import { VirtioBlkDevice } from '../../../src/devices/blk/device.js';
 import type { VirtioBlkOptions } from '../../../src/devices/blk/options.js';
 import type { DeviceHost } from '../../../src/devices/device.js';
 import { MockDriver, type MockChain } from '../../../src/testing/mock-driver.js';
-import {
-  StateLog,
-  stateLogSize,
-  type QueueLog,
-  type StateLogIdentity,
-} from '../../../src/transports/vduse/recovery/state-log.js';
+import { heapQueueLog, type QueueLog } from '../../../src/transports/vduse/recovery/state-log.js';
 import {
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
@@ -209,17 +204,7 @@ export class BlkHarness {
 
 /** The state log of one queue, sized like the transport sizes it: by the device's maximum queue size. */
 export function queueLog(maxQueueSize: number): QueueLog {
-  const identity: StateLogIdentity = {
-    name: 'blk-test',
-    deviceId: 2,
-    features: 0x3_0000_0000n,
-    numQueues: 1,
-    maxQueueSize,
-    config: new Uint8Array(0),
-  };
-  const buffer = new ArrayBuffer(stateLogSize(1, maxQueueSize));
-  StateLog.format(buffer, identity);
-  return new StateLog(buffer).queue(0);
+  return heapQueueLog('blk-test', maxQueueSize);
 }
 
 /** Packed: put a 512-byte read (header, data, status) in the ring with buffer id `id`, as a driver could. */

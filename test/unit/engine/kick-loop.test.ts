@@ -11,9 +11,8 @@ import { systemError } from '../../../src/sys/errors.js';
 import { FakeBinding } from '../../../src/testing/fake-binding.js';
 import { MockDriver } from '../../../src/testing/mock-driver.js';
 import { QueueSet } from '../../../src/transports/engine/queue-set.js';
-import type { QueueSetup } from '../../../src/transports/engine/data-path.js';
 import { VDUSE_VQ_INJECT_IRQ } from '../../../src/uapi/vduse.js';
-import { EchoDevice, until } from '../vduse/helpers.js';
+import { EchoDevice, splitStart, until } from '../vduse/helpers.js';
 
 const turns = async (n: number): Promise<void> => {
   for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
@@ -62,23 +61,7 @@ function setup(target: 'ioctl' | 'eventfd' = 'ioctl') {
     onNeedsReset: (r) => resets.push(r),
   });
   device.bind({ configChanged: () => undefined, needsReset: (r) => set.fail(r) });
-  const ring = (drv: MockDriver, index: number): QueueSetup => ({
-    index,
-    size: 16,
-    descAddr: drv.config.descAddr,
-    driverAddr: drv.config.driverAddr,
-    deviceAddr: drv.config.deviceAddr,
-    state: { nextAvail: 0 },
-  });
-  const start = (): number =>
-    set.start({
-      features: 1n << 32n,
-      packed: false,
-      eventIdx: false,
-      indirect: false,
-      recover: false,
-      queues: [ring(q0, 0), ring(q1, 1)],
-    });
+  const start = (): number => set.start(splitStart(q0, q1));
   const kick = (drv: MockDriver, index: number): void => {
     drv.addChain({ readable: [new Uint8Array([index + 1])], writable: [1] });
     drv.kick();
@@ -233,23 +216,7 @@ describe('QueueSet with a KickLoop (queue threads)', () => {
       onNeedsReset: () => undefined,
     });
     device.bind({ configChanged: () => undefined, needsReset: (r) => set.fail(r) });
-    set.start({
-      features: 1n << 32n,
-      packed: false,
-      eventIdx: false,
-      indirect: false,
-      recover: false,
-      queues: [
-        {
-          index: 0,
-          size: 16,
-          descAddr: drv.config.descAddr,
-          driverAddr: drv.config.driverAddr,
-          deviceAddr: drv.config.deviceAddr,
-          state: { nextAvail: 0 },
-        },
-      ],
-    });
+    set.start(splitStart(drv));
     assert.equal(binding.calls.createKickLoop, 0);
     drv.addChain({ readable: [new Uint8Array(1)], writable: [1] });
     drv.kick();

@@ -8,7 +8,7 @@ import { FakeBinding } from '../../../src/testing/fake-binding.js';
 import { MockDriver } from '../../../src/testing/mock-driver.js';
 import { QueueSet, RETIRED_MAX } from '../../../src/transports/engine/queue-set.js';
 import type { TransportMemory } from '../../../src/transports/engine/data-path.js';
-import { EchoDevice, until } from '../vduse/helpers.js';
+import { EchoDevice, splitStart, until } from '../vduse/helpers.js';
 
 function setup(memoryOf: (drv: MockDriver) => TransportMemory = (drv) => drv.memory) {
   const binding = new FakeBinding();
@@ -36,24 +36,7 @@ function setup(memoryOf: (drv: MockDriver) => TransportMemory = (drv) => drv.mem
     onNeedsReset: (r) => resets.push(r),
   });
   device.bind({ configChanged: () => undefined, needsReset: (r) => set.fail(r) });
-  const start = (): number =>
-    set.start({
-      features: 1n << 32n,
-      packed: false,
-      eventIdx: false,
-      indirect: false,
-      recover: false,
-      queues: [
-        {
-          index: 0,
-          size: 16,
-          descAddr: drv.config.descAddr,
-          driverAddr: drv.config.driverAddr,
-          deviceAddr: drv.config.deviceAddr,
-          state: { nextAvail: 0 },
-        },
-      ],
-    });
+  const start = (): number => set.start(splitStart(drv));
   return { binding, drv, device, set, kicks, irqs, resets, start };
 }
 

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 
 import type { DeviceContext, DeviceHost, VirtioDevice } from '../../../src/devices/device.js';
+import type { MockDriver } from '../../../src/testing/mock-driver.js';
+import type { DataPathStart, QueueSetup } from '../../../src/transports/engine/data-path.js';
 
 /** One turn of the event loop (fake watchers fire from setImmediate). */
 export const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
@@ -71,3 +73,23 @@ export class EchoDevice implements VirtioDevice {
     return Promise.resolve();
   }
 }
+
+/** Queue `index` as a data path starts it: the mock driver's split ring of 16 entries, from the start. */
+export const ringSetup = (drv: MockDriver, index: number): QueueSetup => ({
+  index,
+  size: 16,
+  descAddr: drv.config.descAddr,
+  driverAddr: drv.config.driverAddr,
+  deviceAddr: drv.config.deviceAddr,
+  state: { nextAvail: 0 },
+});
+
+/** A DRIVER_OK of split rings, VERSION_1 only, no recovery, for the mock drivers' rings `drivers[i]` as queue i. */
+export const splitStart = (...drivers: MockDriver[]): DataPathStart => ({
+  features: 1n << 32n,
+  packed: false,
+  eventIdx: false,
+  indirect: false,
+  recover: false,
+  queues: drivers.map((drv, i) => ringSetup(drv, i)),
+});

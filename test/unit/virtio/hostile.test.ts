@@ -8,11 +8,7 @@ import { VduseTsError } from '../../../src/common/errors.js';
 import { GuestMemoryError } from '../../../src/memory/guest-memory.js';
 import { HeapMemory } from '../../../src/memory/heap-memory.js';
 import { MockDriver } from '../../../src/testing/mock-driver.js';
-import {
-  StateLog,
-  stateLogSize,
-  type StateLogIdentity,
-} from '../../../src/transports/vduse/recovery/state-log.js';
+import { heapQueueLog } from '../../../src/transports/vduse/recovery/state-log.js';
 import { VRING_DESC_F_WRITE } from '../../../src/uapi/virtio-ring.js';
 import { createVirtqueue } from '../../../src/virtio/create-virtqueue.js';
 import {
@@ -25,17 +21,7 @@ import { popAll } from './helpers.js';
 
 /** A state log for one queue of at most `maxQueueSize` entries (what the transport gives each queue). */
 function queueLog(maxQueueSize: number) {
-  const identity: StateLogIdentity = {
-    name: 'hostile',
-    deviceId: 2,
-    features: 0x3_0000_0000n,
-    numQueues: 1,
-    maxQueueSize,
-    config: new Uint8Array(0),
-  };
-  const buffer = new ArrayBuffer(stateLogSize(1, maxQueueSize));
-  StateLog.format(buffer, identity);
-  return new StateLog(buffer).queue(0);
+  return heapQueueLog('hostile', maxQueueSize);
 }
 
 /** A recorder that counts calls and refuses (throws) any id at or above its capacity, like an array would. */

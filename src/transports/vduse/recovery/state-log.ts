@@ -141,6 +141,27 @@ export function stateLogPath(dir: string, name: string): string {
   return `${dir}/${name}.state`;
 }
 
+/**
+ * The log of one queue of at most `maxQueueSize` entries, in the heap rather than a file (what the transport gives
+ * each queue, for code that runs a queue apart from a device: the start-up warm-up, tests).
+ */
+export function heapQueueLog(
+  name: string,
+  maxQueueSize: number,
+  features: bigint = 0x3_0000_0000n,
+): QueueLog {
+  const buffer = new ArrayBuffer(stateLogSize(1, maxQueueSize));
+  StateLog.format(buffer, {
+    name,
+    deviceId: 2,
+    features,
+    numQueues: 1,
+    maxQueueSize,
+    config: new Uint8Array(0),
+  });
+  return new StateLog(buffer).queue(0);
+}
+
 export class StateLog {
   readonly numQueues: number;
   readonly maxQueueSize: number;
