@@ -85,6 +85,14 @@ interface Kick {
   watcher: FdWatcher | null;
 }
 
+/**
+ * The set that holds the KickLoop of a binding, i.e. of a thread (each thread loads its own binding). A KickLoop
+ * waits on its own kick fds and libuv's fd only: two on one libuv loop would each block while the other's queues
+ * are kicked. So one set per thread serves through a KickLoop, and any other set on that thread (`vduse serve`
+ * with several inline devices) through FdWatchers, which the KickLoop's wait sees through libuv's fd.
+ */
+const kickLoopHolders = new WeakMap<SysBinding, QueueSet>();
+
 export class QueueSet implements DataPath {
   readonly counters: Float64Array;
   readonly device: VirtioDevice;
@@ -288,6 +296,7 @@ export class QueueSet implements DataPath {
       else this.#memory.invalidateAll?.();
       this.#loop?.close();
       this.#loop = null;
+      if (kickLoopHolders.get(this.#binding) === this) kickLoopHolders.delete(this.#binding);
     }
     await this.#resetting;
     await this.#memory.drained?.();
@@ -297,7 +306,7 @@ export class QueueSet implements DataPath {
   #openKick(index: number): Kick {
     const fd = this.#o.transport.openKick(index);
     try {
-      if (this.#o.kickLoop === true) {
+      if (this.#o.kickLoop === true && this.#holdsKickLoop()) {
         this.#kickLoop().addKick(index, fd);
         return { index, fd, watcher: null };
       }
@@ -308,6 +317,15 @@ export class QueueSet implements DataPath {
       this.#closeFd(fd);
       throw err;
     }
+  }
+
+  /** This set serves through a KickLoop: it holds its thread's one (see kickLoopHolders), or takes it now. */
+  #holdsKickLoop(): boolean {
+    const holder = kickLoopHolders.get(this.#binding);
+    if (holder !== undefined) return holder === this;
+    if (this.#closed) return false;
+    kickLoopHolders.set(this.#binding, this);
+    return true;
   }
 
   /** The KickLoop, made at the first start (its arrays once for the life of this set). */

@@ -224,4 +224,59 @@ describe('QueueSet with a KickLoop (queue threads)', () => {
     await until('the interrupt', () => irqs.length === 1);
     await set.close();
   });
+
+  it('one set per thread holds the KickLoop: a second one on the same binding uses FdWatchers, a later one takes it over', async () => {
+    const binding = new FakeBinding();
+    const one = (drv: MockDriver) => {
+      const device = new EchoDevice();
+      const irqs: number[] = [];
+      const kicks: number[] = [];
+      const devFd = binding.openDevice({ ioctl: () => irqs.push(0) && 0 });
+      const set = new QueueSet({
+        binding,
+        device,
+        kickLoop: true,
+        transport: {
+          memory: drv.memory,
+          openKick: () => {
+            const fd = binding.eventfd(0, 0);
+            kicks.push(fd);
+            return fd;
+          },
+          signal: () => void irqs.push(0),
+          interruptTarget: () => ({ fd: devFd, request: VDUSE_VQ_INJECT_IRQ }),
+          inflightLog: () => undefined,
+        },
+        numQueues: 1,
+        logger: nullLogger,
+        closeFd: (fd) => binding.close(fd),
+        onNeedsReset: () => undefined,
+      });
+      device.bind({ configChanged: () => undefined, needsReset: (r) => set.fail(r) });
+      set.start(splitStart(drv));
+      const serve = async (): Promise<void> => {
+        const before = irqs.length;
+        drv.addChain({ readable: [new Uint8Array(1)], writable: [1] });
+        drv.kick();
+        binding.eventfdWrite(kicks.at(-1)!, 1);
+        await until('the interrupt', () => irqs.length === before + 1);
+      };
+      return { set, serve };
+    };
+    const a = one(new MockDriver({ size: 16 }));
+    assert.equal(binding.calls.createKickLoop, 1);
+    assert.equal(binding.calls.createFdWatcher, 0);
+    const b = one(new MockDriver({ size: 16 }));
+    assert.equal(binding.calls.createKickLoop, 1, 'two KickLoops on one loop would block each other');
+    assert.equal(binding.calls.createFdWatcher, 1);
+    await a.serve();
+    await b.serve();
+    await a.set.close();
+    const c = one(new MockDriver({ size: 16 }));
+    assert.equal(binding.calls.createKickLoop, 2, 'the closed holder gave it up');
+    await c.serve();
+    await b.serve();
+    await b.set.close();
+    await c.set.close();
+  });
 });
