@@ -951,6 +951,10 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
     state->owner = nullptr;
     napi_remove_async_cleanup_hook(state->cleanup_hook);
     state->cleanup_hook = nullptr;
+    // The epoll fd goes now, not when libuv gets to the close callbacks: a caller that closed the loop sees no fd
+    // of it left (nothing waits on it any more: a prepare without an owner returns at once).
+    close(state->ep);
+    state->ep = -1;
     CloseHandles(state);
   }
 
@@ -963,7 +967,7 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
     KickLoopState* state = static_cast<KickLoopState*>(handle->data);
     if (--state->open_handles > 0) return;
     if (state->cleanup_hook != nullptr) napi_remove_async_cleanup_hook(state->cleanup_hook);
-    close(state->ep);
+    if (state->ep >= 0) close(state->ep);
     delete state;
   }
 

@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { closeSync } from 'node:fs';
+import { closeSync, readdirSync, readlinkSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -223,4 +223,24 @@ test('a worker that exits or is terminated with a started KickLoop tears it down
     assert.equal(status, how === 'exit' ? 7 : 1);
     assert.deepEqual(messages, ['ready', 'kick']);
   }
+});
+
+test('close() gives back the epoll fd at once, not when libuv gets to the close callbacks', () => {
+  const epollFds = (): number =>
+    readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`) === 'anon_inode:[eventpoll]';
+      } catch {
+        return false;
+      }
+    }).length;
+  const before = epollFds();
+  const kick = eventfd();
+  const loop = sys.createKickLoop(1, new Float64Array(1), () => undefined);
+  loop.addKick(0, kick);
+  loop.start();
+  assert.equal(epollFds(), before + 1);
+  loop.close();
+  assert.equal(epollFds(), before, 'closed synchronously');
+  closeSync(kick);
 });
