@@ -132,6 +132,7 @@ export class IotlbMemory implements GuestMemory, MemoryPins {
   /** That work holds no view any more. Unmaps the dropped regions nothing can reference now. */
   unpin(generation: number): void {
     if (generation === this.#generation) {
+      // A region found stale by a look-up (#insert) is dropped without a new generation.
       if (this.#pinsNow > 0 && --this.#pinsNow === 0 && this.#retired.length > 0) this.#sweep();
       return;
     }
@@ -343,24 +344,14 @@ export class IotlbMemory implements GuestMemory, MemoryPins {
   #insert(region: Region): void {
     // Overlapping regions (the kernel's map changed without an UPDATE_IOTLB, e.g. after reset) are stale.
     const keep: Region[] = [];
-    let dropped = false;
     for (const r of this.#regions) {
       if (r.last < region.start || r.start > region.last) keep.push(r);
-      else {
-        this.#retire(r);
-        dropped = true;
-      }
+      else this.#retire(r);
     }
     let i = keep.length;
     while (i > 0 && keep[i - 1]!.start > region.start) i--;
     keep.splice(i, 0, region);
     this.#regions = keep;
-    // A mapping went away: a new generation, so that views kept per generation (the queues' ViewCache) are
-    // taken again. The new region is usable in both (it was mapped before the bump).
-    if (dropped) {
-      this.#lastHit = null;
-      this.#bump();
-    }
   }
 }
 

@@ -225,7 +225,6 @@ describe('IotlbMemory pins (a dropped region outlives the requests that may hold
     assert.equal(memory.mappedRegions, 1);
     assert.equal(memory.retiredRegions, 1);
     assert.equal(calls.unmaps, 0);
-    assert.equal(memory.generation, g + 1, 'a mapping went away: views kept per generation are taken again');
     memory.unpin(g);
     assert.equal(memory.retiredRegions, 0, 'swept when the last pin of the generation goes');
     assert.equal(calls.unmaps, 1);
