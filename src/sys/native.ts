@@ -31,7 +31,8 @@ interface NativeAddon extends Omit<SysBinding, 'createFdWatcher' | 'createKickLo
     signals: Int32Array,
     injected: Float64Array,
     stats: Float64Array,
-  ) => Omit<KickLoop, 'kicked' | 'signals' | 'stats'>;
+    marks: Int32Array,
+  ) => Omit<KickLoop, 'kicked' | 'signals' | 'stats' | 'marks'>;
 }
 
 const FUNCTIONS = [
@@ -127,11 +128,13 @@ export function loadNativeBinding(): SysBinding {
       const kicked = new Int32Array(numQueues);
       const signals = new Int32Array(numQueues);
       const stats = new Float64Array(KICK_STAT_COUNT);
+      const marks = new Int32Array(numQueues).fill(-1);
       // The native object holds the arrays; JS reads them through the same views.
-      return Object.assign(new NativeKickLoop(callback, kicked, signals, injected, stats), {
+      return Object.assign(new NativeKickLoop(callback, kicked, signals, injected, stats, marks), {
         kicked,
         signals,
         stats,
+        marks,
       });
     },
     fence: addon.fence,
