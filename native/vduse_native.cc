@@ -807,8 +807,9 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
   }
 
   // new KickLoop(callback, kicked: Int32Array, signals: Int32Array, injected: Float64Array,
-  //              stats: Float64Array, marks: Int32Array); every array has one slot per queue (stats:
-  //              kStatCount). marks[i]: where queue i's ring is idle (see Watch), -1 when not known idle.
+  //              stats: Float64Array, marks: Int32Array, kicks?: Float64Array); every array has one slot
+  //              per queue (stats: kStatCount). marks[i]: where queue i's ring is idle (see Watch), -1 when
+  //              not known idle. kicks[i] counts queue i's kicks (absorbed ones too).
   KickLoop(const Napi::CallbackInfo& info) : Napi::ObjectWrap<KickLoop>(info), async_context_(info.Env(), "KickLoop") {
     Napi::Env env = info.Env();
     // As FdWatcher: the JS object holds the callback, C++ a weak reference (no cycle through a GC root).
@@ -831,6 +832,15 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
     arrays_[3] = Napi::Persistent(stats.As<Napi::Object>());
     arrays_[4] = Napi::Persistent(marks.As<Napi::Object>());
     marks_ = marks.Data();
+    if (info.Length() > 6 && info[6].IsTypedArray()) {
+      Napi::Float64Array kicks = info[6].As<Napi::Float64Array>();
+      if (kicks.ElementLength() != n) throw Napi::RangeError::New(env, "KickLoop: arrays of different lengths");
+      arrays_[5] = Napi::Persistent(kicks.As<Napi::Object>());
+      kicks_ = kicks.Data();
+    } else {
+      own_kicks_.assign(n, 0);
+      kicks_ = own_kicks_.data();
+    }
     watches_.resize(n);
     kicked_ = kicked.Data();
     signals_ = signals.Data();
@@ -1209,6 +1219,7 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
         if (i >= self->kick_fd_.size() || self->kick_fd_[i] < 0) continue;
         uint64_t value;
         if (read(self->kick_fd_[i], &value, sizeof value) == sizeof value) {
+          self->kicks_[i]++;
           // The kick of work a spin already found (and the device served): the ring is idle where the device
           // left it, so there is nothing to call for.
           if (self->Watched(i) && !self->HasWork(i)) {
@@ -1249,7 +1260,7 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
 
   Napi::FunctionReference callback_;
   Napi::AsyncContext async_context_;
-  Napi::ObjectReference arrays_[5];
+  Napi::ObjectReference arrays_[6];
   int32_t* kicked_ = nullptr;
   int32_t* signals_ = nullptr;
   double* injected_ = nullptr;
@@ -1260,6 +1271,8 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
   KickLoopState* state_ = nullptr;
   bool active_ = false;
   int32_t* marks_ = nullptr;
+  double* kicks_ = nullptr;
+  std::vector<double> own_kicks_;
   std::vector<RingWatch> watches_;
   int64_t window_ns_ = 0;
 };

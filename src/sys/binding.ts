@@ -155,9 +155,15 @@ export interface SysBinding {
   createFdWatcher(fd: number, callback: FdWatcherCallback): FdWatcher;
   /**
    * A KickLoop for queues 0..numQueues-1 on the calling thread's loop. `injected[i]` (a Float64Array of
-   * numQueues slots, e.g. a view of shared counters) is incremented for every interrupt of queue i injected.
+   * numQueues slots, e.g. a view of shared counters) is incremented for every interrupt of queue i injected,
+   * `kicks[i]` (the same kind, optional) for every kick of queue i it reads, absorbed ones included.
    */
-  createKickLoop(numQueues: number, injected: Float64Array, callback: KickLoopCallback): KickLoop;
+  createKickLoop(
+    numQueues: number,
+    injected: Float64Array,
+    callback: KickLoopCallback,
+    kicks?: Float64Array,
+  ): KickLoop;
   /** A full memory fence (atomic_thread_fence(seq_cst)). */
   fence(): void;
   /** read(2) into `buffer`. Returns the byte count, or -1 when it would block (EAGAIN). */

@@ -233,6 +233,7 @@ export class FakeKickLoop implements KickLoop {
     numQueues: number,
     private readonly injected: Float64Array,
     private readonly callback: KickLoopCallback,
+    private readonly kicks: Float64Array = new Float64Array(numQueues),
   ) {
     this.kicked = new Int32Array(numQueues);
     this.signals = new Int32Array(numQueues);
@@ -375,6 +376,7 @@ export class FakeKickLoop implements KickLoop {
     this.kickFds.forEach((fd, i) => {
       if (fd < 0 || (this.owner.readiness(fd) & UV_READABLE) === 0) return;
       if (this.owner.drainEventfd(fd)) {
+        this.kicks[i]!++;
         if (this.watched(i) && !this.hasWork(i)) {
           this.stats[KICK_STAT_ABSORBED]!++;
           return;
@@ -635,10 +637,16 @@ export class FakeBinding implements SysBinding {
     return watcher;
   }
 
-  createKickLoop(numQueues: number, injected: Float64Array, callback: KickLoopCallback): KickLoop {
+  createKickLoop(
+    numQueues: number,
+    injected: Float64Array,
+    callback: KickLoopCallback,
+    kicks?: Float64Array,
+  ): KickLoop {
     this.calls.createKickLoop++;
-    if (injected.length !== numQueues) throw new RangeError('KickLoop: arrays of different lengths');
-    const loop = new FakeKickLoop(this, numQueues, injected, callback);
+    if (injected.length !== numQueues || (kicks !== undefined && kicks.length !== numQueues))
+      throw new RangeError('KickLoop: arrays of different lengths');
+    const loop = new FakeKickLoop(this, numQueues, injected, callback, kicks);
     this.kickLoops.add(loop);
     return loop;
   }

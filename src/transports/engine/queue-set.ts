@@ -361,6 +361,7 @@ export class QueueSet implements DataPath {
       n,
       this.counters.subarray(interruptSlot(0, n), interruptSlot(n, n)),
       () => this.#onKicks(),
+      this.counters.subarray(kickSlot(0), kickSlot(n)),
     );
     return this.#loop;
   }
@@ -404,10 +405,8 @@ export class QueueSet implements DataPath {
     if (loop === null) return;
     const { kicked } = loop;
     for (let i = 0; i < kicked.length; i++) {
-      const how = kicked[i];
-      if (how === 0) continue;
+      if (kicked[i] === 0) continue; // 1: kicked (counted by the loop), 2: found by a spin
       kicked[i] = 0;
-      if (how === 1) this.counters[kickSlot(i)]!++; // 2: found by a spin, not a kick
       if (this.#halted || this.#queues[i] == null) continue;
       try {
         this.device.queueNotify(i);

@@ -123,6 +123,7 @@ describe('QueueSet ring polling (KickLoop)', () => {
     t.kick(0); // the driver kicks again with nothing new
     await until('the kick read', () => loop.stats[KICK_STAT_ABSORBED] === 1);
     assert.deepEqual(t.device.notified, [0], 'no callback for it');
+    assert.equal(t.set.counters[0], 2, 'but counted: the driver did kick');
     // a pop outside a wake-up (a device resuming from a completion) makes the mark stale at once
     t.add(t.q1);
     t.q1.kick(); // avail.idx written; the eventfd is not
