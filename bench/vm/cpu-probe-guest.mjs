@@ -38,6 +38,15 @@ const queues = Number(opt('queues', '2'));
 const queueSize = Number(opt('queue-size', '256'));
 const nodeArgs = opt('node-args', '--perf-basic-prof').split(' ').filter(Boolean);
 const daemonArgs = opt('daemon-args', '').split(' ').filter(Boolean);
+/** Contender "variant": our daemon again with these extra daemon/node options and environment (A/B in one boot). */
+const variantArgs = opt('variant-args', '').split(' ').filter(Boolean);
+const variantNodeArgs = opt('variant-node-args', '').split(' ').filter(Boolean);
+const variantEnv = Object.fromEntries(
+  opt('variant-env', '')
+    .split(' ')
+    .filter((x) => x.includes('='))
+    .map((x) => [x.slice(0, x.indexOf('=')), x.slice(x.indexOf('=') + 1)]),
+);
 /** Where perf.data, perf maps and the guest's kallsyms are kept for a later `perf report` (project directory). */
 const keepDir = opt('keep-dir', null);
 
@@ -282,11 +291,11 @@ async function measured(devPath, pid, seconds) {
 
 const GiB = 1 << 30;
 
-function project() {
+function project({ id = 'project', label = 'vduse-ts', extraArgs = [], extraNodeArgs = [], env = {} } = {}) {
   let d = null;
   return {
-    id: 'project',
-    label: 'vduse-ts',
+    id,
+    label,
     async start() {
       const args = [
         '--name',
@@ -300,9 +309,13 @@ function project() {
         '--logical-block-size',
         '512',
         ...daemonArgs,
+        ...extraArgs,
       ];
       d = new VduseDaemon(
-        spawn(process.execPath, [...nodeArgs, CLI, 'blk', ...args], { stdio: ['ignore', 'pipe', 'pipe'] }),
+        spawn(process.execPath, [...nodeArgs, ...extraNodeArgs, CLI, 'blk', ...args], {
+          stdio: ['ignore', 'pipe', 'pipe'],
+          env: { ...process.env, ...env },
+        }),
         args,
       );
       await d.ready(120_000);
@@ -404,14 +417,14 @@ async function withTool(startTool, devPath, pid, seconds, settleMs = 1500) {
   return { m, r };
 }
 
-async function perfReport(data, args) {
-  const r = await run('perf', ['report', '-i', data, '--stdio', '--percent-limit', '0.4', ...args], {
+async function perfReport(data, args, lines = 60) {
+  const r = await run('perf', ['report', '-i', data, '--stdio', '--percent-limit', '0.3', ...args], {
     timeoutMs: 240_000,
   });
   return r.stdout
     .split('\n')
     .filter((l) => l.trim() && !l.startsWith('#'))
-    .slice(0, 60)
+    .slice(0, lines)
     .join('\n');
 }
 
@@ -524,7 +537,7 @@ async function probe(k) {
     log(`  perf record: ${Math.round(m.fio.iops)} IOPS; reporting`);
     res.probes.perf.bySym = await perfReport(data, ['--no-children', '--sort', 'dso,sym', '-g', 'none']);
     res.probes.perf.byThread = await perfReport(data, ['--no-children', '--sort', 'comm,dso', '-g', 'none']);
-    res.probes.perf.inclusive = await perfReport(data, ['--children', '--sort', 'sym', '-g', 'none']);
+    res.probes.perf.inclusive = await perfReport(data, ['--children', '--sort', 'sym', '-g', 'none'], 160);
     const all = `${tmp}/perf-all.data`;
     const a = await withTool(
       () => background('perf', ['record', '-e', 'cpu-clock', '-F', '1000', '-a', '-g', '-o', all]),
@@ -540,6 +553,7 @@ async function probe(k) {
       const dir = path.join(keepDir, k.id);
       fs.mkdirSync(dir, { recursive: true });
       for (const f of [data, all]) fs.copyFileSync(f, path.join(dir, path.basename(f)));
+      fs.writeFileSync(path.join(dir, 'kallsyms'), read('/proc/kallsyms') ?? '');
       const map = `/tmp/perf-${pid}.map`;
       if (fs.existsSync(map)) fs.copyFileSync(map, path.join(dir, path.basename(map)));
     }
@@ -592,6 +606,7 @@ const result = {
     queueSize,
     nodeArgs,
     daemonArgs,
+    variant: { args: variantArgs, nodeArgs: variantNodeArgs, env: variantEnv },
     perf: (await run('perf', ['--version'])).stdout.trim(),
     strace: (await run('strace', ['-V'])).stdout.split('\n')[0],
     qsd: (await run('qemu-storage-daemon', ['--version'])).stdout.split('\n')[0],
@@ -601,7 +616,18 @@ const result = {
 const save = () => fs.writeFileSync(out, JSON.stringify(result, null, 2));
 let failed = false;
 for (const id of contenderIds) {
-  const k = id === 'qsd' ? qsd() : project();
+  const k =
+    id === 'qsd'
+      ? qsd()
+      : id === 'variant'
+        ? project({
+            id: 'variant',
+            label: `vduse-ts (${[...variantNodeArgs, ...variantArgs, ...Object.entries(variantEnv).map(([a, b]) => `${a}=${b}`)].join(' ')})`,
+            extraArgs: variantArgs,
+            extraNodeArgs: variantNodeArgs,
+            env: variantEnv,
+          })
+        : project();
   try {
     result.contenders.push(await probe(k));
   } catch (e) {

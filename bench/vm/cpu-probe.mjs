@@ -7,8 +7,11 @@
 //
 // Options: --accel single|multi|both (default single), --runtime S per probe (default 6), --warmup S (default 3),
 //          --probes plain,pstat,strace,perf, --contenders project,qsd, --dist DIR, --iodepth N, --rw RW,
-//          --node-args "ARGS" (default --perf-basic-prof), --daemon-args "ARGS", --keep (perf.data, perf maps
-//          under bench/results/cpu-probe-data/), --report FILE (only re-render a raw JSON).
+//          --node-args "ARGS" (default --perf-basic-prof), --daemon-args "ARGS", --keep (perf.data, perf maps,
+//          the guest's kallsyms
+//          under bench/results/cpu-probe-data/), --report FILE (only re-render a raw JSON). A/B in one boot:
+//          --contenders project,variant,qsd with --variant-args "ARGS" (vduse blk options), --variant-node-args
+//          "ARGS", --variant-env "K=V ..." for the second build of ours.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -178,7 +181,7 @@ function contenderMd(c, accel, host) {
       'Inclusive (--children, by sym):',
       '',
       '```',
-      pf.inclusive.split('\n').slice(0, 30).join('\n'),
+      pf.inclusive.split('\n').slice(0, 160).join('\n'),
       '```',
       '',
     );
@@ -395,6 +398,12 @@ async function main() {
     opt('--node-args', '--perf-basic-prof'),
     '--daemon-args',
     opt('--daemon-args', ''),
+    '--variant-args',
+    opt('--variant-args', ''),
+    '--variant-node-args',
+    opt('--variant-node-args', ''),
+    '--variant-env',
+    opt('--variant-env', ''),
   ];
   const startedAt = new Date().toISOString();
   const stamp = startedAt.replace(/[:.]/g, '-');
