@@ -38,16 +38,24 @@ const queues = Number(opt('queues', '2'));
 const queueSize = Number(opt('queue-size', '256'));
 const nodeArgs = opt('node-args', '--perf-basic-prof').split(' ').filter(Boolean);
 const daemonArgs = opt('daemon-args', '').split(' ').filter(Boolean);
-/** Contender "variant": our daemon again with these extra daemon/node options and environment (A/B in one boot). */
-const variantArgs = opt('variant-args', '').split(' ').filter(Boolean);
-const variantNodeArgs = opt('variant-node-args', '').split(' ').filter(Boolean);
-const variantEnv = Object.fromEntries(
-  opt('variant-env', '')
-    .split(' ')
-    .filter((x) => x.includes('='))
-    .map((x) => [x.slice(0, x.indexOf('=')), x.slice(x.indexOf('=') + 1)]),
-);
-/** Where perf.data, perf maps and the guest's kallsyms are kept for a later `perf report` (project directory). */
+/**
+ * Contenders "variant", "variant2", ...: our daemon again with extra options and environment (A/B in one boot):
+ * --variant-args "vduse blk options", --variant-node-args "node options", --variant-env "K=V ..." (and
+ * --variant2-args etc.).
+ */
+function variantOf(id) {
+  const env = Object.fromEntries(
+    opt(`${id}-env`, '')
+      .split(' ')
+      .filter((x) => x.includes('='))
+      .map((x) => [x.slice(0, x.indexOf('=')), x.slice(x.indexOf('=') + 1)]),
+  );
+  return {
+    args: opt(`${id}-args`, '').split(' ').filter(Boolean),
+    nodeArgs: opt(`${id}-node-args`, '').split(' ').filter(Boolean),
+    env,
+  };
+}
 const keepDir = opt('keep-dir', null);
 
 const lib = await import(pathToFileURL(path.join(dist, 'test/e2e/lib/index.js')).href);
@@ -606,7 +614,9 @@ const result = {
     queueSize,
     nodeArgs,
     daemonArgs,
-    variant: { args: variantArgs, nodeArgs: variantNodeArgs, env: variantEnv },
+    variants: Object.fromEntries(
+      contenderIds.filter((x) => x.startsWith('variant')).map((x) => [x, variantOf(x)]),
+    ),
     perf: (await run('perf', ['--version'])).stdout.trim(),
     strace: (await run('strace', ['-V'])).stdout.split('\n')[0],
     qsd: (await run('qemu-storage-daemon', ['--version'])).stdout.split('\n')[0],
@@ -619,14 +629,18 @@ for (const id of contenderIds) {
   const k =
     id === 'qsd'
       ? qsd()
-      : id === 'variant'
-        ? project({
-            id: 'variant',
-            label: `vduse-ts (${[...variantNodeArgs, ...variantArgs, ...Object.entries(variantEnv).map(([a, b]) => `${a}=${b}`)].join(' ')})`,
-            extraArgs: variantArgs,
-            extraNodeArgs: variantNodeArgs,
-            env: variantEnv,
-          })
+      : id.startsWith('variant')
+        ? (() => {
+            const v = variantOf(id);
+            const what = [...v.nodeArgs, ...v.args, ...Object.entries(v.env).map(([x, y]) => `${x}=${y}`)];
+            return project({
+              id,
+              label: `vduse-ts (${what.join(' ')})`,
+              extraArgs: v.args,
+              extraNodeArgs: v.nodeArgs,
+              env: v.env,
+            });
+          })()
         : project();
   try {
     result.contenders.push(await probe(k));

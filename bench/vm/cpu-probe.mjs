@@ -11,7 +11,7 @@
 //          the guest's kallsyms
 //          under bench/results/cpu-probe-data/), --report FILE (only re-render a raw JSON). A/B in one boot:
 //          --contenders project,variant,qsd with --variant-args "ARGS" (vduse blk options), --variant-node-args
-//          "ARGS", --variant-env "K=V ..." for the second build of ours.
+//          "ARGS", --variant-env "K=V ..." for the second build of ours (variant2, ... likewise).
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -398,12 +398,8 @@ async function main() {
     opt('--node-args', '--perf-basic-prof'),
     '--daemon-args',
     opt('--daemon-args', ''),
-    '--variant-args',
-    opt('--variant-args', ''),
-    '--variant-node-args',
-    opt('--variant-node-args', ''),
-    '--variant-env',
-    opt('--variant-env', ''),
+    // every --variantN-args/-node-args/-env as given
+    ...argv.flatMap((x, i) => (/^--variant\d*-(args|node-args|env)$/.test(x) ? [x, argv[i + 1] ?? ''] : [])),
   ];
   const startedAt = new Date().toISOString();
   const stamp = startedAt.replace(/[:.]/g, '-');
