@@ -353,9 +353,90 @@ async function runVm({ accel, args, timeoutSec, dataDir }) {
   return { code, result, host };
 }
 
+/** Share (%) of the daemon's samples under a function (perf report --children line), NaN when absent. */
+function inclusive(text, re) {
+  for (const line of (text ?? '').split('\n')) {
+    const m = /^\s*([\d.]+)%\s+([\d.]+)%\s+\[[.k]\]\s+(.*)$/.exec(line);
+    if (m && re.test(m[3].trim())) return Number(m[1]);
+  }
+  return NaN;
+}
+
+const BUCKETS = [
+  ['JS (JSEntry)', /^Builtins_JSEntry$/],
+  ['napi_make_callback', /^napi_make_callback$/],
+  ['wait syscall', /^(epoll_wait|ppoll)$/],
+  ['ioctl', /^__GI___ioctl$/],
+  ['read', /^read$/],
+  ['page faults', /^asm_exc_page_fault$/],
+  ['exit to user', /^syscall_exit_to_user_mode$/],
+];
+
+/** One row per contender: the figures per I/O that answer "where does the CPU go". */
+function summaryMd(report) {
+  const L = [];
+  const head = [
+    'accel',
+    'daemon',
+    'IOPS',
+    'daemon CPU µs/IO',
+    'guest busy µs/IO',
+    'wall µs/IO',
+    'vol./invol. csw /IO',
+    'syscalls /IO (strace -c)',
+    'host vCPU threads busy',
+    ...BUCKETS.map(([k]) => `${k} % (µs/IO)`),
+  ];
+  L.push(`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`);
+  for (const { accel, raw } of report.accels) {
+    for (const c of raw.contenders) {
+      if (c.error || !c.probes.plain) continue;
+      const p = c.probes.plain;
+      const ios = p.fio.ios;
+      const th = Object.values(p.threads);
+      const cpu = th.reduce((s, t) => s + t.utime + t.stime, 0);
+      const g = p.guest.cpu;
+      const busy = g.user + g.nice + g.system + g.irq + g.softirq;
+      const st = c.probes.strace;
+      const sys = st
+        ? st.rows
+            .slice(0, 4)
+            .map((r) => `${r.syscall} ${n(r.calls / st.fio.ios, 2)}`)
+            .join(', ')
+        : '–';
+      const h = raw.host?.[c.id];
+      const hostBusy = h
+        ? h.threads
+            .filter((t) => (t.utime + t.stime) / h.wallS > 0.02)
+            .map((t) => `${n(((t.utime + t.stime) / h.wallS) * 100)} %`)
+            .join(' + ')
+        : '–';
+      const pf = c.probes.perf;
+      // perf's own sampling cost under TCG is not in its samples: the shares are applied to the plain run
+      const pfCpu = (cpu / ios) * 1e6;
+      const buckets = BUCKETS.map(([, re]) => {
+        const v = inclusive(pf?.inclusive, re);
+        return Number.isFinite(v) ? `${n(v, 1)} (${n((v / 100) * pfCpu)})` : '–';
+      });
+      L.push(
+        `| ${accelShort(accel)} | ${c.label} | ${n(p.fio.iops)} | **${n((cpu / ios) * 1e6)}** | ${n((busy / ios) * 1e6)} | ${n((p.wallS / ios) * 1e6)} | ${n(th.reduce((s, t) => s + t.vcsw, 0) / ios, 2)} / ${n(th.reduce((s, t) => s + t.nvcsw, 0) / ios, 2)} | ${sys} | ${hostBusy} | ${buckets.join(' | ')} |`,
+      );
+    }
+  }
+  L.push(
+    '',
+    "Daemon CPU: utime+stime of all its threads over the plain run; guest busy: all CPUs of the guest (/proc/stat); wall: the fio run (ramp 0) per I/O. Buckets: share of the daemon's perf samples (cpu-clock, call graphs) under the function, and that share of the plain run's daemon CPU per I/O (the perf run itself is slowed by the sampling).",
+    '',
+  );
+  return L;
+}
+
+const accelShort = (a) => /thread=(single|multi)/.exec(a)?.[1] ?? a;
+
 export function markdown(report) {
   const L = [`## cpu-probe: daemon CPU at ${report.workloadTitle} (${report.startedAt.slice(0, 16)}Z)`, ''];
-  L.push(`Commit ${report.commit}.`);
+  L.push(`Commit ${report.commit}.`, '');
+  L.push(...summaryMd(report));
   for (const { accel, raw } of report.accels) {
     const c = raw.conditions;
     L.push('');
