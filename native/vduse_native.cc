@@ -1276,29 +1276,6 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
   std::vector<RingWatch> watches_;
   int64_t window_ns_ = 0;
 };
-// Zero-fill of many buffers in one call (issue #16 item 2: a 128 KiB read of the null backend is 32
-// page-sized views; 32 TypedArray.fill calls cost more than the memset under emulation).
-
-// zeroFill(buffers): memset every TypedArray of the array to 0. Returns the bytes zeroed. Throws a
-// TypeError (before writing anything past the bad element) for an element that is not a TypedArray,
-// DataView or ArrayBuffer. A detached view has length 0 and is skipped.
-Napi::Value ZeroFill(const Napi::CallbackInfo& info) {
-  napi_env env = info.Env();
-  napi_value array = info[0];
-  uint32_t length = 0;
-  if (napi_get_array_length(env, array, &length) != napi_ok) {
-    throw Napi::TypeError::New(env, "expected an array of TypedArrays");
-  }
-  double total = 0;
-  for (uint32_t k = 0; k < length; k++) {
-    napi_value element;
-    NAPI_THROW_IF_FAILED(env, napi_get_element(env, array, k, &element), Napi::Value());
-    Bytes bytes = BytesOf(env, element);
-    if (bytes.length > 0) memset(bytes.data, 0, bytes.length);
-    total += static_cast<double>(bytes.length);
-  }
-  return Napi::Number::New(env, total);
-}
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ioctl", Napi::Function::New<Ioctl>(env, "ioctl"));
@@ -1325,7 +1302,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sendmsg", Napi::Function::New<SendMsg>(env, "sendmsg"));
   exports.Set("FdWatcher", FdWatcher::Define(env));
   exports.Set("KickLoop", KickLoop::Define(env));
-  exports.Set("zeroFill", Napi::Function::New<ZeroFill>(env, "zeroFill"));
   return exports;
 }
 

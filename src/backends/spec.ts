@@ -209,8 +209,6 @@ registerBackend<NullBackendSpec>('null', {
   },
   open(spec, deps) {
     const readOnly = spec.readOnly || deps.readOnly === true;
-    // Not given the binding's zeroFill: under emulation one native call for a 128K read's 32 views measured
-    // slower than 32 fill() calls (read-128k-qd8 0.88x, docs/performance.md); NullBackendOptions.zeroFill stays.
     return Promise.resolve(new NullBackend({ size: spec.size, readOnly, readZeroes: spec.readZeroes }));
   },
 });

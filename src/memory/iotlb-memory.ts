@@ -4,16 +4,24 @@
  * Mappings are fetched lazily: a miss asks the kernel for the IOTLB entry covering the address
  * (VDUSE_IOTLB_GET_FD), mmaps the returned file and caches the region. Regions are dropped on UPDATE_IOTLB
  * (invalidate) and on reset (invalidateAll); dropping detaches every view of the region before the munmap, so a
- * stale view reads as empty instead of faulting. Every invalidation bumps `generation`.
+ * stale view reads as empty instead of faulting. A region is also dropped when a look-up brings an entry that
+ * overlaps it (the kernel's map changed without an UPDATE_IOTLB). Every drop bumps `generation`, so that holders
+ * of views (ring areas, the queues' ViewCache) take them again and never use a view of a dropped region.
  *
  * A mapping outlives every request that may hold a view of it. A backend read running in the thread pool (or in
  * the kernel) writes through a raw pointer that detaching cannot take back: were the region unmapped under it,
  * the read would land in whatever is mapped at that address next (another region, another device, the heap).
- * So whoever hands views of guest memory to work that outlives the current turn pins the generation it took
- * them in (pin() / unpin(generation); the queue engine does it per popped chain). A dropped region leaves the
- * look-up table at once (no new views), but is munmap'd only when no pin of a generation in which it was
- * mapped is left: a region mapped at generation m and dropped at generation r (before the bump) waits for the
- * pins of m..r. Until then it is listed in `retiredRegions`; `drained()` resolves when that list is empty.
+ * So whoever hands views of guest memory to work that outlives the current turn pins the epoch it took
+ * them in (pin() / unpin(epoch); the queue engine does it per popped chain). A dropped region leaves the
+ * look-up table at once (no new views), but is munmap'd only when no pin of an epoch in which it was mapped is
+ * left: a region mapped at epoch m and dropped at epoch r (before the bump) waits for the pins of m..r. Until
+ * then it is listed in `retiredRegions`; `drained()` resolves when that list is empty.
+ *
+ * Pins count in epochs, not in generations: an epoch ends only with an invalidation (invalidate, invalidateAll),
+ * which comes between requests. A region found stale by a look-up is dropped in the middle of reading a chain
+ * (the chain may already hold a view of it) and bumps `generation` only: the chain's pin, taken in the same epoch,
+ * still holds the dropped region. Had the epoch moved there too, the chain would pin the new epoch, which does not
+ * cover the dropped region, and it could be unmapped under the chain's views once the older pins are given back.
  */
 import { closeSync } from 'node:fs';
 
@@ -40,7 +48,7 @@ interface Region {
   readonly mapping: ArrayBuffer;
   /** Byte offset in `mapping` of IOVA `start`. */
   readonly base: number;
-  /** The generation it was mapped in: requests pinned at an older one cannot hold a view of it. */
+  /** The epoch it was mapped in: requests pinned at an older one cannot hold a view of it. */
   readonly mappedAt: number;
 }
 
@@ -48,7 +56,7 @@ interface Region {
 interface Retired {
   readonly mapping: ArrayBuffer;
   readonly mappedAt: number;
-  /** The generation it was dropped in (views can have been taken up to this one). */
+  /** The epoch it was dropped in (views can have been taken up to this one). */
   readonly retiredAt: number;
 }
 
@@ -68,23 +76,27 @@ export interface IotlbSource {
 
 /**
  * Pinning of guest memory by work in progress (IotlbMemory implements it; memory that never unmaps need not).
- * pin() returns the generation to give back to unpin() once the work holds no view any more.
+ * pin() returns the number to give back to unpin() once the work holds no view any more (IotlbMemory: its pin
+ * epoch; RegionMemory: its generation).
  */
 export interface MemoryPins {
   pin(): number;
-  unpin(generation: number): void;
+  unpin(pinned: number): void;
   /** Dropped regions still mapped because pinned work may hold views of them. */
   readonly retiredRegions: number;
 }
 
 export class IotlbMemory implements GuestMemory, MemoryPins {
+  /** Bumped by every drop of a region (see `generation`). */
   #generation = 0;
+  /** Bumped by invalidations only: what pins count in (see the top of the file). */
+  #epoch = 0;
   /** Sorted by start, non-overlapping. */
   #regions: Region[] = [];
   #lastHit: Region | null = null;
-  /** Pins taken in the current generation. */
+  /** Pins taken in the current epoch. */
   #pinsNow = 0;
-  /** Pins still held of older generations (generation -> count, no zero counts). */
+  /** Pins still held of older epochs (epoch -> count, no zero counts). */
   readonly #pinsOld = new Map<number, number>();
   #retired: Retired[] = [];
   #drainWaiters: (() => void)[] = [];
@@ -102,8 +114,17 @@ export class IotlbMemory implements GuestMemory, MemoryPins {
     this.#closeFd = closeFd;
   }
 
+  /**
+   * Bumped every time a region is dropped: an invalidation, a reset, or a look-up that found a region stale. Views
+   * of an older generation may be of a dropped region (detached, or kept mapped for pinned work only).
+   */
   get generation(): number {
     return this.#generation;
+  }
+
+  /** The current pin epoch (what pin() returns now): bumped by invalidations, not by stale look-ups. */
+  get epoch(): number {
+    return this.#epoch;
   }
 
   /** How many regions are mapped now (and can be looked up). */
@@ -116,33 +137,37 @@ export class IotlbMemory implements GuestMemory, MemoryPins {
     return this.#retired.length;
   }
 
-  /** Pins held now, of every generation. */
+  /** Pins held now, of every epoch. */
   get pins(): number {
     let n = this.#pinsNow;
     for (const c of this.#pinsOld.values()) n += c;
     return n;
   }
 
-  /** Work that will hold views of guest memory beyond this turn starts: returns the generation to unpin. */
+  /**
+   * Work that will hold views of guest memory beyond this turn starts (the queue engine pins before it reads a
+   * chain, so that a region the reading finds stale stays mapped under the views taken before): returns the
+   * epoch to unpin.
+   */
   pin(): number {
     this.#pinsNow++;
-    return this.#generation;
+    return this.#epoch;
   }
 
   /** That work holds no view any more. Unmaps the dropped regions nothing can reference now. */
-  unpin(generation: number): void {
-    if (generation === this.#generation) {
-      // A region found stale by a look-up (#insert) is dropped without a new generation.
+  unpin(epoch: number): void {
+    if (epoch === this.#epoch) {
+      // A region found stale by a look-up (#insert) is dropped in the current epoch: swept once its pins are gone.
       if (this.#pinsNow > 0 && --this.#pinsNow === 0 && this.#retired.length > 0) this.#sweep();
       return;
     }
-    const n = this.#pinsOld.get(generation);
+    const n = this.#pinsOld.get(epoch);
     if (n === undefined) return;
     if (n > 1) {
-      this.#pinsOld.set(generation, n - 1);
+      this.#pinsOld.set(epoch, n - 1);
       return;
     }
-    this.#pinsOld.delete(generation);
+    this.#pinsOld.delete(epoch);
     this.#sweep();
   }
 
@@ -208,10 +233,11 @@ export class IotlbMemory implements GuestMemory, MemoryPins {
     this.#bump();
   }
 
-  /** A new generation: the pins of the old one keep their number. */
+  /** An invalidation: a new generation and a new epoch (the pins of the old epoch keep their number). */
   #bump(): void {
-    if (this.#pinsNow > 0) this.#pinsOld.set(this.#generation, this.#pinsNow);
+    if (this.#pinsNow > 0) this.#pinsOld.set(this.#epoch, this.#pinsNow);
     this.#pinsNow = 0;
+    this.#epoch++;
     this.#generation++;
   }
 
@@ -220,15 +246,15 @@ export class IotlbMemory implements GuestMemory, MemoryPins {
     const retired: Retired = {
       mapping: region.mapping,
       mappedAt: region.mappedAt,
-      retiredAt: this.#generation,
+      retiredAt: this.#epoch,
     };
     if (this.#pinnedWithin(retired)) this.#retired.push(retired);
     else this.#binding.munmap(region.mapping);
   }
 
-  /** Is there a pin of a generation in which `r` was mapped? */
+  /** Is there a pin of an epoch in which `r` was mapped? */
   #pinnedWithin(r: Retired): boolean {
-    const now = this.#generation;
+    const now = this.#epoch;
     if (this.#pinsNow > 0 && now >= r.mappedAt && now <= r.retiredAt) return true;
     for (const g of this.#pinsOld.keys()) if (g >= r.mappedAt && g <= r.retiredAt) return true;
     return false;
@@ -328,7 +354,7 @@ export class IotlbMemory implements GuestMemory, MemoryPins {
         perm: entry.perm,
         mapping,
         base,
-        mappedAt: this.#generation,
+        mappedAt: this.#epoch,
       };
       this.#insert(region);
       return region;
@@ -344,14 +370,24 @@ export class IotlbMemory implements GuestMemory, MemoryPins {
   #insert(region: Region): void {
     // Overlapping regions (the kernel's map changed without an UPDATE_IOTLB, e.g. after reset) are stale.
     const keep: Region[] = [];
+    let dropped = false;
     for (const r of this.#regions) {
       if (r.last < region.start || r.start > region.last) keep.push(r);
-      else this.#retire(r);
+      else {
+        this.#retire(r);
+        dropped = true;
+      }
     }
     let i = keep.length;
     while (i > 0 && keep[i - 1]!.start > region.start) i--;
     keep.splice(i, 0, region);
     this.#regions = keep;
+    // A new generation (views of the dropped regions are not handed out again), in the same epoch (the pins of
+    // the work reading now cover the dropped regions).
+    if (dropped) {
+      this.#lastHit = null;
+      this.#generation++;
+    }
   }
 }
 

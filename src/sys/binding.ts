@@ -211,12 +211,6 @@ export interface SysBinding {
   recvmsg(fd: number, buffer: Uint8Array, maxFds: number): { bytes: number; fds: number[] } | -1;
   /** sendmsg(2) of `buffer` with `fds` (<= MAX_PASSED_FDS) as SCM_RIGHTS, MSG_NOSIGNAL. Bytes sent, or -1 when it would block. */
   sendmsg(fd: number, buffer: Uint8Array, fds: readonly number[]): number;
-  /**
-   * Zero every buffer of `buffers` (memset) in one call; returns the bytes zeroed. Optional: an addon built
-   * before it lacks it, and callers fill with TypedArray.fill then. Throws a TypeError for an element that is
-   * not a TypedArray, DataView or ArrayBuffer.
-   */
-  zeroFill?(buffers: readonly Uint8Array[]): number;
 }
 
 /** The most fds recvmsg/sendmsg pass in one message. */

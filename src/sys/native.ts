@@ -153,8 +153,6 @@ export function loadNativeBinding(): SysBinding {
     socketPair: addon.socketPair,
     recvmsg: addon.recvmsg,
     sendmsg: addon.sendmsg,
-    // Optional (an older build lacks it): the caller falls back to TypedArray.fill.
-    ...(typeof addon.zeroFill === 'function' ? { zeroFill: addon.zeroFill } : {}),
   };
   return cached;
 }

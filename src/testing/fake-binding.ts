@@ -463,7 +463,6 @@ export class FakeBinding implements SysBinding {
     socketPair: 0,
     recvmsg: 0,
     sendmsg: 0,
-    zeroFill: 0,
   };
 
   /** ioctl on an fd without a device ioctl handler. Default: throw ENOTTY. */
@@ -782,18 +781,6 @@ export class FakeBinding implements SysBinding {
   sendmsg(_fd: number, _buffer: Uint8Array, _fds: readonly number[]): number {
     this.calls.sendmsg++;
     throw systemError('EOPNOTSUPP', 'sendmsg');
-  }
-
-  /** The addon's zeroFill, in JavaScript: fill(0) of each buffer. */
-  zeroFill(buffers: readonly Uint8Array[]): number {
-    this.calls.zeroFill++;
-    let total = 0;
-    for (const b of buffers) {
-      if (!ArrayBuffer.isView(b)) throw new TypeError('expected a TypedArray, DataView or ArrayBuffer');
-      new Uint8Array(b.buffer, b.byteOffset, b.byteLength).fill(0);
-      total += b.byteLength;
-    }
-    return total;
   }
 
   // ----- internals (used by FakeFdWatcher) -----

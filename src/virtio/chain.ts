@@ -105,6 +105,12 @@ function appended(list: Uint8Array[], view: Uint8Array): Uint8Array[] {
   return list;
 }
 
+/**
+ * Translations of a ring's areas in a row before the queue gives up when each one found a mapping stale (a new
+ * memory generation while the areas were looked up; the next one normally finds the new mappings in place).
+ */
+export const RING_MAP_ATTEMPTS = 3;
+
 /** Buffers up to this many bytes go through a queue's ViewCache (headers, status bytes, small requests). */
 export const VIEW_CACHE_MAX_LEN = 256;
 /** Entries of a ViewCache (a power of 2). */

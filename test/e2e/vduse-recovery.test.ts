@@ -168,7 +168,9 @@ for (const c of killCases) {
       let d = await start(r);
       const dev = d.path;
       const random = prng(c.seed);
-      const load = fio(dev, { jobs: c.jobs, sizeMiB: 48 / c.jobs, iodepth: 16 });
+      // The whole 64 MiB disk: fio must outlast the 10 kills (~6.3 s per kill and restart under TCG, ~60 s). With
+      // 48 MiB it ended after 58-73 s, and a run where the guest went faster ended after 9 kills.
+      const load = fio(dev, { jobs: c.jobs, sizeMiB: 64 / c.jobs, iodepth: 16 });
       let done = false;
       void load.then(() => (done = true));
       let kills = 0;

@@ -81,8 +81,6 @@ export interface WarmupOptions {
    * request, so that the warm-up never competes with real I/O (it runs while the kernel attaches the device).
    */
   stop?: () => boolean;
-  /** The zeroFill the real null backend gets (SysBinding.zeroFill), so that the warm-up takes the same branch. */
-  zeroFill?: (buffers: readonly Uint8Array[]) => unknown;
 }
 
 export interface WarmupResult {
@@ -142,8 +140,7 @@ async function warmOneFormat(
   options: WarmupOptions,
 ): Promise<{ requests: number; errors: number }> {
   const capacity = 64 * 1024 * 1024;
-  const zeroFill = options.zeroFill;
-  const inner = new NullBackend({ size: capacity, ...(zeroFill !== undefined ? { zeroFill } : {}) });
+  const inner = new NullBackend({ size: capacity });
   const backend = new CountingBackend(new ResizableNull(inner));
   const device = new VirtioBlkDevice({
     backend,

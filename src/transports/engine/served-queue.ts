@@ -1,9 +1,8 @@
 /**
  * A queue as the engine hands it to the device: the ring engine (split or packed) behind the Virtqueue
  * interface, plus what serving it safely needs and the ring engines do not know about:
- * - every popped chain pins the memory generation its views were taken in, until it is given back (addUsed) or
- *   the device's reset has settled (release()): guest memory is never unmapped under a request
- *   (../../memory/iotlb-memory.ts);
+ * - every popped chain pins guest memory from before it is read until it is given back (addUsed) or the device's
+ *   reset has settled (release()): guest memory is never unmapped under a request (../../memory/iotlb-memory.ts);
  * - nothing the guest wrote can throw out of here into the device's callbacks (kick, poll, timer): a throw of
  *   the ring engine or of its in-flight log stops the queue and is reported once (onError), like a ring error;
  * - a halted queue (the device needs a reset, or is being drained for a successor) hands out no new chain;
@@ -30,7 +29,7 @@ export class ServedQueue implements Virtqueue {
   readonly inner: Virtqueue;
   readonly #memory: TransportMemory;
   readonly #pinning: boolean;
-  /** Per buffer id: the chain in flight (null: none) and the generation it pinned. */
+  /** Per buffer id: the chain in flight (null: none) and what its pin() returned. */
   readonly #held: (DescriptorChain | null)[];
   readonly #heldAt: Float64Array;
   #heldCount = 0;
@@ -71,17 +70,36 @@ export class ServedQueue implements Virtqueue {
 
   pop(): DescriptorChain | null {
     if (this.#halted || this.#error !== null) return null;
+    if (!this.#pinning) {
+      let chain: DescriptorChain | null;
+      try {
+        chain = this.inner.pop();
+      } catch (err) {
+        this.#fail(err);
+        return null;
+      }
+      if (chain !== null && this.#marks !== null) this.#marks[this.index] = -1;
+      return chain;
+    }
+    // Pinned before the chain is read: a look-up made while reading it may find a region stale and drop it
+    // (IotlbMemory), and the views the chain took of that region before must stay mapped as long as it is held.
+    const pinned = this.#memory.pin!();
     let chain: DescriptorChain | null;
     try {
       chain = this.inner.pop();
     } catch (err) {
+      this.#memory.unpin!(pinned);
       this.#fail(err);
       return null;
     }
-    if (chain !== null && this.#marks !== null) this.#marks[this.index] = -1;
-    if (chain === null || !this.#pinning) return chain;
+    if (chain === null) {
+      this.#memory.unpin!(pinned);
+      return null;
+    }
+    if (this.#marks !== null) this.#marks[this.index] = -1;
     const id = chain.id;
     if (!(id >= 0 && id < this.size) || this.#held[id] !== null) {
+      this.#memory.unpin!(pinned);
       this.#fail(
         new VirtqueueError(
           'descriptor-index',
@@ -94,7 +112,7 @@ export class ServedQueue implements Virtqueue {
       return null;
     }
     this.#held[id] = chain;
-    this.#heldAt[id] = this.#memory.pin!();
+    this.#heldAt[id] = pinned;
     this.#heldCount++;
     return chain;
   }

@@ -89,6 +89,58 @@ function setup(target: 'ioctl' | 'eventfd' = 'ioctl') {
   };
 }
 
+/**
+ * A one-queue set on `binding`, started. kickLoop: a queue thread's set (interrupts injected through an ioctl on
+ * a fake device fd, or through transport.signal() when it serves with FdWatchers); inline: FdWatchers and
+ * transport.signal() only. serve() adds one request, kicks it and waits for its interrupt.
+ */
+function oneQueue(binding: FakeBinding, mode: 'kickLoop' | 'inline') {
+  const drv = new MockDriver({ size: 16 });
+  const device = new EchoDevice();
+  const irqs: number[] = [];
+  const kicks: number[] = [];
+  const devFd =
+    mode === 'kickLoop'
+      ? binding.openDevice({
+          ioctl: (_request, arg) =>
+            irqs.push(new DataView((arg as Uint8Array).buffer).getUint32(0, true)) && 0,
+        })
+      : -1;
+  const set = new QueueSet({
+    binding,
+    device,
+    kickLoop: mode === 'kickLoop',
+    transport: {
+      memory: drv.memory,
+      openKick: () => {
+        const fd = binding.eventfd(0, 0);
+        kicks.push(fd);
+        return fd;
+      },
+      signal: (i) => void irqs.push(i),
+      interruptTarget: () =>
+        mode === 'kickLoop'
+          ? { fd: devFd, request: VDUSE_VQ_INJECT_IRQ }
+          : assert.fail('inline interrupts are not folded'),
+      inflightLog: () => undefined,
+    },
+    numQueues: 1,
+    logger: nullLogger,
+    closeFd: (fd) => binding.close(fd),
+    onNeedsReset: () => undefined,
+  });
+  device.bind({ configChanged: () => undefined, needsReset: (r) => set.fail(r) });
+  set.start(splitStart(drv));
+  const serve = async (): Promise<void> => {
+    const before = irqs.length;
+    drv.addChain({ readable: [new Uint8Array(1)], writable: [1] });
+    drv.kick();
+    binding.eventfdWrite(kicks.at(-1)!, 1);
+    await until('the interrupt', () => irqs.length === before + 1);
+  };
+  return { set, serve, irqs };
+}
+
 describe('QueueSet with a KickLoop (queue threads)', () => {
   it('two queues kicked together: one wake-up, both served, one interrupt each, counters exact', async () => {
     const t = setup();
@@ -196,83 +248,26 @@ describe('QueueSet with a KickLoop (queue threads)', () => {
 
   it('the inline QueueSet (no kickLoop) keeps its FdWatchers and transport.signal()', async () => {
     const binding = new FakeBinding();
-    const drv = new MockDriver({ size: 16 });
-    const device = new EchoDevice();
-    const irqs: number[] = [];
-    let kick = -1;
-    const set = new QueueSet({
-      binding,
-      device,
-      transport: {
-        memory: drv.memory,
-        openKick: () => (kick = binding.eventfd(0, 0)),
-        signal: (i) => void irqs.push(i),
-        interruptTarget: () => assert.fail('inline interrupts are not folded'),
-        inflightLog: () => undefined,
-      },
-      numQueues: 1,
-      logger: nullLogger,
-      closeFd: (fd) => binding.close(fd),
-      onNeedsReset: () => undefined,
-    });
-    device.bind({ configChanged: () => undefined, needsReset: (r) => set.fail(r) });
-    set.start(splitStart(drv));
+    const t = oneQueue(binding, 'inline');
     assert.equal(binding.calls.createKickLoop, 0);
-    drv.addChain({ readable: [new Uint8Array(1)], writable: [1] });
-    drv.kick();
-    binding.eventfdWrite(kick, 1);
-    await until('the interrupt', () => irqs.length === 1);
-    await set.close();
+    assert.equal(binding.calls.createFdWatcher, 1);
+    await t.serve();
+    assert.deepEqual(t.irqs, [0]);
+    await t.set.close();
   });
 
   it('one set per thread holds the KickLoop: a second one on the same binding uses FdWatchers, a later one takes it over', async () => {
     const binding = new FakeBinding();
-    const one = (drv: MockDriver) => {
-      const device = new EchoDevice();
-      const irqs: number[] = [];
-      const kicks: number[] = [];
-      const devFd = binding.openDevice({ ioctl: () => irqs.push(0) && 0 });
-      const set = new QueueSet({
-        binding,
-        device,
-        kickLoop: true,
-        transport: {
-          memory: drv.memory,
-          openKick: () => {
-            const fd = binding.eventfd(0, 0);
-            kicks.push(fd);
-            return fd;
-          },
-          signal: () => void irqs.push(0),
-          interruptTarget: () => ({ fd: devFd, request: VDUSE_VQ_INJECT_IRQ }),
-          inflightLog: () => undefined,
-        },
-        numQueues: 1,
-        logger: nullLogger,
-        closeFd: (fd) => binding.close(fd),
-        onNeedsReset: () => undefined,
-      });
-      device.bind({ configChanged: () => undefined, needsReset: (r) => set.fail(r) });
-      set.start(splitStart(drv));
-      const serve = async (): Promise<void> => {
-        const before = irqs.length;
-        drv.addChain({ readable: [new Uint8Array(1)], writable: [1] });
-        drv.kick();
-        binding.eventfdWrite(kicks.at(-1)!, 1);
-        await until('the interrupt', () => irqs.length === before + 1);
-      };
-      return { set, serve };
-    };
-    const a = one(new MockDriver({ size: 16 }));
+    const a = oneQueue(binding, 'kickLoop');
     assert.equal(binding.calls.createKickLoop, 1);
     assert.equal(binding.calls.createFdWatcher, 0);
-    const b = one(new MockDriver({ size: 16 }));
+    const b = oneQueue(binding, 'kickLoop');
     assert.equal(binding.calls.createKickLoop, 1, 'two KickLoops on one loop would block each other');
     assert.equal(binding.calls.createFdWatcher, 1);
     await a.serve();
     await b.serve();
     await a.set.close();
-    const c = one(new MockDriver({ size: 16 }));
+    const c = oneQueue(binding, 'kickLoop');
     assert.equal(binding.calls.createKickLoop, 2, 'the closed holder gave it up');
     await c.serve();
     await b.serve();

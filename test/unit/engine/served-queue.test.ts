@@ -1,8 +1,12 @@
 // ServedQueue: what the engine adds to a ring engine (pins per popped chain, no throw out of the data path,
 // halt), and the state log's in-flight recorder refusing a buffer id it has no slot for.
 import assert from 'node:assert/strict';
+import { openSync } from 'node:fs';
 import { describe, it } from 'node:test';
 
+import { ACCESS_READ } from '../../../src/memory/guest-memory.js';
+import { IotlbMemory, type IotlbEntry } from '../../../src/memory/iotlb-memory.js';
+import type { SysBinding } from '../../../src/sys/binding.js';
 import { MockDriver } from '../../../src/testing/mock-driver.js';
 import { ServedQueue } from '../../../src/transports/engine/served-queue.js';
 import { StateLog, stateLogSize } from '../../../src/transports/vduse/recovery/state-log.js';
@@ -64,6 +68,55 @@ describe('ServedQueue', () => {
     assert.equal(pins.length, 1);
     q.release();
     assert.equal(pins.length, 0);
+  });
+
+  it('a chain pins before it is read: a region its reading finds stale stays mapped until the chain is given back', () => {
+    const entries: IotlbEntry[] = [{ start: 0x1000, last: 0x1fff, offset: 0x1000, perm: 3 }];
+    let unmaps = 0;
+    const binding = {
+      mmap: (_fd: number, length: number) => new ArrayBuffer(length),
+      munmap(ab: ArrayBuffer): void {
+        unmaps++;
+        structuredClone(ab, { transfer: [ab] }); // detach, as the real binding does
+      },
+    } as unknown as SysBinding;
+    const memory = new IotlbMemory(binding, {
+      lookup(iova) {
+        const entry = entries.find((e) => iova >= e.start && iova <= e.last);
+        return entry ? { entry: { ...entry }, fd: openSync('/dev/null', 'r') } : null;
+      },
+    });
+    // A ring engine whose chain has a buffer in the region, then one whose look-up drops that region as stale
+    // (the kernel's map changed without an UPDATE_IOTLB).
+    const chain = { id: 0, readable: [] as Uint8Array[], writable: [], readableBytes: 0, writableBytes: 0 };
+    let offered = true;
+    const inner = {
+      index: 0,
+      size: 4,
+      packed: false,
+      error: null,
+      inFlight: 0,
+      pop() {
+        if (!offered) return null;
+        offered = false;
+        chain.readable.push(memory.view(0x1010, 16, ACCESS_READ));
+        entries[0] = { start: 0x0, last: 0x2fff, offset: 0, perm: 3 };
+        chain.readable.push(memory.view(0x2800, 16, ACCESS_READ));
+        return chain;
+      },
+      addUsed: () => undefined,
+      publish: () => false,
+    } as unknown as Virtqueue;
+    const q = new ServedQueue(inner, memory, (e) => assert.fail(e.message));
+    assert.equal(q.pop(), chain);
+    assert.equal(memory.retiredRegions, 1, 'the dropped region waits for the chain');
+    assert.equal(unmaps, 0);
+    assert.equal(chain.readable[0]!.length, 16, 'the view the chain took first is still mapped');
+    assert.equal(q.pop(), null);
+    assert.equal(memory.pins, 1, 'an empty pop gives its pin back');
+    q.addUsed(chain, 0);
+    assert.equal(unmaps, 1, 'unmapped once the chain is given back');
+    assert.equal(memory.pins, 0);
   });
 
   it('a throw inside the ring engine or its in-flight log never leaves pop(): the queue stops, reported once', () => {

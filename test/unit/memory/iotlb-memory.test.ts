@@ -214,10 +214,11 @@ describe('IotlbMemory pins (a dropped region outlives the requests that may hold
     assert.equal(calls.unmaps, 2);
   });
 
-  it('a region found stale by a look-up waits for the pins of the current generation too', () => {
+  it('a region found stale by a look-up: a new generation, the same epoch, so the pins taken before hold it', () => {
     const entries = [{ start: 0x1000, last: 0x1fff, offset: 0x1000, perm: 3 }];
     const { memory, calls } = setup(entries);
     memory.view(0x1000, 1, ACCESS_READ);
+    const generation = memory.generation;
     const g = memory.pin();
     // The kernel's map changed without an UPDATE_IOTLB: the next miss brings an overlapping entry.
     entries[0] = { start: 0x0, last: 0x2fff, offset: 0, perm: 3 };
@@ -225,15 +226,28 @@ describe('IotlbMemory pins (a dropped region outlives the requests that may hold
     assert.equal(memory.mappedRegions, 1);
     assert.equal(memory.retiredRegions, 1);
     assert.equal(calls.unmaps, 0);
+    assert.equal(
+      memory.generation,
+      generation + 1,
+      'a mapping went away: views kept per generation (ring areas, ViewCache) are taken again',
+    );
+    assert.equal(memory.epoch, g, 'the pins of the work that was reading stay current');
+    const late = memory.pin();
+    assert.equal(late, g);
+    memory.unpin(late);
+    assert.equal(memory.retiredRegions, 1, 'the pin taken before still holds it');
     memory.unpin(g);
-    assert.equal(memory.retiredRegions, 0, 'swept when the last pin of the generation goes');
+    assert.equal(memory.retiredRegions, 0, 'swept when the last pin of the epoch goes');
     assert.equal(calls.unmaps, 1);
+    memory.invalidate(0, 0x2fff);
+    assert.equal(memory.epoch, g + 1, 'an invalidation starts a new epoch');
+    assert.equal(memory.generation, generation + 2);
   });
 
   it('unpin of a generation that holds nothing is a no-op', () => {
     const { memory } = setup(two());
     memory.unpin(5);
-    memory.unpin(memory.generation);
+    memory.unpin(memory.epoch);
     assert.equal(memory.pins, 0);
   });
 });

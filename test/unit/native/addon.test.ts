@@ -409,39 +409,3 @@ test('netlinkSocket errors are system errors', () => {
     (e) => isSystemError(e) && e.syscall === 'socket',
   );
 });
-
-test('zeroFill zeroes every buffer of the array in one call (views of one buffer, an mmap), and refuses non-buffers', () => {
-  assert.equal(typeof sys.zeroFill, 'function');
-  const zeroFill = sys.zeroFill!;
-  const whole = new Uint8Array(3 * 4096).fill(0xab);
-  const views = [whole.subarray(0, 4096), whole.subarray(8192, 8192 + 100), new Uint8Array(0)];
-  assert.equal(zeroFill(views), 4196);
-  assert.ok(whole.subarray(0, 4096).every((b) => b === 0));
-  assert.ok(
-    whole.subarray(4096, 8192).every((b) => b === 0xab),
-    'bytes between the views are kept',
-  );
-  assert.ok(whole.subarray(8192, 8292).every((b) => b === 0));
-  assert.ok(whole.subarray(8292).every((b) => b === 0xab));
-  const fd = sys.memfdCreate('zero-fill', MFD_CLOEXEC);
-  try {
-    sys.fallocate(fd, 0, 0, 4096);
-    const map = sys.mmap(fd, 4096, RW, MAP_SHARED, 0);
-    const v = new Uint8Array(map);
-    v.fill(7);
-    assert.equal(zeroFill([v.subarray(10, 20)]), 10);
-    assert.deepEqual([v[9], v[10], v[19], v[20]], [7, 0, 0, 7]);
-    sys.munmap(map);
-    assert.equal(zeroFill([v]), 0, 'a detached view is empty');
-  } finally {
-    closeSync(fd);
-  }
-  assert.equal(zeroFill([]), 0);
-  const keep = new Uint8Array(8).fill(1);
-  assert.throws(() => zeroFill([keep, 5 as unknown as Uint8Array]), TypeError);
-  assert.ok(
-    keep.every((b) => b === 0),
-    'the elements before the bad one were zeroed',
-  );
-  assert.throws(() => zeroFill(null as unknown as Uint8Array[]), TypeError);
-});

@@ -7,10 +7,14 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
+import { openSync } from 'node:fs';
+
 import { ACCESS_READ, ACCESS_WRITE } from '../../../src/memory/index.js';
 import { HeapMemory } from '../../../src/memory/heap-memory.js';
+import { IotlbMemory, type IotlbEntry } from '../../../src/memory/iotlb-memory.js';
+import type { SysBinding } from '../../../src/sys/binding.js';
 import { MockDriver } from '../../../src/testing/index.js';
-import { VIEW_CACHE_MAX_LEN, ViewCache } from '../../../src/virtio/chain.js';
+import { QueueChain, VIEW_CACHE_MAX_LEN, ViewCache, addDescriptor } from '../../../src/virtio/chain.js';
 import type { DescriptorChain, Virtqueue } from '../../../src/virtio/index.js';
 
 const FORMATS = [
@@ -148,5 +152,51 @@ describe('ViewCache', () => {
     cache.store(0x1010, 0, 16, ACCESS_READ, v);
     mem.remapRegion(0x1000);
     assert.equal(cache.lookup(mem, 0x1010, 0, 16, ACCESS_READ), null);
+  });
+});
+
+describe('ViewCache over IotlbMemory', () => {
+  it('a region a look-up found stale is not handed out again from the cache', () => {
+    // IOTLB "files" whose byte at file offset X is X & 0xff: a view's content tells which mapping it is of.
+    const entries: IotlbEntry[] = [{ start: 0x1000, last: 0x1fff, offset: 0x1000, perm: 3 }];
+    let unmaps = 0;
+    const binding = {
+      mmap(_fd: number, length: number, _prot: number, _flags: number, offset: number): ArrayBuffer {
+        const ab = new ArrayBuffer(length);
+        const b = new Uint8Array(ab);
+        for (let i = 0; i < length; i++) b[i] = (offset + i) & 0xff;
+        return ab;
+      },
+      munmap(ab: ArrayBuffer): void {
+        unmaps++;
+        structuredClone(ab, { transfer: [ab] }); // detach, as the real binding does
+      },
+    } as unknown as SysBinding;
+    const memory = new IotlbMemory(binding, {
+      lookup(iova) {
+        const entry = entries.find((e) => iova >= e.start && iova <= e.last);
+        return entry ? { entry: { ...entry }, fd: openSync('/dev/null', 'r') } : null;
+      },
+    });
+    const cache = new ViewCache();
+    const header = (): Uint8Array => {
+      const chain = new QueueChain();
+      addDescriptor(chain, memory, cache, 0, 0x1010, 0, 16, false);
+      assert.equal(chain.readable.length, 1);
+      return chain.readable[0]!;
+    };
+    const first = header();
+    assert.equal(first[0], 0x10);
+    assert.equal(header(), first, 'cached');
+    // The kernel's map changed without an UPDATE_IOTLB: the entry now comes from elsewhere in the file, and a
+    // look-up of another buffer brings it, dropping the old region.
+    entries[0] = { start: 0x0, last: 0x2fff, offset: 0x20080, perm: 3 };
+    const chain = new QueueChain();
+    addDescriptor(chain, memory, cache, 0, 0x2800, 0, 16, false);
+    assert.equal(memory.retiredRegions + unmaps, 1, 'the old region was dropped');
+    const again = header();
+    assert.notEqual(again, first, 'not the view of the dropped region');
+    assert.equal(again.length, 16);
+    assert.equal(again[0], (0x20080 + 0x1010) & 0xff, 'the bytes of the mapping the kernel has now');
   });
 });
