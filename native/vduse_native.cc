@@ -176,8 +176,16 @@ struct Mapping {
   bool unmapped;
 };
 
+// Bumped by every munmap of a mapping (from JS or its finalizer), on any thread: a KickLoop that keeps raw
+// pointers into guest memory (its ring watches) looks its views up again when it changed, so it never reads
+// a page that went away.
+std::atomic<uint64_t> g_unmap_epoch{0};
+
 void FinalizeMapping(Napi::Env, void*, Mapping* mapping) {
-  if (!mapping->unmapped) munmap(mapping->addr, mapping->length);
+  if (!mapping->unmapped) {
+    g_unmap_epoch.fetch_add(1, std::memory_order_relaxed);
+    munmap(mapping->addr, mapping->length);
+  }
   delete mapping;
 }
 
@@ -220,6 +228,7 @@ Napi::Value Munmap(const Napi::CallbackInfo& info) {
   // the pages after they are gone (reads give undefined instead of a SIGSEGV).
   NAPI_THROW_IF_FAILED(env, napi_detach_arraybuffer(env, buffer), Napi::Value());
   mapping->unmapped = true;
+  g_unmap_epoch.fetch_add(1, std::memory_order_relaxed);
   if (munmap(mapping->addr, mapping->length) < 0) ThrowErrno(env, "munmap");
   return env.Undefined();
 }
@@ -751,7 +760,32 @@ struct KickLoopState {
 constexpr size_t kStatFailedIrqs = 0;  // interrupts that could not be injected
 constexpr size_t kStatLastErrno = 1;   // the errno of the last one
 constexpr size_t kStatWakeups = 2;     // epoll_wait returns with at least one kick
-constexpr size_t kStatCount = 3;
+constexpr size_t kStatPolls = 3;       // spins over the watched rings
+constexpr size_t kStatPollHits = 4;    // spins that found new work
+constexpr size_t kStatPollNs = 5;      // time spent spinning
+constexpr size_t kStatAbsorbed = 6;    // kicks for work a spin had already found (no callback)
+constexpr size_t kStatCount = 7;
+
+// Ring watches (KickLoop::Watch): what kind of word the loop reads.
+constexpr int32_t kWatchSplit = 0;   // view = the avail ring (u16: flags, idx, ...): work when idx != mark
+constexpr int32_t kWatchPacked = 1;  // view = the descriptor ring (u16): work when the descriptor at the mark's
+                                     // position is available for the mark's wrap counter (spec 2.8.1)
+// Time between looks at the epoll set while spinning (other fds, libuv's work), and the clock reads.
+constexpr int64_t kSpinCheckNs = 20000;
+
+inline int64_t MonotonicNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
 
 class KickLoop : public Napi::ObjectWrap<KickLoop> {
  public:
@@ -767,11 +801,15 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
                            InstanceMethod<&KickLoop::Flush>("flush"),
                            InstanceMethod<&KickLoop::UnrefHandle>("unref"),
                            InstanceMethod<&KickLoop::RefHandle>("ref"),
+                           InstanceMethod<&KickLoop::Watch>("watch"),
+                           InstanceMethod<&KickLoop::SetPoll>("setPoll"),
                        });
   }
 
   // new KickLoop(callback, kicked: Int32Array, signals: Int32Array, injected: Float64Array,
-  //              stats: Float64Array); every array has one slot per queue (stats: kStatCount).
+  //              stats: Float64Array, marks: Int32Array, kicks?: Float64Array); every array has one slot
+  //              per queue (stats: kStatCount). marks[i]: where queue i's ring is idle (see Watch), -1 when
+  //              not known idle. kicks[i] counts queue i's kicks (absorbed ones too).
   KickLoop(const Napi::CallbackInfo& info) : Napi::ObjectWrap<KickLoop>(info), async_context_(info.Env(), "KickLoop") {
     Napi::Env env = info.Env();
     // As FdWatcher: the JS object holds the callback, C++ a weak reference (no cycle through a GC root).
@@ -783,13 +821,27 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
     Napi::Int32Array signals = info[2].As<Napi::Int32Array>();
     Napi::Float64Array injected = info[3].As<Napi::Float64Array>();
     Napi::Float64Array stats = info[4].As<Napi::Float64Array>();
+    Napi::Int32Array marks = info[5].As<Napi::Int32Array>();
     size_t n = kicked.ElementLength();
-    if (signals.ElementLength() != n || injected.ElementLength() != n || stats.ElementLength() < kStatCount)
+    if (signals.ElementLength() != n || injected.ElementLength() != n || marks.ElementLength() != n ||
+        stats.ElementLength() < kStatCount)
       throw Napi::RangeError::New(env, "KickLoop: arrays of different lengths");
     arrays_[0] = Napi::Persistent(kicked.As<Napi::Object>());
     arrays_[1] = Napi::Persistent(signals.As<Napi::Object>());
     arrays_[2] = Napi::Persistent(injected.As<Napi::Object>());
     arrays_[3] = Napi::Persistent(stats.As<Napi::Object>());
+    arrays_[4] = Napi::Persistent(marks.As<Napi::Object>());
+    marks_ = marks.Data();
+    if (info.Length() > 6 && info[6].IsTypedArray()) {
+      Napi::Float64Array kicks = info[6].As<Napi::Float64Array>();
+      if (kicks.ElementLength() != n) throw Napi::RangeError::New(env, "KickLoop: arrays of different lengths");
+      arrays_[5] = Napi::Persistent(kicks.As<Napi::Object>());
+      kicks_ = kicks.Data();
+    } else {
+      own_kicks_.assign(n, 0);
+      kicks_ = own_kicks_.data();
+    }
+    watches_.resize(n);
     kicked_ = kicked.Data();
     signals_ = signals.Data();
     injected_ = injected.Data();
@@ -867,11 +919,45 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
   }
 
   // removeKick(index): stop waiting for kicks of queue `index` (before its fd is closed). No-op when none.
+  // Its ring watch goes too.
   Napi::Value RemoveKick(const Napi::CallbackInfo& info) {
     size_t i = IndexArg(info, 0);
     if (kick_fd_[i] >= 0 && state_ != nullptr) epoll_ctl(state_->ep, EPOLL_CTL_DEL, kick_fd_[i], nullptr);
     kick_fd_[i] = -1;
     kicked_[i] = 0;
+    ClearWatch(i);
+    return info.Env().Undefined();
+  }
+
+  // watch(index, view: Uint16Array | null, kind): the ring word of queue `index` that tells new work
+  // without a kick (kWatchSplit / kWatchPacked, see there), read together with marks[index]: the loop spins
+  // over the watched rings for up to the poll window before it blocks, and a kick that comes for work a spin
+  // already found is absorbed. null: no watch. The loop keeps the view alive and looks its memory up again
+  // after any munmap (a detached view is no watch), so it never reads a page that is gone; a view of memory
+  // that is still mapped but no longer the ring gives spurious or missed spins, never a lost kick (the driver
+  // still kicks: the loop does not touch the ring's notification flags).
+  Napi::Value Watch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    size_t i = IndexArg(info, 0);
+    ClearWatch(i);
+    if (info[1].IsNull() || info[1].IsUndefined()) return env.Undefined();
+    if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint16_array)
+      throw Napi::TypeError::New(env, "KickLoop.watch: view must be a Uint16Array");
+    int64_t kind = IntArg(info, 2);
+    if (kind != kWatchSplit && kind != kWatchPacked)
+      throw Napi::RangeError::New(env, "KickLoop.watch: unknown kind");
+    RingWatch& w = watches_[i];
+    w.view = Napi::Persistent(info[1].As<Napi::Object>());
+    w.kind = static_cast<int32_t>(kind);
+    Resolve(w);
+    return env.Undefined();
+  }
+
+  // setPoll(windowNs): spin over the watched rings for up to this long before blocking; 0: never.
+  Napi::Value SetPoll(const Napi::CallbackInfo& info) {
+    int64_t ns = IntArg(info, 0);
+    if (ns < 0 || ns > 1000000000) throw Napi::RangeError::New(info.Env(), "KickLoop.setPoll: window out of range");
+    window_ns_ = ns;
     return info.Env().Undefined();
   }
 
@@ -908,6 +994,113 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
     if (i < 0 || static_cast<size_t>(i) >= kick_fd_.size())
       throw Napi::RangeError::New(info.Env(), "KickLoop: queue index out of range");
     return static_cast<size_t>(i);
+  }
+
+  struct RingWatch {
+    Napi::ObjectReference view;
+    int32_t kind = kWatchSplit;
+    const uint16_t* data = nullptr;  // null: no watch (none set, or its memory went away)
+    size_t length = 0;                // in u16
+    uint64_t epoch = 0;               // g_unmap_epoch when data was looked up
+  };
+
+  void ClearWatch(size_t i) {
+    RingWatch& w = watches_[i];
+    if (!w.view.IsEmpty()) w.view.Reset();
+    w.data = nullptr;
+    w.length = 0;
+  }
+
+  // Look the watch's memory up (from its view; a detached one has none).
+  void Resolve(RingWatch& w) {
+    w.epoch = g_unmap_epoch.load(std::memory_order_relaxed);
+    w.data = nullptr;
+    w.length = 0;
+    if (w.view.IsEmpty()) return;
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    napi_typedarray_type type;
+    size_t length = 0;
+    void* data = nullptr;
+    if (napi_get_typedarray_info(env, w.view.Value(), &type, &length, &data, nullptr, nullptr) != napi_ok) return;
+    if (type != napi_uint16_array || data == nullptr || length < 2) return;
+    w.data = static_cast<const uint16_t*>(data);
+    w.length = length;
+  }
+
+  // Is there work on queue i's ring the device has not seen (per its watch and marks_[i])? False when the
+  // queue is not watched or not known idle.
+  bool HasWork(size_t i) const {
+    int32_t mark = marks_[i];
+    const RingWatch& w = watches_[i];
+    if (mark < 0 || w.data == nullptr || kick_fd_[i] < 0) return false;
+    if (w.kind == kWatchSplit) {
+      uint16_t idx = __atomic_load_n(&w.data[1], __ATOMIC_ACQUIRE);
+      return idx != static_cast<uint16_t>(mark);
+    }
+    size_t word = (static_cast<size_t>(mark) >> 1) * 8 + 7;  // the descriptor's flags (byte 14 of 16)
+    if (word >= w.length) return false;
+    uint16_t flags = __atomic_load_n(&w.data[word], __ATOMIC_ACQUIRE);
+    uint32_t wrap = static_cast<uint32_t>(mark) & 1;
+    uint32_t avail = (flags >> 7) & 1;  // VIRTQ_DESC_F_AVAIL
+    uint32_t used = (flags >> 15) & 1;  // VIRTQ_DESC_F_USED
+    return avail == wrap && used != wrap;
+  }
+
+  bool Watched(size_t i) const { return marks_[i] >= 0 && watches_[i].data != nullptr && kick_fd_[i] >= 0; }
+
+  enum SpinResult { kSpinNothing, kSpinWork, kSpinEvents };
+
+  // Before blocking for up to timeout_ms (-1: no limit): spin over the watched rings for up to the poll
+  // window. kSpinWork: queues with new work are marked in kicked_ (2); kSpinEvents: an fd of the epoll set is
+  // ready (the caller's epoll_wait returns at once); kSpinNothing: the window passed.
+  SpinResult Spin(int timeout_ms) {
+    if (window_ns_ <= 0) return kSpinNothing;
+    uint64_t epoch = g_unmap_epoch.load(std::memory_order_relaxed);
+    bool any = false;
+    for (size_t i = 0; i < watches_.size(); i++) {
+      if (watches_[i].view.IsEmpty()) continue;
+      if (watches_[i].epoch != epoch) Resolve(watches_[i]);
+      any = any || Watched(i);
+    }
+    if (!any) return kSpinNothing;
+    int64_t budget = window_ns_;
+    if (timeout_ms >= 0 && static_cast<int64_t>(timeout_ms) * 1000000 < budget)
+      budget = static_cast<int64_t>(timeout_ms) * 1000000;
+    stats_[kStatPolls]++;
+    int64_t start = MonotonicNs();
+    int64_t deadline = start + budget;
+    int64_t next_check = start + kSpinCheckNs;
+    for (uint32_t turn = 1;; turn++) {
+      bool work = false;
+      for (size_t i = 0; i < watches_.size(); i++) {
+        if (HasWork(i)) {
+          kicked_[i] = 2;  // found by a spin (1: kicked)
+          work = true;
+        }
+      }
+      if (work) {
+        stats_[kStatPollHits]++;
+        stats_[kStatPollNs] += static_cast<double>(MonotonicNs() - start);
+        return kSpinWork;
+      }
+      if ((turn & 15) == 0) {
+        int64_t now = MonotonicNs();
+        if (now >= deadline) {
+          stats_[kStatPollNs] += static_cast<double>(now - start);
+          return kSpinNothing;
+        }
+        if (now >= next_check) {
+          next_check = now + kSpinCheckNs;
+          epoll_event ev;
+          if (epoll_wait(state_->ep, &ev, 1, 0) > 0) {  // level-triggered: reported again by the caller's wait
+            stats_[kStatPollNs] += static_cast<double>(MonotonicNs() - start);
+            return kSpinEvents;
+          }
+        }
+      }
+      CpuRelax();
+    }
   }
 
   void FlushOne(size_t i) {
@@ -1000,11 +1193,23 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
     epoll_event events[kEvents];
     for (;;) {
       if (WatchersPending(loop)) return ToLibuv(state, true);
-      int n = epoll_wait(state->ep, events, kEvents, uv_backend_timeout(loop));
-      uv_update_time(loop);
-      if (n < 0) return ToLibuv(state, true);  // EINTR: let libuv run (a signal handler, say)
-      bool backend = false;
+      int timeout = uv_backend_timeout(loop);
       bool kicked = false;
+      int n = 0;
+      if (timeout != 0) {
+        SpinResult spun = self->Spin(timeout);
+        if (spun == kSpinWork) {
+          kicked = true;
+          uv_update_time(loop);
+        }
+        if (spun != kSpinNothing) timeout = 0;
+      }
+      if (!kicked) {
+        n = epoll_wait(state->ep, events, kEvents, timeout);
+        uv_update_time(loop);
+        if (n < 0) return ToLibuv(state, true);  // EINTR: let libuv run (a signal handler, say)
+      }
+      bool backend = false;
       for (int k = 0; k < n; k++) {
         uint32_t i = events[k].data.u32;
         if (i == kBackendTag) {
@@ -1014,6 +1219,13 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
         if (i >= self->kick_fd_.size() || self->kick_fd_[i] < 0) continue;
         uint64_t value;
         if (read(self->kick_fd_[i], &value, sizeof value) == sizeof value) {
+          self->kicks_[i]++;
+          // The kick of work a spin already found (and the device served): the ring is idle where the device
+          // left it, so there is nothing to call for.
+          if (self->Watched(i) && !self->HasWork(i)) {
+            self->stats_[kStatAbsorbed]++;
+            continue;
+          }
           self->kicked_[i] = 1;
           kicked = true;
         }
@@ -1048,7 +1260,7 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
 
   Napi::FunctionReference callback_;
   Napi::AsyncContext async_context_;
-  Napi::ObjectReference arrays_[4];
+  Napi::ObjectReference arrays_[6];
   int32_t* kicked_ = nullptr;
   int32_t* signals_ = nullptr;
   double* injected_ = nullptr;
@@ -1058,6 +1270,11 @@ class KickLoop : public Napi::ObjectWrap<KickLoop> {
   std::vector<unsigned long> irq_request_;
   KickLoopState* state_ = nullptr;
   bool active_ = false;
+  int32_t* marks_ = nullptr;
+  double* kicks_ = nullptr;
+  std::vector<double> own_kicks_;
+  std::vector<RingWatch> watches_;
+  int64_t window_ns_ = 0;
 };
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

@@ -171,9 +171,11 @@ Options:
                              device uses several cores; 2..queues, or 0 (or 1): all on the main thread.
                              Default: min(queues, cores - 1), the cores being os.availableParallelism(), so 0 on
                              1 or 2 cores; 0 with a memory backend (threads cannot serve one; N > 1 is refused)
-  --poll-us N                after a queue runs empty, look at its ring again for up to N microseconds before
-                             sleeping on the next kick (0, the default: never), 0..10000; saves a wake-up per
-                             request at low queue depth, costs CPU while polling
+  --poll-us N                ring polling, 0..10000. Default: adaptive: the data path spins over idle rings
+                             for up to 1 ms before it sleeps while that measures faster (re-checked every
+                             few seconds: on at low queue depth, off where the spin takes a CPU the guest
+                             needs). 0: never poll. N: always poll each ring N microseconds after it runs
+                             empty (the device's own polling); saves a wake-up per request, costs CPU
   --queue-size N             largest queue size, a power of two 2..32768 (default 256)
   --logical-block-size N     512, 1024, 2048 or 4096 (default 512)
   --serial S                 serial number (GET_ID, /sys/block/vdX/serial), up to 20 characters

@@ -27,6 +27,12 @@ export interface VirtioDevice {
   readonly deviceId: number;
   readonly vendorId: number;
   readonly numQueues: number;
+  /**
+   * The engine may poll this device's rings between requests (spin over idle rings before it sleeps, where
+   * that measures faster; src/transports/engine/poll-control.ts). Absent: no. A device that polls its rings
+   * itself says no.
+   */
+  readonly ringPolling?: boolean;
   /** Largest queue size the device accepts (what VDUSE_VQ_SETUP's max_size gets). */
   readonly maxQueueSize: number;
   /** Every feature bit the device offers, device and transport bits alike (VERSION_1, ACCESS_PLATFORM, ...). */

@@ -51,9 +51,23 @@ export interface FdWatcher {
 export const KICK_STAT_FAILED_IRQS = 0;
 /** The (negative) errno of the last interrupt that could not be injected. */
 export const KICK_STAT_LAST_ERRNO = 1;
-/** Wake-ups that found at least one kick (one callback each). */
+/** Wake-ups that found at least one kick or, spinning, new work on a watched ring (one callback each). */
 export const KICK_STAT_WAKEUPS = 2;
-export const KICK_STAT_COUNT = 3;
+/** Spins over the watched rings (setPoll), those that found new work, and the time spent spinning (ns). */
+export const KICK_STAT_POLLS = 3;
+export const KICK_STAT_POLL_HITS = 4;
+export const KICK_STAT_POLL_NS = 5;
+/** Kicks for work that had been served already (found by a spin): read, with no callback. */
+export const KICK_STAT_ABSORBED = 6;
+export const KICK_STAT_COUNT = 7;
+
+/** KickLoop.watch kinds: a split queue's avail ring (work when avail.idx != mark). */
+export const WATCH_SPLIT = 0;
+/**
+ * A packed queue's descriptor ring: mark = (next avail position << 1) | avail wrap counter; work when that
+ * descriptor is available for the wrap counter (virtio 1.1 2.8.1).
+ */
+export const WATCH_PACKED = 1;
 
 /**
  * A queue thread's run-to-completion wait for kicks (native/vduse_native.cc, KickLoop): instead of a libuv
@@ -69,12 +83,21 @@ export const KICK_STAT_COUNT = 3;
  * per interrupt.
  */
 export interface KickLoop {
-  /** kicked[i] is 1 when queue i was kicked since the callback last cleared it (the callback clears it). */
+  /**
+   * kicked[i] is 1 when queue i was kicked since the callback last cleared it, 2 when a spin found new work on
+   * its ring (the callback clears it).
+   */
   readonly kicked: Int32Array;
   /** Set signals[i] = 1 to have queue i's interrupt injected (once, however often it was set). */
   readonly signals: Int32Array;
-  /** See KICK_STAT_*: failed injections (and the last errno), wake-ups. Written by the loop only. */
+  /** See KICK_STAT_*: failed injections (and the last errno), wake-ups, polling. Written by the loop only. */
   readonly stats: Float64Array;
+  /**
+   * marks[i]: where queue i's ring is idle, the device having served everything up to it (see WATCH_*), or -1
+   * when that is not known (the loop then neither spins on the queue nor absorbs its kicks). Written by JS
+   * (initially -1), read by the loop before each spin and each kick.
+   */
+  readonly marks: Int32Array;
   /** Wait for kicks of queue `index` on the eventfd `fd` (the loop reads it). EEXIST when it has one. */
   addKick(index: number, fd: number): void;
   /** Stop waiting for kicks of queue `index` (before its fd is closed); clears kicked[index]. */
@@ -87,6 +110,17 @@ export interface KickLoop {
   setInterrupt(index: number, fd: number, request: number): void;
   /** Inject the marked interrupts now. */
   flush(): void;
+  /**
+   * The ring word that shows queue `index`'s new work without a kick: `view` is the split avail ring (u16
+   * from its flags) or the packed descriptor ring (u16 from the first descriptor), `kind` WATCH_SPLIT or
+   * WATCH_PACKED; null: none. With it (and marks[index] >= 0) a kick for work already served is absorbed,
+   * and while setPoll's window is open the loop spins over the watched rings before it blocks. The loop
+   * looks the view up again after any munmap (a detached view is no watch), so it never reads memory that is
+   * gone; the caller sets the view again when the queue's ring is mapped anew. removeKick drops it too.
+   */
+  watch(index: number, view: Uint16Array | null, kind: number): void;
+  /** Spin over the watched rings for up to `windowNs` before blocking (0: never, the default). */
+  setPoll(windowNs: number): void;
   /** Start waiting (on the loop of the thread that created it). */
   start(): void;
   /** Stop waiting; start() may be called again. */
@@ -121,9 +155,15 @@ export interface SysBinding {
   createFdWatcher(fd: number, callback: FdWatcherCallback): FdWatcher;
   /**
    * A KickLoop for queues 0..numQueues-1 on the calling thread's loop. `injected[i]` (a Float64Array of
-   * numQueues slots, e.g. a view of shared counters) is incremented for every interrupt of queue i injected.
+   * numQueues slots, e.g. a view of shared counters) is incremented for every interrupt of queue i injected,
+   * `kicks[i]` (the same kind, optional) for every kick of queue i it reads, absorbed ones included.
    */
-  createKickLoop(numQueues: number, injected: Float64Array, callback: KickLoopCallback): KickLoop;
+  createKickLoop(
+    numQueues: number,
+    injected: Float64Array,
+    callback: KickLoopCallback,
+    kicks?: Float64Array,
+  ): KickLoop;
   /** A full memory fence (atomic_thread_fence(seq_cst)). */
   fence(): void;
   /** read(2) into `buffer`. Returns the byte count, or -1 when it would block (EAGAIN). */

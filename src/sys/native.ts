@@ -31,7 +31,9 @@ interface NativeAddon extends Omit<SysBinding, 'createFdWatcher' | 'createKickLo
     signals: Int32Array,
     injected: Float64Array,
     stats: Float64Array,
-  ) => Omit<KickLoop, 'kicked' | 'signals' | 'stats'>;
+    marks: Int32Array,
+    kicks?: Float64Array,
+  ) => Omit<KickLoop, 'kicked' | 'signals' | 'stats' | 'marks'>;
 }
 
 const FUNCTIONS = [
@@ -123,15 +125,17 @@ export function loadNativeBinding(): SysBinding {
     eventfdRead: addon.eventfdRead,
     eventfdWrite: addon.eventfdWrite,
     createFdWatcher: (fd, callback) => new NativeFdWatcher(fd, callback),
-    createKickLoop: (numQueues, injected, callback) => {
+    createKickLoop: (numQueues, injected, callback, kicks) => {
       const kicked = new Int32Array(numQueues);
       const signals = new Int32Array(numQueues);
       const stats = new Float64Array(KICK_STAT_COUNT);
+      const marks = new Int32Array(numQueues).fill(-1);
       // The native object holds the arrays; JS reads them through the same views.
-      return Object.assign(new NativeKickLoop(callback, kicked, signals, injected, stats), {
+      return Object.assign(new NativeKickLoop(callback, kicked, signals, injected, stats, marks, kicks), {
         kicked,
         signals,
         stats,
+        marks,
       });
     },
     fence: addon.fence,

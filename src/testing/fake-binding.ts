@@ -48,10 +48,15 @@ import {
   UV_WRITABLE,
 } from '../sys/binding.js';
 import {
+  KICK_STAT_ABSORBED,
   KICK_STAT_COUNT,
   KICK_STAT_FAILED_IRQS,
   KICK_STAT_LAST_ERRNO,
+  KICK_STAT_POLL_HITS,
+  KICK_STAT_POLLS,
   KICK_STAT_WAKEUPS,
+  WATCH_PACKED,
+  WATCH_SPLIT,
   type FdWatcher,
   type FdWatcherCallback,
   type KickLoop,
@@ -205,10 +210,15 @@ class FakeFdWatcher implements FdWatcher {
   }
 }
 
-class FakeKickLoop implements KickLoop {
+/** FakeBinding's KickLoop (see createKickLoop); its ring watches and poll window are visible to tests. */
+export class FakeKickLoop implements KickLoop {
   readonly kicked: Int32Array;
   readonly signals: Int32Array;
   readonly stats = new Float64Array(KICK_STAT_COUNT);
+  readonly marks: Int32Array;
+  /** The ring watches (watch()) and the poll window (setPoll()). */
+  readonly watches: ({ view: Uint16Array; kind: number } | null)[];
+  windowNs = 0;
   active = false;
   closed = false;
   refed = true;
@@ -223,10 +233,13 @@ class FakeKickLoop implements KickLoop {
     numQueues: number,
     private readonly injected: Float64Array,
     private readonly callback: KickLoopCallback,
+    private readonly kicks: Float64Array = new Float64Array(numQueues),
   ) {
     this.kicked = new Int32Array(numQueues);
     this.signals = new Int32Array(numQueues);
     this.kickFds = new Array<number>(numQueues).fill(-1);
+    this.marks = new Int32Array(numQueues).fill(-1);
+    this.watches = new Array<{ view: Uint16Array; kind: number } | null>(numQueues).fill(null);
     this.#irqs = Array.from({ length: numQueues }, () => ({ fd: -1, request: 0 }));
   }
 
@@ -244,6 +257,40 @@ class FakeKickLoop implements KickLoop {
     this.#check(index);
     this.kickFds[index] = -1;
     this.kicked[index] = 0;
+    this.watches[index] = null;
+  }
+
+  watch(index: number, view: Uint16Array | null, kind: number): void {
+    this.#check(index);
+    if (view !== null && !(view instanceof Uint16Array))
+      throw new TypeError('KickLoop.watch: view must be a Uint16Array');
+    if (kind !== WATCH_SPLIT && kind !== WATCH_PACKED) throw new RangeError('KickLoop.watch: unknown kind');
+    this.watches[index] = view === null ? null : { view, kind };
+  }
+
+  setPoll(windowNs: number): void {
+    if (!Number.isInteger(windowNs) || windowNs < 0 || windowNs > 1e9)
+      throw new RangeError('KickLoop.setPoll: window out of range');
+    this.windowNs = windowNs;
+  }
+
+  /** Is queue i watched, known idle (marks) and live? */
+  watched(i: number): boolean {
+    const w = this.watches[i];
+    return this.marks[i]! >= 0 && w != null && w.view.length >= 2 && this.kickFds[i]! >= 0;
+  }
+
+  /** New work on queue i's watched ring (the native loop's test, on the same words). */
+  hasWork(i: number): boolean {
+    if (!this.watched(i)) return false;
+    const { view, kind } = this.watches[i]!;
+    const mark = this.marks[i]!;
+    if (kind === WATCH_SPLIT) return Atomics.load(view, 1) !== (mark & 0xffff);
+    const word = (mark >>> 1) * 8 + 7;
+    if (word >= view.length) return false;
+    const flags = Atomics.load(view, word);
+    const avail = (flags >>> 7) & 1;
+    return avail === (mark & 1) && avail !== ((flags >>> 15) & 1);
   }
 
   setInterrupt(index: number, fd: number, request: number): void {
@@ -261,6 +308,7 @@ class FakeKickLoop implements KickLoop {
     this.active = true;
     this.#prepare ??= setInterval(() => {
       this.flush();
+      this.#spin();
       this.arm();
     }, 1);
     this.#applyRef();
@@ -307,17 +355,41 @@ class FakeKickLoop implements KickLoop {
     this.#applyRef();
   }
 
+  /** The native loop's spin, once per prepare turn: with the window open, new work on a watched ring wakes up. */
+  #spin(): void {
+    if (!this.active || this.windowNs <= 0 || !this.kicked.some((_, i) => this.watched(i))) return;
+    this.stats[KICK_STAT_POLLS]!++;
+    let any = false;
+    for (let i = 0; i < this.kicked.length; i++) {
+      if (!this.hasWork(i)) continue;
+      this.kicked[i] = 2;
+      any = true;
+    }
+    if (!any) return;
+    this.stats[KICK_STAT_POLL_HITS]!++;
+    this.#call();
+  }
+
   #wakeUp(): void {
     this.flush();
     let any = false;
     this.kickFds.forEach((fd, i) => {
       if (fd < 0 || (this.owner.readiness(fd) & UV_READABLE) === 0) return;
       if (this.owner.drainEventfd(fd)) {
+        this.kicks[i]!++;
+        if (this.watched(i) && !this.hasWork(i)) {
+          this.stats[KICK_STAT_ABSORBED]!++;
+          return;
+        }
         this.kicked[i] = 1;
         any = true;
       }
     });
     if (!any) return;
+    this.#call();
+  }
+
+  #call(): void {
     this.stats[KICK_STAT_WAKEUPS]!++;
     try {
       this.callback();
@@ -419,6 +491,11 @@ export class FakeBinding implements SysBinding {
   private readonly files = new Map<number, FakeFile>();
   private readonly watchers = new Set<FakeFdWatcher>();
   private readonly kickLoops = new Set<FakeKickLoop>();
+
+  /** The KickLoops made so far and not closed (oldest first). */
+  kickLoopList(): FakeKickLoop[] {
+    return [...this.kickLoops].filter((l) => !l.closed);
+  }
   private readonly mapped = new Map<ArrayBuffer, Memfd>();
   private nextFd = FIRST_FD;
   private keepAlive: NodeJS.Timeout | undefined;
@@ -559,10 +636,16 @@ export class FakeBinding implements SysBinding {
     return watcher;
   }
 
-  createKickLoop(numQueues: number, injected: Float64Array, callback: KickLoopCallback): KickLoop {
+  createKickLoop(
+    numQueues: number,
+    injected: Float64Array,
+    callback: KickLoopCallback,
+    kicks?: Float64Array,
+  ): KickLoop {
     this.calls.createKickLoop++;
-    if (injected.length !== numQueues) throw new RangeError('KickLoop: arrays of different lengths');
-    const loop = new FakeKickLoop(this, numQueues, injected, callback);
+    if (injected.length !== numQueues || (kicks !== undefined && kicks.length !== numQueues))
+      throw new RangeError('KickLoop: arrays of different lengths');
+    const loop = new FakeKickLoop(this, numQueues, injected, callback, kicks);
     this.kickLoops.add(loop);
     return loop;
   }

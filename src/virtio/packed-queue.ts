@@ -213,6 +213,24 @@ export class PackedQueue extends QueueBase implements Virtqueue {
     Atomics.store(this.deviceEvent, 1, VRING_PACKED_EVENT_FLAG_DISABLE);
   }
 
+  /** The descriptor ring as u16 words, for an engine's wait loop to watch; null when broken. */
+  watchView(): Uint16Array | null {
+    if (this.err !== null) return null;
+    if (this.mappedGeneration !== this.memory.generation && !this.map()) return null;
+    return this.ring16;
+  }
+
+  /**
+   * (next avail position << 1) | avail wrap counter when the descriptor there is not available (nothing the
+   * device has not popped), else -1.
+   */
+  idleMark(): number {
+    if (this.err !== null || this.replay.length > 0) return -1;
+    if (this.mappedGeneration !== this.memory.generation && !this.map()) return -1;
+    const word = Atomics.load(this.ring32, (this.availIdx << 2) + 3);
+    return isAvailable(word >>> 16, this.availWrap) ? -1 : (this.availIdx << 1) | this.availWrap;
+  }
+
   getState(): PackedQueueState {
     return {
       lastAvailCounter: this.availWrap,

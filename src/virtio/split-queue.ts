@@ -172,6 +172,20 @@ export class SplitQueue extends QueueBase implements Virtqueue {
     Atomics.store(this.used16, 0, VRING_USED_F_NO_NOTIFY);
   }
 
+  /** The avail ring as u16 words (flags, idx, ring...), for an engine's wait loop to watch; null when broken. */
+  watchView(): Uint16Array | null {
+    if (this.err !== null) return null;
+    if (this.mappedGeneration !== this.memory.generation && !this.map()) return null;
+    return this.avail;
+  }
+
+  /** nextAvail when the ring holds nothing the device has not popped (avail.idx there), else -1. */
+  idleMark(): number {
+    if (this.err !== null || this.replay.length > 0) return -1;
+    if (this.mappedGeneration !== this.memory.generation && !this.map()) return -1;
+    return Atomics.load(this.avail, 1) === this.nextAvail ? this.nextAvail : -1;
+  }
+
   getState(): SplitQueueState {
     return { nextAvail: this.nextAvail, nextUsed: this.usedPublished };
   }

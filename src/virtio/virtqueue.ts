@@ -82,6 +82,20 @@ export class VirtqueueError extends VduseTsError {
   }
 }
 
+/**
+ * What a queue-serving engine's wait loop reads to see a ring's new work without a kick (the ring engines have
+ * it; src/sys/binding.ts KickLoop.watch says how the words are read).
+ */
+export interface RingWatchable {
+  /** The ring words to watch (split: the avail ring; packed: the descriptor ring), as u16; null when broken. */
+  watchView(): Uint16Array | null;
+  /**
+   * Where the ring is idle now, everything up to there popped (split: nextAvail; packed: (next avail position
+   * << 1) | wrap counter), or -1 when there is more to pop (or the ring is broken).
+   */
+  idleMark(): number;
+}
+
 export interface Virtqueue {
   readonly index: number;
   readonly size: number;

@@ -9,7 +9,8 @@
  * reset() stops everything at once: results of backend calls still running are dropped (each request carries
  * the activation generation it started in).
  *
- * Polling (options.pollUs > 0): after a drain runs a queue empty, its notifications stay off and the device
+ * Polling: with options.pollUs unset the engine may poll the rings (ringPolling; adaptive, in native code,
+ * src/transports/engine/poll-control.ts); 0 turns all polling off. With pollUs > 0 the device polls itself: after a drain runs a queue empty, its notifications stay off and the device
  * looks at the ring again until the queue's poll window has passed with nothing new (counted from its last
  * drain or published completion), then turns notifications back on (and checks once more) and sleeps on the
  * kick. While backend requests are in flight it looks once per event-loop turn (setImmediate: each turn also
@@ -109,6 +110,8 @@ export class VirtioBlkDevice implements VirtioDevice {
   readonly numQueues: number;
   readonly maxQueueSize: number;
   readonly features: bigint;
+  /** The engine's adaptive ring polling, unless options.pollUs was given (0: none; N: the device's own). */
+  readonly ringPolling: boolean;
   readonly backend: BlockBackend;
   readonly options: ResolvedBlkOptions;
   readonly stats: BlkStats = {
@@ -219,6 +222,7 @@ export class VirtioBlkDevice implements VirtioDevice {
     };
     this.#config = encodeBlkConfig(o, this.#limits.capacityBytes);
     this.#pollMaxUs = o.pollUs;
+    this.ringPolling = options.pollUs === undefined;
     this.#clock = options.now ?? performanceNow;
   }
 

@@ -63,10 +63,12 @@ export interface VirtioBlkOptions {
   /** Receives one line per driver error or backend failure (rate-limited). Default: none. */
   logger?: BlkLogger;
   /**
-   * Ring polling, in microseconds (0 = off, the default; at most 10000): after a queue runs empty, keep its
-   * notifications off and look at the ring again for up to this long before sleeping on the kick. Saves the
-   * wake-up per request at low queue depth and costs CPU while polling; the window adapts (it shrinks while
-   * polling finds nothing and grows again when requests come soon after the last ones).
+   * Ring polling. Unset (the default): the queue-serving engine polls where it measures faster (adaptive, see
+   * src/transports/engine/poll-control.ts; VDUSE only). 0: no polling at all. N (at most 10000): the device
+   * polls itself: after a queue runs empty, keep its notifications off and look at the ring again for up to N
+   * µs before sleeping on the kick (the window adapts: it shrinks while polling finds nothing and grows again
+   * when requests come soon after the last ones). Saves the wake-up per request at low queue depth and costs
+   * CPU while polling.
    */
   pollUs?: number;
   /**

@@ -6,12 +6,15 @@
  * - nothing the guest wrote can throw out of here into the device's callbacks (kick, poll, timer): a throw of
  *   the ring engine or of its in-flight log stops the queue and is reported once (onError), like a ring error;
  * - a halted queue (the device needs a reset, or is being drained for a successor) hands out no new chain;
- *   completions of those in flight still go through.
+ *   completions of those in flight still go through;
+ * - for the engine's wait loop (KickLoop.watch): the ring word to watch and where the ring is idle, and a
+ *   mark that a pop makes stale at once (the loop must not take a ring the device moved on in for idle).
  */
 import type {
   DescriptorChain,
   PackedQueue,
   PackedQueueState,
+  RingWatchable,
   SplitQueue,
   SplitQueueState,
   Virtqueue,
@@ -35,6 +38,10 @@ export class ServedQueue implements Virtqueue {
   #halted = false;
   /** Stopped: chains still in flight are released by release(), not by addUsed. */
   #retired = false;
+  /** The wait loop's idle marks (KickLoop.marks), or null: a pop sets this queue's to -1. */
+  #marks: Int32Array | null = null;
+  /** Chains given back (addUsed) since the queue started. */
+  completed = 0;
 
   constructor(inner: Virtqueue, memory: TransportMemory, onError: (error: VirtqueueError) => void) {
     this.inner = inner;
@@ -64,12 +71,15 @@ export class ServedQueue implements Virtqueue {
   pop(): DescriptorChain | null {
     if (this.#halted || this.#error !== null) return null;
     if (!this.#pinning) {
+      let chain: DescriptorChain | null;
       try {
-        return this.inner.pop();
+        chain = this.inner.pop();
       } catch (err) {
         this.#fail(err);
         return null;
       }
+      if (chain !== null && this.#marks !== null) this.#marks[this.index] = -1;
+      return chain;
     }
     // Pinned before the chain is read: a look-up made while reading it may find a region stale and drop it
     // (IotlbMemory), and the views the chain took of that region before must stay mapped as long as it is held.
@@ -86,6 +96,7 @@ export class ServedQueue implements Virtqueue {
       this.#memory.unpin!(pinned);
       return null;
     }
+    if (this.#marks !== null) this.#marks[this.index] = -1;
     const id = chain.id;
     if (!(id >= 0 && id < this.size) || this.#held[id] !== null) {
       this.#memory.unpin!(pinned);
@@ -107,6 +118,7 @@ export class ServedQueue implements Virtqueue {
   }
 
   addUsed(chain: DescriptorChain, len: number): void {
+    this.completed++;
     if (this.#pinning && !this.#retired) {
       const id = chain.id;
       if (id >= 0 && id < this.size && this.#held[id] === chain) {
@@ -146,6 +158,33 @@ export class ServedQueue implements Virtqueue {
       this.inner.disableNotification();
     } catch (err) {
       this.#fail(err);
+    }
+  }
+
+  /** Let a pop mark this queue as not idle in `marks` (a KickLoop's), at once. */
+  trackIdle(marks: Int32Array | null): void {
+    this.#marks = marks;
+  }
+
+  /** See RingWatchable: the ring words the wait loop watches (null when broken or halted). */
+  watchView(): Uint16Array | null {
+    if (this.#halted || this.error !== null) return null;
+    try {
+      return (this.inner as Partial<RingWatchable>).watchView?.() ?? null;
+    } catch (err) {
+      this.#fail(err);
+      return null;
+    }
+  }
+
+  /** See RingWatchable: where the ring is idle, or -1 (also when halted: nothing is popped then). */
+  idleMark(): number {
+    if (this.#halted || this.error !== null) return -1;
+    try {
+      return (this.inner as Partial<RingWatchable>).idleMark?.() ?? -1;
+    } catch (err) {
+      this.#fail(err);
+      return -1;
     }
   }
 

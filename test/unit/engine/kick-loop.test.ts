@@ -70,7 +70,7 @@ function setup(target: 'ioctl' | 'eventfd' = 'ioctl') {
   /** The set's KickLoop (the fake's, reached through the binding's only one). */
   let loop: KickLoop | undefined;
   const original = binding.createKickLoop.bind(binding);
-  binding.createKickLoop = (n, counters, cb) => (loop = original(n, counters, cb));
+  binding.createKickLoop = (...args) => (loop = original(...args));
   return {
     binding,
     q0,

@@ -15,9 +15,18 @@ import { Worker } from 'node:worker_threads';
 import {
   EFD_CLOEXEC,
   EFD_NONBLOCK,
+  KICK_STAT_ABSORBED,
   KICK_STAT_FAILED_IRQS,
   KICK_STAT_LAST_ERRNO,
+  KICK_STAT_POLL_HITS,
+  KICK_STAT_POLLS,
   KICK_STAT_WAKEUPS,
+  MAP_SHARED,
+  MFD_CLOEXEC,
+  PROT_READ,
+  PROT_WRITE,
+  WATCH_PACKED,
+  WATCH_SPLIT,
   findPackageRoot,
   loadNativeBinding,
 } from '../../../src/sys/index.js';
@@ -174,7 +183,7 @@ test('a watcher started in the callback is served at once (libuv applies it befo
         w.close(); k.close(); clearTimeout(timer);
       });
       w.start(1);
-    }, kicked, new Int32Array(1), new Float64Array(1), new Float64Array(3));
+    }, kicked, new Int32Array(1), new Float64Array(1), new Float64Array(7), new Int32Array(1).fill(-1));
     k.addKick(0, kick);
     k.start();
     addon.eventfdWrite(kick, 1);
@@ -184,7 +193,7 @@ test('a watcher started in the callback is served at once (libuv applies it befo
 });
 
 test('a started loop keeps the process alive unless unref()ed', () => {
-  const make = `const k = new addon.KickLoop(() => {}, new Int32Array(1), new Int32Array(1), new Float64Array(1), new Float64Array(3));
+  const make = `const k = new addon.KickLoop(() => {}, new Int32Array(1), new Int32Array(1), new Float64Array(1), new Float64Array(7), new Int32Array(1).fill(-1));
 k.start();`;
   const unrefd = runChild(`${make}\nk.unref(); console.log('done');`);
   assert.equal(unrefd.status, 0, unrefd.stderr);
@@ -201,7 +210,7 @@ test('a worker that exits or is terminated with a started KickLoop tears it down
     const kick = addon.eventfd(0, ${EFD_NONBLOCK | EFD_CLOEXEC});
     const kicked = new Int32Array(1);
     const k = new addon.KickLoop(() => { kicked[0] = 0; parentPort.postMessage('kick'); },
-      kicked, new Int32Array(1), new Float64Array(1), new Float64Array(3));
+      kicked, new Int32Array(1), new Float64Array(1), new Float64Array(7), new Int32Array(1).fill(-1));
     k.addKick(0, kick);
     k.start();
     parentPort.on('message', (m) => { if (m === 'kick') addon.eventfdWrite(kick, 1); else process.exit(7); });
@@ -242,5 +251,138 @@ test('close() gives back the epoll fd at once, not when libuv gets to the close 
   assert.equal(epollFds(), before + 1);
   loop.close();
   assert.equal(epollFds(), before, 'closed synchronously');
+  closeSync(kick);
+});
+
+// Ring watches and polling (KickLoop.watch / marks / setPoll).
+
+test('a kick for work already served is absorbed (no callback); one for new work is not', async (t) => {
+  const kick = eventfd();
+  const ring = new Uint16Array(4); // a split avail ring: flags, idx, ...
+  let calls = 0;
+  const loop = sys.createKickLoop(1, new Float64Array(1), () => {
+    calls++;
+    loop.kicked.fill(0);
+  });
+  t.after(() => loop.close());
+  loop.addKick(0, kick);
+  loop.watch(0, ring, WATCH_SPLIT);
+  ring[1] = 7;
+  loop.marks[0] = 7; // idle at 7: everything up to avail.idx 7 was served
+  loop.start();
+  sys.eventfdWrite(kick, 1);
+  await sleep(20);
+  assert.equal(calls, 0);
+  assert.equal(loop.stats[KICK_STAT_ABSORBED], 1);
+  assert.equal(sys.eventfdRead(kick), -1, 'read all the same');
+  ring[1] = 8;
+  sys.eventfdWrite(kick, 1);
+  await sleep(20);
+  assert.equal(calls, 1, 'avail.idx moved past the mark');
+  loop.marks[0] = -1; // not known idle: every kick is a callback
+  ring[1] = 8;
+  sys.eventfdWrite(kick, 1);
+  await sleep(20);
+  assert.equal(calls, 2);
+  loop.marks[0] = 8;
+  loop.watch(0, null, WATCH_SPLIT); // no watch: every kick is a callback
+  sys.eventfdWrite(kick, 1);
+  await sleep(20);
+  assert.equal(calls, 3);
+  assert.equal(loop.stats[KICK_STAT_ABSORBED], 1);
+  assert.equal(loop.stats[KICK_STAT_POLLS], 0, 'no spin without a window');
+  loop.close();
+  closeSync(kick);
+});
+
+test('spinning finds new work on a watched ring written by another thread, without a kick (split and packed)', async (t) => {
+  for (const kind of [WATCH_SPLIT, WATCH_PACKED]) {
+    const kick = eventfd();
+    const ring = new Uint16Array(new SharedArrayBuffer(4 * 16)); // split: avail words; packed: 4 descriptors
+    // packed: next avail position 2, wrap counter 1: descriptor 2 becomes available with AVAIL=1, USED=0.
+    const mark = kind === WATCH_SPLIT ? 3 : (2 << 1) | 1;
+    if (kind === WATCH_SPLIT) ring[1] = 3;
+    else ring[2 * 8 + 7] = 1 << 15; // AVAIL 0, USED 1: used in the last round, not available now
+    let seenAt = 0;
+    let resolve!: () => void;
+    const called = new Promise<void>((r) => (resolve = r));
+    const loop = sys.createKickLoop(1, new Float64Array(1), () => {
+      if (loop.kicked[0] === 2 && seenAt === 0) seenAt = performance.now();
+      loop.kicked.fill(0);
+      loop.marks[0] = -1;
+      resolve();
+    });
+    t.after(() => loop.close());
+    loop.addKick(0, kick);
+    loop.watch(0, ring, kind);
+    loop.marks[0] = mark;
+    loop.setPoll(500e6); // a 500 ms window: the write comes inside it
+    loop.start();
+    const worker = new Worker(
+      `const { workerData } = require('node:worker_threads');
+       const ring = new Uint16Array(workerData.buffer);
+       setTimeout(() => {
+         if (workerData.kind === ${WATCH_SPLIT}) Atomics.store(ring, 1, 4);
+         else Atomics.store(ring, 2 * 8 + 7, 1 << 7);
+       }, 50);`,
+      { eval: true, workerData: { buffer: ring.buffer, kind } },
+    );
+    const start = performance.now();
+    const guard = setTimeout(() => resolve(), 3000);
+    await called;
+    clearTimeout(guard);
+    await worker.terminate();
+    assert.ok(seenAt > 0, `kind ${kind}: the spin saw the write`);
+    assert.ok(seenAt - start < 1500, `kind ${kind}: within the window (${seenAt - start} ms)`);
+    assert.ok(loop.stats[KICK_STAT_POLLS]! >= 1);
+    assert.equal(loop.stats[KICK_STAT_POLL_HITS], 1);
+    assert.equal(sys.eventfdRead(kick), -1, 'nobody kicked');
+    loop.close();
+    closeSync(kick);
+  }
+});
+
+test('a spin gives way to timers and thread-pool completions; an unmapped ring is never read', async (ctx) => {
+  const kick = eventfd();
+  const ring = new Uint16Array(4);
+  const loop = sys.createKickLoop(1, new Float64Array(1), () => loop.kicked.fill(0));
+  ctx.after(() => loop.close());
+  loop.addKick(0, kick);
+  loop.watch(0, ring, WATCH_SPLIT);
+  loop.marks[0] = 0; // idle, never written: every spin runs its full window
+  loop.setPoll(1e9); // 1 s, the longest
+  loop.start();
+  let t = performance.now();
+  await sleep(30);
+  const timerLate = performance.now() - t;
+  t = performance.now();
+  await readFile(ADDON);
+  const ioTime = performance.now() - t;
+  assert.ok(timerLate < 500, `a 30 ms timer fired after ${timerLate} ms`);
+  assert.ok(ioTime < 500, `a thread-pool read took ${ioTime} ms`);
+  assert.ok(loop.stats[KICK_STAT_POLLS]! >= 1, 'it did spin');
+  assert.equal(loop.stats[KICK_STAT_POLL_HITS], 0);
+
+  // A watch over a mapping that is then unmapped: the loop looks its views up again, finds it detached, and
+  // stops watching it (reading it would be a SIGSEGV).
+  const fd = sys.memfdCreate('kick-loop-watch', MFD_CLOEXEC);
+  sys.fallocate(fd, 0, 0, 4096);
+  const mapping = sys.mmap(fd, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, 0);
+  const mapped = new Uint16Array(mapping, 0, 8);
+  mapped[1] = 5;
+  loop.watch(0, mapped, WATCH_SPLIT);
+  loop.marks[0] = 5;
+  sys.munmap(mapping);
+  const polls = loop.stats[KICK_STAT_POLLS]!;
+  await sleep(30);
+  assert.equal(loop.stats[KICK_STAT_POLLS], polls, 'nothing watched: no spin');
+  sys.eventfdWrite(kick, 1);
+  await sleep(20);
+  assert.equal(loop.stats[KICK_STAT_ABSORBED], 0, 'a kick is a callback again');
+  assert.throws(() => loop.watch(0, new Uint8Array(4) as unknown as Uint16Array, WATCH_SPLIT), TypeError);
+  assert.throws(() => loop.watch(0, ring, 9), RangeError);
+  assert.throws(() => loop.setPoll(-1), RangeError);
+  loop.close();
+  closeSync(fd);
   closeSync(kick);
 });
