@@ -5,89 +5,18 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { nullLogger, type Logger } from '../../../src/common/logger.js';
-import { KICK_STAT_FAILED_IRQS, KICK_STAT_WAKEUPS, type KickLoop } from '../../../src/sys/binding.js';
-import { systemError } from '../../../src/sys/errors.js';
+import { nullLogger } from '../../../src/common/logger.js';
+import { KICK_STAT_FAILED_IRQS, KICK_STAT_WAKEUPS } from '../../../src/sys/binding.js';
 import { FakeBinding } from '../../../src/testing/fake-binding.js';
 import { MockDriver } from '../../../src/testing/mock-driver.js';
 import { QueueSet } from '../../../src/transports/engine/queue-set.js';
 import { VDUSE_VQ_INJECT_IRQ } from '../../../src/uapi/vduse.js';
 import { EchoDevice, splitStart, until } from '../vduse/helpers.js';
+import { kickLoopSet } from './helpers.js';
 
 const turns = async (n: number): Promise<void> => {
   for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
 };
-
-/** A 2-queue set; `target` says how interrupts are injected (ioctl on a fake device fd, or call eventfds). */
-function setup(target: 'ioctl' | 'eventfd' = 'ioctl') {
-  const binding = new FakeBinding();
-  const q0 = new MockDriver({ size: 16 });
-  const q1 = new MockDriver({ size: 16, index: 1, shareWith: q0 });
-  const device = new EchoDevice();
-  const kicks = new Map<number, number>();
-  const injected: number[] = [];
-  let failIrq: string | null = null;
-  const devFd = binding.openDevice({
-    ioctl: (request, arg) => {
-      assert.equal(request, VDUSE_VQ_INJECT_IRQ);
-      if (failIrq !== null) throw systemError(failIrq, 'ioctl');
-      injected.push(new DataView((arg as Uint8Array).buffer).getUint32(0, true));
-      return 0;
-    },
-  });
-  const calls = [binding.eventfd(0, 0), binding.eventfd(0, 0)];
-  const debug: string[] = [];
-  const logger: Logger = { ...nullLogger, debug: (m) => debug.push(m) };
-  const resets: Error[] = [];
-  const set = new QueueSet({
-    binding,
-    device,
-    kickLoop: true,
-    transport: {
-      memory: q0.memory,
-      openKick: (i) => {
-        const fd = binding.eventfd(0, 0);
-        kicks.set(i, fd);
-        return fd;
-      },
-      signal: () => assert.fail('a folded interrupt went through transport.signal()'),
-      interruptTarget: (i) =>
-        target === 'ioctl' ? { fd: devFd, request: VDUSE_VQ_INJECT_IRQ } : { fd: calls[i]!, request: 0 },
-      inflightLog: () => undefined,
-    },
-    numQueues: 2,
-    logger,
-    closeFd: (fd) => binding.close(fd),
-    onNeedsReset: (r) => resets.push(r),
-  });
-  device.bind({ configChanged: () => undefined, needsReset: (r) => set.fail(r) });
-  const start = (): number => set.start(splitStart(q0, q1));
-  const kick = (drv: MockDriver, index: number): void => {
-    drv.addChain({ readable: [new Uint8Array([index + 1])], writable: [1] });
-    drv.kick();
-    binding.eventfdWrite(kicks.get(index)!, 1);
-  };
-  /** The set's KickLoop (the fake's, reached through the binding's only one). */
-  let loop: KickLoop | undefined;
-  const original = binding.createKickLoop.bind(binding);
-  binding.createKickLoop = (...args) => (loop = original(...args));
-  return {
-    binding,
-    q0,
-    q1,
-    device,
-    set,
-    kicks,
-    injected,
-    calls,
-    debug,
-    resets,
-    start,
-    kick,
-    loop: () => loop!,
-    failIrq: (code: string | null) => void (failIrq = code),
-  };
-}
 
 /**
  * A one-queue set on `binding`, started. kickLoop: a queue thread's set (interrupts injected through an ioctl on
@@ -143,7 +72,7 @@ function oneQueue(binding: FakeBinding, mode: 'kickLoop' | 'inline') {
 
 describe('QueueSet with a KickLoop (queue threads)', () => {
   it('two queues kicked together: one wake-up, both served, one interrupt each, counters exact', async () => {
-    const t = setup();
+    const t = kickLoopSet();
     t.start();
     assert.equal(t.binding.activeKickLoops(), 1);
     assert.equal(t.binding.activeWatchers(), 0, 'no FdWatcher on this path');
@@ -175,7 +104,7 @@ describe('QueueSet with a KickLoop (queue threads)', () => {
   });
 
   it('a completion published outside the callback (a backend finishing later) is injected by the loop', async () => {
-    const t = setup('eventfd');
+    const t = kickLoopSet('eventfd');
     t.start();
     let later: (() => void) | null = null;
     t.device.queueNotify = (index) => {
@@ -208,7 +137,7 @@ describe('QueueSet with a KickLoop (queue threads)', () => {
   });
 
   it('an interrupt that cannot be injected: counted by the loop, logged (debug), not counted, no reset', async () => {
-    const t = setup();
+    const t = kickLoopSet();
     t.start();
     t.failIrq('EINVAL');
     t.kick(t.q0, 0);
@@ -228,7 +157,7 @@ describe('QueueSet with a KickLoop (queue threads)', () => {
   });
 
   it('halt: kicks no longer reach the device; a pending interrupt is injected at stop; restart serves', async () => {
-    const t = setup();
+    const t = kickLoopSet();
     t.start();
     t.set.halt();
     t.kick(t.q0, 0);

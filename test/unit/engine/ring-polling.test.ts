@@ -5,13 +5,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { nullLogger } from '../../../src/common/logger.js';
 import { KICK_STAT_ABSORBED, WATCH_SPLIT } from '../../../src/sys/binding.js';
-import { FakeBinding, type FakeKickLoop } from '../../../src/testing/fake-binding.js';
-import { MockDriver } from '../../../src/testing/mock-driver.js';
+import type { MockDriver } from '../../../src/testing/mock-driver.js';
 import { PollControl } from '../../../src/transports/engine/poll-control.js';
-import { QueueSet } from '../../../src/transports/engine/queue-set.js';
-import { EchoDevice, splitStart, until } from '../vduse/helpers.js';
+import { EchoDevice, until } from '../vduse/helpers.js';
+import { kickLoopSet } from './helpers.js';
 
 describe('PollControl', () => {
   const busy = 200;
@@ -75,35 +73,9 @@ class PollingDevice extends EchoDevice {
 }
 
 function setup(polling = true) {
-  const binding = new FakeBinding();
-  const q0 = new MockDriver({ size: 16 });
-  const q1 = new MockDriver({ size: 16, index: 1, shareWith: q0 });
-  const device = new PollingDevice(polling);
-  const kicks = new Map<number, number>();
-  const set = new QueueSet({
-    binding,
-    device,
-    kickLoop: true,
-    transport: {
-      memory: q0.memory,
-      openKick: (i) => {
-        const fd = binding.eventfd(0, 0);
-        kicks.set(i, fd);
-        return fd;
-      },
-      signal: () => undefined,
-      inflightLog: () => undefined,
-    },
-    numQueues: 2,
-    logger: nullLogger,
-    closeFd: (fd) => binding.close(fd),
-    onNeedsReset: () => undefined,
-  });
-  device.bind({ configChanged: () => undefined, needsReset: (r) => set.fail(r) });
-  const loop = (): FakeKickLoop => binding.kickLoopList()[0]!;
+  const t = kickLoopSet('ioctl', new PollingDevice(polling));
   const add = (drv: MockDriver): unknown => drv.addChain({ readable: [new Uint8Array([7])], writable: [1] });
-  const kick = (index: number): void => binding.eventfdWrite(kicks.get(index)!, 1);
-  return { binding, q0, q1, device, set, loop, add, kick, start: () => set.start(splitStart(q0, q1)) };
+  return { ...t, add, kick: t.kickFd };
 }
 
 describe('QueueSet ring polling (KickLoop)', () => {
