@@ -70,36 +70,26 @@ export class ServedQueue implements Virtqueue {
 
   pop(): DescriptorChain | null {
     if (this.#halted || this.#error !== null) return null;
-    if (!this.#pinning) {
-      let chain: DescriptorChain | null;
-      try {
-        chain = this.inner.pop();
-      } catch (err) {
-        this.#fail(err);
-        return null;
-      }
-      if (chain !== null && this.#marks !== null) this.#marks[this.index] = -1;
-      return chain;
-    }
     // Pinned before the chain is read: a look-up made while reading it may find a region stale and drop it
     // (IotlbMemory), and the views the chain took of that region before must stay mapped as long as it is held.
-    const pinned = this.#memory.pin!();
+    const pinned = this.#pinning ? this.#memory.pin!() : 0;
     let chain: DescriptorChain | null;
     try {
       chain = this.inner.pop();
     } catch (err) {
-      this.#memory.unpin!(pinned);
+      this.#unpin(pinned);
       this.#fail(err);
       return null;
     }
     if (chain === null) {
-      this.#memory.unpin!(pinned);
+      this.#unpin(pinned);
       return null;
     }
     if (this.#marks !== null) this.#marks[this.index] = -1;
+    if (!this.#pinning) return chain;
     const id = chain.id;
     if (!(id >= 0 && id < this.size) || this.#held[id] !== null) {
-      this.#memory.unpin!(pinned);
+      this.#unpin(pinned);
       this.#fail(
         new VirtqueueError(
           'descriptor-index',
@@ -115,6 +105,11 @@ export class ServedQueue implements Virtqueue {
     this.#heldAt[id] = pinned;
     this.#heldCount++;
     return chain;
+  }
+
+  /** Give back a pin pop() took (none when the memory does not pin). */
+  #unpin(pinned: number): void {
+    if (this.#pinning) this.#memory.unpin!(pinned);
   }
 
   addUsed(chain: DescriptorChain, len: number): void {
