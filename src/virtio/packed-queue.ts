@@ -24,7 +24,7 @@ import {
   VRING_PACKED_EVENT_F_WRAP_CTR,
   vringNeedEvent,
 } from '../uapi/virtio-ring.js';
-import { QueueChain, addDescriptor, indirectTable, ringError, RING_MAP_ATTEMPTS } from './chain.js';
+import { QueueChain, addDescriptor, indirectTable, ringError } from './chain.js';
 import { QueueBase } from './queue-base.js';
 import { VirtqueueError } from './virtqueue.js';
 import type {
@@ -442,21 +442,14 @@ export class PackedQueue extends QueueBase implements Virtqueue {
       if (descAddr % 16 !== 0 || driverAddr % 4 !== 0 || deviceAddr % 4 !== 0) {
         ringError('ring-layout', q, 'ring areas are not aligned as §2.8.10 requires (16, 4, 4)');
       }
-      // A look-up made here may find a region stale and drop it (a new generation): a view taken before it may
-      // then be of the dropped region. Taken again until one generation holds all three.
-      let generation: number;
-      let ring: Uint8Array;
-      let drv: Uint8Array;
-      let dev: Uint8Array;
-      for (let attempt = 1; ; attempt++) {
-        generation = this.memory.generation;
+      let ring!: Uint8Array;
+      let drv!: Uint8Array;
+      let dev!: Uint8Array;
+      const generation = this.viewsInOneGeneration(() => {
         ring = this.memory.view(descAddr, VRING_PACKED_DESC_SIZE * this.size, ACCESS_RW);
         drv = this.memory.view(driverAddr, PVIRTQ_EVENT_SUPPRESS_SIZE, ACCESS_READ);
         dev = this.memory.view(deviceAddr, PVIRTQ_EVENT_SUPPRESS_SIZE, ACCESS_WRITE);
-        if (this.memory.generation === generation) break;
-        if (attempt === RING_MAP_ATTEMPTS)
-          ringError('ring-layout', q, `guest memory changed under every one of ${attempt} translations`);
-      }
+      });
       if (ring.byteOffset % 4 !== 0 || drv.byteOffset % 2 !== 0 || dev.byteOffset % 2 !== 0) {
         ringError('ring-layout', q, 'ring areas are not aligned in host memory');
       }

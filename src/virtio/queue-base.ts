@@ -11,7 +11,7 @@ import { VduseTsError } from '../common/errors.js';
 import { GuestMemoryError } from '../memory/guest-memory.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { VIRTQUEUE_MAX_SIZE } from '../uapi/virtio-ring.js';
-import { QueueChain, ViewCache } from './chain.js';
+import { QueueChain, RING_MAP_ATTEMPTS, ViewCache, ringError } from './chain.js';
 import { VirtqueueError } from './virtqueue.js';
 import type { DescriptorChain, InflightRecorder, QueueOptions, VirtqueueConfig } from './virtqueue.js';
 
@@ -158,6 +158,25 @@ export abstract class QueueBase {
   }
 
   /** Latch the first ring error and report it once; pop() returns null from then on. */
+  /**
+   * The ring's three areas, as `take` looks them up, all in one memory generation: a look-up may find a region
+   * stale and drop it (a new generation), and a view taken before that may be of the dropped region, so they are
+   * taken again (up to RING_MAP_ATTEMPTS times; then a 'ring-layout' error is thrown). Returns the generation.
+   */
+  protected viewsInOneGeneration(take: () => void): number {
+    for (let attempt = 1; ; attempt++) {
+      const generation = this.memory.generation;
+      take();
+      if (this.memory.generation === generation) return generation;
+      if (attempt === RING_MAP_ATTEMPTS)
+        ringError(
+          'ring-layout',
+          this.index,
+          `guest memory changed under every one of ${attempt} translations`,
+        );
+    }
+  }
+
   protected fail(e: unknown): void {
     if (this.err !== null) return;
     let error: VirtqueueError;

@@ -24,7 +24,7 @@ import {
   vringNeedEvent,
   vringUsedEventOffset,
 } from '../uapi/virtio-ring.js';
-import { QueueChain, addDescriptor, indirectTable, ringError, RING_MAP_ATTEMPTS } from './chain.js';
+import { QueueChain, addDescriptor, indirectTable, ringError } from './chain.js';
 import { QueueBase } from './queue-base.js';
 import { VirtqueueError } from './virtqueue.js';
 import type {
@@ -347,21 +347,14 @@ export class SplitQueue extends QueueBase implements Virtqueue {
       ) {
         ringError('ring-layout', q, 'ring areas are not aligned as §2.7 requires (16, 2, 4)');
       }
-      // A look-up made here may find a region stale and drop it (a new generation): a view taken before it may
-      // then be of the dropped region. Taken again until one generation holds all three.
-      let generation: number;
-      let desc: Uint8Array;
-      let avail: Uint8Array;
-      let used: Uint8Array;
-      for (let attempt = 1; ; attempt++) {
-        generation = this.memory.generation;
+      let desc!: Uint8Array;
+      let avail!: Uint8Array;
+      let used!: Uint8Array;
+      const generation = this.viewsInOneGeneration(() => {
         desc = this.memory.view(descAddr, vringDescTableSize(size), ACCESS_READ);
         avail = this.memory.view(driverAddr, vringUsedEventOffset(size) + tail, ACCESS_READ);
         used = this.memory.view(deviceAddr, vringAvailEventOffset(size) + tail, ACCESS_WRITE);
-        if (this.memory.generation === generation) break;
-        if (attempt === RING_MAP_ATTEMPTS)
-          ringError('ring-layout', q, `guest memory changed under every one of ${attempt} translations`);
-      }
+      });
       if (desc.byteOffset % 4 !== 0 || avail.byteOffset % 2 !== 0 || used.byteOffset % 4 !== 0) {
         ringError('ring-layout', q, 'ring areas are not aligned in host memory');
       }
