@@ -111,8 +111,11 @@ function appended(list: Uint8Array[], view: Uint8Array): Uint8Array[] {
  */
 export const RING_MAP_ATTEMPTS = 3;
 
-/** Buffers up to this many bytes go through a queue's ViewCache (headers, status bytes, small requests). */
-export const VIEW_CACHE_MAX_LEN = 256;
+/**
+ * Buffers up to this many bytes go through a queue's ViewCache: headers, status bytes, and data pages (a driver
+ * doing direct I/O offers the same user pages again and again, e.g. fio's buffers, one 4 KiB segment each).
+ */
+export const VIEW_CACHE_MAX_LEN = 4096;
 /** Entries of a queue's ViewCache of buffers, and of its TableCache of indirect tables (powers of 2). */
 const VIEW_CACHE_SLOTS = 512;
 const TABLE_CACHE_SLOTS = 256;
