@@ -18,11 +18,17 @@ const ADDR_HI_LIMIT = 2 ** 21;
 /** Largest indirect table accepted: 65536 descriptors (what a 16-bit `next` can address), 1 MiB. */
 export const INDIRECT_MAX_DESCRIPTORS = 65536;
 
+/**
+ * The list of a chain with no buffer on that side: one shared, frozen array (a chain is made per request, and
+ * most have one side filled only later, by the first append(), which never writes into it but makes a new array).
+ */
+const NO_BUFFERS = Object.freeze([]) as unknown as Uint8Array[];
+
 /** The chain object the queues hand out. Only the DescriptorChain fields are public API. */
 export class QueueChain implements DescriptorChain {
   id = 0;
-  readable: Uint8Array[] = [];
-  writable: Uint8Array[] = [];
+  readable: Uint8Array[] = NO_BUFFERS;
+  writable: Uint8Array[] = NO_BUFFERS;
   readableBytes = 0;
   writableBytes = 0;
   /** @internal Ring slots the chain took (packed: advance of the used index; split: 1). */
@@ -99,6 +105,7 @@ function append(chain: QueueChain, write: boolean, view: Uint8Array): void {
 
 function appended(list: Uint8Array[], view: Uint8Array): Uint8Array[] {
   const n = list.length;
+  // Never a push into an empty list: it may be NO_BUFFERS.
   if (n === 0) return [view];
   if (n === 1) return [list[0] as Uint8Array, view];
   list.push(view);
