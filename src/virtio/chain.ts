@@ -18,11 +18,17 @@ const ADDR_HI_LIMIT = 2 ** 21;
 /** Largest indirect table accepted: 65536 descriptors (what a 16-bit `next` can address), 1 MiB. */
 export const INDIRECT_MAX_DESCRIPTORS = 65536;
 
+/**
+ * The list of a chain with no buffer on that side: one shared, frozen array (a chain is made per request, and
+ * most have one side filled only later, by the first append(), which never writes into it but makes a new array).
+ */
+const NO_BUFFERS = Object.freeze([]) as unknown as Uint8Array[];
+
 /** The chain object the queues hand out. Only the DescriptorChain fields are public API. */
 export class QueueChain implements DescriptorChain {
   id = 0;
-  readable: Uint8Array[] = [];
-  writable: Uint8Array[] = [];
+  readable: Uint8Array[] = NO_BUFFERS;
+  writable: Uint8Array[] = NO_BUFFERS;
   readableBytes = 0;
   writableBytes = 0;
   /** @internal Ring slots the chain took (packed: advance of the used index; split: 1). */
@@ -99,6 +105,7 @@ function append(chain: QueueChain, write: boolean, view: Uint8Array): void {
 
 function appended(list: Uint8Array[], view: Uint8Array): Uint8Array[] {
   const n = list.length;
+  // Never a push into an empty list: it may be NO_BUFFERS.
   if (n === 0) return [view];
   if (n === 1) return [list[0] as Uint8Array, view];
   list.push(view);
@@ -111,59 +118,69 @@ function appended(list: Uint8Array[], view: Uint8Array): Uint8Array[] {
  */
 export const RING_MAP_ATTEMPTS = 3;
 
-/** Buffers up to this many bytes go through a queue's ViewCache (headers, status bytes, small requests). */
-export const VIEW_CACHE_MAX_LEN = 256;
-/** Entries of a ViewCache (a power of 2). */
+/**
+ * Buffers up to this many bytes go through a queue's ViewCache: headers, status bytes, and data pages (a driver
+ * doing direct I/O offers the same user pages again and again, e.g. fio's buffers, one 4 KiB segment each).
+ */
+export const VIEW_CACHE_MAX_LEN = 4096;
+/** Entries of a queue's ViewCache of buffers, and of its TableCache of indirect tables (powers of 2). */
 const VIEW_CACHE_SLOTS = 512;
-const VIEW_CACHE_SHIFT = 32 - Math.log2(VIEW_CACHE_SLOTS);
+const TABLE_CACHE_SLOTS = 256;
 const NO_VIEW = new Uint8Array(0);
-
-function slotOf(addrLo: number, addrHi: number): number {
-  return Math.imul(addrLo ^ Math.imul(addrHi, 0x85ebca6b), 0x9e3779b1) >>> VIEW_CACHE_SHIFT;
-}
+const NO_TABLE = new Uint32Array(0);
 
 /**
- * The views of small buffers a queue translated, by guest address, length and access, for one memory
- * generation: drivers keep request headers and status bytes at a few fixed addresses (Linux virtio-blk: one per
- * tag, in the request's pdu), so their views can be handed out again instead of made anew per request (a typed
- * array costs about as much as the rest of a descriptor). A view is the same window onto guest memory whichever
- * chain holds it. An entry is only stored after memory.gather() translated exactly that range with that access
- * into one view, and the whole cache is dropped when `memory.generation` changes (a mapping went away: views may
- * be detached and permissions may differ), so a hit is what gather() would answer. Direct-mapped: a miss costs one
- * hash and a comparison, and replaces the slot's entry.
+ * The views a queue translated, by guest address, length and access, for one memory generation: drivers keep
+ * request headers and status bytes at a few fixed addresses (Linux virtio-blk: one per tag, in the request's
+ * pdu), and take indirect tables from a slab that hands the same few addresses out again, so their views can be
+ * handed out again instead of made anew per request (a typed array costs about as much as the rest of a
+ * descriptor). A view is the same window onto guest memory whichever chain holds it. An entry is only stored
+ * after memory.view() or memory.gather() translated exactly that range with that access into one view, and the
+ * whole cache is dropped when `memory.generation` changes (a mapping went away: views may be detached and permissions may
+ * differ), so a hit is what a translation would answer. Direct-mapped: a miss costs one hash and a comparison,
+ * and replaces the slot's entry. Never store a copy: a hit must see what the guest writes there later.
  */
-export class ViewCache {
+class AddressCache<T> {
   /** Per slot: address low and high words, length, access (0: empty). */
-  private readonly keys = new Uint32Array(VIEW_CACHE_SLOTS * 4);
-  private readonly views: Uint8Array[] = new Array<Uint8Array>(VIEW_CACHE_SLOTS).fill(NO_VIEW);
+  private readonly keys: Uint32Array;
+  private readonly views: T[];
+  private readonly shift: number;
   private generation = -1;
+
+  constructor(
+    slots: number,
+    private readonly empty: T,
+  ) {
+    this.keys = new Uint32Array(slots * 4);
+    this.views = new Array<T>(slots).fill(empty);
+    this.shift = 32 - Math.log2(slots);
+  }
+
+  private slotOf(addrLo: number, addrHi: number): number {
+    return Math.imul(addrLo ^ Math.imul(addrHi, 0x85ebca6b), 0x9e3779b1) >>> this.shift;
+  }
 
   /**
    * The view stored for exactly [addr, addr + len) with `access` in this memory generation, or null. Drops every
    * entry first when `memory.generation` changed.
    */
-  lookup(
-    memory: GuestMemory,
-    addrLo: number,
-    addrHi: number,
-    len: number,
-    access: Access,
-  ): Uint8Array | null {
+  lookup(memory: GuestMemory, addrLo: number, addrHi: number, len: number, access: Access): T | null {
     const generation = memory.generation;
     if (generation !== this.generation) this.reset(generation);
-    const k = slotOf(addrLo, addrHi) << 2;
+    const k = this.slotOf(addrLo, addrHi) << 2;
     const keys = this.keys;
     if (keys[k] === addrLo && keys[k + 1] === addrHi && keys[k + 2] === len && keys[k + 3] === access)
-      return this.views[k >>> 2] as Uint8Array;
+      return this.views[k >>> 2] as T;
     return null;
   }
 
   /**
-   * Remember `view`: what memory.gather() gave, as its only part, for [addr, addr + len) with `access`, in the
-   * generation of the lookup() just before. Replaces whatever the slot held.
+   * Remember `view`: what a translation gave, as one view, for [addr, addr + len) with `access`, after the
+   * lookup() just before, in its generation. (Should the translation have moved memory to a new generation, the
+   * next lookup() drops the entry with all others.) Replaces whatever the slot held.
    */
-  store(addrLo: number, addrHi: number, len: number, access: Access, view: Uint8Array): void {
-    const slot = slotOf(addrLo, addrHi);
+  store(addrLo: number, addrHi: number, len: number, access: Access, view: T): void {
+    const slot = this.slotOf(addrLo, addrHi);
     const k = slot << 2;
     const keys = this.keys;
     keys[k] = addrLo;
@@ -176,18 +193,33 @@ export class ViewCache {
   /** Forget every entry (a new memory generation). */
   reset(generation: number): void {
     this.keys.fill(0);
-    this.views.fill(NO_VIEW);
+    this.views.fill(this.empty);
     this.generation = generation;
+  }
+}
+
+/** Views of small buffers (up to VIEW_CACHE_MAX_LEN bytes), see AddressCache. */
+export class ViewCache extends AddressCache<Uint8Array> {
+  constructor() {
+    super(VIEW_CACHE_SLOTS, NO_VIEW);
+  }
+}
+
+/** Indirect tables as 32-bit words, by address and byte length (access: always ACCESS_READ), see AddressCache. */
+export class TableCache extends AddressCache<Uint32Array> {
+  constructor() {
+    super(TABLE_CACHE_SLOTS, NO_TABLE);
   }
 }
 
 /**
  * Translate an indirect table (`len` bytes at addrHi:addrLo) into 32-bit words: descriptor i is words 4i..4i+3.
  * Validates the table size (`indirect-table`) and address; a table split over regions, or not 4-byte aligned in
- * its buffer, is copied.
+ * its buffer, is copied. A table viewed in place is kept in `cache` for the next chain at the same address.
  */
 export function indirectTable(
   memory: GuestMemory,
+  cache: TableCache,
   queue: number,
   addrLo: number,
   addrHi: number,
@@ -202,6 +234,8 @@ export function indirectTable(
   }
   if (addrHi >= ADDR_HI_LIMIT)
     ringError('memory', queue, `indirect table address 0x${addrHi.toString(16)}xxxxxxxx is above 2^53`);
+  const cached = cache.lookup(memory, addrLo, addrHi, len, ACCESS_READ);
+  if (cached !== null) return cached;
   const addr = addrHi * 0x1_0000_0000 + addrLo;
   let bytes: Uint8Array;
   try {
@@ -212,9 +246,13 @@ export function indirectTable(
     const parts: Uint8Array[] = [];
     memory.gather(addr, len, ACCESS_READ, parts);
     bytes = concat(parts, len);
+    return new Uint32Array(bytes.buffer, 0, len >>> 2);
   }
-  if (bytes.byteOffset % 4 !== 0) bytes = bytes.slice();
-  return new Uint32Array(bytes.buffer, bytes.byteOffset, len >>> 2);
+  // Not 4-byte aligned in host memory: a copy (not cached).
+  if (bytes.byteOffset % 4 !== 0) return new Uint32Array(bytes.slice().buffer, 0, len >>> 2);
+  const table = new Uint32Array(bytes.buffer, bytes.byteOffset, len >>> 2);
+  cache.store(addrLo, addrHi, len, ACCESS_READ, table);
+  return table;
 }
 
 function concat(parts: readonly Uint8Array[], len: number): Uint8Array {

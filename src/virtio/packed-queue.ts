@@ -413,7 +413,7 @@ export class PackedQueue extends QueueBase implements Virtqueue {
 
   private walkIndirect(chain: QueueChain, addrLo: number, addrHi: number, len: number): void {
     const q = this.index;
-    const t = indirectTable(this.memory, q, addrLo, addrHi, len);
+    const t = indirectTable(this.memory, this.tableCache, q, addrLo, addrHi, len);
     const entries = len >>> 4;
     // Packed indirect tables are used in order, all entries; only WRITE is meaningful inside (§2.8.7).
     for (let j = 0; j < entries; j++) {

@@ -11,7 +11,7 @@ import { VduseTsError } from '../common/errors.js';
 import { GuestMemoryError } from '../memory/guest-memory.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { VIRTQUEUE_MAX_SIZE } from '../uapi/virtio-ring.js';
-import { QueueChain, RING_MAP_ATTEMPTS, ViewCache, ringError } from './chain.js';
+import { QueueChain, RING_MAP_ATTEMPTS, TableCache, ViewCache, ringError } from './chain.js';
 import { VirtqueueError } from './virtqueue.js';
 import type { DescriptorChain, InflightRecorder, QueueOptions, VirtqueueConfig } from './virtqueue.js';
 
@@ -46,6 +46,8 @@ export abstract class QueueBase {
   protected readonly busy: Uint8Array;
   /** Views of small buffers (headers, status bytes) by address, for the current memory generation. */
   protected readonly viewCache = new ViewCache();
+  /** Indirect tables viewed in place, by address and length, for the current memory generation. */
+  protected readonly tableCache = new TableCache();
   /** A ring the queue cannot serve (larger than the recorder), reported at the first use. */
   private readonly sizeProblem: VirtqueueError | null = null;
 

@@ -299,7 +299,7 @@ export class SplitQueue extends QueueBase implements Virtqueue {
 
   private walkIndirect(chain: QueueChain, addrLo: number, addrHi: number, len: number): void {
     const q = this.index;
-    const t = indirectTable(this.memory, q, addrLo, addrHi, len);
+    const t = indirectTable(this.memory, this.tableCache, q, addrLo, addrHi, len);
     const entries = len >>> 4;
     let j = 0;
     for (let count = 1; ; count++) {
