@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
+import { fio as runFio, projectDaemon, qsdDaemon, run, runOk } from './guest-lib.mjs';
 import { CASES, WORKLOADS } from './workloads.mjs';
 
 const argv = process.argv.slice(2);
@@ -52,32 +53,6 @@ const { VduseDaemon, CLI } = await import(pathToFileURL(path.join(dist, 'test/e2
 const log = (m) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
 
 // ---------------------------------------------------------------------------------------------------- helpers
-
-function run(cmd, args, { timeoutMs = 120_000, input } = {}) {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    if (input !== undefined) child.stdin.end(input);
-    const t = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', (e) => {
-      clearTimeout(t);
-      resolve({ code: -1, stdout, stderr: `${stderr}${e.message}` });
-    });
-    child.on('exit', (code, signal) => {
-      clearTimeout(t);
-      resolve({ code: code ?? -1, signal, stdout, stderr });
-    });
-  });
-}
-
-async function runOk(cmd, args, opts) {
-  const r = await run(cmd, args, opts);
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.code}): ${r.stderr.trim()}`);
-  return r;
-}
 
 /** utime + stime of a process in seconds (0 when it is gone or unknown). */
 function processCpu(pid) {
@@ -141,80 +116,25 @@ function project(
   backend,
   { id = 'project', label = 'vduse-ts', cli = CLI, extraNodeArgs = nodeArgs, extraArgs = daemonArgs } = {},
 ) {
-  let d = null;
-  return {
+  return projectDaemon({
+    VduseDaemon,
+    cli,
+    name,
+    backend,
+    queues,
+    queueSize,
     id,
     label,
-    backendSpec: backend,
-    async start() {
-      const args = [
-        '--name',
-        name,
-        '--backend',
-        backend,
-        '--queues',
-        String(queues),
-        '--queue-size',
-        String(queueSize),
-        '--logical-block-size',
-        '512',
-        ...extraArgs,
-      ];
-      const node = [...extraNodeArgs];
-      if (profileDir && id === 'project') {
-        // --cpu-prof is not allowed in NODE_OPTIONS: node gets it on its command line (written at exit)
-        fs.mkdirSync(profileDir, { recursive: true });
-        node.push(
-          '--cpu-prof',
-          `--cpu-prof-dir=${profileDir}`,
-          `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`,
-        );
-      }
-      d = new VduseDaemon(
-        spawn(process.execPath, [...node, cli, 'blk', ...args], { stdio: ['ignore', 'pipe', 'pipe'] }),
-        args,
-      );
-      await d.ready(60_000);
-      this.pid = d.child.pid;
-      this.path = d.path;
-      return d.path;
-    },
-    async stop() {
-      if (!d) return;
-      const e = await d.stop('SIGINT', 60_000);
-      if (e.code !== 0) log(`vduse blk ${name} exited ${e.code ?? e.signal}: ${e.stderr.trim()}`);
-      d = null;
-    },
-  };
+    nodeArgs: extraNodeArgs,
+    args: extraArgs,
+    profileDir: id === 'project' ? profileDir : null,
+    log,
+  });
 }
 
 /** qemu-storage-daemon's vduse-blk export of `blockdev`. */
 function qsd(name, blockdev) {
-  let q = null;
-  return {
-    id: 'qsd',
-    label: 'qemu-storage-daemon',
-    async start() {
-      q = await lib.QemuStorageDaemon.start({
-        name,
-        blockdev,
-        numQueues: queues,
-        queueSize,
-        exportOptions: { 'logical-block-size': 512 },
-      });
-      this.pid = q.pid;
-      await lib.vdpaDevAdd(name);
-      const dev = await lib.waitForBlockDevice(name);
-      this.path = dev.path;
-      return dev.path;
-    },
-    async stop() {
-      if (!q) return;
-      if (lib.vdpaDevExists(name)) await lib.vdpaDevDel(name);
-      await q.stop();
-      q = null;
-    },
-  };
+  return qsdDaemon({ lib, name, blockdev, queues, queueSize });
 }
 
 /** The kernel's NBD client (nbd-client, `connections` connections) on /dev/nbdN. */
@@ -350,37 +270,8 @@ const WARMUP = [
   { rw: 'readwrite', bs: '128k', iodepth: 8, numjobs: 1 },
 ];
 
-async function fio(devPath, w, seconds = runtime, rampS = ramp) {
-  const args = [
-    '--name=bench',
-    `--filename=${devPath}`,
-    '--direct=1',
-    '--ioengine=libaio',
-    `--rw=${w.rw}`,
-    `--bs=${w.bs}`,
-    `--iodepth=${w.iodepth}`,
-    `--numjobs=${w.numjobs}`,
-    '--group_reporting',
-    '--time_based',
-    `--runtime=${seconds}`,
-    ...(rampS > 0 ? [`--ramp_time=${rampS}`] : []),
-    '--norandommap',
-    '--randrepeat=0',
-    '--output-format=json',
-  ];
-  if (w.numjobs > 1)
-    args.push(`--cpus_allowed=0-${Math.min(w.numjobs, os.cpus().length) - 1}`, '--cpus_allowed_policy=split');
-  const r = await runOk('fio', args, { timeoutMs: (seconds + ramp + 60) * 1000 });
-  const json = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
-  const job = json.jobs[0];
-  const side = w.rw.includes('read') ? job.read : job.write;
-  return {
-    iops: side.iops,
-    bwBytes: side.bw_bytes,
-    latMeanUs: side.clat_ns.mean / 1000,
-    latP99Us: (side.clat_ns.percentile?.['99.000000'] ?? 0) / 1000,
-    ios: side.total_ios,
-  };
+function fio(devPath, w, seconds = runtime, rampS = ramp) {
+  return runFio(devPath, w, { seconds, ramp: rampS });
 }
 
 // ----------------------------------------------------------------------------------------------------- main

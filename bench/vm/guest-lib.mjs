@@ -1,0 +1,184 @@
+// What the guest-side block benchmarks (bench/vm/guest.mjs for bench:vm, bench/vm/cpu-probe-guest.mjs for
+// cpu-probe) share: running a command, fio's arguments and its JSON result, and starting the two daemons (ours,
+// `vduse blk`, and qemu-storage-daemon's vduse-blk export) with the devices' common shape.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+
+/** Run `cmd args` to its end (killed after `timeoutMs`): { code, signal, stdout, stderr }; never rejects. */
+export function run(cmd, args, { timeoutMs = 120_000, input } = {}) {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    if (input !== undefined) child.stdin.end(input);
+    const t = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', (e) => {
+      clearTimeout(t);
+      resolve({ code: -1, stdout, stderr: `${stderr}${e.message}` });
+    });
+    child.on('exit', (code, signal) => {
+      clearTimeout(t);
+      resolve({ code: code ?? -1, signal, stdout, stderr });
+    });
+  });
+}
+
+/** run(), throwing when the command fails. */
+export async function runOk(cmd, args, opts) {
+  const r = await run(cmd, args, opts);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.code}): ${r.stderr.trim()}`);
+  return r;
+}
+
+/**
+ * fio's arguments for workload `w` ({ rw, bs, iodepth, numjobs }) on `devPath`: libaio, direct, time based over
+ * `seconds` (+ `ramp`), random offsets without a map, JSON output. Several jobs are pinned one per vCPU.
+ */
+export function fioArgs(devPath, w, { seconds, ramp = 0, name = 'bench' }) {
+  const numjobs = w.numjobs ?? 1;
+  const args = [
+    `--name=${name}`,
+    `--filename=${devPath}`,
+    '--direct=1',
+    '--ioengine=libaio',
+    `--rw=${w.rw}`,
+    `--bs=${w.bs ?? '4k'}`,
+    `--iodepth=${w.iodepth}`,
+    `--numjobs=${numjobs}`,
+    '--group_reporting',
+    '--time_based',
+    `--runtime=${seconds}`,
+    ...(ramp > 0 ? [`--ramp_time=${ramp}`] : []),
+    '--norandommap',
+    '--randrepeat=0',
+    '--output-format=json',
+  ];
+  if (numjobs > 1)
+    args.push(`--cpus_allowed=0-${Math.min(numjobs, os.cpus().length) - 1}`, '--cpus_allowed_policy=split');
+  return args;
+}
+
+/** Run fio (fioArgs) and return the measured side: IOPS, bandwidth, latency, I/O count, fio's own CPU. */
+export async function fio(devPath, w, { seconds, ramp = 0, name } = {}) {
+  const r = await runOk('fio', fioArgs(devPath, w, { seconds, ramp, name }), {
+    timeoutMs: (seconds + ramp + 60) * 1000,
+  });
+  const job = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))).jobs[0];
+  const side = w.rw.includes('read') ? job.read : job.write;
+  return {
+    iops: side.iops,
+    bwBytes: side.bw_bytes,
+    latMeanUs: side.clat_ns.mean / 1000,
+    latP99Us: (side.clat_ns.percentile?.['99.000000'] ?? 0) / 1000,
+    ios: side.total_ios,
+    usrCpu: job.usr_cpu,
+    sysCpu: job.sys_cpu,
+  };
+}
+
+/**
+ * Our daemon: `vduse blk --name NAME --backend BACKEND` with the devices' common shape, run by `node NODEARGS
+ * CLI` (a build's src/cli/main.js). `VduseDaemon` is the e2e helper class of the build that drives it.
+ * `profileDir`: node --cpu-prof into it. start() resolves the block device's path; pid/path are set on it.
+ */
+export function projectDaemon({
+  VduseDaemon,
+  cli,
+  name,
+  backend,
+  queues,
+  queueSize,
+  id = 'project',
+  label = 'vduse-ts',
+  nodeArgs = [],
+  args = [],
+  env = {},
+  profileDir = null,
+  readyMs = 60_000,
+  log = () => {},
+}) {
+  let d = null;
+  return {
+    id,
+    label,
+    backendSpec: backend,
+    pid: 0,
+    path: null,
+    async start() {
+      const daemonArgs = [
+        '--name',
+        name,
+        '--backend',
+        backend,
+        '--queues',
+        String(queues),
+        '--queue-size',
+        String(queueSize),
+        '--logical-block-size',
+        '512',
+        ...args,
+      ];
+      const node = [...nodeArgs];
+      if (profileDir) {
+        // --cpu-prof is not allowed in NODE_OPTIONS: node gets it on its command line (written at exit)
+        fs.mkdirSync(profileDir, { recursive: true });
+        node.push(
+          '--cpu-prof',
+          `--cpu-prof-dir=${profileDir}`,
+          `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`,
+        );
+      }
+      d = new VduseDaemon(
+        spawn(process.execPath, [...node, cli, 'blk', ...daemonArgs], {
+          stdio: ['ignore', 'pipe', 'pipe'],
+          env: { ...process.env, ...env },
+        }),
+        daemonArgs,
+      );
+      await d.ready(readyMs);
+      this.pid = d.child.pid;
+      this.path = d.path;
+      return d.path;
+    },
+    async stop() {
+      if (!d) return;
+      const e = await d.stop('SIGINT', 60_000);
+      if (e.code !== 0) log(`vduse blk ${name} exited ${e.code ?? e.signal}: ${e.stderr.trim()}`);
+      d = null;
+    },
+  };
+}
+
+/** qemu-storage-daemon's vduse-blk export of `blockdev` (the e2e `lib` of a build), with the common shape. */
+export function qsdDaemon({ lib, name, blockdev, queues, queueSize }) {
+  let q = null;
+  return {
+    id: 'qsd',
+    label: 'qemu-storage-daemon',
+    pid: 0,
+    path: null,
+    async start() {
+      q = await lib.QemuStorageDaemon.start({
+        name,
+        blockdev,
+        numQueues: queues,
+        queueSize,
+        exportOptions: { 'logical-block-size': 512 },
+      });
+      this.pid = q.pid;
+      await lib.vdpaDevAdd(name);
+      const dev = await lib.waitForBlockDevice(name);
+      this.path = dev.path;
+      return dev.path;
+    },
+    async stop() {
+      if (!q) return;
+      if (lib.vdpaDevExists(name)) await lib.vdpaDevDel(name);
+      await q.stop();
+      q = null;
+    },
+  };
+}
