@@ -4,6 +4,16 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
+
+const read = (p) => {
+  try {
+    return fs.readFileSync(p, 'utf8');
+  } catch {
+    return null;
+  }
+};
+const log = (m) => process.stderr.write(`[guest-lib] ${m}\n`);
 
 /** Run `cmd args` to its end (killed after `timeoutMs`): { code, signal, stdout, stderr }; never rejects. */
 export function run(cmd, args, { timeoutMs = 120_000, input } = {}) {
@@ -181,4 +191,99 @@ export function qsdDaemon({ lib, name, blockdev, queues, queueSize }) {
       q = null;
     },
   };
+}
+
+// ------------------------------------------------------------------------------------ device and its requests
+
+/** What the guest made of the device: its queue limits and the virtio features it negotiated. */
+export function deviceLimits(devPath) {
+  const name = path.basename(devPath);
+  const q = `/sys/block/${name}/queue`;
+  const limits = {};
+  for (const f of [
+    'max_segments',
+    'max_segment_size',
+    'max_sectors_kb',
+    'max_hw_sectors_kb',
+    'logical_block_size',
+    'physical_block_size',
+    'minimum_io_size',
+    'optimal_io_size',
+    'nr_requests',
+    'max_discard_segments',
+    'virt_boundary_mask',
+    'dma_alignment',
+  ]) {
+    const v = read(`${q}/${f}`);
+    if (v !== null) limits[f] = v.trim();
+  }
+  // /sys/block/vdX/device is the virtio device: its negotiated feature bits, as a string of 0/1 per bit
+  const features = (read(`/sys/block/${name}/device/features`) ?? '').trim();
+  const bits = [];
+  for (let i = 0; i < features.length; i++) if (features[i] === '1') bits.push(i);
+  limits.featureBits = bits.join(',');
+  limits.mq = fs.existsSync(`/sys/block/${name}/mq`) ? fs.readdirSync(`/sys/block/${name}/mq`).length : 0;
+  return limits;
+}
+
+/** /sys/block/X/stat: completed reads/writes, merges and sectors. */
+export function blockStat(devPath) {
+  const f = (read(`/sys/block/${path.basename(devPath)}/stat`) ?? '').trim().split(/\s+/).map(Number);
+  return {
+    reads: f[0],
+    readMerges: f[1],
+    readSectors: f[2],
+    writes: f[4],
+    writeMerges: f[5],
+    writeSectors: f[6],
+  };
+}
+
+const TRACING = ['/sys/kernel/tracing', '/sys/kernel/debug/tracing'];
+
+/**
+ * A histogram of data segments per block request over a run: a kretprobe on the block layer's request mapper
+ * (`__blk_rq_map_sg`, which virtio-blk calls once per request; its return value is the number of scatterlist
+ * entries) with a hist trigger keyed by the return value. start() returns null when tracing is not available.
+ */
+export async function segmentHistogram() {
+  let dir = TRACING.find((d) => fs.existsSync(`${d}/kprobe_events`));
+  if (!dir) {
+    await run('mount', ['-t', 'tracefs', 'nodev', '/sys/kernel/tracing']);
+    dir = TRACING.find((d) => fs.existsSync(`${d}/kprobe_events`));
+  }
+  if (!dir) return { error: 'no tracefs' };
+  for (const fn of ['__blk_rq_map_sg', 'blk_rq_map_sg']) {
+    try {
+      fs.appendFileSync(`${dir}/kprobe_events`, `r:vdprobe_segs ${fn} ret=$retval:s32\n`);
+    } catch {
+      continue;
+    }
+    const ev = `${dir}/events/kprobes/vdprobe_segs`;
+    try {
+      fs.writeFileSync(`${ev}/trigger`, 'hist:keys=ret:vals=hitcount:sort=ret');
+      fs.writeFileSync(`${ev}/enable`, '1');
+    } catch (e) {
+      fs.appendFileSync(`${dir}/kprobe_events`, '-:vdprobe_segs\n');
+      return { error: `hist trigger: ${e.message}` };
+    }
+    return {
+      fn,
+      stop() {
+        const text = read(`${ev}/hist`) ?? '';
+        const hist = {};
+        for (const m of text.matchAll(/\{\s*ret:\s*(-?\d+)\s*\}\s*hitcount:\s*(\d+)/g))
+          hist[m[1]] = Number(m[2]);
+        try {
+          fs.writeFileSync(`${ev}/enable`, '0');
+          fs.writeFileSync(`${ev}/trigger`, '!hist:keys=ret:vals=hitcount:sort=ret');
+          fs.appendFileSync(`${dir}/kprobe_events`, '-:vdprobe_segs\n');
+        } catch (e) {
+          log(`removing the kretprobe: ${e.message}`);
+        }
+        return { fn, hist };
+      },
+    };
+  }
+  return { error: 'no kretprobe on __blk_rq_map_sg / blk_rq_map_sg' };
 }

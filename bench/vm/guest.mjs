@@ -11,7 +11,16 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-import { fio as runFio, projectDaemon, qsdDaemon, run, runOk } from './guest-lib.mjs';
+import {
+  blockStat,
+  deviceLimits,
+  fio as runFio,
+  projectDaemon,
+  qsdDaemon,
+  run,
+  runOk,
+  segmentHistogram,
+} from './guest-lib.mjs';
 import { CASES, WORKLOADS } from './workloads.mjs';
 
 const argv = process.argv.slice(2);
@@ -291,6 +300,15 @@ const result = {
     cpus: os.cpus().length,
     cpuModel: os.cpus()[0]?.model ?? '',
     memMiB: Math.round(os.totalmem() / 2 ** 20),
+    thp: ['enabled', 'defrag']
+      .map((f) => {
+        try {
+          return `${f} ${fs.readFileSync(`/sys/kernel/mm/transparent_hugepage/${f}`, 'utf8').trim()}`;
+        } catch {
+          return `${f} ?`;
+        }
+      })
+      .join(', '),
     node: process.version,
     qsd: (await run('qemu-storage-daemon', ['--version'])).stdout.split('\n')[0],
     fio: (await run('fio', ['--version'])).stdout.trim(),
@@ -320,17 +338,38 @@ const save = () => {
 
 /** One recorded fio run of contender `k`, with the daemon's (and the NBD server's) CPU time and the guest's load. */
 async function measure(entry, setup, k, w, round, phase, seconds, rampS) {
+  const seg = await segmentHistogram();
+  const b0 = blockStat(k.path);
   const cpu0 = processCpu(k.pid);
   const srv0 = processCpu(setup.server?.pid);
   const g0 = guestCpu();
   const m = await fio(k.path, w, seconds, rampS);
   const g1 = guestCpu();
+  // data segments per request (guest block layer, ramp included) and sectors per request
+  m.segments = seg.stop ? seg.stop() : seg;
+  const b1 = blockStat(k.path);
+  const reqs = b1.reads - b0.reads + (b1.writes - b0.writes);
+  m.sectorsPerRequest =
+    reqs > 0 ? (b1.readSectors - b0.readSectors + (b1.writeSectors - b0.writeSectors)) / reqs : 0;
   m.daemonCpuS = processCpu(k.pid) - cpu0 + (processCpu(setup.server?.pid) - srv0);
   m.guestBusy = (g1.busy - g0.busy) / Math.max(1, g1.total - g0.total);
   entry.runs.push({ workload: w.id, round, contender: k.id, phase, ...m });
   log(
-    `  ${w.id}${phase === 'fresh' ? ' (fresh daemon)' : ''} round ${round + 1}/${rounds} ${k.id}: ${Math.round(m.iops)} IOPS, ${(m.bwBytes / 1e6).toFixed(1)} MB/s, lat ${m.latMeanUs.toFixed(0)} us, daemon cpu ${m.daemonCpuS.toFixed(2)} s, guest busy ${(m.guestBusy * 100).toFixed(0)}%`,
+    `  ${w.id}${phase === 'fresh' ? ' (fresh daemon)' : ''} round ${round + 1}/${rounds} ${k.id}: ${Math.round(m.iops)} IOPS, ${(m.bwBytes / 1e6).toFixed(1)} MB/s, lat ${m.latMeanUs.toFixed(0)} us, daemon cpu ${m.daemonCpuS.toFixed(2)} s, guest busy ${(m.guestBusy * 100).toFixed(0)}%, segments ${segmentsShort(m.segments)}`,
   );
+}
+
+/** "32:80% 1:20%": the commonest segment counts per request of a run. */
+function segmentsShort(seg) {
+  if (!seg || seg.error) return `? (${seg?.error ?? 'not measured'})`;
+  const rows = Object.entries(seg.hist ?? {});
+  const total = rows.reduce((a, [, v]) => a + v, 0);
+  if (total === 0) return '-';
+  return rows
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 3)
+    .map(([k, v]) => `${k}:${Math.round((v / total) * 100)}%`)
+    .join(' ');
 }
 
 let failed = false;
@@ -358,7 +397,7 @@ for (const c of CASES.filter((x) => caseNames.includes(x.id))) {
       const dev = await k.start();
       started.push(k);
       setScheduler(dev);
-      entry.contenders.push({ id: k.id, label: k.label, device: dev });
+      entry.contenders.push({ id: k.id, label: k.label, device: dev, limits: deviceLimits(dev) });
       log(`  ${k.label}: ${dev}`);
     }
     // Fresh daemons first: what a restart after a crash or an upgrade sees in its first seconds. Each round
