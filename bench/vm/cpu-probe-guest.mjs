@@ -23,6 +23,7 @@ import {
   blockStat,
   deviceLimits,
   fio as runFio,
+  iovaTrace,
   projectDaemon,
   qsdDaemon,
   run,
@@ -256,6 +257,7 @@ function fio(devPath, seconds) {
 /** fio with the whole-run counters around it (ramp 0: every I/O of the window is counted by fio). */
 async function measured(devPath, pid, seconds, { segments = false } = {}) {
   const seg = segments ? await segmentHistogram() : null;
+  const iova = segments ? await iovaTrace() : null;
   const b0 = blockStat(devPath);
   const t0 = threads(pid);
   const s0 = procStat();
@@ -272,6 +274,7 @@ async function measured(devPath, pid, seconds, { segments = false } = {}) {
     wallS: wall,
     block,
     segments: seg === null ? undefined : seg.stop ? seg.stop() : seg,
+    iovas: iova === null ? undefined : iova.stop ? iova.stop() : iova,
     threads: threadDelta(t0, threads(pid)),
     guest: statDelta(s0, procStat()),
     top: topTasks(a0, allTasks()),
@@ -406,6 +409,7 @@ async function probe(k) {
     res.probes.plain = await measured(dev, pid, runtime, { segments: true });
     const p = res.probes.plain;
     log(`  segments per request: ${JSON.stringify(p.segments)}; block stat: ${JSON.stringify(p.block)}`);
+    log(`  consecutive IOVAs: ${JSON.stringify(p.iovas)}`);
     const cpu = Object.values(p.threads).reduce((s, t) => s + t.utime + t.stime, 0);
     log(
       `  plain: ${Math.round(p.fio.iops)} IOPS, lat ${p.fio.latMeanUs.toFixed(0)} us, daemon cpu ${cpu.toFixed(2)} s = ${((cpu / p.fio.ios) * 1e6).toFixed(0)} us/IO`,

@@ -65,6 +65,17 @@ function contenderMd(c, accel, host) {
   }
   const pl = c.probes.plain;
   if (pl?.segments) L.push(`Data segments per request over the plain run: ${segmentsText(pl.segments)}.`, '');
+  if (pl?.iovas) {
+    const v = pl.iovas;
+    L.push(
+      v.error
+        ? `Bounce IOVAs: not traced (${v.error}).`
+        : `Bounce IOVAs (vduse_dev_map_page, ${n(v.maps)} traced): commonest differences between consecutive ones on a CPU: ${v.diffs
+            .map(([d, k]) => `${d} × ${n(k)} (${n((k / Math.max(v.pairs, 1)) * 100, 1)} %)`)
+            .join(', ')}.`,
+      '',
+    );
+  }
   if (pl?.block) {
     const b = pl.block;
     const sectors = b.reads > 0 ? b.readSectors / b.reads : b.writes > 0 ? b.writeSectors / b.writes : 0;

@@ -287,3 +287,64 @@ export async function segmentHistogram() {
   }
   return { error: 'no kretprobe on __blk_rq_map_sg / blk_rq_map_sg' };
 }
+
+/**
+ * Whether consecutive data segments get adjacent bounce addresses: a kretprobe on VDUSE's dma map_page
+ * (`vduse_dev_map_page`, once per segment; its return value is the IOVA) traced over a run, and the commonest
+ * differences between consecutive IOVAs mapped on the same CPU (+4096 / -4096: adjacent pages). start() returns
+ * { error } when it cannot be traced.
+ */
+export async function iovaTrace() {
+  let dir = TRACING.find((d) => fs.existsSync(`${d}/kprobe_events`));
+  if (!dir) {
+    await run('mount', ['-t', 'tracefs', 'nodev', '/sys/kernel/tracing']);
+    dir = TRACING.find((d) => fs.existsSync(`${d}/kprobe_events`));
+  }
+  if (!dir) return { error: 'no tracefs' };
+  const ev = `${dir}/events/kprobes/vdprobe_iova`;
+  try {
+    fs.appendFileSync(`${dir}/kprobe_events`, 'r:vdprobe_iova vduse_dev_map_page ret=$retval:x64\n');
+    fs.writeFileSync(`${dir}/trace`, '');
+    fs.writeFileSync(`${ev}/enable`, '1');
+  } catch (e) {
+    return { error: `kretprobe on vduse_dev_map_page: ${e.message}` };
+  }
+  return {
+    stop() {
+      try {
+        fs.writeFileSync(`${ev}/enable`, '0');
+      } catch {
+        // reported below if the trace is empty
+      }
+      const text = read(`${dir}/trace`) ?? '';
+      try {
+        fs.writeFileSync(`${dir}/trace`, '');
+        fs.appendFileSync(`${dir}/kprobe_events`, '-:vdprobe_iova\n');
+      } catch (e) {
+        log(`removing the kretprobe: ${e.message}`);
+      }
+      return iovaStats(text);
+    },
+  };
+}
+
+/** Differences between consecutive traced IOVAs per CPU: { maps, pairs, diffs: [[diff, count] ...] }. */
+export function iovaStats(text) {
+  const last = new Map();
+  const diffs = new Map();
+  let maps = 0;
+  let pairs = 0;
+  for (const m of text.matchAll(/\[(\d+)\][^\n]*?vdprobe_iova:[^\n]*?ret=0x([0-9a-f]+)/g)) {
+    const cpu = m[1];
+    const iova = parseInt(m[2], 16);
+    maps++;
+    const prev = last.get(cpu);
+    last.set(cpu, iova);
+    if (prev === undefined) continue;
+    pairs++;
+    const d = iova - prev;
+    diffs.set(d, (diffs.get(d) ?? 0) + 1);
+  }
+  const top = [...diffs.entries()].sort((a, b) => b[1] - a[1]).slice(0, 6);
+  return { maps, pairs, diffs: top };
+}
