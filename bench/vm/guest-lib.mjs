@@ -306,6 +306,8 @@ export async function iovaTrace() {
     fs.appendFileSync(`${dir}/kprobe_events`, 'r:vdprobe_iova vduse_dev_map_page ret=$retval:x64\n');
     fs.writeFileSync(`${dir}/trace`, '');
     fs.writeFileSync(`${ev}/enable`, '1');
+    // the ring buffer records only while tracing is on (the first probe run counted no event at all)
+    fs.writeFileSync(`${dir}/tracing_on`, '1');
   } catch (e) {
     return { error: `kretprobe on vduse_dev_map_page: ${e.message}` };
   }
@@ -317,12 +319,14 @@ export async function iovaTrace() {
         // reported below if the trace is empty
       }
       const text = read(`${dir}/trace`) ?? '';
+      const on = (read(`${dir}/tracing_on`) ?? '?').trim();
       try {
         fs.writeFileSync(`${dir}/trace`, '');
         fs.appendFileSync(`${dir}/kprobe_events`, '-:vdprobe_iova\n');
       } catch (e) {
         log(`removing the kretprobe: ${e.message}`);
       }
+      if (!/vdprobe_iova/.test(text)) return { error: `no event traced (tracing_on ${on})` };
       return iovaStats(text);
     },
   };
