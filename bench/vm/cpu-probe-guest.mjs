@@ -1,8 +1,11 @@
 #!/usr/bin/env node
 // Runs inside the test VM (bench/vm/cpu-probe.mjs starts it): where a daemon's CPU goes at one fio workload
-// (default 4 KiB randread QD1) on the null backend, for our daemon and for qemu-storage-daemon, each with its
-// defaults. Per contender, after a warm-up, one fio run per probe, so that no probe disturbs another:
-//   plain   per-thread CPU (/proc/PID/task/*/stat utime+stime, schedstat run time, voluntary/nonvoluntary context
+// (default 4 KiB randread QD1; --workload ID for one of bench/vm/workloads.mjs) on the null backend (--backend
+// file: a raw file on the guest's tmpfs), for our daemon and for qemu-storage-daemon, each with its defaults.
+// Per contender, after a warm-up, one fio run per probe, so that no probe disturbs another:
+//   plain   the device's queue limits and virtio features, data segments per request (a kretprobe histogram
+//           of __blk_rq_map_sg) and sectors per request (/sys/block/X/stat) over the run, and
+//           per-thread CPU (/proc/PID/task/*/stat utime+stime, schedstat run time, voluntary/nonvoluntary context
 //           switches), the guest's /proc/stat per CPU and the busiest tasks of the whole guest
 //   pstat   perf stat -e task-clock,context-switches,cpu-migrations,page-faults --per-thread -p PID
 //   strace  strace -c -f -p PID (syscall counts and time), and a short strace -f -tt -T of the same daemon for
@@ -10,11 +13,24 @@
 //   perf    perf record -e cpu-clock -g -p PID (ours under node --perf-basic-prof), report by dso,sym and by
 //           thread; and perf record -a (the whole guest) by comm,dso
 // Writes the results as JSON to --out.
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { spawn } from 'node:child_process';
+
+import {
+  blockStat,
+  deviceLimits,
+  fio as runFio,
+  iovaTrace,
+  projectDaemon,
+  qsdDaemon,
+  run,
+  runOk,
+  segmentHistogram,
+} from './guest-lib.mjs';
+import { WORKLOADS } from './workloads.mjs';
 
 const argv = process.argv.slice(2);
 const opt = (name, def) => {
@@ -29,11 +45,17 @@ const runtime = Number(opt('runtime', '6'));
 const warmup = Number(opt('warmup', '3'));
 const contenderIds = opt('contenders', 'project,qsd').split(',').filter(Boolean);
 const probes = opt('probes', 'plain,host,pstat,strace,perf').split(',').filter(Boolean);
-const workload = {
-  rw: opt('rw', 'randread'),
-  bs: opt('bs', '4k'),
-  iodepth: Number(opt('iodepth', '1')),
-};
+const named = opt('workload', null);
+const preset = named === null ? null : WORKLOADS.find((w) => w.id === named);
+if (named !== null && !preset) throw new Error(`unknown workload ${named}`);
+const workload = preset
+  ? { id: preset.id, rw: preset.rw, bs: preset.bs, iodepth: preset.iodepth, numjobs: preset.numjobs }
+  : { rw: opt('rw', 'randread'), bs: opt('bs', '4k'), iodepth: Number(opt('iodepth', '1')), numjobs: 1 };
+/** null (default) or file (a raw file on the guest's tmpfs, both buffered). */
+const backendKind = opt('backend', 'null');
+if (!['null', 'file'].includes(backendKind)) throw new Error(`unknown backend ${backendKind}`);
+const FILE = '/tmp/probe-file.raw';
+const FILE_SIZE = 256 << 20;
 const queues = Number(opt('queues', '2'));
 const queueSize = Number(opt('queue-size', '256'));
 const nodeArgs = opt('node-args', '--perf-basic-prof').split(' ').filter(Boolean);
@@ -65,25 +87,6 @@ const log = (m) => process.stderr.write(`[probe ${new Date().toISOString().slice
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // ---------------------------------------------------------------------------------------------------- helpers
-
-function run(cmd, args, { timeoutMs = 300_000 } = {}) {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    const t = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', (e) => {
-      clearTimeout(t);
-      resolve({ code: -1, stdout, stderr: `${stderr}${e.message}` });
-    });
-    child.on('exit', (code, signal) => {
-      clearTimeout(t);
-      resolve({ code: code ?? -1, signal, stdout, stderr });
-    });
-  });
-}
 
 /** A background tool (strace, perf): started now, stopped with SIGINT by stop(), which resolves its output. */
 function background(cmd, args) {
@@ -247,37 +250,15 @@ function interruptDelta(a, b) {
   return d;
 }
 
-async function fio(devPath, seconds) {
-  const args = [
-    '--name=probe',
-    `--filename=${devPath}`,
-    '--direct=1',
-    '--ioengine=libaio',
-    `--rw=${workload.rw}`,
-    `--bs=${workload.bs}`,
-    `--iodepth=${workload.iodepth}`,
-    '--numjobs=1',
-    '--time_based',
-    `--runtime=${seconds}`,
-    '--norandommap',
-    '--randrepeat=0',
-    '--output-format=json',
-  ];
-  const r = await run('fio', args, { timeoutMs: (seconds + 60) * 1000 });
-  if (r.code !== 0) throw new Error(`fio failed (${r.code}): ${r.stderr.trim()}`);
-  const job = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))).jobs[0];
-  const side = workload.rw.includes('read') ? job.read : job.write;
-  return {
-    iops: side.iops,
-    ios: side.total_ios,
-    latMeanUs: side.clat_ns.mean / 1000,
-    usrCpu: job.usr_cpu,
-    sysCpu: job.sys_cpu,
-  };
+function fio(devPath, seconds) {
+  return runFio(devPath, workload, { seconds, name: 'probe' });
 }
 
 /** fio with the whole-run counters around it (ramp 0: every I/O of the window is counted by fio). */
-async function measured(devPath, pid, seconds) {
+async function measured(devPath, pid, seconds, { segments = false } = {}) {
+  const seg = segments ? await segmentHistogram() : null;
+  const iova = segments ? await iovaTrace() : null;
+  const b0 = blockStat(devPath);
   const t0 = threads(pid);
   const s0 = procStat();
   const a0 = allTasks();
@@ -285,9 +266,15 @@ async function measured(devPath, pid, seconds) {
   const w0 = process.hrtime.bigint();
   const m = await fio(devPath, seconds);
   const wall = Number(process.hrtime.bigint() - w0) / 1e9;
+  const b1 = blockStat(devPath);
+  const block = {};
+  for (const k of Object.keys(b1)) block[k] = b1[k] - b0[k];
   return {
     fio: m,
     wallS: wall,
+    block,
+    segments: seg === null ? undefined : seg.stop ? seg.stop() : seg,
+    iovas: iova === null ? undefined : iova.stop ? iova.stop() : iova,
     threads: threadDelta(t0, threads(pid)),
     guest: statDelta(s0, procStat()),
     top: topTasks(a0, allTasks()),
@@ -300,72 +287,31 @@ async function measured(devPath, pid, seconds) {
 const GiB = 1 << 30;
 
 function project({ id = 'project', label = 'vduse-ts', extraArgs = [], extraNodeArgs = [], env = {} } = {}) {
-  let d = null;
-  return {
+  return projectDaemon({
+    VduseDaemon,
+    cli: CLI,
+    name: 'probe-p',
+    backend: backendKind === 'file' ? `file:${FILE}` : `null:${GiB}`,
+    queues,
+    queueSize,
     id,
     label,
-    async start() {
-      const args = [
-        '--name',
-        'probe-p',
-        '--backend',
-        `null:${GiB}`,
-        '--queues',
-        String(queues),
-        '--queue-size',
-        String(queueSize),
-        '--logical-block-size',
-        '512',
-        ...daemonArgs,
-        ...extraArgs,
-      ];
-      d = new VduseDaemon(
-        spawn(process.execPath, [...nodeArgs, ...extraNodeArgs, CLI, 'blk', ...args], {
-          stdio: ['ignore', 'pipe', 'pipe'],
-          env: { ...process.env, ...env },
-        }),
-        args,
-      );
-      await d.ready(120_000);
-      this.pid = d.child.pid;
-      this.path = d.path;
-      return d.path;
-    },
-    async stop() {
-      if (!d) return;
-      const e = await d.stop('SIGINT', 60_000);
-      if (e.code !== 0) log(`vduse blk exited ${e.code ?? e.signal}: ${e.stderr.trim()}`);
-      d = null;
-    },
-  };
+    nodeArgs: [...nodeArgs, ...extraNodeArgs],
+    args: [...daemonArgs, ...extraArgs],
+    env,
+    readyMs: 120_000,
+    log,
+  });
 }
 
 function qsd() {
-  let q = null;
-  return {
-    id: 'qsd',
-    label: 'qemu-storage-daemon',
-    async start() {
-      q = await lib.QemuStorageDaemon.start({
-        name: 'probe-q',
-        blockdev: lib.nullBlockdev('n0', GiB),
-        numQueues: queues,
-        queueSize,
-        exportOptions: { 'logical-block-size': 512 },
-      });
-      this.pid = q.pid;
-      await lib.vdpaDevAdd('probe-q');
-      const dev = await lib.waitForBlockDevice('probe-q');
-      this.path = dev.path;
-      return dev.path;
-    },
-    async stop() {
-      if (!q) return;
-      if (lib.vdpaDevExists('probe-q')) await lib.vdpaDevDel('probe-q');
-      await q.stop();
-      q = null;
-    },
-  };
+  return qsdDaemon({
+    lib,
+    name: 'probe-q',
+    blockdev: backendKind === 'file' ? lib.fileBlockdev('f0', FILE) : lib.nullBlockdev('n0', GiB),
+    queues,
+    queueSize,
+  });
 }
 
 // ----------------------------------------------------------------------------------------------------- probes
@@ -444,33 +390,26 @@ async function probe(k) {
   res.device = dev;
   res.pid = pid;
   res.cmdline = (read(`/proc/${pid}/cmdline`) ?? '').split('\0').join(' ').trim();
+  res.limits = deviceLimits(dev);
+  log(`  queue limits: ${JSON.stringify(res.limits)}`);
   log(`${k.label} pid ${pid} on ${dev}; warm-up`);
   if (warmup > 0) {
     for (const w of [
-      { rw: 'randrw', iodepth: 32 },
-      { rw: 'randrw', iodepth: 1 },
-      { rw: workload.rw, iodepth: workload.iodepth },
+      { rw: 'randrw', bs: '4k', iodepth: 32 },
+      { rw: 'randrw', bs: '4k', iodepth: 1 },
+      workload,
     ]) {
-      await run('fio', [
-        '--name=warm',
-        `--filename=${dev}`,
-        '--direct=1',
-        '--ioengine=libaio',
-        `--rw=${w.rw}`,
-        '--bs=4k',
-        `--iodepth=${w.iodepth}`,
-        '--time_based',
-        `--runtime=${warmup}`,
-        '--output-format=terse',
-      ]);
+      await runFio(dev, w, { seconds: warmup, name: 'warm' });
     }
   }
   const tmp = `/tmp/probe-${k.id}`;
   fs.mkdirSync(tmp, { recursive: true });
 
   if (probes.includes('plain')) {
-    res.probes.plain = await measured(dev, pid, runtime);
+    res.probes.plain = await measured(dev, pid, runtime, { segments: true });
     const p = res.probes.plain;
+    log(`  segments per request: ${JSON.stringify(p.segments)}; block stat: ${JSON.stringify(p.block)}`);
+    log(`  consecutive IOVAs: ${JSON.stringify(p.iovas)}`);
     const cpu = Object.values(p.threads).reduce((s, t) => s + t.utime + t.stime, 0);
     log(
       `  plain: ${Math.round(p.fio.iops)} IOPS, lat ${p.fio.latMeanUs.toFixed(0)} us, daemon cpu ${cpu.toFixed(2)} s = ${((cpu / p.fio.ios) * 1e6).toFixed(0)} us/IO`,
@@ -608,6 +547,7 @@ const result = {
       .filter((l) => /tsc|clocksource|sched_clock|nohz|hpet|kvm-clock|Calibrat/i.test(l))
       .slice(0, 30),
     workload,
+    backend: backendKind,
     runtimeS: runtime,
     warmupS: warmup,
     queues,
@@ -624,6 +564,8 @@ const result = {
   contenders: [],
 };
 const save = () => fs.writeFileSync(out, JSON.stringify(result, null, 2));
+if (backendKind === 'file')
+  await runOk('dd', ['if=/dev/zero', `of=${FILE}`, 'bs=1M', `count=${FILE_SIZE >> 20}`, 'status=none']);
 let failed = false;
 for (const id of contenderIds) {
   const k =

@@ -1,12 +1,14 @@
 #!/usr/bin/env node
-// node bench/vm/cpu-probe.mjs [options]: where the daemon's CPU goes at 4 KiB randread QD1 on the null backend,
+// node bench/vm/cpu-probe.mjs [options]: where the daemon's CPU goes at one fio workload (default 4 KiB randread
+// QD1; --workload ID for one of bench/vm/workloads.mjs) on the null backend (--backend file: a tmpfs file),
 // ours vs qemu-storage-daemon, both with their defaults. Boots the test VM once per accelerator and runs
 // bench/vm/cpu-probe-guest.mjs in it (per-thread CPU and context switches, perf stat, strace -c, a short strace
 // -tt log, perf record of the daemon and of the whole guest). Writes bench/results/cpu-probe-<time>.{json,md}
 // and cpu-probe-latest.{json,md}. Serialize with other VM runs: flock /tmp/vduse-vm.lock node bench/vm/cpu-probe.mjs
 //
 // Options: --accel single|multi|both (default single), --runtime S per probe (default 6), --warmup S (default 3),
-//          --probes plain,pstat,strace,perf, --contenders project,qsd, --dist DIR, --iodepth N, --rw RW,
+//          --probes plain,pstat,strace,perf, --contenders project,qsd, --dist DIR, --workload ID (or --iodepth N,
+//          --rw RW, --bs BS), --backend null|file,
 //          --node-args "ARGS" (default --perf-basic-prof), --daemon-args "ARGS", --keep (perf.data, perf maps,
 //          the guest's kallsyms
 //          under bench/results/cpu-probe-data/), --report FILE (only re-render a raw JSON). A/B in one boot:
@@ -53,6 +55,35 @@ function contenderMd(c, accel, host) {
   L.push('');
   L.push(`\`${c.cmdline}\``);
   L.push('');
+  if (c.limits) {
+    L.push(
+      `Queue limits and features (guest sysfs): ${Object.entries(c.limits)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ')}.`,
+      '',
+    );
+  }
+  const pl = c.probes.plain;
+  if (pl?.segments) L.push(`Data segments per request over the plain run: ${segmentsText(pl.segments)}.`, '');
+  if (pl?.iovas) {
+    const v = pl.iovas;
+    L.push(
+      v.error
+        ? `Bounce IOVAs: not traced (${v.error}).`
+        : `Bounce IOVAs (vduse_dev_map_page, ${n(v.maps)} traced): commonest differences between consecutive ones on a CPU: ${v.diffs
+            .map(([d, k]) => `${d} × ${n(k)} (${n((k / Math.max(v.pairs, 1)) * 100, 1)} %)`)
+            .join(', ')}.`,
+      '',
+    );
+  }
+  if (pl?.block) {
+    const b = pl.block;
+    const sectors = b.reads > 0 ? b.readSectors / b.reads : b.writes > 0 ? b.writeSectors / b.writes : 0;
+    L.push(
+      `Block stat over the plain run: ${n(b.reads)} reads (${n(b.readMerges)} merged), ${n(b.writes)} writes (${n(b.writeMerges)} merged), ${n(sectors, 1)} sectors per request.`,
+      '',
+    );
+  }
   const p = c.probes.plain;
   if (p) {
     const ios = p.fio.ios;
@@ -362,6 +393,19 @@ function inclusive(text, re) {
   return NaN;
 }
 
+/** The kretprobe histogram of segments per request: "32 x 1,234 (99.9 %), ...", or why there is none. */
+function segmentsText(seg) {
+  if (seg.error) return `not measured (${seg.error})`;
+  const rows = Object.entries(seg.hist ?? {}).map(([k, v]) => [Number(k), v]);
+  const total = rows.reduce((a, [, v]) => a + v, 0);
+  if (total === 0) return `none counted (${seg.fn})`;
+  rows.sort((a, b) => b[1] - a[1]);
+  return rows
+    .slice(0, 4)
+    .map(([k, v]) => `${k} × ${n(v)} (${n((v / total) * 100, 1)} %)`)
+    .join(', ');
+}
+
 const BUCKETS = [
   ['JS (JSEntry)', /^Builtins_JSEntry$/],
   ['napi_make_callback', /^napi_make_callback$/],
@@ -370,6 +414,10 @@ const BUCKETS = [
   ['read', /^read$/],
   ['page faults', /^asm_exc_page_fault$/],
   ['exit to user', /^syscall_exit_to_user_mode$/],
+  ['TypedArray fill', /^Builtins_TypedArrayPrototypeFill$/],
+  ['memset', /^__memset_\w+$/],
+  ['new Uint8Array', /^Builtins_CreateTypedArray$/],
+  ['GC', /^v8::internal::Heap::CollectGarbage/],
 ];
 
 /** One row per contender: the figures per I/O that answer "where does the CPU go". */
@@ -385,6 +433,8 @@ function summaryMd(report) {
     'vol./invol. csw /IO',
     'syscalls /IO (strace -c)',
     'host vCPU threads busy',
+    'segments /request',
+    'guest CPUs busy (user+sys %)',
     ...BUCKETS.map(([k]) => `${k} % (µs/IO)`),
   ];
   L.push(`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`);
@@ -411,6 +461,15 @@ function summaryMd(report) {
             .map((t) => `${n(((t.utime + t.stime) / h.wallS) * 100)} %`)
             .join(' + ')
         : '–';
+      const segs = p.segments ? segmentsText(p.segments).split(', ')[0] : '–';
+      const perCpu = Object.keys(p.guest)
+        .filter((k) => k !== 'cpu')
+        .map((k) => {
+          const x = p.guest[k];
+          const tot = x.user + x.nice + x.system + x.irq + x.softirq + x.idle + x.iowait + x.steal;
+          return `${k} ${n(((x.user + x.nice + x.system + x.irq + x.softirq) / Math.max(tot, 1e-9)) * 100)}`;
+        })
+        .join(', ');
       const pf = c.probes.perf;
       // perf's own sampling cost under TCG is not in its samples: the shares are applied to the plain run
       const pfCpu = (cpu / ios) * 1e6;
@@ -419,7 +478,7 @@ function summaryMd(report) {
         return Number.isFinite(v) ? `${n(v, 1)} (${n((v / 100) * pfCpu)})` : '–';
       });
       L.push(
-        `| ${accelShort(accel)} | ${c.label} | ${n(p.fio.iops)} | **${n((cpu / ios) * 1e6)}** | ${n((busy / ios) * 1e6)} | ${n((p.wallS / ios) * 1e6)} | ${n(th.reduce((s, t) => s + t.vcsw, 0) / ios, 2)} / ${n(th.reduce((s, t) => s + t.nvcsw, 0) / ios, 2)} | ${sys} | ${hostBusy} | ${buckets.join(' | ')} |`,
+        `| ${accelShort(accel)} | ${c.label} | ${n(p.fio.iops)} | **${n((cpu / ios) * 1e6)}** | ${n((busy / ios) * 1e6)} | ${n((p.wallS / ios) * 1e6)} | ${n(th.reduce((s, t) => s + t.vcsw, 0) / ios, 2)} / ${n(th.reduce((s, t) => s + t.nvcsw, 0) / ios, 2)} | ${sys} | ${hostBusy} | ${segs} | ${perCpu} | ${buckets.join(' | ')} |`,
       );
     }
   }
@@ -471,10 +530,15 @@ async function main() {
     opt('--probes', 'plain,host,pstat,strace,perf'),
     '--contenders',
     opt('--contenders', 'project,qsd'),
+    ...(opt('--workload', null) ? ['--workload', opt('--workload', null)] : []),
     '--iodepth',
     opt('--iodepth', '1'),
     '--rw',
     opt('--rw', 'randread'),
+    '--bs',
+    opt('--bs', '4k'),
+    '--backend',
+    opt('--backend', 'null'),
     '--node-args',
     opt('--node-args', '--perf-basic-prof'),
     '--daemon-args',
@@ -487,7 +551,10 @@ async function main() {
   const report = {
     startedAt,
     commit: commitOf(ROOT),
-    workloadTitle: `4K ${opt('--rw', 'randread')} QD${opt('--iodepth', '1')}, null backend`,
+    workloadTitle: `${
+      opt('--workload', null) ??
+      `${opt('--bs', '4k').toUpperCase()} ${opt('--rw', 'randread')} QD${opt('--iodepth', '1')}`
+    }, ${opt('--backend', 'null')} backend`,
     accels: [],
   };
   let worst = 0;

@@ -11,6 +11,16 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
+import {
+  blockStat,
+  deviceLimits,
+  fio as runFio,
+  projectDaemon,
+  qsdDaemon,
+  run,
+  runOk,
+  segmentHistogram,
+} from './guest-lib.mjs';
 import { CASES, WORKLOADS } from './workloads.mjs';
 
 const argv = process.argv.slice(2);
@@ -52,32 +62,6 @@ const { VduseDaemon, CLI } = await import(pathToFileURL(path.join(dist, 'test/e2
 const log = (m) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
 
 // ---------------------------------------------------------------------------------------------------- helpers
-
-function run(cmd, args, { timeoutMs = 120_000, input } = {}) {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    if (input !== undefined) child.stdin.end(input);
-    const t = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', (e) => {
-      clearTimeout(t);
-      resolve({ code: -1, stdout, stderr: `${stderr}${e.message}` });
-    });
-    child.on('exit', (code, signal) => {
-      clearTimeout(t);
-      resolve({ code: code ?? -1, signal, stdout, stderr });
-    });
-  });
-}
-
-async function runOk(cmd, args, opts) {
-  const r = await run(cmd, args, opts);
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.code}): ${r.stderr.trim()}`);
-  return r;
-}
 
 /** utime + stime of a process in seconds (0 when it is gone or unknown). */
 function processCpu(pid) {
@@ -141,80 +125,25 @@ function project(
   backend,
   { id = 'project', label = 'vduse-ts', cli = CLI, extraNodeArgs = nodeArgs, extraArgs = daemonArgs } = {},
 ) {
-  let d = null;
-  return {
+  return projectDaemon({
+    VduseDaemon,
+    cli,
+    name,
+    backend,
+    queues,
+    queueSize,
     id,
     label,
-    backendSpec: backend,
-    async start() {
-      const args = [
-        '--name',
-        name,
-        '--backend',
-        backend,
-        '--queues',
-        String(queues),
-        '--queue-size',
-        String(queueSize),
-        '--logical-block-size',
-        '512',
-        ...extraArgs,
-      ];
-      const node = [...extraNodeArgs];
-      if (profileDir && id === 'project') {
-        // --cpu-prof is not allowed in NODE_OPTIONS: node gets it on its command line (written at exit)
-        fs.mkdirSync(profileDir, { recursive: true });
-        node.push(
-          '--cpu-prof',
-          `--cpu-prof-dir=${profileDir}`,
-          `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`,
-        );
-      }
-      d = new VduseDaemon(
-        spawn(process.execPath, [...node, cli, 'blk', ...args], { stdio: ['ignore', 'pipe', 'pipe'] }),
-        args,
-      );
-      await d.ready(60_000);
-      this.pid = d.child.pid;
-      this.path = d.path;
-      return d.path;
-    },
-    async stop() {
-      if (!d) return;
-      const e = await d.stop('SIGINT', 60_000);
-      if (e.code !== 0) log(`vduse blk ${name} exited ${e.code ?? e.signal}: ${e.stderr.trim()}`);
-      d = null;
-    },
-  };
+    nodeArgs: extraNodeArgs,
+    args: extraArgs,
+    profileDir: id === 'project' ? profileDir : null,
+    log,
+  });
 }
 
 /** qemu-storage-daemon's vduse-blk export of `blockdev`. */
 function qsd(name, blockdev) {
-  let q = null;
-  return {
-    id: 'qsd',
-    label: 'qemu-storage-daemon',
-    async start() {
-      q = await lib.QemuStorageDaemon.start({
-        name,
-        blockdev,
-        numQueues: queues,
-        queueSize,
-        exportOptions: { 'logical-block-size': 512 },
-      });
-      this.pid = q.pid;
-      await lib.vdpaDevAdd(name);
-      const dev = await lib.waitForBlockDevice(name);
-      this.path = dev.path;
-      return dev.path;
-    },
-    async stop() {
-      if (!q) return;
-      if (lib.vdpaDevExists(name)) await lib.vdpaDevDel(name);
-      await q.stop();
-      q = null;
-    },
-  };
+  return qsdDaemon({ lib, name, blockdev, queues, queueSize });
 }
 
 /** The kernel's NBD client (nbd-client, `connections` connections) on /dev/nbdN. */
@@ -350,37 +279,8 @@ const WARMUP = [
   { rw: 'readwrite', bs: '128k', iodepth: 8, numjobs: 1 },
 ];
 
-async function fio(devPath, w, seconds = runtime, rampS = ramp) {
-  const args = [
-    '--name=bench',
-    `--filename=${devPath}`,
-    '--direct=1',
-    '--ioengine=libaio',
-    `--rw=${w.rw}`,
-    `--bs=${w.bs}`,
-    `--iodepth=${w.iodepth}`,
-    `--numjobs=${w.numjobs}`,
-    '--group_reporting',
-    '--time_based',
-    `--runtime=${seconds}`,
-    ...(rampS > 0 ? [`--ramp_time=${rampS}`] : []),
-    '--norandommap',
-    '--randrepeat=0',
-    '--output-format=json',
-  ];
-  if (w.numjobs > 1)
-    args.push(`--cpus_allowed=0-${Math.min(w.numjobs, os.cpus().length) - 1}`, '--cpus_allowed_policy=split');
-  const r = await runOk('fio', args, { timeoutMs: (seconds + ramp + 60) * 1000 });
-  const json = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
-  const job = json.jobs[0];
-  const side = w.rw.includes('read') ? job.read : job.write;
-  return {
-    iops: side.iops,
-    bwBytes: side.bw_bytes,
-    latMeanUs: side.clat_ns.mean / 1000,
-    latP99Us: (side.clat_ns.percentile?.['99.000000'] ?? 0) / 1000,
-    ios: side.total_ios,
-  };
+function fio(devPath, w, seconds = runtime, rampS = ramp) {
+  return runFio(devPath, w, { seconds, ramp: rampS });
 }
 
 // ----------------------------------------------------------------------------------------------------- main
@@ -400,6 +300,15 @@ const result = {
     cpus: os.cpus().length,
     cpuModel: os.cpus()[0]?.model ?? '',
     memMiB: Math.round(os.totalmem() / 2 ** 20),
+    thp: ['enabled', 'defrag']
+      .map((f) => {
+        try {
+          return `${f} ${fs.readFileSync(`/sys/kernel/mm/transparent_hugepage/${f}`, 'utf8').trim()}`;
+        } catch {
+          return `${f} ?`;
+        }
+      })
+      .join(', '),
     node: process.version,
     qsd: (await run('qemu-storage-daemon', ['--version'])).stdout.split('\n')[0],
     fio: (await run('fio', ['--version'])).stdout.trim(),
@@ -429,17 +338,38 @@ const save = () => {
 
 /** One recorded fio run of contender `k`, with the daemon's (and the NBD server's) CPU time and the guest's load. */
 async function measure(entry, setup, k, w, round, phase, seconds, rampS) {
+  const seg = await segmentHistogram();
+  const b0 = blockStat(k.path);
   const cpu0 = processCpu(k.pid);
   const srv0 = processCpu(setup.server?.pid);
   const g0 = guestCpu();
   const m = await fio(k.path, w, seconds, rampS);
   const g1 = guestCpu();
+  // data segments per request (guest block layer, ramp included) and sectors per request
+  m.segments = seg.stop ? seg.stop() : seg;
+  const b1 = blockStat(k.path);
+  const reqs = b1.reads - b0.reads + (b1.writes - b0.writes);
+  m.sectorsPerRequest =
+    reqs > 0 ? (b1.readSectors - b0.readSectors + (b1.writeSectors - b0.writeSectors)) / reqs : 0;
   m.daemonCpuS = processCpu(k.pid) - cpu0 + (processCpu(setup.server?.pid) - srv0);
   m.guestBusy = (g1.busy - g0.busy) / Math.max(1, g1.total - g0.total);
   entry.runs.push({ workload: w.id, round, contender: k.id, phase, ...m });
   log(
-    `  ${w.id}${phase === 'fresh' ? ' (fresh daemon)' : ''} round ${round + 1}/${rounds} ${k.id}: ${Math.round(m.iops)} IOPS, ${(m.bwBytes / 1e6).toFixed(1)} MB/s, lat ${m.latMeanUs.toFixed(0)} us, daemon cpu ${m.daemonCpuS.toFixed(2)} s, guest busy ${(m.guestBusy * 100).toFixed(0)}%`,
+    `  ${w.id}${phase === 'fresh' ? ' (fresh daemon)' : ''} round ${round + 1}/${rounds} ${k.id}: ${Math.round(m.iops)} IOPS, ${(m.bwBytes / 1e6).toFixed(1)} MB/s, lat ${m.latMeanUs.toFixed(0)} us, daemon cpu ${m.daemonCpuS.toFixed(2)} s, guest busy ${(m.guestBusy * 100).toFixed(0)}%, segments ${segmentsShort(m.segments)}`,
   );
+}
+
+/** "32:80% 1:20%": the commonest segment counts per request of a run. */
+function segmentsShort(seg) {
+  if (!seg || seg.error) return `? (${seg?.error ?? 'not measured'})`;
+  const rows = Object.entries(seg.hist ?? {});
+  const total = rows.reduce((a, [, v]) => a + v, 0);
+  if (total === 0) return '-';
+  return rows
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 3)
+    .map(([k, v]) => `${k}:${Math.round((v / total) * 100)}%`)
+    .join(' ');
 }
 
 let failed = false;
@@ -467,7 +397,7 @@ for (const c of CASES.filter((x) => caseNames.includes(x.id))) {
       const dev = await k.start();
       started.push(k);
       setScheduler(dev);
-      entry.contenders.push({ id: k.id, label: k.label, device: dev });
+      entry.contenders.push({ id: k.id, label: k.label, device: dev, limits: deviceLimits(dev) });
       log(`  ${k.label}: ${dev}`);
     }
     // Fresh daemons first: what a restart after a crash or an upgrade sees in its first seconds. Each round
