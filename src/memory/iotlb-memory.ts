@@ -33,7 +33,6 @@ import {
   type GuestMemory,
 } from './guest-memory.js';
 import { MAP_SHARED, PROT_READ, PROT_WRITE, type SysBinding } from '../sys/binding.js';
-import { ViewSlots } from './view-slots.js';
 
 /** x86_64 / arm64 (4K) page size; mmap offsets must be multiples of it. */
 const PAGE_SIZE = 4096;
@@ -95,8 +94,6 @@ export class IotlbMemory implements GuestMemory, MemoryPins {
   /** Sorted by start, non-overlapping. */
   #regions: Region[] = [];
   #lastHit: Region | null = null;
-  /** gather()'s views of single-region ranges, this generation (cleared with every bump of it). */
-  readonly #slots = new ViewSlots();
   /** Pins taken in the current epoch. */
   #pinsNow = 0;
   /** Pins still held of older epochs (epoch -> count, no zero counts). */
@@ -195,20 +192,12 @@ export class IotlbMemory implements GuestMemory, MemoryPins {
   }
 
   gather(addr: number, len: number, access: Access, out: Uint8Array[]): void {
-    // A hit was checked (range, mapping, permission) when it was stored, in this generation.
-    const hit = this.#slots.get(addr, len, access);
-    if (hit !== null) {
-      out.push(hit);
-      return;
-    }
     checkRange(addr, len);
     if (len === 0) return;
     const first = this.#region(addr, 1, access);
     if (addr + len - 1 <= first.last) {
       // One region holds it all (the usual case): no list of parts to build first.
-      const view = new Uint8Array(first.mapping, first.base + (addr - first.start), len);
-      this.#slots.set(addr, len, access, view);
-      out.push(view);
+      out.push(new Uint8Array(first.mapping, first.base + (addr - first.start), len));
       return;
     }
     const parts: Uint8Array[] = [];
@@ -250,7 +239,6 @@ export class IotlbMemory implements GuestMemory, MemoryPins {
     this.#pinsNow = 0;
     this.#epoch++;
     this.#generation++;
-    this.#slots.clear();
   }
 
   /** Take `region` out of use: munmap it now unless pinned work may hold a view of it. */
@@ -399,7 +387,6 @@ export class IotlbMemory implements GuestMemory, MemoryPins {
     if (dropped) {
       this.#lastHit = null;
       this.#generation++;
-      this.#slots.clear();
     }
   }
 }

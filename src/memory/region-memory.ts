@@ -19,7 +19,6 @@ import { closeSync, fstatSync } from 'node:fs';
 import { GuestMemoryError, type Access, type GuestMemory } from './guest-memory.js';
 import type { MemoryPins } from './iotlb-memory.js';
 import { MAP_SHARED, PROT_READ, PROT_WRITE, type SysBinding } from '../sys/binding.js';
-import { ViewSlots } from './view-slots.js';
 
 const PAGE_SIZE = 4096;
 /** The largest region accepted (1 TiB: far above any VM here, far below 2^53). */
@@ -58,8 +57,6 @@ export class RegionMemory implements GuestMemory, MemoryPins {
   readonly #pinsOld = new Map<number, number>();
   #retired: { table: Table; retiredAt: number }[] = [];
   #drainWaiters: (() => void)[] = [];
-  /** gather()'s views of single-region ranges, this generation (cleared with every table change). */
-  readonly #slots = new ViewSlots();
   readonly #binding: SysBinding;
   readonly #fdSize: (fd: number) => number;
 
@@ -192,21 +189,13 @@ export class RegionMemory implements GuestMemory, MemoryPins {
     return new Uint8Array(r.mapping, r.base + (addr - r.gpa), len);
   }
 
-  gather(addr: number, len: number, access: Access, out: Uint8Array[]): void {
-    // A hit was checked (range, region) when it was stored, in this generation.
-    const hit = this.#slots.get(addr, len, access);
-    if (hit !== null) {
-      out.push(hit);
-      return;
-    }
+  gather(addr: number, len: number, _access: Access, out: Uint8Array[]): void {
     checkRange(addr, len);
     if (len === 0) return;
     const first = this.#find(addr);
     if (addr + len - 1 <= first.last) {
       // One region holds it all (the usual case): no list of parts to build first.
-      const view = new Uint8Array(first.mapping, first.base + (addr - first.gpa), len);
-      this.#slots.set(addr, len, access, view);
-      out.push(view);
+      out.push(new Uint8Array(first.mapping, first.base + (addr - first.gpa), len));
       return;
     }
     const parts: Uint8Array[] = [];
@@ -242,7 +231,6 @@ export class RegionMemory implements GuestMemory, MemoryPins {
     if (this.#pinsNow > 0) this.#pinsOld.set(this.#generation, this.#pinsNow);
     this.#pinsNow = 0;
     this.#generation++;
-    this.#slots.clear();
     this.#table = { regions, mappedAt: this.#generation };
     if (old.regions.length > 0) {
       this.#retired.push({ table: old, retiredAt });

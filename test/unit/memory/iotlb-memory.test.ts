@@ -105,45 +105,6 @@ describe('IotlbMemory', () => {
     assert.equal(out.length, 2);
   });
 
-  it('gather() hands out the same view for the same range and access until a mapping is dropped', () => {
-    const entries = [
-      { start: 0x1000, last: 0x1fff, offset: 0x1000, perm: 1 },
-      { start: 0x8000, last: 0x8fff, offset: 0x8000, perm: 3 },
-    ];
-    const { memory, calls } = setup(entries);
-    const out: Uint8Array[] = [];
-    memory.gather(0x8100, 0x100, ACCESS_WRITE, out);
-    memory.gather(0x8100, 0x100, ACCESS_WRITE, out);
-    memory.gather(0x8100, 0x80, ACCESS_WRITE, out);
-    memory.gather(0x8100, 0x100, ACCESS_READ, out);
-    assert.equal(out.length, 4);
-    assert.equal(out[1], out[0], 'the same range and access: the view of the first translation');
-    assert.notEqual(out[2], out[0], 'another length is another view');
-    assert.equal(out[2]!.length, 0x80);
-    assert.notEqual(out[3], out[0], 'another access is translated (and checked) anew');
-    // a read-only region: a cached read view never answers a write
-    memory.gather(0x1000, 0x10, ACCESS_READ, out);
-    assert.throws(() => memory.gather(0x1000, 0x10, ACCESS_WRITE, out), /does not allow/);
-    assert.equal(out.length, 5);
-    // a dropped mapping: the next translation is of the new one, never the detached view
-    const old = out[0]!;
-    memory.invalidate(0x8000, 0x8fff);
-    assert.equal(old.length, 0, 'detached');
-    entries[1] = { start: 0x8000, last: 0x8fff, offset: 0x3000, perm: 3 };
-    memory.gather(0x8100, 0x100, ACCESS_WRITE, out);
-    assert.notEqual(out[5], old);
-    assert.equal(out[5]!.length, 0x100);
-    assert.equal(out[5]![0], 0x00, 'bytes of file offset 0x3100');
-    assert.equal(calls.mmaps.length, 3);
-    // a region found stale by a look-up (no invalidation): views of it are not handed out again either
-    const before = out[5]!;
-    entries[1] = { start: 0x4000, last: 0x8fff, offset: 0x4000, perm: 3 };
-    memory.view(0x4000, 1, ACCESS_READ);
-    memory.gather(0x8100, 0x100, ACCESS_WRITE, out);
-    assert.notEqual(out[6], before);
-    assert.equal(out[6]![0], 0x00, 'bytes of file offset 0x8100 in the new region');
-  });
-
   it('gather() appends nothing when any byte is unmapped', () => {
     const { memory } = setup([{ start: 0x1000, last: 0x1fff, offset: 0x1000, perm: 3 }]);
     const out: Uint8Array[] = [];

@@ -116,26 +116,3 @@ test('a replaced table stays mapped while a request pinned in it is in flight', 
     closeSync(fd);
   }
 });
-
-test('gather() hands out the same view for a range again until the table changes', () => {
-  const fd = memfd(2 * 65536);
-  try {
-    const m = new RegionMemory(sys);
-    m.setTable([{ guestPhysAddr: 0, size: 65536, userAddr: 0x7000_0000, mmapOffset: 0, fd }]);
-    const out: Uint8Array[] = [];
-    m.gather(0x1000, 0x1000, ACCESS_WRITE, out);
-    m.gather(0x1000, 0x1000, ACCESS_WRITE, out);
-    m.gather(0x1000, 0x800, ACCESS_WRITE, out);
-    assert.equal(out[1], out[0]);
-    assert.notEqual(out[2], out[0]);
-    out[0]!.fill(7);
-    m.setTable([{ guestPhysAddr: 0, size: 65536, userAddr: 0x7000_0000, mmapOffset: 65536, fd }]);
-    m.gather(0x1000, 0x1000, ACCESS_WRITE, out);
-    assert.notEqual(out[3], out[0], 'a new table: translated anew');
-    assert.equal(out[3]![0], 0, 'the bytes of the new mapping (offset 64 KiB), not the old one');
-    m.clear();
-    assert.throws(() => m.gather(0x1000, 0x1000, ACCESS_WRITE, out), /in no memory region/);
-  } finally {
-    closeSync(fd);
-  }
-});
