@@ -10,13 +10,14 @@
  * chains; 4K reads and writes at queue depth 1 and 32, 128K reads). Nothing of it touches the real device,
  * its backend, stats or files: every object is created here and dropped at the end.
  *
- * It never competes with the start or with real I/O: a gate (deviceWarmupGate) holds it until the real device
- * has served its first request (the guest's partition scan, right after the driver is ready: until then the
- * daemon and the kernel are busy creating and attaching the device, and under emulation any CPU taken then
- * delays the device's readiness; measured: +3 s), and pauses it while the device has requests in flight or has
- * completed one since the last look. So it runs in the gap between attach and the first real workload (a user's
- * first I/O comes seconds after the device appears), never beside a busy device. It ends for good when the
- * device has served WARMUP_REQUESTS real requests itself (its code is warm by then) or closes.
+ * It does not compete with real I/O: a gate (deviceWarmupGate) pauses it while the real device works (requests
+ * in flight, or a completion less than WARMUP_IDLE_MS ago) and lets it go on once the device has been idle that
+ * long. So it runs while the kernel attaches the device and in the gap before the first real workload (a
+ * guest's partition scan is a few requests; a user's first I/O comes seconds later), not beside a busy device.
+ * It ends for good when the device has served WARMUP_REQUESTS real requests itself (its code is warm by then)
+ * or closes. Measured under single-threaded TCG (one host core for guest and daemon): a longer budget (5 s)
+ * made the first 10 s after start ~1.3x faster but delayed the device's readiness by ~3 s, and holding the
+ * warm-up until after the first request still delayed it by ~1 s with nothing gained; so the budget stays 1 s.
  *
  * The warm-up is bounded in active time (WARMUP_BUDGET_MS by default; time paused does not count, waiting as a
  * whole is bounded by WARMUP_MAX_WAIT_MS) and in requests; VDUSE_WARMUP=0 in the environment turns it off (to
@@ -62,16 +63,14 @@ export interface WarmupDeviceOptions {
   readOnly: boolean;
 }
 
-/**
- * Default time bound of one warm-up (ms of active time, both ring formats together). A fast host reaches the
- * request bound first (8,000 requests in ~0.1 s); under emulation the first requests take ~2 ms each in
- * the interpreter (measured: ~500 in the first second under single-threaded TCG), so the JIT needs seconds.
- */
-export const WARMUP_BUDGET_MS = 5000;
+/** Default time bound of one warm-up (ms of active time, both ring formats together). */
+export const WARMUP_BUDGET_MS = 1000;
 /** Default request bound of one ring format's warm-up. */
 export const WARMUP_REQUESTS = 8000;
 /** While the gate says busy, it is asked again after this long (ms). */
 export const WARMUP_PAUSE_MS = 20;
+/** The real device counts as idle after this long without a request in flight or a completion (ms). */
+export const WARMUP_IDLE_MS = 200;
 /** The warm-up ends when it has waited this long in all (ms): a device that stays busy warms its own code. */
 export const WARMUP_MAX_WAIT_MS = 30_000;
 
@@ -565,24 +564,29 @@ export interface WarmupGateDevice {
 }
 
 /**
- * The gate of a real device: busy until the device exists and has completed its first request, then while it
- * has requests in flight or has completed one since the last look (so the warm-up goes on only after a pause
- * step without any completion); done once it has completed `warmRequests` itself or after close().
+ * The gate of a real device: busy while it has requests in flight or completed one less than `idleMs` ago (so
+ * the warm-up never squeezes into the short gaps of a running workload); done once it has completed
+ * `warmRequests` itself or after close(). No device yet (the daemon is still opening its backend): not busy.
  */
 export function deviceWarmupGate(
   device: () => WarmupGateDevice | null,
-  warmRequests = WARMUP_REQUESTS,
+  options: { warmRequests?: number; idleMs?: number; now?: () => number } = {},
 ): WarmupGate & { close(): void } {
+  const warmRequests = options.warmRequests ?? WARMUP_REQUESTS;
+  const idleMs = options.idleMs ?? WARMUP_IDLE_MS;
+  const now = options.now ?? (() => performance.now());
   let last = 0;
+  let workedAt = -Infinity;
   let closed = false;
   return {
     busy: () => {
       const d = device();
-      if (d === null) return true;
+      if (d === null) return false;
       const completed = d.stats.completed;
-      const moved = completed !== last;
+      const t = now();
+      if (completed !== last || d.inFlight > 0) workedAt = t;
       last = completed;
-      return completed === 0 || moved || d.inFlight > 0;
+      return t - workedAt < idleMs;
     },
     done: () => {
       if (closed) return true;
