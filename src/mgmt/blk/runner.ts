@@ -25,7 +25,7 @@ import {
   type BlkThreadOptions,
 } from './thread-device.js';
 import type { BlkDeviceConfig } from './options.js';
-import { deviceWarmupGate, startBlkWarmup } from './warmup.js';
+import { startBlkWarmup, stopAtFirstRequest } from './warmup.js';
 import { MgmtError } from '../daemon/errors.js';
 import { checkDaemonPath } from '../daemon/paths.js';
 import {
@@ -99,12 +99,10 @@ export class BlkRunner extends DeviceRunner<VirtioBlkDevice, BlkDeviceConfig> {
       // Served on this thread: warm the hot path up meanwhile (throwaway objects, see ./warmup.ts).
       let served: VirtioBlkDevice | null = null;
       if (threads === 0) {
-        const gate = deviceWarmupGate(() => served);
-        const warm = startBlkWarmup(blkThreadOptions(config), log, { gate });
-        teardown.add('finish the warm-up', () => {
-          gate.close();
-          return warm.then(() => undefined);
+        const warm = startBlkWarmup(blkThreadOptions(config), log, {
+          stop: stopAtFirstRequest(() => served),
         });
+        teardown.add('finish the warm-up', () => warm.then(() => undefined));
       }
       const { inner, backend } = await openBlkBackend(config, { binding, logger: log });
       teardown.add('close the backend', () => backend.close());

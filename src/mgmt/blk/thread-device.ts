@@ -23,7 +23,7 @@ import { EngineError } from '../../transports/engine/errors.js';
 import type { CreateQueueThreadDevice, QueueThreadSpec } from '../../transports/engine/threads/protocol.js';
 import type { BlkDeviceConfig } from './options.js';
 import { ResizableNull } from '../../backends/resizable-null.js';
-import { deviceWarmupGate, startBlkWarmup } from './warmup.js';
+import { startBlkWarmup, stopAtFirstRequest } from './warmup.js';
 
 /** What a queue thread needs to build the device: the device options, plain data. */
 export type BlkThreadOptions = Pick<
@@ -158,17 +158,14 @@ export function mergeBlkCounters(parts: readonly BlkCounters[]): BlkCounters {
 export const createQueueThreadDevice: CreateQueueThreadDevice<BlkThreadTypes> = async (config, env) => {
   // This thread serves queues: warm its hot path up meanwhile (throwaway objects, see ./warmup.ts).
   let served: VirtioBlkDevice | null = null;
-  const gate = deviceWarmupGate(() => served);
-  const warm = startBlkWarmup(config, env.logger, { gate });
-  const finishWarmup = (): Promise<unknown> => {
-    gate.close();
-    return warm;
-  };
+  const warm = startBlkWarmup(config, env.logger, {
+    stop: stopAtFirstRequest(() => served),
+  });
   let backend: CountingBackend;
   try {
     ({ backend } = await openBlkBackend(config, env));
   } catch (err) {
-    await finishWarmup();
+    await warm;
     throw err;
   }
   let device: VirtioBlkDevice;
@@ -176,7 +173,7 @@ export const createQueueThreadDevice: CreateQueueThreadDevice<BlkThreadTypes> = 
     device = new VirtioBlkDevice(blkDeviceOptions(config, backend, env.logger));
     served = device;
   } catch (err) {
-    await finishWarmup();
+    await warm;
     await backend.close();
     throw err;
   }
@@ -202,7 +199,7 @@ export const createQueueThreadDevice: CreateQueueThreadDevice<BlkThreadTypes> = 
     },
     close: async () => {
       await device.reset();
-      await finishWarmup();
+      await warm;
       await backend.close();
     },
   };

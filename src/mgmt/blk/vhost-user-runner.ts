@@ -20,7 +20,7 @@ import { VhostUserBackend } from '../../transports/vhost-user/backend.js';
 import { MgmtError } from '../daemon/errors.js';
 import { Teardown, type RunnerState, type StopMode } from '../runner/device-runner.js';
 import type { BlkDeviceConfig } from './options.js';
-import { deviceWarmupGate, startBlkWarmup } from './warmup.js';
+import { startBlkWarmup, stopAtFirstRequest } from './warmup.js';
 import {
   blkThreadOptions,
   followBackendSize,
@@ -94,12 +94,10 @@ export class VhostUserBlkRunner extends EventEmitter<{ broken: [reason: Error] }
       }
       let served: VirtioBlkDevice | null = null;
       if (threads === 0) {
-        const gate = deviceWarmupGate(() => served);
-        const warm = startBlkWarmup(blkThreadOptions(config), log, { gate });
-        teardown.add('finish the warm-up', () => {
-          gate.close();
-          return warm.then(() => undefined);
+        const warm = startBlkWarmup(blkThreadOptions(config), log, {
+          stop: stopAtFirstRequest(() => served),
         });
+        teardown.add('finish the warm-up', () => warm.then(() => undefined));
       }
       const { inner, backend } = await openBlkBackend(config, { binding, logger: log });
       teardown.add('close the backend', () => backend.close());

@@ -10,18 +10,8 @@
  * chains; 4K reads and writes at queue depth 1 and 32, 128K reads). Nothing of it touches the real device,
  * its backend, stats or files: every object is created here and dropped at the end.
  *
- * It does not compete with real I/O: a gate (deviceWarmupGate) pauses it while the real device works (requests
- * in flight, or a completion less than WARMUP_IDLE_MS ago) and lets it go on once the device has been idle that
- * long. So it runs while the kernel attaches the device and in the gap before the first real workload (a
- * guest's partition scan is a few requests; a user's first I/O comes seconds later), not beside a busy device.
- * It ends for good when the device has served WARMUP_REQUESTS real requests itself (its code is warm by then)
- * or closes. Measured under single-threaded TCG (one host core for guest and daemon): a longer budget (5 s)
- * made the first 10 s after start ~1.3x faster but delayed the device's readiness by ~3 s, and holding the
- * warm-up until after the first request still delayed it by ~1 s with nothing gained; so the budget stays 1 s.
- *
- * The warm-up is bounded in active time (WARMUP_BUDGET_MS by default; time paused does not count, waiting as a
- * whole is bounded by WARMUP_MAX_WAIT_MS) and in requests; VDUSE_WARMUP=0 in the environment turns it off (to
- * measure a cold daemon).
+ * The warm-up is bounded in time (WARMUP_BUDGET_MS by default) and in requests; VDUSE_WARMUP=0 in the
+ * environment turns it off (to measure a cold daemon).
  *
  * It has its own driver instead of src/testing's MockDriver because mgmt may not import testing (see
  * scripts/layers.mjs); this one only does what the warm-up needs.
@@ -63,22 +53,10 @@ export interface WarmupDeviceOptions {
   readOnly: boolean;
 }
 
-/** Default time bound of one warm-up (ms of active time, both ring formats together). */
+/** Default time bound of one warm-up (ms, wall clock, both ring formats together). */
 export const WARMUP_BUDGET_MS = 1000;
 /** Default request bound of one ring format's warm-up. */
 export const WARMUP_REQUESTS = 8000;
-/** While the gate says busy, it is asked again after this long (ms). */
-export const WARMUP_PAUSE_MS = 20;
-/** The real device counts as idle after this long without a request in flight or a completion (ms). */
-export const WARMUP_IDLE_MS = 200;
-/** The warm-up ends when it has waited this long in all (ms): a device that stays busy warms its own code. */
-export const WARMUP_MAX_WAIT_MS = 30_000;
-
-/** When the warm-up may run: it waits while busy() and ends when done() (both asked between batches). */
-export interface WarmupGate {
-  busy(): boolean;
-  done(): boolean;
-}
 
 const VIRTIO_RING_F_INDIRECT_DESC = 28;
 const VIRTIO_RING_F_EVENT_IDX = 29;
@@ -98,20 +76,18 @@ export interface WarmupOptions {
   requests?: number;
   /** Clock in ms (default performance.now). */
   now?: () => number;
-  /** Pause while the real device works, end when it is warm or gone (see deviceWarmupGate). Default: never. */
-  gate?: WarmupGate;
-  /** Pause step and total wait bound (ms; defaults WARMUP_PAUSE_MS, WARMUP_MAX_WAIT_MS). */
-  pauseMs?: number;
-  maxWaitMs?: number;
+  /**
+   * Stop early when this says so (checked between batches): the callers stop at the real device's first
+   * request, so that the warm-up never competes with real I/O (it runs while the kernel attaches the device).
+   */
+  stop?: () => boolean;
 }
 
 export interface WarmupResult {
   /** Requests completed, per ring format run. */
   requests: { split: number; packed: number };
-  /** Active time spent (ms; pauses not counted). */
+  /** Wall time spent (ms). */
   ms: number;
-  /** Time spent paused by the gate (ms). */
-  pausedMs: number;
   /** Errors the throwaway device or rings reported (0 when the warm-up went as planned). */
   errors: number;
 }
@@ -129,49 +105,21 @@ export async function warmUpBlk(
   config: Omit<WarmupDeviceOptions, 'name'>,
   options: WarmupOptions = {},
 ): Promise<WarmupResult> {
-  const wall = options.now ?? (() => performance.now());
-  let paused = 0;
-  // Budgets and deadlines are in active time: the clock stands still while the gate holds the warm-up.
-  const now = (): number => wall() - paused;
+  const now = options.now ?? (() => performance.now());
   const start = now();
   const budget = options.budgetMs ?? WARMUP_BUDGET_MS;
   const maxRequests = options.requests ?? WARMUP_REQUESTS;
-  const result: WarmupResult = { requests: { split: 0, packed: 0 }, ms: 0, pausedMs: 0, errors: 0 };
+  const result: WarmupResult = { requests: { split: 0, packed: 0 }, ms: 0, errors: 0 };
   const size = Math.min(config.queueSize, 256);
   if (size < 8 || budget <= 0 || maxRequests <= 0) return result;
-  const gate = options.gate;
-  const pauseMs = options.pauseMs ?? WARMUP_PAUSE_MS;
-  const maxWait = options.maxWaitMs ?? WARMUP_MAX_WAIT_MS;
-  /**
-   * Between batches: let the event loop run (the throwaway device completes synchronously, so nothing else
-   * would yield: kicks, control messages and timers of the real device would wait for the whole warm-up), then
-   * wait while the gate is busy; false when the warm-up is to end.
-   */
-  const proceed = async (): Promise<boolean> => {
-    await new Promise<void>((resolve) => setImmediate(resolve));
-    if (gate === undefined) return true;
-    if (gate.done()) return false;
-    if (!gate.busy()) return true;
-    const from = wall();
-    try {
-      do {
-        if (paused + (wall() - from) >= maxWait) return false;
-        await new Promise<void>((resolve) => setTimeout(resolve, pauseMs));
-        if (gate.done()) return false;
-      } while (gate.busy());
-      return true;
-    } finally {
-      paused += wall() - from;
-    }
-  };
   const formats: ('split' | 'packed')[] = config.packed ? ['split', 'packed'] : ['split'];
   for (let i = 0; i < formats.length; i++) {
     const format = formats[i]!;
-    if (!(await proceed())) break;
+    if (options.stop?.() === true) break;
     // Each format gets an equal share of what is left of the budget.
     const deadline = now() + (budget - (now() - start)) / (formats.length - i);
     try {
-      const run = await warmOneFormat(config, size, format === 'packed', maxRequests, deadline, now, proceed);
+      const run = await warmOneFormat(config, size, format === 'packed', maxRequests, deadline, now, options);
       result.requests[format] = run.requests;
       result.errors += run.errors;
     } catch {
@@ -179,7 +127,6 @@ export async function warmUpBlk(
     }
   }
   result.ms = now() - start;
-  result.pausedMs = paused;
   return result;
 }
 
@@ -190,7 +137,7 @@ async function warmOneFormat(
   maxRequests: number,
   deadline: number,
   now: () => number,
-  proceed: () => Promise<boolean>,
+  options: WarmupOptions,
 ): Promise<{ requests: number; errors: number }> {
   const capacity = 64 * 1024 * 1024;
   const inner = new NullBackend({ size: capacity });
@@ -223,7 +170,8 @@ async function warmOneFormat(
   let done = 0;
   let round = 0;
   try {
-    while (done < maxRequests && now() < deadline && errors === 0 && (await proceed())) {
+    const stop = options.stop ?? (() => false);
+    while (done < maxRequests && now() < deadline && errors === 0 && !stop()) {
       // A round: one batch at queue depth `depth`, then a few requests one at a time.
       for (let k = 0; k < depth; k++) {
         const write = writes && (k & 3) === 1;
@@ -495,12 +443,9 @@ function align(n: number, to: number): number {
 }
 
 /**
- * Start the warm-up for a thread about to serve a device of these options (unless VDUSE_WARMUP=0), in the
- * background: it yields to the event loop between batches and waits while `options.gate` says busy. One warm-up
- * per thread (V8's optimized code serves every device of the thread; vduse serve holds many), unless a later
- * device also offers packed rings: a later device's gate joins the running one (it waits while any device is
- * busy and ends when any gate says done, e.g. one device closes: a close never waits for it). The promise never
- * rejects; its result (null when off) is logged at debug level.
+ * Start the warm-up for a thread about to serve a device of these options (unless VDUSE_WARMUP=0; once per
+ * thread, unless a later device also offers packed rings), in the background: it yields to the event loop between batches, so the real device is served meanwhile. The promise
+ * never rejects; its result (null when off) is logged at debug level.
  */
 export function startBlkWarmup(
   config: WarmupDeviceOptions,
@@ -508,93 +453,30 @@ export function startBlkWarmup(
   options: WarmupOptions = {},
 ): Promise<WarmupResult | null> {
   if (warmupDisabled()) return Promise.resolve(null);
-  const running = threadWarmup;
-  if (running !== null && !running.finished && (running.packed || !config.packed)) {
-    if (options.gate !== undefined) running.gates.push(options.gate);
-    return running.promise;
-  }
-  if (running !== null && running.finished && (running.packed || !config.packed)) return running.promise;
-  const gates: WarmupGate[] = options.gate !== undefined ? [options.gate] : [];
-  const gate: WarmupGate = {
-    busy: () => gates.some((g) => g.busy()),
-    done: () => gates.some((g) => g.done()),
-  };
-  const entry: ThreadWarmup = {
-    packed: config.packed,
-    gates,
-    finished: false,
-    promise: Promise.resolve(null),
-  };
-  entry.promise = warmUpBlk(config, { ...options, gate }).then(
+  // One warm-up per thread: V8's optimized code serves every device of the thread (vduse serve holds many).
+  if (threadWarmup !== null && (threadWarmup.packed || !config.packed)) return threadWarmup.promise;
+  const promise = warmUpBlk(config, options).then(
     (r) => {
-      entry.finished = true;
       logger.debug(
-        `${config.name}: warm-up: ${r.requests.split} split${config.packed ? ` and ${r.requests.packed} packed` : ''} requests in ${r.ms.toFixed(0)} ms (${r.pausedMs.toFixed(0)} ms paused)${r.errors > 0 ? `, ${r.errors} error(s)` : ''}`,
+        `${config.name}: warm-up: ${r.requests.split} split${config.packed ? ` and ${r.requests.packed} packed` : ''} requests in ${r.ms.toFixed(0)} ms${r.errors > 0 ? `, ${r.errors} error(s)` : ''}`,
       );
       return r;
     },
-    () => {
-      entry.finished = true;
-      return null;
-    },
+    () => null,
   );
-  threadWarmup = entry;
-  return entry.promise;
-}
-
-interface ThreadWarmup {
-  packed: boolean;
-  gates: WarmupGate[];
-  finished: boolean;
-  promise: Promise<WarmupResult | null>;
+  threadWarmup = { packed: config.packed, promise };
+  return promise;
 }
 
 /** The warm-up this thread started (a later device with the same or fewer ring formats shares it). */
-let threadWarmup: ThreadWarmup | null = null;
+let threadWarmup: { packed: boolean; promise: Promise<WarmupResult | null> } | null = null;
 
-/** Forget this thread's warm-up, so that the next device starts its own (tests). */
-export function resetThreadWarmup(): void {
-  threadWarmup = null;
-}
-
-/** What a gate looks at: the real device, once there is one. */
-export interface WarmupGateDevice {
-  inFlight: number;
-  stats: { completed: number };
-}
-
-/**
- * The gate of a real device: busy while it has requests in flight or completed one less than `idleMs` ago (so
- * the warm-up never squeezes into the short gaps of a running workload); done once it has completed
- * `warmRequests` itself or after close(). No device yet (the daemon is still opening its backend): not busy.
- */
-export function deviceWarmupGate(
-  device: () => WarmupGateDevice | null,
-  options: { warmRequests?: number; idleMs?: number; now?: () => number } = {},
-): WarmupGate & { close(): void } {
-  const warmRequests = options.warmRequests ?? WARMUP_REQUESTS;
-  const idleMs = options.idleMs ?? WARMUP_IDLE_MS;
-  const now = options.now ?? (() => performance.now());
-  let last = 0;
-  let workedAt = -Infinity;
-  let closed = false;
-  return {
-    busy: () => {
-      const d = device();
-      if (d === null) return false;
-      const completed = d.stats.completed;
-      const t = now();
-      if (completed !== last || d.inFlight > 0) workedAt = t;
-      last = completed;
-      return t - workedAt < idleMs;
-    },
-    done: () => {
-      if (closed) return true;
-      const d = device();
-      return d !== null && d.stats.completed >= warmRequests;
-    },
-    close: () => {
-      closed = true;
-    },
+/** A stop condition for the warm-up: the device (once there is one) has a request in flight or completed one. */
+export function stopAtFirstRequest(
+  device: () => { inFlight: number; stats: { completed: number } } | null,
+): () => boolean {
+  return () => {
+    const d = device();
+    return d !== null && (d.inFlight > 0 || d.stats.completed > 0);
   };
 }
