@@ -77,8 +77,13 @@ export interface WarmupOptions {
   /** Clock in ms (default performance.now). */
   now?: () => number;
   /**
-   * Stop early when this says so (checked between batches): the callers stop at the real device's first
-   * request, so that the warm-up never competes with real I/O (it runs while the kernel attaches the device).
+   * Stop early when this says so (checked between batches; the callers stop at the real device's first
+   * request). The throwaway device completes synchronously, so the warm-up runs as one stretch of microtasks:
+   * the event loop does not turn until it ends, and in practice it runs to its bound before the caller's next
+   * I/O (opening the backend, creating the device) completes. That is on purpose: a variant that yielded to the
+   * event loop between batches and paused while the real device was busy delayed the device's readiness by
+   * 1.5-2 s under single-threaded TCG (every set-up step waited for a batch) and made the first 10 s no faster
+   * (docs/performance.md).
    */
   stop?: () => boolean;
 }
@@ -444,8 +449,9 @@ function align(n: number, to: number): number {
 
 /**
  * Start the warm-up for a thread about to serve a device of these options (unless VDUSE_WARMUP=0; once per
- * thread, unless a later device also offers packed rings), in the background: it yields to the event loop between batches, so the real device is served meanwhile. The promise
- * never rejects; its result (null when off) is logged at debug level.
+ * thread, unless a later device also offers packed rings). It runs before anything the caller awaits next (see
+ * WarmupOptions.stop), at most WARMUP_BUDGET_MS. The promise never rejects; its result (null when off) is
+ * logged at debug level.
  */
 export function startBlkWarmup(
   config: WarmupDeviceOptions,
