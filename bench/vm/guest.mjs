@@ -77,6 +77,42 @@ function processCpu(pid) {
 }
 const CLK_TCK = 100;
 
+/**
+ * utime + stime per thread name of a process, in seconds ({ "node": 3.1, "msgr-worker-0": 0.4, ... }; names
+ * that differ only by a trailing number are summed: "msgr-worker-*"). Empty when the process is gone.
+ */
+function threadCpu(pid) {
+  const out = {};
+  if (!pid) return out;
+  let tids = [];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')).replace(/\d+$/, '*');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      out[name] = (out[name] ?? 0) + (Number(f[11]) + Number(f[12])) / CLK_TCK;
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return out;
+}
+
+/** b - a per thread name (threads that ended during the run are left out), rounded to 10 ms. */
+function threadCpuDelta(a, b) {
+  const out = {};
+  for (const [name, v] of Object.entries(b)) {
+    const d = v - (a[name] ?? 0);
+    if (d > 0.005) out[name] = Math.round(d * 100) / 100;
+  }
+  return out;
+}
+
 /** Busy and total jiffies of the whole guest (/proc/stat "cpu" line). */
 function guestCpu() {
   const line = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0];
@@ -341,6 +377,7 @@ async function measure(entry, setup, k, w, round, phase, seconds, rampS) {
   const seg = await segmentHistogram();
   const b0 = blockStat(k.path);
   const cpu0 = processCpu(k.pid);
+  const threads0 = threadCpu(k.pid);
   const srv0 = processCpu(setup.server?.pid);
   const g0 = guestCpu();
   const m = await fio(k.path, w, seconds, rampS);
@@ -352,10 +389,23 @@ async function measure(entry, setup, k, w, round, phase, seconds, rampS) {
   m.sectorsPerRequest =
     reqs > 0 ? (b1.readSectors - b0.readSectors + (b1.writeSectors - b0.writeSectors)) / reqs : 0;
   m.daemonCpuS = processCpu(k.pid) - cpu0 + (processCpu(setup.server?.pid) - srv0);
+  // where the daemon's CPU went, by thread (e.g. the serving thread against librbd's)
+  m.daemonThreadCpuS = threadCpuDelta(threads0, threadCpu(k.pid));
   m.guestBusy = (g1.busy - g0.busy) / Math.max(1, g1.total - g0.total);
   entry.runs.push({ workload: w.id, round, contender: k.id, phase, ...m });
   log(
-    `  ${w.id}${phase === 'fresh' ? ' (fresh daemon)' : ''} round ${round + 1}/${rounds} ${k.id}: ${Math.round(m.iops)} IOPS, ${(m.bwBytes / 1e6).toFixed(1)} MB/s, lat ${m.latMeanUs.toFixed(0)} us, daemon cpu ${m.daemonCpuS.toFixed(2)} s, guest busy ${(m.guestBusy * 100).toFixed(0)}%, segments ${segmentsShort(m.segments)}`,
+    `  ${w.id}${phase === 'fresh' ? ' (fresh daemon)' : ''} round ${round + 1}/${rounds} ${k.id}: ${Math.round(m.iops)} IOPS, ${(m.bwBytes / 1e6).toFixed(1)} MB/s, lat ${m.latMeanUs.toFixed(0)} us, daemon cpu ${m.daemonCpuS.toFixed(2)} s, guest busy ${(m.guestBusy * 100).toFixed(0)}%, segments ${segmentsShort(m.segments)}, threads ${threadsShort(m.daemonThreadCpuS)}`,
+  );
+}
+
+/** "node 3.10 msgr-worker-* 0.40": the daemon's busiest thread groups of a run (CPU seconds). */
+function threadsShort(t) {
+  return (
+    Object.entries(t)
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, 4)
+      .map(([k, v]) => `${k} ${v.toFixed(2)}`)
+      .join(' ') || '-'
   );
 }
 
