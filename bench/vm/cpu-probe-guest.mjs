@@ -24,6 +24,7 @@ import {
   deviceLimits,
   fio as runFio,
   iovaTrace,
+  threadStats,
   projectDaemon,
   qsdDaemon,
   run,
@@ -122,39 +123,6 @@ const read = (p) => {
   }
 };
 const CLK_TCK = 100;
-
-/** Per thread of `pid`: comm, utime/stime (s), schedstat run time and wait (s), timeslices, context switches. */
-function threads(pid) {
-  const outT = {};
-  let tids = [];
-  try {
-    tids = fs.readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return outT;
-  }
-  for (const tid of tids) {
-    const base = `/proc/${pid}/task/${tid}`;
-    const stat = read(`${base}/stat`);
-    if (stat === null) continue;
-    const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const sched = (read(`${base}/schedstat`) ?? '0 0 0').trim().split(/\s+/).map(Number);
-    const status = read(`${base}/status`) ?? '';
-    const num = (re) => Number(re.exec(status)?.[1] ?? 0);
-    outT[tid] = {
-      comm,
-      utime: Number(f[11]) / CLK_TCK,
-      stime: Number(f[12]) / CLK_TCK,
-      runS: sched[0] / 1e9,
-      waitS: sched[1] / 1e9,
-      slices: sched[2],
-      vcsw: num(/voluntary_ctxt_switches:\s+(\d+)/),
-      nvcsw: num(/nonvoluntary_ctxt_switches:\s+(\d+)/),
-      cpu: Number(f[36]),
-    };
-  }
-  return outT;
-}
 
 function threadDelta(a, b) {
   const d = {};
@@ -259,7 +227,7 @@ async function measured(devPath, pid, seconds, { segments = false } = {}) {
   const seg = segments ? await segmentHistogram() : null;
   const iova = segments ? await iovaTrace() : null;
   const b0 = blockStat(devPath);
-  const t0 = threads(pid);
+  const t0 = threadStats(pid);
   const s0 = procStat();
   const a0 = allTasks();
   const i0 = interrupts();
@@ -275,7 +243,7 @@ async function measured(devPath, pid, seconds, { segments = false } = {}) {
     block,
     segments: seg === null ? undefined : seg.stop ? seg.stop() : seg,
     iovas: iova === null ? undefined : iova.stop ? iova.stop() : iova,
-    threads: threadDelta(t0, threads(pid)),
+    threads: threadDelta(t0, threadStats(pid)),
     guest: statDelta(s0, procStat()),
     top: topTasks(a0, allTasks()),
     interrupts: interruptDelta(i0, interrupts()),

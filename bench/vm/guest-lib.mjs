@@ -352,3 +352,46 @@ export function iovaStats(text) {
   const top = [...diffs.entries()].sort((a, b) => b[1] - a[1]).slice(0, 6);
   return { maps, pairs, diffs: top };
 }
+
+/** A /proc file's text, or null when it is gone. */
+function readText(p) {
+  try {
+    return fs.readFileSync(p, 'utf8');
+  } catch {
+    return null;
+  }
+}
+const GUEST_CLK_TCK = 100;
+
+/** Per thread of `pid`: comm, utime/stime (s), schedstat run time and wait (s), timeslices, context switches. */
+export function threadStats(pid) {
+  const outT = {};
+  let tids = [];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return outT;
+  }
+  for (const tid of tids) {
+    const base = `/proc/${pid}/task/${tid}`;
+    const stat = readText(`${base}/stat`);
+    if (stat === null) continue;
+    const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const sched = (readText(`${base}/schedstat`) ?? '0 0 0').trim().split(/\s+/).map(Number);
+    const status = readText(`${base}/status`) ?? '';
+    const num = (re) => Number(re.exec(status)?.[1] ?? 0);
+    outT[tid] = {
+      comm,
+      utime: Number(f[11]) / GUEST_CLK_TCK,
+      stime: Number(f[12]) / GUEST_CLK_TCK,
+      runS: sched[0] / 1e9,
+      waitS: sched[1] / 1e9,
+      slices: sched[2],
+      vcsw: num(/voluntary_ctxt_switches:\s+(\d+)/),
+      nvcsw: num(/nonvoluntary_ctxt_switches:\s+(\d+)/),
+      cpu: Number(f[36]),
+    };
+  }
+  return outT;
+}

@@ -20,6 +20,7 @@ import {
   run,
   runOk,
   segmentHistogram,
+  threadStats,
 } from './guest-lib.mjs';
 import { CASES, WORKLOADS } from './workloads.mjs';
 
@@ -78,27 +79,15 @@ function processCpu(pid) {
 const CLK_TCK = 100;
 
 /**
- * utime + stime per thread name of a process, in seconds ({ "node": 3.1, "msgr-worker-0": 0.4, ... }; names
- * that differ only by a trailing number are summed: "msgr-worker-*"). Empty when the process is gone.
+ * utime + stime per thread name of a process, in seconds ({ "node": 3.1, "msgr-worker-*": 0.4, ... }; names
+ * that differ only by a trailing number are summed). Empty when the process is gone.
  */
 function threadCpu(pid) {
   const out = {};
   if (!pid) return out;
-  let tids = [];
-  try {
-    tids = fs.readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return out;
-  }
-  for (const tid of tids) {
-    try {
-      const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')).replace(/\d+$/, '*');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      out[name] = (out[name] ?? 0) + (Number(f[11]) + Number(f[12])) / CLK_TCK;
-    } catch {
-      // the thread ended meanwhile
-    }
+  for (const t of Object.values(threadStats(pid))) {
+    const name = t.comm.replace(/\d+$/, '*');
+    out[name] = (out[name] ?? 0) + t.utime + t.stime;
   }
   return out;
 }
