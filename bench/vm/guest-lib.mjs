@@ -241,17 +241,22 @@ export function blockStat(devPath) {
 
 const TRACING = ['/sys/kernel/tracing', '/sys/kernel/debug/tracing'];
 
+/** The tracefs directory with kprobe events (mounted when it is not yet), or undefined. */
+async function tracefsDir() {
+  const find = () => TRACING.find((d) => fs.existsSync(`${d}/kprobe_events`));
+  const found = find();
+  if (found) return found;
+  await run('mount', ['-t', 'tracefs', 'nodev', '/sys/kernel/tracing']);
+  return find();
+}
+
 /**
  * A histogram of data segments per block request over a run: a kretprobe on the block layer's request mapper
  * (`__blk_rq_map_sg`, which virtio-blk calls once per request; its return value is the number of scatterlist
  * entries) with a hist trigger keyed by the return value. start() returns null when tracing is not available.
  */
 export async function segmentHistogram() {
-  let dir = TRACING.find((d) => fs.existsSync(`${d}/kprobe_events`));
-  if (!dir) {
-    await run('mount', ['-t', 'tracefs', 'nodev', '/sys/kernel/tracing']);
-    dir = TRACING.find((d) => fs.existsSync(`${d}/kprobe_events`));
-  }
+  const dir = await tracefsDir();
   if (!dir) return { error: 'no tracefs' };
   for (const fn of ['__blk_rq_map_sg', 'blk_rq_map_sg']) {
     try {
@@ -295,11 +300,7 @@ export async function segmentHistogram() {
  * { error } when it cannot be traced.
  */
 export async function iovaTrace() {
-  let dir = TRACING.find((d) => fs.existsSync(`${d}/kprobe_events`));
-  if (!dir) {
-    await run('mount', ['-t', 'tracefs', 'nodev', '/sys/kernel/tracing']);
-    dir = TRACING.find((d) => fs.existsSync(`${d}/kprobe_events`));
-  }
+  const dir = await tracefsDir();
   if (!dir) return { error: 'no tracefs' };
   const ev = `${dir}/events/kprobes/vdprobe_iova`;
   try {
@@ -353,15 +354,8 @@ export function iovaStats(text) {
   return { maps, pairs, diffs: top };
 }
 
-/** A /proc file's text, or null when it is gone. */
-function readText(p) {
-  try {
-    return fs.readFileSync(p, 'utf8');
-  } catch {
-    return null;
-  }
-}
-const GUEST_CLK_TCK = 100;
+/** Clock ticks per second of /proc's utime and stime. */
+const CLK_TCK = 100;
 
 /** Per thread of `pid`: comm, utime/stime (s), schedstat run time and wait (s), timeslices, context switches. */
 export function threadStats(pid) {
@@ -374,17 +368,17 @@ export function threadStats(pid) {
   }
   for (const tid of tids) {
     const base = `/proc/${pid}/task/${tid}`;
-    const stat = readText(`${base}/stat`);
+    const stat = read(`${base}/stat`);
     if (stat === null) continue;
     const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const sched = (readText(`${base}/schedstat`) ?? '0 0 0').trim().split(/\s+/).map(Number);
-    const status = readText(`${base}/status`) ?? '';
+    const sched = (read(`${base}/schedstat`) ?? '0 0 0').trim().split(/\s+/).map(Number);
+    const status = read(`${base}/status`) ?? '';
     const num = (re) => Number(re.exec(status)?.[1] ?? 0);
     outT[tid] = {
       comm,
-      utime: Number(f[11]) / GUEST_CLK_TCK,
-      stime: Number(f[12]) / GUEST_CLK_TCK,
+      utime: Number(f[11]) / CLK_TCK,
+      stime: Number(f[12]) / CLK_TCK,
       runS: sched[0] / 1e9,
       waitS: sched[1] / 1e9,
       slices: sched[2],

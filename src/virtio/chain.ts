@@ -136,9 +136,10 @@ const NO_TABLE = new Uint32Array(0);
  * handed out again instead of made anew per request (a typed array costs about as much as the rest of a
  * descriptor). A view is the same window onto guest memory whichever chain holds it. An entry is only stored
  * after memory.view() or memory.gather() translated exactly that range with that access into one view, and the
- * whole cache is dropped when `memory.generation` changes (a mapping went away: views may be detached and permissions may
- * differ), so a hit is what a translation would answer. Direct-mapped: a miss costs one hash and a comparison,
- * and replaces the slot's entry. Never store a copy: a hit must see what the guest writes there later.
+ * whole cache is dropped when `memory.generation` changes (a mapping went away: views may be detached and
+ * permissions may differ), so a hit is what a translation would answer. Direct-mapped: a miss costs one hash
+ * and a comparison, and replaces the slot's entry. Never store a copy: a hit must see what the guest writes
+ * there later.
  */
 class AddressCache<T> {
   /** Per slot: address low and high words, length, access (0: empty). */
