@@ -54,6 +54,7 @@ export class PollControl {
   /** Requests per ms of the last epoch without / with polling. */
   #offRate = 0;
   #onRate = 0;
+  #idleEpoch = false;
   /** Probes made, and those that found polling better. */
   probes = 0;
   wins = 0;
@@ -72,6 +73,14 @@ export class PollControl {
     return this.#phase;
   }
 
+  /**
+   * The last epoch was idle and the window is closed: nothing changes until requests come again, so the engine
+   * may stop counting epochs until the next kick (and then start again from here).
+   */
+  get idle(): boolean {
+    return this.#phase === 'off' && this.#idleEpoch;
+  }
+
   /** The window to apply now (µs; 0: do not spin). */
   get window(): number {
     return this.#phase === 'on' || this.#phase === 'probe-on' ? this.windowUs : 0;
@@ -83,6 +92,7 @@ export class PollControl {
   epoch(completed: number, elapsedMs: number): number {
     const busy = completed >= this.#minRequests && elapsedMs > 0;
     const rate = busy ? completed / elapsedMs : 0;
+    this.#idleEpoch = !busy;
     switch (this.#phase) {
       case 'off':
         this.#offRate = rate;

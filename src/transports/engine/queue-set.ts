@@ -168,6 +168,14 @@ export class QueueSet implements DataPath {
     return n;
   }
 
+  /**
+   * The polling controller is counting epochs (its 100 ms timer runs): from the start while busy; not while
+   * idle (stopped after an idle epoch, started again by the next kick), nor without ring polling.
+   */
+  get measuringPoll(): boolean {
+    return this.#pollTimer !== null;
+  }
+
   /** Resolves when the last stop's device reset has settled (its requests done, their pins given back). */
   get settled(): Promise<void> {
     return this.#resetting;
@@ -404,6 +412,7 @@ export class QueueSet implements DataPath {
     const loop = this.#loop;
     if (loop === null) return;
     const { kicked } = loop;
+    if (this.#polling && this.#pollTimer === null && this.#running) this.#startEpochs();
     for (let i = 0; i < kicked.length; i++) {
       if (kicked[i] === 0) continue; // 1: kicked (counted by the loop), 2: found by a spin
       kicked[i] = 0;
@@ -439,6 +448,11 @@ export class QueueSet implements DataPath {
     const loop = this.#loop!;
     this.#markIdle(loop);
     loop.setPoll(this.#pollControl.window * 1000);
+    this.#startEpochs();
+  }
+
+  /** Measure epochs from now (at start, and at the first wake-up after an idle stretch). */
+  #startEpochs(): void {
     this.#pollCompleted = this.#completed();
     this.#pollAt = performance.now();
     this.#pollTimer = setInterval(() => this.#pollEpoch(), POLL_EPOCH_MS);
@@ -454,6 +468,11 @@ export class QueueSet implements DataPath {
     this.#pollCompleted = completed;
     this.#pollAt = now;
     loop.setPoll(this.#halted ? 0 : windowUs * 1000);
+    if (this.#pollControl.idle) {
+      // Nothing to measure until the next kick (#onKicks starts the epochs again): an idle daemon sleeps.
+      clearInterval(this.#pollTimer!);
+      this.#pollTimer = null;
+    }
   }
 
   #completed(): number {

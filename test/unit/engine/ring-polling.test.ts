@@ -158,4 +158,39 @@ describe('QueueSet ring polling (KickLoop)', () => {
     u.set.stop(true);
     await u.set.close();
   });
+
+  it('an idle device stops counting epochs (no timer wakes it) and the next kick starts them again', async () => {
+    const t = setup();
+    t.start();
+    const loop = t.loop();
+    assert.ok(t.set.measuringPoll, 'counting from the start');
+    await until('idle: the epoch timer stopped', () => !t.set.measuringPoll);
+    t.add(t.q0);
+    t.q0.kick();
+    t.kick(0);
+    await until('served', () => t.q0.usedEntries().length === 1);
+    assert.ok(t.set.measuringPoll, 'a kick starts the epochs again');
+    // Load after the idle stretch: the controller still probes with the window open.
+    let opened = false;
+    const end = Date.now() + 1500;
+    while (!opened && Date.now() < end) {
+      t.add(t.q0);
+      t.q0.kick();
+      t.kick(0);
+      await new Promise((r) => setImmediate(r));
+      t.q0.usedEntries();
+      opened = loop.windowNs > 0;
+    }
+    assert.ok(opened, 'the window was opened for a probe');
+    await until('idle again: the window closed and the timer stopped', () => !t.set.measuringPoll);
+    assert.equal(loop.windowNs, 0);
+    t.set.stop(true);
+    await t.set.close();
+
+    const u = setup(false);
+    u.start();
+    assert.equal(u.set.measuringPoll, false, 'no ring polling: no epochs');
+    u.set.stop(true);
+    await u.set.close();
+  });
 });
