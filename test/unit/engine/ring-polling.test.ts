@@ -78,6 +78,21 @@ function setup(polling = true) {
   return { ...t, add, kick: t.kickFd };
 }
 
+/** One request per event-loop turn on queue 0 until the controller opens the window (true) or 1.5 s pass. */
+async function loadUntilOpened(t: ReturnType<typeof setup>): Promise<boolean> {
+  const loop = t.loop();
+  const end = Date.now() + 1500;
+  while (Date.now() < end) {
+    t.add(t.q0);
+    t.q0.kick();
+    t.kick(0);
+    await new Promise((r) => setImmediate(r));
+    t.q0.usedEntries();
+    if (loop.windowNs > 0) return true;
+  }
+  return false;
+}
+
 describe('QueueSet ring polling (KickLoop)', () => {
   it('watches each ring, marks it idle after every wake-up; a kick for served work is absorbed', async () => {
     const t = setup();
@@ -129,18 +144,7 @@ describe('QueueSet ring polling (KickLoop)', () => {
   it('under load the controller probes with the window open; a device without ringPolling is never watched', async () => {
     const t = setup();
     t.start();
-    const loop = t.loop();
-    let opened = false;
-    const end = Date.now() + 1500;
-    while (!opened && Date.now() < end) {
-      t.add(t.q0);
-      t.q0.kick();
-      t.kick(0);
-      await new Promise((r) => setImmediate(r));
-      t.q0.usedEntries();
-      opened = loop.windowNs > 0;
-    }
-    assert.ok(opened, 'the window was opened for a probe');
+    assert.ok(await loadUntilOpened(t), 'the window was opened for a probe');
     t.set.stop(true);
     await t.set.close();
 
@@ -171,17 +175,7 @@ describe('QueueSet ring polling (KickLoop)', () => {
     await until('served', () => t.q0.usedEntries().length === 1);
     assert.ok(t.set.measuringPoll, 'a kick starts the epochs again');
     // Load after the idle stretch: the controller still probes with the window open.
-    let opened = false;
-    const end = Date.now() + 1500;
-    while (!opened && Date.now() < end) {
-      t.add(t.q0);
-      t.q0.kick();
-      t.kick(0);
-      await new Promise((r) => setImmediate(r));
-      t.q0.usedEntries();
-      opened = loop.windowNs > 0;
-    }
-    assert.ok(opened, 'the window was opened for a probe');
+    assert.ok(await loadUntilOpened(t), 'the window was opened for a probe');
     await until('idle again: the window closed and the timer stopped', () => !t.set.measuringPoll);
     assert.equal(loop.windowNs, 0);
     t.set.stop(true);
