@@ -21,6 +21,7 @@ import { spawn } from 'node:child_process';
 
 import {
   blockStat,
+  CLK_TCK,
   deviceLimits,
   fio as runFio,
   iovaTrace,
@@ -122,7 +123,6 @@ const read = (p) => {
     return null;
   }
 };
-const CLK_TCK = 100;
 
 function threadDelta(a, b) {
   const d = {};

@@ -19,6 +19,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { threadStats } from './guest-lib.mjs';
 import { writeResults } from './guest-run.mjs';
 import { commitOf } from './commit.mjs';
 
@@ -261,29 +262,6 @@ function qemuBelow(pid) {
   return null;
 }
 
-/** Per host thread of QEMU: name, utime+stime (s). */
-function hostThreads(pid) {
-  const m = {};
-  let tids = [];
-  try {
-    tids = fs.readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return m;
-  }
-  const tck = 100;
-  for (const tid of tids) {
-    const st = readText(`/proc/${pid}/task/${tid}/stat`);
-    if (!st) continue;
-    const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
-    m[tid] = {
-      comm: st.slice(st.indexOf('(') + 1, st.lastIndexOf(')')),
-      utime: Number(f[11]) / tck,
-      stime: Number(f[12]) / tck,
-    };
-  }
-  return m;
-}
-
 /**
  * Boot the VM with the guest script; while the guest marks a "host" probe, record QEMU on the host (perf record
  * of the QEMU process, its threads' CPU). Returns { code, result, host }.
@@ -322,11 +300,11 @@ async function runVm({ accel, args, timeoutSec, dataDir }) {
       const perf = spawn('perf', ['record', '-e', 'cpu-clock', '-F', '999', '-p', String(qpid), '-o', file], {
         stdio: ['ignore', 'ignore', 'pipe'],
       });
-      active = { key, qpid, file, perf, t0: hostThreads(qpid), w0: process.hrtime.bigint() };
+      active = { key, qpid, file, perf, t0: threadStats(qpid), w0: process.hrtime.bigint() };
     } else if (active && active.key === key) {
       const a = active;
       active = null;
-      const t1 = hostThreads(a.qpid);
+      const t1 = threadStats(a.qpid);
       const wall = Number(process.hrtime.bigint() - a.w0) / 1e9;
       const threads = [];
       for (const [tid, y] of Object.entries(t1)) {

@@ -355,7 +355,7 @@ export function iovaStats(text) {
 }
 
 /** Clock ticks per second of /proc's utime and stime. */
-const CLK_TCK = 100;
+export const CLK_TCK = 100;
 
 /** Per thread of `pid`: comm, utime/stime (s), schedstat run time and wait (s), timeslices, context switches. */
 export function threadStats(pid) {

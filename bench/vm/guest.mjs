@@ -12,6 +12,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
 import {
+  CLK_TCK,
   blockStat,
   deviceLimits,
   fio as runFio,
@@ -76,7 +77,6 @@ function processCpu(pid) {
     return 0;
   }
 }
-const CLK_TCK = 100;
 
 /**
  * utime + stime per thread name of a process, in seconds ({ "node": 3.1, "msgr-worker-*": 0.4, ... }; names
