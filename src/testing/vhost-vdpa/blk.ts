@@ -122,9 +122,9 @@ export class BlkClient {
     return this.#submit('get id', [blkHeader(VIRTIO_BLK_T_GET_ID, 0)], [20, 1], 20, options);
   }
 
-  /** Publish and kick every queue with staged requests. */
-  kick(): void {
-    for (const q of this.#queues) q.notify();
+  /** Publish and kick every queue with staged requests; per queue, whether its suppression let it kick. */
+  kick(): boolean[] {
+    return this.#queues.map((q) => q.notify());
   }
 
   /** Collect completions of queue `i` (or all) until none is left; returns how many. */

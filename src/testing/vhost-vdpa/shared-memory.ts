@@ -136,20 +136,27 @@ export class SharedGuestMemory {
   }
 
   /**
-   * Move the memory to a new memfd: copy every byte, point the driver's view at the copy, and fill the old
-   * mapping with `poison` (kept mapped until close()). The caller then tells the device (IOTLB invalidate +
-   * update to the new uaddr); a device still using the old mapping reads poison and writes where nobody looks.
+   * Move the memory to a new memfd: copy every byte and point the driver's view at the copy. The old mapping
+   * stays mapped, unchanged, until close(): the device may go on using it until it is told (IOTLB invalidate +
+   * update to the new uaddr), as a VMM's old memory stays valid until then. Once it is told, poison(old) fills
+   * the old mapping, so that a device still using it reads poison and writes where nobody looks. Returns the
+   * old mapping.
    */
-  moveTo(poison = 0xa5): SharedMapping {
+  moveTo(): SharedMapping {
     const next = mapSharedMemfd(this.#binding, this.size, this.#tag, this.#host);
     new Uint8Array(next.buffer).set(new Uint8Array(this.#mapping.buffer));
     const old = this.#mapping;
     this.#mapping = next;
     this.memory.removeRegion(this.iova);
     this.memory.addRegion({ addr: this.iova, buffer: next.buffer });
-    new Uint8Array(old.buffer).fill(poison);
     this.#retired.push(old);
-    return next;
+    return old;
+  }
+
+  /** Fill `old`, a mapping moveTo() replaced, with `value`. */
+  poison(old: SharedMapping, value = 0xa5): void {
+    if (!this.#retired.includes(old)) throw new RangeError('poison: not a mapping replaced by moveTo()');
+    new Uint8Array(old.buffer).fill(value);
   }
 
   close(): void {
