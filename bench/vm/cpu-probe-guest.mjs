@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Runs inside the test VM (bench/vm/cpu-probe.mjs starts it): where a daemon's CPU goes at one fio workload
 // (default 4 KiB randread QD1; --workload ID for one of bench/vm/workloads.mjs) on the null backend (--backend
-// file: a raw file on the guest's tmpfs), for our daemon and for qemu-storage-daemon, each with its defaults.
+// file: a raw file on the guest's tmpfs; rbd: an image on a one-node Ceph cluster), for our daemon and for
+// qemu-storage-daemon, each with its defaults.
 // Per contender, after a warm-up, one fio run per probe, so that no probe disturbs another:
 //   plain   the device's queue limits and virtio features, data segments per request (a kretprobe histogram
 //           of __blk_rq_map_sg) and sectors per request (/sys/block/X/stat) over the run, and
@@ -31,6 +32,7 @@ import {
   run,
   runOk,
   segmentHistogram,
+  startRbdBench,
 } from './guest-lib.mjs';
 import { WORKLOADS } from './workloads.mjs';
 
@@ -53,9 +55,15 @@ if (named !== null && !preset) throw new Error(`unknown workload ${named}`);
 const workload = preset
   ? { id: preset.id, rw: preset.rw, bs: preset.bs, iodepth: preset.iodepth, numjobs: preset.numjobs }
   : { rw: opt('rw', 'randread'), bs: opt('bs', '4k'), iodepth: Number(opt('iodepth', '1')), numjobs: 1 };
-/** null (default) or file (a raw file on the guest's tmpfs, both buffered). */
+/**
+ * null (default), file (a raw file on the guest's tmpfs, both buffered) or rbd (an image on a one-node Ceph
+ * cluster in the guest, which shares the guest's vCPUs with the daemons).
+ */
 const backendKind = opt('backend', 'null');
-if (!['null', 'file'].includes(backendKind)) throw new Error(`unknown backend ${backendKind}`);
+if (!['null', 'file', 'rbd'].includes(backendKind)) throw new Error(`unknown backend ${backendKind}`);
+const RBD_SIZE = 256 << 20;
+/** The rbd case's cluster and image (set up before the first contender). */
+let rbdBench = null;
 const FILE = '/tmp/probe-file.raw';
 const FILE_SIZE = 256 << 20;
 const queues = Number(opt('queues', '2'));
@@ -259,7 +267,7 @@ function project({ id = 'project', label = 'vduse-ts', extraArgs = [], extraNode
     VduseDaemon,
     cli: CLI,
     name: 'probe-p',
-    backend: backendKind === 'file' ? `file:${FILE}` : `null:${GiB}`,
+    backend: backendKind === 'file' ? `file:${FILE}` : backendKind === 'rbd' ? rbdBench.spec : `null:${GiB}`,
     queues,
     queueSize,
     id,
@@ -276,7 +284,12 @@ function qsd() {
   return qsdDaemon({
     lib,
     name: 'probe-q',
-    blockdev: backendKind === 'file' ? lib.fileBlockdev('f0', FILE) : lib.nullBlockdev('n0', GiB),
+    blockdev:
+      backendKind === 'file'
+        ? lib.fileBlockdev('f0', FILE)
+        : backendKind === 'rbd'
+          ? rbdBench.blockdev
+          : lib.nullBlockdev('n0', GiB),
     queues,
     queueSize,
   });
@@ -534,6 +547,10 @@ const result = {
 const save = () => fs.writeFileSync(out, JSON.stringify(result, null, 2));
 if (backendKind === 'file')
   await runOk('dd', ['if=/dev/zero', `of=${FILE}`, 'bs=1M', `count=${FILE_SIZE >> 20}`, 'status=none']);
+if (backendKind === 'rbd') {
+  log('starting a one-node Ceph cluster');
+  rbdBench = await startRbdBench(dist, RBD_SIZE);
+}
 let failed = false;
 for (const id of contenderIds) {
   const k =
@@ -566,6 +583,7 @@ for (const id of contenderIds) {
   }
   save();
 }
+if (rbdBench !== null) await rbdBench.stop();
 result.finishedAt = new Date().toISOString();
 save();
 process.exit(failed ? 1 : 0);

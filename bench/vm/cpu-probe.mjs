@@ -1,14 +1,15 @@
 #!/usr/bin/env node
 // node bench/vm/cpu-probe.mjs [options]: where the daemon's CPU goes at one fio workload (default 4 KiB randread
-// QD1; --workload ID for one of bench/vm/workloads.mjs) on the null backend (--backend file: a tmpfs file),
-// ours vs qemu-storage-daemon, both with their defaults. Boots the test VM once per accelerator and runs
+// QD1; --workload ID for one of bench/vm/workloads.mjs) on the null backend (--backend file: a tmpfs file;
+// --backend rbd: an image on a one-node Ceph cluster in the guest), ours vs qemu-storage-daemon, both with their
+// defaults. Boots the test VM once per accelerator and runs
 // bench/vm/cpu-probe-guest.mjs in it (per-thread CPU and context switches, perf stat, strace -c, a short strace
 // -tt log, perf record of the daemon and of the whole guest). Writes bench/results/cpu-probe-<time>.{json,md}
 // and cpu-probe-latest.{json,md}. Serialize with other VM runs: flock /tmp/vduse-vm.lock node bench/vm/cpu-probe.mjs
 //
 // Options: --accel single|multi|both (default single), --runtime S per probe (default 6), --warmup S (default 3),
 //          --probes plain,pstat,strace,perf, --contenders project,qsd, --dist DIR, --workload ID (or --iodepth N,
-//          --rw RW, --bs BS), --backend null|file,
+//          --rw RW, --bs BS), --backend null|file|rbd,
 //          --node-args "ARGS" (default --perf-basic-prof), --daemon-args "ARGS", --keep (perf.data, perf maps,
 //          the guest's kallsyms
 //          under bench/results/cpu-probe-data/), --report FILE (only re-render a raw JSON). A/B in one boot:

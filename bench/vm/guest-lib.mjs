@@ -5,6 +5,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 
 const read = (p) => {
   try {
@@ -388,4 +389,39 @@ export function threadStats(pid) {
     };
   }
   return outT;
+}
+
+/**
+ * A one-node Ceph cluster (test/unit/rbd/cluster.ts, bluestore) with one image `rbd/bench` of `bytes`, every
+ * object written once so that reads measure data and not absent objects. Both contenders open that image: ours
+ * through `spec`, qemu-storage-daemon through `blockdev`. stop() ends the cluster.
+ */
+export async function startRbdBench(dist, bytes) {
+  const { CephCluster, cephMissing } = await import(
+    pathToFileURL(path.join(dist, 'test/unit/rbd/cluster.js')).href
+  );
+  const absent = cephMissing();
+  if (absent !== null) throw new Error(`the rbd case needs Ceph (${absent} is missing)`);
+  const cluster = await CephCluster.start({ store: 'bluestore' });
+  try {
+    await cluster.rbd('create', '--size', String(bytes >> 20), 'rbd/bench');
+    await cluster.rbd(
+      'bench',
+      '--io-type',
+      'write',
+      '--io-size',
+      '4M',
+      '--io-total',
+      String(bytes),
+      'rbd/bench',
+    );
+  } catch (e) {
+    await cluster.stop();
+    throw e;
+  }
+  return {
+    spec: `rbd:rbd/bench,conf=${cluster.conf}`,
+    blockdev: { driver: 'rbd', 'node-name': 'r0', pool: 'rbd', image: 'bench', conf: cluster.conf },
+    stop: () => cluster.stop(),
+  };
 }

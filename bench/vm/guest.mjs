@@ -21,6 +21,7 @@ import {
   run,
   runOk,
   segmentHistogram,
+  startRbdBench,
   threadStats,
 } from './guest-lib.mjs';
 import { CASES, WORKLOADS } from './workloads.mjs';
@@ -246,38 +247,11 @@ const caseSetups = {
     };
   },
   async rbd() {
-    // a one-node cluster (test/unit/rbd/cluster.ts); both contenders open the same image through librbd
-    const { CephCluster, cephMissing } = await import(
-      pathToFileURL(path.join(dist, 'test/unit/rbd/cluster.js')).href
-    );
-    const absent = cephMissing();
-    if (absent !== null) throw new Error(`the rbd case needs Ceph (${absent} is missing)`);
-    const cluster = await CephCluster.start({ store: 'bluestore' });
-    try {
-      await cluster.rbd('create', '--size', String(RBD_SIZE >> 20), 'rbd/bench');
-      // allocate every object first, so that reads measure data and not absent objects
-      await cluster.rbd(
-        'bench',
-        '--io-type',
-        'write',
-        '--io-size',
-        '4M',
-        '--io-total',
-        String(RBD_SIZE),
-        'rbd/bench',
-      );
-    } catch (e) {
-      await cluster.stop();
-      throw e;
-    }
-    const blockdev = { driver: 'rbd', 'node-name': 'r0', pool: 'rbd', image: 'bench', conf: cluster.conf };
+    const bench = await startRbdBench(dist, RBD_SIZE);
     return {
-      contenders: [
-        project('bench-p-rbd', `rbd:rbd/bench,conf=${cluster.conf}`),
-        qsd('bench-q-rbd', blockdev),
-      ],
+      contenders: [project('bench-p-rbd', bench.spec), qsd('bench-q-rbd', bench.blockdev)],
       async teardown() {
-        await cluster.stop();
+        await bench.stop();
       },
     };
   },
