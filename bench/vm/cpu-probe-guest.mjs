@@ -72,7 +72,8 @@ const nodeArgs = opt('node-args', '--perf-basic-prof').split(' ').filter(Boolean
 const daemonArgs = opt('daemon-args', '').split(' ').filter(Boolean);
 /**
  * Contenders "variant", "variant2", ...: our daemon again with extra options and environment (A/B in one boot):
- * --variant-args "vduse blk options", --variant-node-args "node options", --variant-env "K=V ..." (and
+ * --variant-args "vduse blk options", --variant-node-args "node options", --variant-env "K=V ...",
+ * --variant-dist DIR (another build: its dist/, in a package root with build/ and node_modules/) (and
  * --variant2-args etc.).
  */
 function variantOf(id) {
@@ -86,6 +87,7 @@ function variantOf(id) {
     args: opt(`${id}-args`, '').split(' ').filter(Boolean),
     nodeArgs: opt(`${id}-node-args`, '').split(' ').filter(Boolean),
     env,
+    dist: opt(`${id}-dist`, null),
   };
 }
 const keepDir = opt('keep-dir', null);
@@ -262,10 +264,17 @@ async function measured(devPath, pid, seconds, { segments = false } = {}) {
 
 const GiB = 1 << 30;
 
-function project({ id = 'project', label = 'vduse-ts', extraArgs = [], extraNodeArgs = [], env = {} } = {}) {
+function project({
+  id = 'project',
+  label = 'vduse-ts',
+  extraArgs = [],
+  extraNodeArgs = [],
+  env = {},
+  cli = CLI,
+} = {}) {
   return projectDaemon({
     VduseDaemon,
-    cli: CLI,
+    cli,
     name: 'probe-p',
     backend: backendKind === 'file' ? `file:${FILE}` : backendKind === 'rbd' ? rbdBench.spec : `null:${GiB}`,
     queues,
@@ -559,13 +568,19 @@ for (const id of contenderIds) {
       : id.startsWith('variant')
         ? (() => {
             const v = variantOf(id);
-            const what = [...v.nodeArgs, ...v.args, ...Object.entries(v.env).map(([x, y]) => `${x}=${y}`)];
+            const what = [
+              ...(v.dist !== null ? [v.dist] : []),
+              ...v.nodeArgs,
+              ...v.args,
+              ...Object.entries(v.env).map(([x, y]) => `${x}=${y}`),
+            ];
             return project({
               id,
               label: `vduse-ts (${what.join(' ')})`,
               extraArgs: v.args,
               extraNodeArgs: v.nodeArgs,
               env: v.env,
+              ...(v.dist !== null ? { cli: path.join(path.resolve(v.dist), 'src/cli/main.js') } : {}),
             });
           })()
         : project();

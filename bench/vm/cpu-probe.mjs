@@ -14,7 +14,8 @@
 //          the guest's kallsyms
 //          under bench/results/cpu-probe-data/), --report FILE (only re-render a raw JSON). A/B in one boot:
 //          --contenders project,variant,qsd with --variant-args "ARGS" (vduse blk options), --variant-node-args
-//          "ARGS", --variant-env "K=V ..." for the second build of ours (variant2, ... likewise).
+//          "ARGS", --variant-env "K=V ...", --variant-dist DIR (another build's dist/) for the second daemon of
+//          ours (variant2, ... likewise).
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -523,7 +524,9 @@ async function main() {
     '--daemon-args',
     opt('--daemon-args', ''),
     // every --variantN-args/-node-args/-env as given
-    ...argv.flatMap((x, i) => (/^--variant\d*-(args|node-args|env)$/.test(x) ? [x, argv[i + 1] ?? ''] : [])),
+    ...argv.flatMap((x, i) =>
+      /^--variant\d*-(args|node-args|env|dist)$/.test(x) ? [x, argv[i + 1] ?? ''] : [],
+    ),
   ];
   const startedAt = new Date().toISOString();
   const stamp = startedAt.replace(/[:.]/g, '-');

@@ -393,7 +393,7 @@ export function threadStats(pid) {
 
 /**
  * A one-node Ceph cluster (test/unit/rbd/cluster.ts, bluestore) with one image `rbd/bench` of `bytes`, every
- * object written once so that reads measure data and not absent objects. Both contenders open that image: ours
+ * object written once so that reads measure data and not absent objects, then read once. Both contenders open that image: ours
  * through `spec`, qemu-storage-daemon through `blockdev`. stop() ends the cluster.
  */
 export async function startRbdBench(dist, bytes) {
@@ -409,6 +409,17 @@ export async function startRbdBench(dist, bytes) {
       'bench',
       '--io-type',
       'write',
+      '--io-size',
+      '4M',
+      '--io-total',
+      String(bytes),
+      'rbd/bench',
+    );
+    // and read it once: the first contender would otherwise meet a colder OSD than the others
+    await cluster.rbd(
+      'bench',
+      '--io-type',
+      'read',
       '--io-size',
       '4M',
       '--io-total',
