@@ -7,8 +7,11 @@
  * runs a few thousand requests through throwaway objects of the same classes: a VirtioBlkDevice over a
  * CountingBackend(ResizableNull(NullBackend)), on rings in heap memory (HeapMemory) with a state log in the
  * heap, driven by the small driver below (split, and packed when the device offers it; indirect and direct
- * chains; 4K reads and writes at queue depth 1 and 32, 128K reads). Nothing of it touches the real device,
- * its backend, stats or files: every object is created here and dropped at the end.
+ * chains; 4K reads and writes at queue depth 1 and 32, 128K reads). Every fourth round the backend answers
+ * one event-loop turn later, through promises, as backends that complete from an fd watcher or the thread pool
+ * do (rbd, nbd, file): the device's promise path (then, its settle callbacks, the batched publish) is compiled
+ * too, not only the synchronous one of null and memory. Nothing of it touches the real device, its backend,
+ * stats or files: every object is created here and dropped at the end.
  *
  * The warm-up is bounded in time (WARMUP_BUDGET_MS by default) and in requests; VDUSE_WARMUP=0 in the
  * environment turns it off (to measure a cold daemon).
@@ -16,6 +19,7 @@
  * It has its own driver instead of src/testing's MockDriver because mgmt may not import testing (see
  * scripts/layers.mjs); this one only does what the warm-up needs.
  */
+import type { BackendCapabilities, BackendResult, BlockBackend } from '../../backends/backend.js';
 import { CountingBackend } from '../../backends/counting-backend.js';
 import { NullBackend } from '../../backends/null-backend.js';
 import { ResizableNull } from '../../backends/resizable-null.js';
@@ -78,12 +82,12 @@ export interface WarmupOptions {
   now?: () => number;
   /**
    * Stop early when this says so (checked between batches; the callers stop at the real device's first
-   * request). The throwaway device completes synchronously, so the warm-up runs as one stretch of microtasks:
-   * the event loop does not turn until it ends, and in practice it runs to its bound before the caller's next
-   * I/O (opening the backend, creating the device) completes. That is on purpose: a variant that yielded to the
-   * event loop between batches and paused while the real device was busy delayed the device's readiness by
-   * 1.5-2 s under single-threaded TCG (every set-up step waited for a batch) and made the first 10 s no faster
-   * (docs/performance.md).
+   * request). Most rounds complete synchronously and run as one stretch of microtasks; the event loop turns
+   * only in the deferred rounds (one in four), so the caller's next I/O (opening the backend, creating the
+   * device) goes on meanwhile but the warm-up is not paused for it. That is on purpose: a variant that yielded
+   * to the event loop between all batches and paused while the real device was busy delayed the device's
+   * readiness by 1.5-2 s under single-threaded TCG (every set-up step waited for a batch) and made the first
+   * 10 s no faster (docs/performance.md).
    */
   stop?: () => boolean;
 }
@@ -91,6 +95,8 @@ export interface WarmupOptions {
 export interface WarmupResult {
   /** Requests completed, per ring format run. */
   requests: { split: number; packed: number };
+  /** Of which completed through promises (the deferred rounds), both formats together. */
+  deferred: number;
   /** Wall time spent (ms). */
   ms: number;
   /** Errors the throwaway device or rings reported (0 when the warm-up went as planned). */
@@ -114,7 +120,7 @@ export async function warmUpBlk(
   const start = now();
   const budget = options.budgetMs ?? WARMUP_BUDGET_MS;
   const maxRequests = options.requests ?? WARMUP_REQUESTS;
-  const result: WarmupResult = { requests: { split: 0, packed: 0 }, ms: 0, errors: 0 };
+  const result: WarmupResult = { requests: { split: 0, packed: 0 }, deferred: 0, ms: 0, errors: 0 };
   const size = Math.min(config.queueSize, 256);
   if (size < 8 || budget <= 0 || maxRequests <= 0) return result;
   const formats: ('split' | 'packed')[] = config.packed ? ['split', 'packed'] : ['split'];
@@ -126,6 +132,7 @@ export async function warmUpBlk(
     try {
       const run = await warmOneFormat(config, size, format === 'packed', maxRequests, deadline, now, options);
       result.requests[format] = run.requests;
+      result.deferred += run.deferred;
       result.errors += run.errors;
     } catch {
       result.errors++;
@@ -143,10 +150,10 @@ async function warmOneFormat(
   deadline: number,
   now: () => number,
   options: WarmupOptions,
-): Promise<{ requests: number; errors: number }> {
+): Promise<{ requests: number; deferred: number; errors: number }> {
   const capacity = 64 * 1024 * 1024;
-  const inner = new NullBackend({ size: capacity });
-  const backend = new CountingBackend(new ResizableNull(inner));
+  const inner = new WarmBackend(new ResizableNull(new NullBackend({ size: capacity })));
+  const backend = new CountingBackend(inner);
   const device = new VirtioBlkDevice({
     backend,
     name: 'warmup',
@@ -160,7 +167,7 @@ async function warmOneFormat(
   device.bind({ configChanged: () => undefined, needsReset: () => void errors++ });
   let features = device.features;
   if (!packed) features &= ~bit(VIRTIO_F_RING_PACKED);
-  if (!device.negotiate(features)) return { requests: 0, errors: 1 };
+  if (!device.negotiate(features)) return { requests: 0, deferred: 0, errors: 1 };
   const driver = new WarmDriver(size, packed, features);
   const log = heapQueueLog('warmup', device.maxQueueSize, features);
   const queue: Virtqueue = createVirtqueue(driver.config, packed, driver.memory, {
@@ -173,11 +180,15 @@ async function warmOneFormat(
   const writes = !config.readOnly;
   const depth = Math.min(32, driver.slots);
   let done = 0;
+  let deferred = 0;
   let round = 0;
   try {
     const stop = options.stop ?? (() => false);
     while (done < maxRequests && now() < deadline && errors === 0 && !stop()) {
-      // A round: one batch at queue depth `depth`, then a few requests one at a time.
+      // A round: one batch at queue depth `depth`, then a few requests one at a time; every fourth round's
+      // requests complete one event-loop turn later.
+      inner.deferred = (round & 3) === 3;
+      const before = done;
       for (let k = 0; k < depth; k++) {
         const write = writes && (k & 3) === 1;
         driver.add(
@@ -200,13 +211,80 @@ async function warmOneFormat(
         if (driver.kick()) device.queueNotify(0);
         done += await driver.reap(1, deadline + 1000, now);
       }
+      if (inner.deferred) deferred += done - before;
       round++;
     }
   } finally {
     await device.reset();
   }
   if (driver.lost > 0) errors++;
-  return { requests: done, errors };
+  return { requests: done, deferred, errors };
+}
+
+/**
+ * The warm-up's backend: a null backend that answers at once or, while `deferred` is set, with a promise
+ * settled one event-loop turn later (all of a turn's requests from one callback, as an fd watcher reaping
+ * completions settles them).
+ */
+class WarmBackend implements BlockBackend {
+  deferred = false;
+  readonly #pending: (() => void)[] = [];
+  #scheduled = false;
+  readonly #settle = (): void => {
+    this.#scheduled = false;
+    const pending = this.#pending;
+    for (let i = 0; i < pending.length; i++) pending[i]!();
+    pending.length = 0;
+  };
+
+  constructor(readonly inner: ResizableNull) {}
+
+  get size(): number {
+    return this.inner.size;
+  }
+
+  get readOnly(): boolean {
+    return this.inner.readOnly;
+  }
+
+  get capabilities(): BackendCapabilities {
+    return this.inner.capabilities;
+  }
+
+  read(offset: number, buffers: readonly Uint8Array[]): BackendResult {
+    return this.#answer(this.inner.read(offset, buffers));
+  }
+
+  write(offset: number, buffers: readonly Uint8Array[]): BackendResult {
+    return this.#answer(this.inner.write(offset, buffers));
+  }
+
+  flush(): BackendResult {
+    return this.#answer(this.inner.flush());
+  }
+
+  discard(offset: number, length: number): BackendResult {
+    return this.#answer(this.inner.discard(offset, length));
+  }
+
+  writeZeroes(offset: number, length: number): BackendResult {
+    return this.#answer(this.inner.writeZeroes(offset, length));
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+
+  #answer(result: BackendResult): BackendResult {
+    if (!this.deferred) return result;
+    return new Promise<void>((resolve) => {
+      this.#pending.push(resolve);
+      if (!this.#scheduled) {
+        this.#scheduled = true;
+        setImmediate(this.#settle);
+      }
+    });
+  }
 }
 
 /**
@@ -464,7 +542,7 @@ export function startBlkWarmup(
   const promise = warmUpBlk(config, options).then(
     (r) => {
       logger.debug(
-        `${config.name}: warm-up: ${r.requests.split} split${config.packed ? ` and ${r.requests.packed} packed` : ''} requests in ${r.ms.toFixed(0)} ms${r.errors > 0 ? `, ${r.errors} error(s)` : ''}`,
+        `${config.name}: warm-up: ${r.requests.split} split${config.packed ? ` and ${r.requests.packed} packed` : ''} requests (${r.deferred} through promises) in ${r.ms.toFixed(0)} ms${r.errors > 0 ? `, ${r.errors} error(s)` : ''}`,
       );
       return r;
     },

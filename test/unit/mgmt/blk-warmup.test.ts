@@ -28,6 +28,8 @@ test('the warm-up runs requests through a split ring, and a packed one when the 
   assert.equal(split.errors, 0);
   assert.ok(split.requests.split >= 500, `split requests: ${split.requests.split}`);
   assert.equal(split.requests.packed, 0);
+  // Every fourth round answers through promises: the device's asynchronous completion path runs too.
+  assert.ok(split.deferred >= 64 && split.deferred < split.requests.split / 2, `deferred: ${split.deferred}`);
   const both = await warmUpBlk({ ...device0, packed: true }, { budgetMs: 5000, requests: 500 });
   assert.equal(both.errors, 0);
   assert.ok(both.requests.split >= 500 && both.requests.packed >= 500, JSON.stringify(both.requests));
@@ -47,6 +49,10 @@ test('the warm-up is bounded by its time budget (a clock that advances 1 ms per 
   assert.ok(r.ms <= 80, `took ${r.ms} clock ms`);
   assert.ok(r.requests.split > 0 && r.requests.packed > 0);
   assert.deepEqual((await warmUpBlk(device0, { budgetMs: 0 })).requests, { split: 0, packed: 0 });
+  // A budget that ends inside a deferred round: the requests still in the backend settle before it returns.
+  let u = 0;
+  const cut = await warmUpBlk(device0, { budgetMs: 12, requests: 1e9, now: () => u++ });
+  assert.equal(cut.errors, 0);
   assert.deepEqual((await warmUpBlk({ ...device0, queueSize: 4 })).requests, { split: 0, packed: 0 });
 });
 
@@ -88,7 +94,10 @@ test('a queue thread warms up and leaves no trace: its device and backend counte
     await t.close();
     const line = logger.lines.find((l) => l.startsWith('w0: warm-up: '));
     assert.ok(line !== undefined, logger.lines.join('\n'));
-    assert.match(line, /^w0: warm-up: [1-9]\d* split and [1-9]\d* packed requests in \d+ ms$/);
+    assert.match(
+      line,
+      /^w0: warm-up: [1-9]\d* split and [1-9]\d* packed requests \([1-9]\d* through promises\) in \d+ ms$/,
+    );
     for (const counters of [before, t.snapshot() as BlkCounters]) {
       assert.ok(
         Object.values(counters.stats).every((v) => v === 0),
