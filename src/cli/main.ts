@@ -3,6 +3,9 @@
  * The `vduse` command. Exit codes: 0 done, 1 runtime failure (missing kernel support, name taken, not permitted,
  * ...), 2 usage error. Every failure a user can cause is one line on stderr (./report.ts).
  */
+// First: V8's tiering for a daemon, before any of its code runs (./tiering.ts).
+import './tiering.js';
+
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
