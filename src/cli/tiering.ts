@@ -7,7 +7,7 @@
  * store, and everything under emulation) the hot path stays in the interpreter and the baseline compiler for
  * tens of seconds. Measured with V8's code log (rbd backend, 4 KiB reads at QD1, single-threaded TCG): the first
  * TurboFan code of the request path 2 s after I/O began, the last of it after 32 s, and some of it (the
- * completion callbacks) not within 54 s; the start-up warm-up (./../mgmt/blk/warmup.ts) got nothing to TurboFan
+ * completion callbacks) not within 54 s; the start-up warm-up (../mgmt/blk/warmup.ts) got nothing to TurboFan
  * in its second. A smaller budget makes V8 decide sooner, on the same feedback-driven heuristics.
  *
  * The flag is process-wide (queue threads share it) and set before the daemon's code runs. Node started with
