@@ -393,8 +393,8 @@ export function threadStats(pid) {
 
 /**
  * A one-node Ceph cluster (test/unit/rbd/cluster.ts, bluestore) with one image `rbd/bench` of `bytes`, every
- * object written once so that reads measure data and not absent objects, then read once. Both contenders open that image: ours
- * through `spec`, qemu-storage-daemon through `blockdev`. stop() ends the cluster.
+ * object written once so that reads measure data and not absent objects, then read once. Both contenders open
+ * that image: ours through `spec`, qemu-storage-daemon through `blockdev`. stop() ends the cluster.
  */
 export async function startRbdBench(dist, bytes) {
   const { CephCluster, cephMissing } = await import(
@@ -405,27 +405,18 @@ export async function startRbdBench(dist, bytes) {
   const cluster = await CephCluster.start({ store: 'bluestore' });
   try {
     await cluster.rbd('create', '--size', String(bytes >> 20), 'rbd/bench');
-    await cluster.rbd(
-      'bench',
-      '--io-type',
-      'write',
-      '--io-size',
-      '4M',
-      '--io-total',
-      String(bytes),
-      'rbd/bench',
-    );
-    // and read it once: the first contender would otherwise meet a colder OSD than the others
-    await cluster.rbd(
-      'bench',
-      '--io-type',
-      'read',
-      '--io-size',
-      '4M',
-      '--io-total',
-      String(bytes),
-      'rbd/bench',
-    );
+    // write every object once, then read it once: the first contender would otherwise meet a colder OSD
+    for (const type of ['write', 'read'])
+      await cluster.rbd(
+        'bench',
+        '--io-type',
+        type,
+        '--io-size',
+        '4M',
+        '--io-total',
+        String(bytes),
+        'rbd/bench',
+      );
   } catch (e) {
     await cluster.stop();
     throw e;
